@@ -1,0 +1,52 @@
+"""The ``groundup`` command: maps each subcommand to a stage's ``Config`` and ``run()``; nothing else."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module holding `Config` and `run`, one-line help). Modules import lazily so that
+# `groundup --help` and light stages start fast.
+STAGES: dict[str, tuple[str, str]] = {
+    "run": ("groundup.pipeline", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
+    "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
+    "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
+    "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
+    "generate": ("groundup.infer.generate", "Generate text from a model dir."),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in STAGES)
+    lines = ["usage: groundup <stage> [--config FILE] [--key value ...]", "", "stages:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in STAGES.items()]
+    lines += ["", "`groundup <stage> --help` lists every setting of a stage with its meaning and default."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from groundup import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in STAGES:
+        print(f"groundup: unknown stage {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STAGES[name][0])
+    if hasattr(module, "main"):  # a stage with positional arguments parses its own command line
+        return int(module.main(rest) or 0)
+    from groundup import config
+
+    cfg = config.parse(module.Config, rest, prog=f"groundup {name}")
+    module.run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""ModelConfig: the shape of the one transformer, and named presets with published parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Shape of a decoder-only transformer: GPT-2 style, Llama style, or any mix the switches allow."""
+
+    name: str = "custom"
+    """A label for the shape (a preset's name, or 'custom')."""
+    vocab_size: int = 8192
+    """Rows of the embedding and of the output head (the tokenizer's vocabulary size, or a multiple of 64 above it)."""
+    block_size: int = 256
+    """Longest context in tokens (the size of learned position embeddings, or of the RoPE table)."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Query heads per attention layer."""
+    n_kv_head: int | None = None
+    """Key/value heads (grouped-query attention); None means n_head (multi-head attention)."""
+    n_embd: int = 256
+    """Width of the residual stream."""
+    intermediate_size: int | None = None
+    """Hidden width of the MLP; None means 4 * n_embd for GELU, the Llama rule (8/3 * n_embd rounded up to 256) for SwiGLU."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """LayerNorm (scale and shift) as in GPT-2, or RMSNorm as in Llama."""
+    norm_eps: float = 1e-5
+    """Epsilon of the normalization layers."""
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    """GELU MLP (GPT-2, tanh approximation) or SwiGLU (Llama)."""
+    position: Literal["learned", "rope"] = "learned"
+    """Learned absolute position embeddings (GPT-2) or rotary embeddings (Llama)."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    bias: bool = True
+    """Biases in every linear layer and in LayerNorm (GPT-2 has them, Llama does not)."""
+    qkv_bias: bool = False
+    """Biases on the query/key/value projection only (Qwen2 style), when ``bias`` is off."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output head."""
+    dropout: float = 0.0
+    """Dropout on embeddings and residual branches (for fine-tuning; 0 for pretraining)."""
+    attention_dropout: float = 0.0
+    """Dropout on attention weights."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight initialization."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_head > 0 and self.n_embd % self.n_head:
+            problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
+            problems.append(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.position == "rope" and self.n_head > 0 and (self.n_embd // self.n_head) % 2:
+            problems.append(f"RoPE needs an even head size, got {self.n_embd // self.n_head}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp not in ("gelu", "swiglu"):
+            problems.append(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.position not in ("learned", "rope"):
+            problems.append(f"position must be 'learned' or 'rope', got {self.position!r}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        hidden = int(2 * 4 * self.n_embd / 3)
+        return 256 * ((hidden + 255) // 256)
+
+    @property
+    def family(self) -> str:
+        """'gpt2' or 'llama' when the shape is one of them (what interop can export), else 'custom'."""
+        if self.norm == "layernorm" and self.mlp == "gelu" and self.position == "learned":
+            return "gpt2"
+        if self.norm == "rmsnorm" and self.mlp == "swiglu" and self.position == "rope":
+            return "llama"
+        return "custom"
+
+    @classmethod
+    def gpt2(cls, **kwargs) -> ModelConfig:
+        base = dict(norm="layernorm", mlp="gelu", position="learned", bias=True, tie_embeddings=True,
+                    vocab_size=50257, block_size=1024)
+        return cls(**{**base, **kwargs})
+
+    @classmethod
+    def llama(cls, **kwargs) -> ModelConfig:
+        base = dict(norm="rmsnorm", mlp="swiglu", position="rope", bias=False, tie_embeddings=False,
+                    vocab_size=32000, block_size=4096)
+        return cls(**{**base, **kwargs})
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        return dataclasses.replace(PRESETS[name](), **overrides)
+
+
+PRESETS = {
+    # GPT-2 family (Radford et al. 2019): tied head, 1024 positions, 50257 tokens.
+    "gpt2-124m": lambda: ModelConfig.gpt2(name="gpt2-124m", n_layer=12, n_head=12, n_embd=768),
+    "gpt2-355m": lambda: ModelConfig.gpt2(name="gpt2-355m", n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-774m": lambda: ModelConfig.gpt2(name="gpt2-774m", n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-1.5b": lambda: ModelConfig.gpt2(name="gpt2-1.5b", n_layer=48, n_head=25, n_embd=1600),
+    # Llama family.
+    "tinyllama-1.1b": lambda: ModelConfig.llama(name="tinyllama-1.1b", n_layer=22, n_head=32, n_kv_head=4,
+                                                n_embd=2048, intermediate_size=5632, block_size=2048),
+    "llama-2-7b": lambda: ModelConfig.llama(name="llama-2-7b", n_layer=32, n_head=32, n_embd=4096,
+                                            intermediate_size=11008),
+    "llama-3-8b": lambda: ModelConfig.llama(name="llama-3-8b", vocab_size=128256, n_layer=32, n_head=32,
+                                            n_kv_head=8, n_embd=4096, intermediate_size=14336,
+                                            block_size=8192, rope_theta=500000.0),
+    # Small shapes for laptops and tests.
+    "tiny-gpt2": lambda: ModelConfig.gpt2(name="tiny-gpt2", vocab_size=8192, block_size=256, n_layer=4,
+                                          n_head=4, n_embd=256),
+    "tiny-llama": lambda: ModelConfig.llama(name="tiny-llama", vocab_size=8192, block_size=256, n_layer=4,
+                                            n_head=4, n_kv_head=2, n_embd=256, tie_embeddings=True),
+}

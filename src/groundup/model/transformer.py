@@ -1,0 +1,248 @@
+"""The one decoder-only transformer, GPT-2 style or Llama style, read top to bottom.
+
+Shapes: B batch, T time (tokens), C = n_embd, nh query heads, nkv key/value heads,
+hd = C // nh head size, V vocabulary. No distributed code lives here: parallelism,
+activation checkpointing and compilation are applied from outside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groundup.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_table(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (block_size, hd), in the half-split layout Llama checkpoints use."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+    t = torch.arange(config.block_size, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)  # (T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, h, T, hd); cos, sin: (T, hd)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Keys and values of past positions for one layer, preallocated to ``max_len``: (B, nkv, max_len, hd)."""
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | None = None) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` (B, nkv, T, hd) at positions ``start..start+T`` and return everything up to there."""
+        end = start + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked to write up to {end}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        # One fused projection: a single matmul for queries, keys and values.
+        self.qkv = nn.Linear(config.n_embd, qkv_out, bias=config.bias or config.qkv_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.attention_dropout = config.attention_dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split((nh * hd, nkv * hd, nkv * hd), dim=-1)
+        q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if rope is not None:
+            cos, sin = rope[0][start : start + T], rope[1][start : start + T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        mask, is_causal = None, T > 1
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T, hd)
+            if start > 0 and T > 1:
+                # A chunk after a cached prefix: query i (at start+i) sees keys 0..start+i.
+                is_causal = False
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            elif T == 1:
+                is_causal = False  # one new token attends to every cached position
+        if nkv != nh:
+            # Grouped-query attention: each key/value head serves nh // nkv query heads.
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        hidden = config.mlp_hidden
+        # SwiGLU's gate and up projections are fused into one matmul: fc = [gate; up].
+        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, start)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.final_norm = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+        if config.position == "rope":
+            cos, sin = rope_table(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ initialization
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 initialization: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1.0 / math.sqrt(2 * self.config.n_layer) if name.endswith(".proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.config.position == "rope" and self.rope_cos.device.type != "meta":
+            cos, sin = rope_table(self.config, self.rope_cos.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    # ------------------------------------------------------------------ forward
+
+    def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Final-normalized hidden states (B, T, C) for token ids ``idx`` (B, T) at positions start..start+T."""
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        x = self.tok_embeddings(idx)  # (B, T, C)
+        if self.pos_embeddings is not None:
+            x = x + self.pos_embeddings(torch.arange(start, start + T, device=idx.device))
+        x = self.dropout(x)
+        rope = (self.rope_cos, self.rope_sin) if self.config.position == "rope" else None
+        for block in self.blocks:
+            x = block(x, rope, start)
+        return self.final_norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start: int = 0) -> torch.Tensor:
+        """Logits (B, T, V) or, given ``targets`` (B, T) with -100 for ignored positions, the mean loss."""
+        h = self.hidden_states(idx, start)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h)
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+
+    # ------------------------------------------------------------------ inference helpers
+
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
+                       dtype: torch.dtype | None = None) -> None:
+        """Give every attention layer a fresh cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        max_len = min(max_len or self.config.block_size, self.config.block_size)
+        ref = self.lm_head.weight
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim,
+                                          dtype or ref.dtype, ref.device)
+
+    def clear_kv_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once
+        if exclude_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+            if self.pos_embeddings is not None:
+                n -= self.pos_embeddings.weight.numel()
+        return n
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``h @ weight.T`` (N, V) against ``targets`` (N,), ignoring -100."""
+    logits = h @ weight.t()  # (N, V)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """Exact parameter count of ``config``, on the meta device: no memory is spent."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    return model.num_parameters()
