@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module holding `Config` and `run`, one-line help). Modules import lazily so that
 # `groundup --help` and light stages start fast.
 STAGES: dict[str, tuple[str, str]] = {
+    "plan": ("groundup.plan.run", "Plan a model: parameters, FLOPs, memory, time, cost and inference speed."),
     "run": ("groundup.pipeline", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
     "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),

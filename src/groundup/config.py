@@ -48,7 +48,7 @@ def build_parser(cls: type, prog: str | None = None) -> ArgumentParser:
 
 def from_namespace(parser: ArgumentParser, cls: type[C], namespace: Any) -> C:
     """Turn a parsed namespace into an instance of ``cls`` (nested dataclasses included)."""
-    init = parser.instantiate(namespace)
+    init = parser.instantiate_classes(namespace)
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(init).items() if k in names})
 

@@ -1,0 +1,118 @@
+"""Exact parameter counts from a model config, by component, without building the model.
+
+The count follows the module layout of :mod:`groundup.model.transformer` term by term (fused
+query/key/value projection, SwiGLU's gate and up fused in ``fc``, a tied head counted once) and must
+agree exactly with :func:`groundup.model.transformer.count_parameters`; the tests hold it to that on
+every preset, on random shapes, and on the counts ``transformers`` instantiates for GPT-2 and Llama.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from groundup.model.config import ModelConfig
+
+
+@dataclass(kw_only=True, frozen=True)
+class ParameterCount:
+    """Parameters of one model shape, by component. ``total`` counts a tied embedding/head once."""
+
+    token_embeddings: int
+    """The token embedding table, V x C."""
+    position_embeddings: int
+    """Learned absolute positions, block_size x C (0 with RoPE, which has no parameters)."""
+    attention: int
+    """Every layer's fused query/key/value projection and output projection, biases included."""
+    mlp: int
+    """Every layer's MLP: up (GELU) or fused gate+up (SwiGLU) and down projections, biases included."""
+    norms: int
+    """Two norms per layer plus the final norm (scale, and shift for a LayerNorm with bias)."""
+    lm_head: int
+    """The output head, V x C; 0 when it is tied to the token embedding."""
+    linear_biases: int
+    """How many of the attention and MLP parameters are biases (a subset of those, not an extra term)."""
+    norm_shifts: int
+    """How many of the norm parameters are LayerNorm shifts (a subset of ``norms``)."""
+    n_layer: int
+    """Number of blocks, to express the per-layer figure."""
+
+    @property
+    def total(self) -> int:
+        return (self.token_embeddings + self.position_embeddings + self.attention + self.mlp + self.norms
+                + self.lm_head)
+
+    @property
+    def embeddings(self) -> int:
+        return self.token_embeddings + self.position_embeddings
+
+    @property
+    def non_embedding(self) -> int:
+        """Parameters outside the embedding tables (Kaplan et al. 2020's N); an untied head counts here."""
+        return self.total - self.embeddings
+
+    @property
+    def biases(self) -> int:
+        return self.linear_biases + self.norm_shifts
+
+    @property
+    def final_norm(self) -> int:
+        return self.norms // (2 * self.n_layer + 1)
+
+    @property
+    def per_layer(self) -> int:
+        """One transformer block: attention, MLP and its two norms."""
+        return (self.attention + self.mlp + self.norms - self.final_norm) // self.n_layer
+
+    @property
+    def matmul(self) -> int:
+        """Weights multiplied per token: attention and MLP weight matrices and the head (a tied head is a
+        product with the embedding matrix); not the embedding lookups, norms or biases."""
+        head = self.lm_head or self.token_embeddings
+        return self.attention + self.mlp - self.linear_biases + head
+
+    def as_dict(self) -> dict[str, int]:
+        data = asdict(self)
+        data.update(total=self.total, embeddings=self.embeddings, non_embedding=self.non_embedding,
+                    biases=self.biases, per_layer=self.per_layer, matmul=self.matmul)
+        return data
+
+
+def count_parameters(cfg: ModelConfig) -> ParameterCount:
+    """Count the parameters of ``cfg`` analytically, by component.
+
+    With C = n_embd, nh query heads, nkv key/value heads, hd = C / nh, H = MLP hidden width, L layers:
+
+    - attention per layer: C·(nh + 2·nkv)·hd (fused qkv) + nh·hd·C (output), plus (nh + 2·nkv)·hd
+      qkv biases when ``bias`` or ``qkv_bias``, and C output biases when ``bias``;
+    - MLP per layer: C·H·k + H·C with k = 2 for SwiGLU (gate and up fused), 1 for GELU, plus k·H + C
+      biases when ``bias``;
+    - norms: 2·L + 1 of them, each C (RMSNorm, or LayerNorm without bias) or 2·C (LayerNorm with shift);
+    - embeddings V·C, learned positions block_size·C, untied head V·C.
+    """
+    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    nh, nkv, hd, H = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.mlp_hidden
+    qkv_out = (nh + 2 * nkv) * hd
+
+    qkv_bias = qkv_out if (cfg.bias or cfg.qkv_bias) else 0
+    out_bias = C if cfg.bias else 0
+    attention = L * (C * qkv_out + qkv_bias + nh * hd * C + out_bias)
+
+    up = 2 * H if cfg.mlp == "swiglu" else H
+    mlp_bias = (up + C) if cfg.bias else 0
+    mlp = L * (C * up + H * C + mlp_bias)
+
+    # LayerNorm carries a shift exactly when the model has biases (nn.LayerNorm(bias=cfg.bias)).
+    shift = C if (cfg.norm == "layernorm" and cfg.bias) else 0
+    norms = (2 * L + 1) * (C + shift)
+
+    return ParameterCount(
+        token_embeddings=V * C,
+        position_embeddings=cfg.block_size * C if cfg.position == "learned" else 0,
+        attention=attention,
+        mlp=mlp,
+        norms=norms,
+        lm_head=0 if cfg.tie_embeddings else V * C,
+        linear_biases=L * (qkv_bias + out_bias + mlp_bias),
+        norm_shifts=(2 * L + 1) * shift,
+        n_layer=L,
+    )

@@ -1,0 +1,293 @@
+"""``groundup plan``: size, compute, memory, time, cost and inference speed of a model before training it.
+
+    groundup plan --model gpt2-124m --tokens 10e9 --gpu h100 --gpus 8
+
+prints one table and writes ``plan.json``, ``plan.png`` (memory bars, loss-optimal frontier),
+``config.yaml`` and ``manifest.json`` into ``--out``. :func:`build_plan` does the arithmetic and no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json as jsonlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from groundup.model.config import PRESETS, ModelConfig
+from groundup.plan import compute, hardware, inference, interconnect, memory
+from groundup.plan.params import count_parameters
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Plan a model before training it: parameters, FLOPs, memory, time, cost and inference speed."""
+
+    model: str = "gpt2-124m"
+    """A preset (gpt2-124m, gpt2-355m, gpt2-774m, gpt2-1.5b, tinyllama-1.1b, llama-2-7b, llama-3-8b, tiny-gpt2,
+    tiny-llama), or a model dir, run dir or config.json holding ModelConfig fields."""
+    n_layer: int | None = None
+    """Override the model's number of blocks."""
+    n_head: int | None = None
+    """Override the model's query heads."""
+    n_kv_head: int | None = None
+    """Override the model's key/value heads (grouped-query attention)."""
+    n_embd: int | None = None
+    """Override the model's width."""
+    vocab_size: int | None = None
+    """Override the model's vocabulary size."""
+    block_size: int | None = None
+    """Override the model's context length."""
+    intermediate_size: int | None = None
+    """Override the model's MLP hidden width."""
+    tie_embeddings: bool | None = None
+    """Override whether the output head shares the token embedding."""
+    tokens: float | None = None
+    """Training tokens (e.g. 10e9); None: Chinchilla-optimal, 20 per parameter."""
+    gpu: str = "h100-sxm"
+    """Accelerator from the hardware table (a100, h100-sxm, h100-pcie, h200, b200, l4, a10g, t4, v100, mi300x,
+    tpu-v4, tpu-v5e, gaudi2, gaudi3) or cpu (measured now)."""
+    gpus: int = 1
+    """Devices training together (data parallel)."""
+    gpus_per_node: int = 8
+    """Devices per node: beyond this the all-reduce crosses the network."""
+    mfu: float = 0.4
+    """Model FLOPs utilization expected (0.3-0.5 is typical for dense training on GPUs)."""
+    peak_flops: float | None = None
+    """Use this peak FLOP/s instead of the table's (e.g. a measured figure)."""
+    bandwidth: float | None = None
+    """Use this memory bandwidth in bytes/s instead of the table's."""
+    price_per_gpu_hour: float = 2.0
+    """Rental price of one device for one hour, in dollars."""
+    power_watts: float | None = None
+    """Power drawn per device in watts; None: the table's board power."""
+    price_per_kwh: float = 0.10
+    """Electricity price in dollars per kWh (the seeds' $100 per MWh)."""
+    precision: Literal["fp32", "amp", "bf16-mixed", "fp16-mixed", "bf16"] = "bf16-mixed"
+    """Training precision: which bytes per parameter the weights, gradients and AdamW states take."""
+    sharding: Literal["ddp", "zero1", "zero2", "zero3", "fsdp"] = "ddp"
+    """Data-parallel layout of the model states (fsdp is ZeRO-3)."""
+    micro_batch: int = 8
+    """Sequences per device per forward/backward pass."""
+    seq_len: int | None = None
+    """Training sequence length; None: the model's block_size."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of storing them."""
+    flash_attention: bool = True
+    """A fused attention kernel (no seq_len² scores stored)."""
+    interconnect: str | None = None
+    """Link between devices of a node (nvlink4, pcie5, dgx-h100-measured, ...); None: the GPU's own."""
+    network: str = "ib-ndr"
+    """Link between nodes, per device (ib-edr, ib-hdr, ib-ndr)."""
+    inference_precision: Literal["fp32", "bf16", "fp16", "int8", "int4"] = "bf16"
+    """Weight precision for the inference figures."""
+    inference_batch: int = 1
+    """Sequences decoded together."""
+    context: int | None = None
+    """Tokens in context for the KV cache and decode figures; None: block_size."""
+    json: bool = False
+    """Print plan.json to stdout instead of the table."""
+    png: Path | None = None
+    """Where to draw the plot; None: plan.png in out."""
+    out: Path = Path("runs/plan")
+    """Directory for plan.json, plan.png, config.yaml and manifest.json."""
+
+
+MODEL_OVERRIDES = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "block_size", "intermediate_size",
+                   "tie_embeddings")
+
+
+def resolve_model(cfg: Config) -> ModelConfig:
+    """The ModelConfig a plan is about: a preset or a config.json, with the overrides applied."""
+    base: ModelConfig
+    if cfg.model in PRESETS:
+        base = ModelConfig.from_name(cfg.model)
+    else:
+        path = Path(cfg.model)
+        candidates = [path, path / "config.json", path / "model" / "config.json"]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ValueError(f"unknown model {cfg.model!r}: not a preset ({', '.join(sorted(PRESETS))}) "
+                             f"nor a config.json, model dir or run dir")
+        data = jsonlib.loads(found.read_text(encoding="utf-8"))
+        try:
+            base = ModelConfig(**data)
+        except TypeError as e:
+            raise ValueError(f"{found}: not a groundup model config ({e})") from e
+    overrides = {k: getattr(cfg, k) for k in MODEL_OVERRIDES if getattr(cfg, k) is not None}
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def check_config(cfg: Config, model: ModelConfig) -> None:
+    problems = []
+    for name in ("gpus", "gpus_per_node", "micro_batch", "grad_accum", "inference_batch"):
+        if getattr(cfg, name) <= 0:
+            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("tokens", "seq_len", "context", "peak_flops", "bandwidth", "power_watts"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            problems.append(f"{name} must be positive, got {value}")
+    if not 0 < cfg.mfu <= 1:
+        problems.append(f"mfu must be in (0, 1], got {cfg.mfu}")
+    if cfg.price_per_gpu_hour < 0 or cfg.price_per_kwh < 0:
+        problems.append("prices cannot be negative")
+    for name in ("seq_len", "context"):
+        value = getattr(cfg, name)
+        if value is not None and value > model.block_size:
+            problems.append(f"{name} ({value}) exceeds the model's block_size ({model.block_size})")
+    if problems:
+        raise ValueError("invalid plan config: " + "; ".join(problems))
+
+
+def peak_for(acc: hardware.Accelerator, precision: str) -> float:
+    """fp32 training runs at the fp32 peak where the table has one; everything else at the 16-bit peak."""
+    if precision == "fp32" and acc.peak_fp32_flops:
+        return acc.peak_fp32_flops
+    return acc.peak_flops
+
+
+def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> dict[str, Any]:
+    """Every figure of the plan, as plain data (what plan.json holds)."""
+    check_config(cfg, model)
+    count = count_parameters(model)
+    n = count.total
+    seq_len = cfg.seq_len or model.block_size
+    context = cfg.context or model.block_size
+    tokens = cfg.tokens if cfg.tokens is not None else compute.chinchilla_tokens(n)
+    peak = peak_for(acc, cfg.precision)
+
+    # Compute.
+    flops_6nd = compute.training_flops(None, tokens, n_params=n)
+    total_flops = compute.training_flops(model, tokens, seq_len=seq_len)
+    sequences_per_step = cfg.micro_batch * cfg.grad_accum * cfg.gpus
+    tokens_per_step = sequences_per_step * seq_len
+    megatron = compute.megatron_step_flops(model, sequences_per_step, seq_len)
+    by_rule = compute.loss_optimal(flops_6nd, rule="tokens_per_param")
+    by_fit = compute.loss_optimal(flops_6nd, rule="fit")
+
+    # Time, cost, energy.
+    gpu_seconds = compute.gpu_seconds(total_flops, peak, cfg.mfu)
+    gpu_hours = gpu_seconds / 3600
+    power = cfg.power_watts or acc.power_watts
+    energy_kwh = gpu_hours * power / 1000 if power else None
+
+    # Memory: the chosen layout, and every layout with and without checkpointing for comparison.
+    def mem(sharding: str, checkpointing: bool) -> memory.TrainingMemory:
+        return memory.training_memory(model, precision=cfg.precision, sharding=sharding, gpus=cfg.gpus,
+                                      micro_batch=cfg.micro_batch, seq_len=seq_len,
+                                      activation_checkpointing=checkpointing,
+                                      flash_attention=cfg.flash_attention, device_memory=acc.memory_bytes)
+
+    chosen = mem(cfg.sharding, cfg.activation_checkpointing)
+    layouts = {f"{s}{'+ckpt' if ckpt else ''}": mem(s, ckpt).as_dict()
+               for s in ("ddp", "zero1", "zero2", "zero3") for ckpt in (False, True)}
+
+    # Interconnect.
+    intra = hardware.get_link(cfg.interconnect or acc.link).bandwidth
+    inter = hardware.get_link(cfg.network).bandwidth
+    busbw = interconnect.effective_bus_bandwidth(cfg.gpus, cfg.gpus_per_node, intra, inter)
+    precision = memory.get_precision(cfg.precision)
+    step_flops_per_device = compute.flops_per_token(model, seq_len) * tokens_per_step / cfg.gpus
+    sync = interconnect.gradient_sync(n, gradient_bytes=precision.gradients, gpus=cfg.gpus,
+                                      bus_bandwidth_bytes_per_s=busbw,
+                                      step_flops_per_device=step_flops_per_device, peak_flops=peak, mfu=cfg.mfu,
+                                      sharding=cfg.sharding)
+    wall_hours = gpu_hours / cfg.gpus
+
+    # Inference.
+    ip = cfg.inference_precision
+    kv_value = inference.kv_bytes_per_value(ip)
+    decode = inference.decode_bound(model, bandwidth=acc.bandwidth, peak_flops=acc.peak_flops, precision=ip,
+                                    batch=cfg.inference_batch, context=context)
+    decode_empty = inference.decode_bound(model, bandwidth=acc.bandwidth, peak_flops=acc.peak_flops,
+                                          precision=ip, batch=1, context=0)
+    prefill = inference.prefill_bound(model, prompt_tokens=context, peak_flops=acc.peak_flops,
+                                      bandwidth=acc.bandwidth, precision=ip)
+
+    return {
+        "model": {**dataclasses.asdict(model), "family": model.family},
+        "parameters": count.as_dict(),
+        "compute": {
+            "tokens": tokens,
+            "tokens_source": "given" if cfg.tokens is not None else "chinchilla (20 per parameter)",
+            "tokens_per_param": tokens / n,
+            "seq_len": seq_len,
+            "flops_6nd": flops_6nd,
+            "training_flops": total_flops,
+            "formula": "(6*N_matmul + 12*n_layer*seq_len*n_head*head_dim)*D",
+            "matmul_params": count.matmul,
+            "attention_flops": compute.attention_flops_per_token(model, seq_len) * 3 * tokens,
+            "flops_per_token": compute.flops_per_token(model, seq_len),
+            "forward_flops_per_token": compute.forward_flops_per_token(model, seq_len),
+            "megatron_step_flops": megatron,
+            "megatron_flops_per_token": megatron / tokens_per_step,
+            "megatron_formula": "96*B*s*l*h^2*(1 + s/(6h) + V/(16*l*h)), with recomputation",
+            "sequences_per_step": sequences_per_step,
+            "tokens_per_step": tokens_per_step,
+            "steps": tokens / tokens_per_step,
+            "chinchilla_tokens": compute.chinchilla_tokens(n),
+            "optimal_20_tokens_per_param": dataclasses.asdict(by_rule),
+            "optimal_chinchilla_fit": dataclasses.asdict(by_fit),
+            "predicted_loss": compute.CHINCHILLA_FIT.loss(n, tokens),
+        },
+        "hardware": {**acc.as_dict(), "peak_used": peak},
+        "time_cost": {
+            "mfu": cfg.mfu,
+            "gpus": cfg.gpus,
+            "gpu_hours": gpu_hours,
+            "wall_clock_hours": wall_hours,
+            # JSON has no infinity: None when communication alone would take forever.
+            "wall_clock_hours_no_overlap": wall_hours / (1 - sync.share) if sync.share < 1 else None,
+            "tokens_per_s": tokens / (wall_hours * 3600),
+            "price_per_gpu_hour": cfg.price_per_gpu_hour,
+            "cost": gpu_hours * cfg.price_per_gpu_hour,
+            "power_watts": power,
+            "energy_kwh": energy_kwh,
+            "energy_cost": energy_kwh * cfg.price_per_kwh if energy_kwh is not None else None,
+        },
+        "memory": {"chosen": chosen.as_dict(), "activation_checkpointing": cfg.activation_checkpointing,
+                   "layouts": layouts},
+        "interconnect": {
+            "link": cfg.interconnect or acc.link,
+            "network": cfg.network if cfg.gpus > cfg.gpus_per_node else None,
+            **dataclasses.asdict(sync),
+        },
+        "inference": {
+            "precision": ip,
+            "weights": {p: dataclasses.asdict(inference.weight_memory(model, p)) for p in inference.WEIGHT_BYTES},
+            "kv_cache_bytes_per_token": inference.kv_cache_bytes_per_token(model, kv_value),
+            "context": context,
+            "batch": cfg.inference_batch,
+            "kv_cache_bytes": inference.kv_cache_bytes(model, batch=cfg.inference_batch, context=context,
+                                                       bytes_per_value=kv_value),
+            "decode": dataclasses.asdict(decode),
+            "decode_empty_cache": dataclasses.asdict(decode_empty),
+            "prefill": dataclasses.asdict(prefill),
+            "max_batch": inference.max_batch(model, device_memory=acc.memory_bytes, context=context, precision=ip),
+        },
+    }
+
+
+def run(cfg: Config) -> Path:
+    """Print the plan, write plan.json, plan.png, config.yaml and manifest.json into ``cfg.out``."""
+    from groundup import artifacts
+    from groundup import config as config_io
+    from groundup.plan import report
+
+    model = resolve_model(cfg)
+    acc = hardware.with_overrides(hardware.get_accelerator(cfg.gpu), peak_flops=cfg.peak_flops,
+                                  bandwidth=cfg.bandwidth)
+    if cfg.peak_flops is not None and acc.peak_fp32_flops is not None:
+        acc = dataclasses.replace(acc, peak_fp32_flops=cfg.peak_flops)
+    plan = build_plan(cfg, model, acc)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out / "plan.json", plan)
+    report.plot(plan, cfg.png or out / "plan.png")
+    config_io.save(cfg, out / "config.yaml")
+    artifacts.write_manifest(out, stage="plan", config=config_io.to_dict(cfg))
+    print(jsonlib.dumps(plan, indent=2) if cfg.json else report.format_table(plan))
+    return out

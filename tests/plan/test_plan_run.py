@@ -1,0 +1,97 @@
+"""`groundup plan` end to end: files, table, JSON, flags, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from groundup.model.config import ModelConfig
+from groundup.plan import hardware
+from groundup.plan.params import count_parameters
+from groundup.plan.run import Config, build_plan, resolve_model, run
+
+
+def test_run_writes_plan_json_png_and_prints_a_table(tmp_path, capsys):
+    out = run(Config(model="tiny-gpt2", tokens=1e8, gpu="a100", gpus=2, out=tmp_path / "plan"))
+    assert {p.name for p in out.iterdir()} == {"plan.json", "plan.png", "config.yaml", "manifest.json"}
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["parameters"]["total"] == count_parameters(ModelConfig.from_name("tiny-gpt2")).total
+    assert plan["compute"]["tokens"] == 1e8
+    assert plan["memory"]["chosen"]["fits"] is True
+    assert (out / "plan.png").read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    for section in ("parameters", "compute", "time and cost", "training memory", "interconnect", "inference"):
+        assert section in table
+
+
+def test_json_flag_prints_json(tmp_path, capsys):
+    run(Config(model="tiny-llama", gpu="h100", json=True, out=tmp_path, png=tmp_path / "x.png"))
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["compute"]["tokens_source"].startswith("chinchilla")
+    assert plan["compute"]["tokens"] == pytest.approx(20 * plan["parameters"]["total"])
+    assert (tmp_path / "x.png").is_file()
+
+
+def test_published_figures_through_the_plan():
+    cfg = Config(model="llama-2-7b", tokens=2e12, gpu="a100", gpus=8, inference_precision="fp16",
+                 context=4096)
+    acc = hardware.with_overrides(hardware.get_accelerator("a100"), bandwidth=1.7e12)
+    plan = build_plan(cfg, resolve_model(cfg), acc)
+    assert plan["compute"]["flops_6nd"] == pytest.approx(8.1e22, rel=0.005)
+    assert plan["memory"]["chosen"]["bytes_per_param"] == 16
+    assert plan["inference"]["weights"]["fp16"]["exact"] / 2**30 == pytest.approx(12.55, abs=0.01)
+    assert plan["inference"]["kv_cache_bytes"] == 2 * 2**30
+    assert plan["inference"]["decode_empty_cache"]["tokens_per_s"] == pytest.approx(127, rel=0.02)
+
+
+def test_cpu_plan_uses_the_measured_rate(tmp_path):
+    cfg = Config(model="tiny-gpt2", gpu="cpu", precision="fp32", tokens=1e6, mfu=0.5)
+    acc = hardware.cpu_accelerator(measure_size=128)
+    plan = build_plan(cfg, resolve_model(cfg), acc)
+    assert plan["hardware"]["measured"] is True
+    assert plan["time_cost"]["energy_kwh"] is None  # no published power for a CPU
+    expected = plan["compute"]["training_flops"] / (acc.peak_flops * 0.5)
+    assert plan["time_cost"]["wall_clock_hours"] * 3600 == pytest.approx(expected)
+
+
+def test_model_from_a_config_json_with_overrides(tmp_path):
+    path = tmp_path / "model" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"name": "mine", "n_layer": 2, "n_head": 2, "n_embd": 64, "vocab_size": 100}))
+    model = resolve_model(Config(model=str(tmp_path), n_layer=3))
+    assert model == ModelConfig(name="mine", n_layer=3, n_head=2, n_embd=64, vocab_size=100)
+
+
+def test_flags_parse_into_the_config():
+    from jsonargparse import ArgumentParser
+
+    from groundup import config as config_io
+
+    parser = config_io.build_parser(Config)
+    ns = parser.parse_args(config_io.normalize_flags(
+        ["--model", "llama-2-7b", "--tokens", "2e12", "--gpu", "h100", "--gpus", "8", "--sharding", "fsdp",
+         "--activation-checkpointing", "true", "--micro-batch", "2"]))
+    init = ArgumentParser.instantiate_classes(parser, ns)
+    cfg = Config(**{k: v for k, v in vars(init).items() if k != "config"})
+    assert cfg.tokens == 2e12 and cfg.gpus == 8 and cfg.sharding == "fsdp" and cfg.activation_checkpointing
+    assert cfg.micro_batch == 2
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"n_layer": 0}, "n_layer must be positive"),
+    ({"n_embd": -64}, "n_embd must be positive"),
+    ({"n_head": 5}, "divisible by n_head"),
+    ({"n_kv_head": 3}, "multiple of n_kv_head"),
+    ({"gpu": "h900"}, "unknown GPU 'h900'; known: .*a100"),
+    ({"gpus": 0}, "gpus must be positive"),
+    ({"tokens": -1.0}, "tokens must be positive"),
+    ({"micro_batch": 0}, "micro_batch must be positive"),
+    ({"mfu": 1.5}, r"mfu must be in \(0, 1\]"),
+    ({"seq_len": 100_000}, "exceeds the model's block_size"),
+    ({"model": "gpt5"}, "unknown model 'gpt5'"),
+    ({"interconnect": "smoke-signals"}, "unknown interconnect"),
+])
+def test_bad_input_gets_a_clear_error(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        run(Config(**{"model": "tiny-gpt2", "out": tmp_path, **changes}))
