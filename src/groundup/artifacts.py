@@ -148,3 +148,95 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# ---------------------------------------------------------------------------- model dirs
+
+
+def save_model_weights(model, path: str | Path) -> Path:
+    """Write a model's weights as safetensors; a tied output head is stored once (as the embedding)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(path), metadata={"format": "pt", "groundup_version": __version__})
+    return Path(path)
+
+
+def load_model_weights(model, path: str | Path) -> None:
+    """Load safetensors weights into ``model``, naming any tensor whose name or shape does not match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
+    expected = model.state_dict()
+    if getattr(model.config, "tie_embeddings", False):
+        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def save_model_dir(out: str | Path, model, *, tokenizer_file: str | Path, stage: str, config: dict,
+                   inputs: dict[str, str | Path] | None = None, extra: dict | None = None) -> Path:
+    """Write the model-dir files into ``out``: weights, config.json, tokenizer.json, train.yaml, manifest.
+
+    ``out`` may already hold a training run's ``metrics.jsonl`` and ``checkpoints/``, which stay. Each file
+    is written to a temporary name and renamed; the manifest goes last, so a dir with a manifest is whole.
+    """
+    import dataclasses
+
+    import yaml
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    tmp = out / f".model.safetensors.{uuid.uuid4().hex[:8]}.tmp"
+    save_model_weights(model, tmp)
+    os.replace(tmp, out / "model.safetensors")
+    write_json(out / "config.json", dataclasses.asdict(model.config))
+    tokenizer_src = find_tokenizer_file(tokenizer_file)
+    if tokenizer_src.resolve() != (out / "tokenizer.json").resolve():
+        shutil.copyfile(tokenizer_src, out / "tokenizer.json")
+    with open(out / "train.yaml", "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    (out / "metrics.jsonl").touch()
+    write_manifest(out, stage=stage, config=config, inputs=inputs, extra=extra)
+    return out
+
+
+def read_model_config(path: str | Path):
+    from groundup.model.config import ModelConfig
+
+    path = Path(path)
+    data = read_json(path / "config.json")
+    try:
+        return ModelConfig(**data)
+    except TypeError as e:
+        raise ValueError(f"{path / 'config.json'}: not a groundup model config ({e})") from e
+
+
+def load_model_dir(path: str | Path, *, device: str = "cpu"):
+    """Load a model dir: returns ``(model, tokenizer)``, the model in eval mode on ``device``."""
+    from groundup.model.transformer import Transformer
+    from groundup.tokenizer import Tokenizer
+
+    path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json"}, "model dir")
+    model = Transformer(read_model_config(path))
+    load_model_weights(model, path / "model.safetensors")
+    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from groundup.model.config import ModelConfig
+from groundup.model.fused_loss import linear_cross_entropy_fused
 
 
 class RMSNorm(nn.Module):
@@ -237,6 +238,9 @@ class Transformer(nn.Module):
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the logits ``h @ weight.T`` (N, V) against ``targets`` (N,), ignoring -100."""
+    if h.device.type == "cpu" and h.dtype == torch.float32 and weight.dtype == torch.float32:
+        # Vocabulary-sliced head + loss: no N x V gradient is ever allocated (see fused_loss.py).
+        return linear_cross_entropy_fused(h, weight, targets)
     logits = h @ weight.t()  # (N, V)
     return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 

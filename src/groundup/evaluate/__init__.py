@@ -1,0 +1,1 @@
+"""Evaluation: language-modelling metrics (more tasks build on these)."""

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, checkpoints, the step loop, and the pretraining stage."""

@@ -1,0 +1,241 @@
+"""The training loop every method shares: accumulation, clipping, schedule, metrics, checkpoints, resume, budget.
+
+A method (pretraining, and later fine-tuning) supplies a model, a sampler of batches with
+``next_batch()`` / ``state_dict()`` / ``load_state_dict()``, and a loss function; the loop
+does the rest. On CPU a run is bitwise reproducible: N steps straight give the same weights
+as k steps, a stop, ``resume``, and N - k steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from groundup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from groundup.train.optim import OptimConfig, lr_at, set_lr
+
+log = logging.getLogger(__name__)
+
+
+class Sampler(Protocol):
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    """How long to train, how often to log, evaluate and checkpoint."""
+
+    max_steps: int = 1000
+    """Optimizer steps to run (the schedule's length when the schedule follows steps)."""
+    max_minutes: float | None = None
+    """Wall-clock budget for training: stop cleanly (with a checkpoint) once it is spent."""
+    schedule_clock: Literal["steps", "time"] = "steps"
+    """What the learning-rate decay follows: steps done / max_steps, or time spent / max_minutes
+    (the best schedule for a fixed time budget on a machine of unknown speed; not bitwise reproducible)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    log_every: int = 10
+    """Write a metrics line (and refresh the progress bar) every this many steps."""
+    eval_every: int = 200
+    """Evaluate on held-out data every this many steps (0: only at the end)."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every this many steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Keep this many newest checkpoints."""
+    resume: str | None = None
+    """'auto' to continue from the newest checkpoint in the output dir if there is one, or a checkpoint path."""
+    progress_bar: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.grad_accum <= 0:
+            raise ValueError(f"grad_accum must be positive, got {self.grad_accum}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.schedule_clock == "time" and self.max_minutes is None:
+            raise ValueError("schedule_clock='time' needs max_minutes")
+
+
+@dataclass
+class LoopResult:
+    step: int
+    tokens_seen: int
+    train_seconds: float
+    stopped_by: str
+    last_eval: dict[str, float]
+    checkpoint: Path | None
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, lines past the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        elif resume_step is None:
+            path.write_text("", encoding="utf-8")
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def train_loop(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: Sampler,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    optim_cfg: OptimConfig,
+    cfg: LoopConfig,
+    out: Path,
+    tokens_per_micro_batch: int,
+    flops_per_token: float = 0.0,
+    peak_flops: float | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    autocast: contextlib.AbstractContextManager | Callable[[], contextlib.AbstractContextManager] | None = None,
+    extra_state: Callable[[], dict] | None = None,
+) -> LoopResult:
+    out = Path(out)
+    ckpt_root = out / "checkpoints"
+    step, tokens_seen, elapsed_before, resumed_from = 0, 0, 0.0, None
+
+    resume_path = None
+    if cfg.resume == "auto":
+        resume_path = latest_checkpoint(ckpt_root)
+    elif cfg.resume:
+        resume_path = Path(cfg.resume)
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, model=model, optimizer=optimizer)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        elapsed_before = state.get("train_seconds", 0.0)
+        sampler.load_state_dict(state["sampler"])
+        resumed_from = resume_path
+        log.info("resumed from %s at step %d", resume_path, step)
+
+    metrics = MetricsLog(out / "metrics.jsonl", step if resumed_from else None)
+    budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
+    make_autocast = autocast if callable(autocast) else (lambda: contextlib.nullcontext())
+
+    def progress_now(elapsed: float) -> float:
+        if cfg.schedule_clock == "time":
+            return elapsed / budget
+        return step / cfg.max_steps
+
+    def checkpoint() -> Path:
+        state = {"tokens_seen": tokens_seen, "train_seconds": elapsed, "sampler": sampler.state_dict()}
+        if extra_state:
+            state.update(extra_state())
+        return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, state=state,
+                               keep_last=cfg.keep_checkpoints)
+
+    def run_eval() -> dict[str, float]:
+        if evaluate is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), make_autocast():
+            result = evaluate(model)
+        model.train(was_training)
+        metrics.write({"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **result})
+        return result
+
+    model.train()
+    bar = _progress(cfg.max_steps, step, cfg.progress_bar)
+    start = time.perf_counter()
+    elapsed = elapsed_before
+    window_tokens, window_start = 0, time.perf_counter()
+    last_eval: dict[str, float] = {}
+    last_ckpt: Path | None = None
+    stopped_by = "max_steps"
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, progress_now(elapsed), optim_cfg)
+            set_lr(optimizer, lr)
+            loss_sum = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = sampler.next_batch()
+                with make_autocast():
+                    loss = loss_fn(model, batch)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach().float().item()
+            if optim_cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip))
+            else:
+                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                                 if p.grad is not None]))
+            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
+                optimizer.step()
+            else:
+                log.warning("step %d: non-finite loss or gradient norm (%s, %s); update skipped",
+                            step, loss_sum, grad_norm)
+                metrics.write({"step": step, "event": "skipped_non_finite", "loss": loss_sum,
+                               "grad_norm": grad_norm})
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_micro_batch * cfg.grad_accum
+            window_tokens += tokens_per_micro_batch * cfg.grad_accum
+            elapsed = elapsed_before + time.perf_counter() - start
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                window_tokens, window_start = 0, now
+                record = {"step": step, "tokens": tokens_seen, "loss": round(loss_sum / cfg.grad_accum, 6),
+                          "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
+                          "elapsed_s": round(elapsed, 3)}
+                if peak_flops:
+                    record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
+                metrics.write(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+
+            out_of_time = elapsed >= budget
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and not out_of_time:
+                last_eval = run_eval()
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                last_ckpt = checkpoint()
+                window_start = time.perf_counter()
+            if out_of_time:
+                stopped_by = "max_minutes"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    last_ckpt = checkpoint()
+    last_eval = run_eval()
+    metrics.close()
+    return LoopResult(step=step, tokens_seen=tokens_seen, train_seconds=elapsed, stopped_by=stopped_by,
+                      last_eval=last_eval, checkpoint=last_ckpt)

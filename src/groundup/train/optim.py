@@ -1,0 +1,91 @@
+"""AdamW with decay on matrices only, and learning-rate schedules as pure functions of progress."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine decays to it; WSD decays to it)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to matrices (linear weights, embeddings) only, never to norms or biases."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam's beta1 and beta2."""
+    eps: float = 1e-8
+    """Adam's epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """cosine: warmup then cosine decay; wsd: warmup, stable, then linear decay over the last `decay_fraction`."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to the peak over this many optimizer steps."""
+    decay_fraction: float = 0.2
+    """WSD only: the share of training spent decaying at the end."""
+    fused: bool | None = None
+    """Use the fused AdamW kernel (None: where the device supports it)."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ValueError(f"optim.schedule must be cosine, wsd or constant, got {self.schedule!r}")
+
+
+def lr_at(step: int, progress: float, cfg: OptimConfig) -> float:
+    """Learning rate at optimizer step ``step`` with ``progress`` in [0, 1] of the run done.
+
+    Warmup is counted in steps (it protects the first updates whatever the run's length);
+    the decay follows ``progress``, which is steps done / total steps, or time spent / time
+    budget when training is bounded by the clock.
+    """
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    progress = min(max(progress, 0.0), 1.0)
+    if cfg.schedule == "constant":
+        return peak
+    if cfg.schedule == "wsd":
+        start = 1.0 - cfg.decay_fraction
+        if progress <= start:
+            return peak
+        return peak + (floor - peak) * (progress - start) / cfg.decay_fraction
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices (decayed) and vectors: norms and biases (not decayed)."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+    fused = cfg.fused if cfg.fused is not None else device_type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=fused)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,187 @@
+"""The pretrain stage: token shards in, a model dir out (with metrics and checkpoints)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from groundup import config as configlib
+from groundup.artifacts import find_tokenizer_file, read_json, require_files, save_model_dir
+from groundup.evaluate.perplexity import token_nll
+from groundup.model.config import ModelConfig
+from groundup.model.transformer import Transformer
+from groundup.tokens.datasets import RandomWindows, load_tokens
+from groundup.train.loop import LoopConfig, train_loop
+from groundup.train.optim import OptimConfig, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Pretrain a decoder-only transformer on token shards (train.bin / val.bin from `groundup tokenize`)."""
+
+    tokens: Path = Path("runs/tokens")
+    """Directory written by `groundup tokenize`."""
+    out: Path = Path("runs/pretrain")
+    """Output model dir (weights, config, tokenizer, metrics, checkpoints/)."""
+    tokenizer: Path | None = None
+    """Tokenizer dir or tokenizer.json to ship in the model dir (default: the one recorded in the tokens' meta.json)."""
+    preset: str | None = None
+    """A named model shape (gpt2-124m, llama-2-7b, tiny-gpt2, ...) used instead of `model`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model's shape (ignored when `preset` is set). vocab_size is raised to the tokenizer's if smaller."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
+    train: LoopConfig = field(default_factory=LoopConfig)
+    """Length, budget, logging, evaluation and checkpointing of the run."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    seq_len: int | None = None
+    """Tokens per training sequence (default: the model's block_size)."""
+    seed: int = 1337
+    """Seed for initialization and for the data sampler."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """'auto': bf16 autocast on CUDA, fp32 on CPU (CPUs without bf16 units run bf16 matmuls far slower)."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPU; about 30 s of start-up for a few percent on CPU)."""
+    threads: int | None = None
+    """CPU threads for torch (default: torch's choice, one per core)."""
+    eval_windows: int = 32
+    """Held-out windows scored at each periodic evaluation (the final evaluation scores all of val.bin)."""
+    final_eval_stride: int | None = None
+    """Stride of the final held-out evaluation's sliding windows (default: half the sequence length)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A factory of autocast contexts: bf16 on CUDA unless fp32 is asked for; fp32 (no autocast) on CPU."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type == "cpu" and precision == "bf16":
+        log.warning("bf16 on CPU: matmuls run far slower than fp32 on CPUs without bf16 units")
+    if not use_bf16:
+        return lambda: contextlib.nullcontext()
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Weights that take part in a matmul for every token (linear layers, the head; not embedding lookups)."""
+    seen, n = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            n += module.weight.numel()
+    return n
+
+
+def flops_per_token(model: Transformer, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per matmul weight (forward 2, backward 4) plus attention's 12 * L * C * T
+    (the PaLM / nanoGPT convention, counting the full T x T score matrix)."""
+    c = model.config
+    return 6.0 * matmul_parameters(model) + 12.0 * c.n_layer * c.n_embd * seq_len
+
+
+def peak_flops_for(device: torch.device) -> float | None:
+    """Peak FLOP/s for MFU: the dense bf16 figure of a known GPU, or an fp32 matmul timed on this CPU."""
+    try:
+        from groundup.plan import hardware
+    except ImportError:
+        return None
+    if device.type == "cpu":
+        return hardware.measure_cpu_matmul_flops()
+    return hardware.cuda_peak_flops(torch.cuda.get_device_name(device))
+
+
+def build_model(cfg: Config, vocab_size: int) -> ModelConfig:
+    model_cfg = ModelConfig.from_name(cfg.preset) if cfg.preset else cfg.model
+    if model_cfg.vocab_size < vocab_size:
+        log.info("model vocab_size %d < tokenizer's %d: using %d", model_cfg.vocab_size, vocab_size, vocab_size)
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab_size)
+    return model_cfg
+
+
+def run(cfg: Config) -> Path:
+    tokens_dir = require_files(cfg.tokens, {"train.bin", "val.bin", "meta.json"}, "tokens dir")
+    meta = read_json(tokens_dir / "meta.json")
+    tokenizer_file = find_tokenizer_file(cfg.tokenizer or meta.get("tokenizer") or "")
+    model_cfg = build_model(cfg, int(meta["vocab_size"]))
+    seq_len = cfg.seq_len or model_cfg.block_size
+    if seq_len > model_cfg.block_size:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
+    if cfg.batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = dataclasses.replace(cfg, model=model_cfg, seq_len=seq_len, preset=None)
+    configlib.save(resolved, out / "train.yaml")
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_cfg).to(device)
+    optimizer = build_optimizer(model, cfg.optim, device.type)
+    train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
+    sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
+    forward = torch.compile(model) if cfg.compile else model
+    n_params = model.num_parameters()
+    log.info("model %s: %s parameters; %s training tokens", model_cfg.name, f"{n_params:,}", f"{len(train_tokens):,}")
+
+    def loss_fn(_model, batch) -> torch.Tensor:
+        x, y = batch
+        return forward(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
+
+    val_bytes = int(meta.get("bytes", {}).get("val", 0))
+    val_token_count = len(val_tokens)
+
+    def evaluate(_model) -> dict[str, float]:
+        nll = token_nll(_model, val_tokens, seq_len=seq_len, batch_size=cfg.batch_size,
+                        max_windows=cfg.eval_windows or None, device=device)
+        result = {"val_loss": round(nll.loss, 6)}
+        if val_bytes:
+            # Bytes per token of the whole held-out split converts the sample's loss into bits per byte.
+            result["val_bits_per_byte"] = round(nll.loss / math.log(2) * val_token_count / val_bytes, 6)
+        return result
+
+    result = train_loop(
+        model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
+        out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
+        flops_per_token=flops_per_token(model, seq_len), peak_flops=peak_flops_for(device),
+        evaluate=evaluate, autocast=autocast_for(device, cfg.precision),
+    )
+
+    model.eval()
+    with torch.no_grad(), autocast_for(device, cfg.precision)():
+        final = token_nll(model, val_tokens, seq_len=seq_len, stride=cfg.final_eval_stride or max(seq_len // 2, 1),
+                          batch_size=cfg.batch_size, device=device)
+    summary = {
+        "steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
+        "stopped_by": result.stopped_by, "parameters": n_params,
+        "held_out_loss": final.loss, "held_out_tokens": final.tokens,
+        "held_out_bits_per_byte": final.bits_per_byte(val_bytes) if val_bytes else None,
+    }
+    log.info("pretrain done: %s", summary)
+    save_model_dir(out, model.cpu(), tokenizer_file=tokenizer_file, stage="pretrain",
+                   config=configlib.to_dict(resolved), inputs={"tokens": tokens_dir}, extra={"result": summary})
+    return out
