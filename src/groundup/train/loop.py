@@ -101,12 +101,34 @@ class MetricsLog:
         self._f.close()
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """A progress bar over steps, or over seconds of the budget when training is bounded by the clock."""
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0)
+    def __init__(self, cfg: LoopConfig, step: int, elapsed: float) -> None:
+        from tqdm.auto import tqdm
+
+        self.by_time = cfg.max_minutes is not None and (cfg.schedule_clock == "time" or cfg.max_steps >= 10**6)
+        if self.by_time:
+            self.bar = tqdm(total=round(cfg.max_minutes * 60), initial=round(elapsed), unit="s",
+                            dynamic_ncols=True, mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total} s "
+                            "[{elapsed}<{remaining}{postfix}]")
+        else:
+            self.bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.shown = elapsed
+
+    def update(self, step: int, elapsed: float, **postfix) -> None:
+        if postfix:
+            self.bar.set_postfix(step=step, **postfix, refresh=False)
+        if self.by_time:
+            delta = min(elapsed, self.bar.total) - self.shown
+            if delta > 0:
+                self.bar.update(delta)
+                self.shown += delta
+        else:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def train_loop(
@@ -170,7 +192,7 @@ def train_loop(
         return result
 
     model.train()
-    bar = _progress(cfg.max_steps, step, cfg.progress_bar)
+    bar = _Progress(cfg, step, elapsed_before) if cfg.progress_bar else None
     start = time.perf_counter()
     elapsed = elapsed_before
     window_tokens, window_start = 0, time.perf_counter()
@@ -217,9 +239,9 @@ def train_loop(
                     record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
                 metrics.write(record)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            if bar is not None:
-                bar.update(1)
+                    bar.update(step, elapsed, loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            elif bar is not None:
+                bar.update(step, elapsed)
 
             out_of_time = elapsed >= budget
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and not out_of_time:

@@ -17,6 +17,7 @@ from groundup.artifacts import find_tokenizer_file, read_json, require_files, sa
 from groundup.evaluate.perplexity import token_nll
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
+from groundup.plan.compute import flops_per_token
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.loop import LoopConfig, train_loop
 from groundup.train.optim import OptimConfig, build_optimizer
@@ -79,23 +80,6 @@ def autocast_for(device: torch.device, precision: str):
     if not use_bf16:
         return lambda: contextlib.nullcontext()
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def matmul_parameters(model: torch.nn.Module) -> int:
-    """Weights that take part in a matmul for every token (linear layers, the head; not embedding lookups)."""
-    seen, n = set(), 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and id(module.weight) not in seen:
-            seen.add(id(module.weight))
-            n += module.weight.numel()
-    return n
-
-
-def flops_per_token(model: Transformer, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per matmul weight (forward 2, backward 4) plus attention's 12 * L * C * T
-    (the PaLM / nanoGPT convention, counting the full T x T score matrix)."""
-    c = model.config
-    return 6.0 * matmul_parameters(model) + 12.0 * c.n_layer * c.n_embd * seq_len
 
 
 def peak_flops_for(device: torch.device) -> float | None:
@@ -167,7 +151,7 @@ def run(cfg: Config) -> Path:
     result = train_loop(
         model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
         out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
-        flops_per_token=flops_per_token(model, seq_len), peak_flops=peak_flops_for(device),
+        flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak_flops_for(device),
         evaluate=evaluate, autocast=autocast_for(device, cfg.precision),
     )
 

@@ -1,0 +1,41 @@
+"""Fixtures shared by the spine's tests: a small corpus, a 320-token BPE trained on it, its token shards."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from groundup.corpus import stdlib_documents
+
+SPINE_VAL_FRACTION = 0.2
+
+
+@pytest.fixture(scope="session")
+def spine_corpus(tmp_path_factory) -> Path:
+    """A JSONL shard of 80 standard-library files cut to 3,000 characters each."""
+    path = tmp_path_factory.mktemp("spine_corpus") / "shard.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for doc in itertools.islice(stdlib_documents(), 80):
+            f.write(json.dumps({"text": doc.text[:3000]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def spine_tokenizer(spine_corpus, tmp_path_factory) -> Path:
+    from groundup.tokenizer import train as tokenizer_stage
+
+    cfg = tokenizer_stage.Config(data=str(spine_corpus), out=tmp_path_factory.mktemp("spine") / "tokenizer",
+                                 vocab_size=320, val_fraction=SPINE_VAL_FRACTION)
+    return tokenizer_stage.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def spine_tokens(spine_corpus, spine_tokenizer, tmp_path_factory) -> Path:
+    from groundup.tokens import tokenize as tokenize_stage
+
+    cfg = tokenize_stage.Config(data=str(spine_corpus), tokenizer=spine_tokenizer, workers=1,
+                                out=tmp_path_factory.mktemp("spine") / "tokens", val_fraction=SPINE_VAL_FRACTION)
+    return tokenize_stage.run(cfg)

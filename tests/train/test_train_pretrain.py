@@ -1,0 +1,206 @@
+"""Pretraining: exact resume, checkpoints that survive a crash, metrics, budgets, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from groundup.artifacts import load_model_dir, read_manifest
+from groundup.model.config import ModelConfig
+from groundup.model.transformer import Transformer
+from groundup.tokens.datasets import RandomWindows
+from groundup.train import checkpoint as ckpt
+from groundup.train import pretrain
+from groundup.train.loop import LoopConfig
+from groundup.train.optim import OptimConfig
+
+MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320,
+                              block_size=32, dropout=0.1)
+
+
+def config(tokens, out, **train) -> pretrain.Config:
+    loop = {"max_steps": 8, "checkpoint_every": 4, "eval_every": 4, "log_every": 1, "progress_bar": False, **train}
+    return pretrain.Config(tokens=tokens, out=out, model=MODEL, optim=OptimConfig(lr=1e-2, warmup_steps=2),
+                           train=LoopConfig(**loop), batch_size=4, seq_len=32, eval_windows=4, device="cpu",
+                           seed=7)
+
+
+def weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatch):
+    straight = pretrain.run(config(spine_tokens, tmp_path / "straight"))
+
+    original = RandomWindows.next_batch
+
+    def interrupted(self):
+        if self.batches == 6:  # during step 7, after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(RandomWindows, "next_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.run(config(spine_tokens, tmp_path / "stopped"))
+    assert ckpt.latest_checkpoint(tmp_path / "stopped" / "checkpoints").name == "step-000004"
+    monkeypatch.setattr(RandomWindows, "next_batch", original)
+    resumed = pretrain.run(config(spine_tokens, tmp_path / "stopped", resume="auto"))
+
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [r["step"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 9))  # the lines of the abandoned steps 5-6 were dropped on resume
+    straight_loss = [r["loss"] for r in map(json.loads, (straight / "metrics.jsonl").read_text().splitlines())
+                     if "loss" in r]
+    resumed_loss = [r["loss"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
+                    if "loss" in r]
+    assert straight_loss == resumed_loss
+
+
+def test_model_dir_metrics_and_result(spine_tokens, tmp_path):
+    out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=6, checkpoint_every=2,
+                              keep_checkpoints=2))
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "train.yaml", "metrics.jsonl",
+                 "manifest.json"):
+        assert (out / name).is_file(), name
+    assert [p.name for p in ckpt.checkpoint_dirs(out / "checkpoints")] == ["step-000004", "step-000006"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s"} <= train[0].keys()
+    assert train[-1]["tokens"] == 6 * 4 * 32
+    assert train[1]["lr"] == pytest.approx(1e-2)  # the end of a 2-step warmup
+    evals = [r for r in records if "val_loss" in r]
+    assert evals and all(r["val_bits_per_byte"] > 0 for r in evals)
+    result = read_manifest(out)["result"]
+    assert result["steps"] == 6 and result["tokens_seen"] == 6 * 4 * 32
+    assert 0 < result["held_out_bits_per_byte"] < 8 * 4  # four bytes per token at most for this tokenizer
+    model, tokenizer = load_model_dir(out)
+    assert model.config == MODEL and tokenizer.vocab_size == 320
+
+
+def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_path):
+    out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=10**6, max_minutes=1e-4,
+                              schedule_clock="time"))
+    result = read_manifest(out)["result"]
+    assert result["stopped_by"] == "max_minutes" and result["steps"] >= 1
+    assert ckpt.latest_checkpoint(out / "checkpoints") is not None
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    model = Transformer(MODEL)
+    optimizer = torch.optim.AdamW(model.parameters())
+    first = ckpt.save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, state={"tokens_seen": 1})
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    real_save = torch.save
+
+    def failing_save(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(10)  # a half-written file, then the crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(tmp_path, 2, model=model, optimizer=optimizer, state={"tokens_seen": 2})
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path) == first
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+    fresh = Transformer(MODEL)
+    state = ckpt.load_checkpoint(first, model=fresh, optimizer=torch.optim.AdamW(fresh.parameters()))
+    assert state["step"] == 1
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_a_process_killed_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        from groundup.model.config import ModelConfig
+        from groundup.model.transformer import Transformer
+        from groundup.train import checkpoint as ckpt
+        model = Transformer(ModelConfig.from_name("tiny-gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                                  block_size=16))
+        opt = torch.optim.AdamW(model.parameters())
+        ckpt.save_checkpoint({str(tmp_path)!r}, 1, model=model, optimizer=opt, state={{}})
+        def hang(obj, path, *a, **k):
+            open(path, "wb").write(b"partial")
+            print("writing", flush=True)
+            time.sleep(60)
+        ckpt.torch.save = hang
+        ckpt.save_checkpoint({str(tmp_path)!r}, 2, model=model, optimizer=opt, state={{}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any(p.name.startswith(".tmp-step-000002") for p in tmp_path.iterdir())  # the torn write is there
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-000001"
+    model = Transformer(ModelConfig.from_name("tiny-gpt2", n_layer=1, n_embd=32, n_head=2, vocab_size=64,
+                                              block_size=16))
+    assert ckpt.load_checkpoint(latest, model=model)["step"] == 1
+
+
+def test_a_checkpoint_of_another_shape_is_refused_by_name(tmp_path):
+    model = Transformer(MODEL)
+    path = ckpt.save_checkpoint(tmp_path, 1, model=model, optimizer=torch.optim.AdamW(model.parameters()),
+                                state={})
+    wider = Transformer(ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                                              vocab_size=320, block_size=32))
+    with pytest.raises(ValueError, match=r"shape mismatch .*tok_embeddings.weight: file \(320, 32\) vs model "
+                                         r"\(320, 64\)"):
+        ckpt.load_checkpoint(path, model=wider)
+
+
+def test_missing_tokens_and_tokenizer_are_clear_errors(spine_tokens, tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokens dir"):
+        pretrain.run(config(tmp_path / "nowhere", tmp_path / "out"))
+    cfg = config(spine_tokens, tmp_path / "out")
+    cfg.tokenizer = tmp_path / "no-tokenizer"
+    with pytest.raises(FileNotFoundError, match="no-tokenizer"):
+        pretrain.run(cfg)
+
+
+def test_sequence_longer_than_the_model_is_refused(spine_tokens, tmp_path):
+    cfg = config(spine_tokens, tmp_path / "out")
+    cfg.seq_len = 64
+    with pytest.raises(ValueError, match="block_size"):
+        pretrain.run(cfg)
+
+
+def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
+    from groundup.train import loop
+
+    calls = {"n": 0}
+    real = loop.train_loop
+
+    def wrapped(**kwargs):
+        inner = kwargs["loss_fn"]
+
+        def loss_fn(model, batch):
+            calls["n"] += 1
+            loss = inner(model, batch)
+            return loss * float("nan") if calls["n"] == 2 else loss
+
+        return real(**{**kwargs, "loss_fn": loss_fn})
+
+    monkeypatch.setattr(pretrain, "train_loop", wrapped)
+    out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=3, eval_every=0))
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "skipped_non_finite"] == [1]
+    assert all(torch.isfinite(t).all() for t in weights(out).values())
