@@ -89,3 +89,10 @@ def test_command_line_shape():
     assert cfg.recipe == "tiny" and str(cfg.out) == "somewhere" and cfg.max_minutes == 2.5
     # the built-in recipe is a time-budgeted run under 10 minutes
     assert cfg.pretrain.train.max_minutes is not None and cfg.pretrain.train.max_minutes < 10
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt2-124m"])
+def test_built_in_recipes_parse_into_the_config(name):
+    cfg = pipeline.parse_args([name])
+    assert cfg.recipe == name
+    assert cfg.pretrain.optim.lr > 0 and cfg.tokenizer.vocab_size >= 8192

@@ -9,6 +9,7 @@ import sys
 # `groundup --help` and light stages start fast.
 STAGES: dict[str, tuple[str, str]] = {
     "plan": ("groundup.plan.run", "Plan a model: parameters, FLOPs, memory, time, cost and inference speed."),
+    "curate": ("groundup.curate.run", "Clean, filter, deduplicate and redact web text (WARC/WET, JSONL, Parquet) into shards."),
     "run": ("groundup.pipeline", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
     "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
