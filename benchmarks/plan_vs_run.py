@@ -105,7 +105,7 @@ def compare(run: Path, *, peak_flops: float | None = None) -> dict[str, Any]:
     elif inputs["recorded_peak"] is not None:
         peak, peak_source = inputs["recorded_peak"], "recorded by the run"
     else:
-        peak, peak_source = measure_cpu_matmul_flops(), "measured now (fp32 2048x2048 matmul)"
+        peak, peak_source = measure_cpu_matmul_flops(min_seconds=2.0), "measured now (fp32 2048x2048 matmul)"
     model = inputs["model"]
     predicted = predict_train_seconds(model, inputs["tokens_seen"], peak_flops=peak, mfu=inputs["mfu"],
                                       seq_len=inputs["seq_len"])

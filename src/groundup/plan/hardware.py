@@ -187,11 +187,12 @@ def get_link(name: str) -> Link:
 
 
 @functools.lru_cache(maxsize=8)
-def measure_cpu_matmul_flops(size: int = 2048, reps: int = 3) -> float:
+def measure_cpu_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0) -> float:
     """FLOP/s of an fp32 ``size``x``size`` matmul on this machine's CPU, with torch's threads as set.
 
-    Each product is 2·size³ FLOPs; one warm-up, then the best of ``reps`` timed runs (the best, since
-    other work on a shared machine only ever slows a run down). Cached per process: a plan and a
+    Each product is 2·size³ FLOPs; one warm-up, then the best of at least ``reps`` timed runs, going on
+    until ``min_seconds`` have passed (the best, since other work on a shared machine only ever slows a
+    run down; a longer window is likelier to catch a quiet moment). Cached per process: a plan and a
     training run's MFU then divide by the same figure.
     """
     import torch
@@ -202,11 +203,12 @@ def measure_cpu_matmul_flops(size: int = 2048, reps: int = 3) -> float:
     a = torch.randn(size, size, generator=generator)
     b = torch.randn(size, size, generator=generator)
     torch.mm(a, b)  # warm-up: thread pool start, page faults
-    best = float("inf")
-    for _ in range(reps):
+    best, done, deadline = float("inf"), 0, time.perf_counter() + min_seconds
+    while done < reps or time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
+        done += 1
     return 2.0 * size**3 / best
 
 

@@ -89,7 +89,7 @@ def peak_flops_for(device: torch.device) -> float | None:
     except ImportError:
         return None
     if device.type == "cpu":
-        return hardware.measure_cpu_matmul_flops()
+        return hardware.measure_cpu_matmul_flops(min_seconds=2.0)
     return hardware.cuda_peak_flops(torch.cuda.get_device_name(device))
 
 
@@ -148,10 +148,11 @@ def run(cfg: Config) -> Path:
             result["val_bits_per_byte"] = round(nll.loss / math.log(2) * val_token_count / val_bytes, 6)
         return result
 
+    peak_flops = peak_flops_for(device)
     result = train_loop(
         model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
         out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
-        flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak_flops_for(device),
+        flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak_flops,
         evaluate=evaluate, autocast=autocast_for(device, cfg.precision),
     )
 
@@ -161,7 +162,8 @@ def run(cfg: Config) -> Path:
                           batch_size=cfg.batch_size, device=device)
     summary = {
         "steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
-        "stopped_by": result.stopped_by, "parameters": n_params,
+        "stopped_by": result.stopped_by, "parameters": n_params, "peak_flops": peak_flops,
+        "flops_per_token": flops_per_token(model_cfg, seq_len),
         "held_out_loss": final.loss, "held_out_tokens": final.tokens,
         "held_out_bits_per_byte": final.bits_per_byte(val_bytes) if val_bytes else None,
     }

@@ -1,0 +1,9 @@
+"""Data curation: web text (WARC/WET, JSONL, Parquet, text) to clean, deduplicated, PII-redacted shards.
+
+One module per concern: ``readers`` (streaming input with file and offset), ``extract``
+(main text from HTML), ``text`` (the document record and word splitting), ``steps`` (filters,
+formatters and their automatic statistics), ``filters`` (URL, language, Gopher, C4, FineWeb,
+length), ``unicode``, ``pii``, ``recipe`` (the default FineWeb-like chain), ``dedup`` (exact and
+MinHash near-duplicates, out of core), ``shards`` and ``executors`` (resumable shard tasks, local
+processes or Ray), ``writers``, and ``run`` (the ``groundup curate`` stage).
+"""

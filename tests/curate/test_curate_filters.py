@@ -1,0 +1,222 @@
+"""Each rule on hand-made documents on both sides of its threshold; the n-gram statistics against plain loops."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from curate_helpers import english_text
+
+from groundup.curate.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LanguageFilter,
+    LengthFilter,
+    URLFilter,
+    duplicate_ngram_characters,
+    next_ngram_hashes,
+    repeated_positions,
+    top_ngram_characters,
+    word_hashes,
+)
+from groundup.curate.steps import Chain
+from groundup.curate.text import Document, split_words
+
+PROSE = english_text(7, sentences=24)
+
+
+def doc(text: str, url: str | None = None) -> Document:
+    return Document(text, "test", 0, url)
+
+
+def test_prose_passes_every_rule():
+    for rule in (GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
+                 FineWebQualityFilter(), LanguageFilter()):
+        assert rule.filter(doc(PROSE)) == (True, ""), rule.name
+
+
+# ---------------------------------------------------------------------------- n-gram statistics vs loops
+
+
+def reference_duplicate_chars(words: list[str], n: int) -> int:
+    """The reference walk, on n-grams as tuples (no separator ambiguity)."""
+    seen, total, i = set(), 0, 0
+    while i < len(words) - n + 1:
+        gram = tuple(words[i:i + n])
+        if gram in seen:
+            total += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return total
+
+
+def reference_top_chars(words: list[str], n: int) -> int:
+    grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0
+    gram, count = Counter(grams).most_common(1)[0]
+    return len(gram) * count
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ngram_statistics_match_plain_loops(seed):
+    rng = random.Random(seed)
+    vocab = [f"w{i}" * rng.randint(1, 3) for i in range(rng.choice((3, 8, 40)))]
+    words = [rng.choice(vocab) for _ in range(rng.randint(5, 300))]
+    hashes = word_hashes(words)
+    import numpy as np
+
+    lengths = np.array([len(w) for w in words])
+    prefix = np.concatenate([[0], np.cumsum(lengths)])
+    grams = hashes
+    for n in range(2, 11):
+        if n > len(words):
+            break
+        grams = next_ngram_hashes(grams, hashes, n)
+        chars = prefix[n:] - prefix[:-n]
+        assert top_ngram_characters(grams, chars + n - 1) == reference_top_chars(words, n)
+        positions = repeated_positions(grams)
+        got = duplicate_ngram_characters(positions, grams[positions], chars[positions], n)
+        assert got == reference_duplicate_chars(words, n)
+
+
+# ---------------------------------------------------------------------------- Gopher repetition
+
+
+def test_gopher_repetition_lines_and_paragraphs():
+    rule = GopherRepetitionFilter()
+    lines = PROSE.split("\n")
+    # 2 repeated paragraphs of 6 (0.33 > 0.3) vs 1 of 6
+    assert rule.filter(doc("\n\n".join(lines[:4] + lines[:2])))[1] == "dup_para_frac"
+    assert rule.filter(doc("\n\n".join(lines[:5] + lines[:1])))[0] in (True, False)
+    short = [f"Line number {i} is here." for i in range(10)]
+    # 4 of 14 lines repeated (0.29, under 0.3) but they hold 0.29 of the characters (over 0.2)
+    assert rule.filter(doc("\n".join(short + short[:4])))[1] == "dup_line_char_frac"
+    assert rule.filter(doc("\n".join(short[:6] + short[:4])))[1] == "dup_line_frac"  # 4/10 = 0.4
+
+
+def test_gopher_repetition_ngrams():
+    rule = GopherRepetitionFilter()
+    assert rule.filter(doc("cheap watches " * 60 + PROSE))[1] == "top_2_gram"  # 780 of 2,700 characters
+    assert rule.filter(doc("buy cheap watches now " * 30 + PROSE))[1] == "top_3_gram"
+    assert rule.filter(doc("cheap watches " * 5 + PROSE))[0]
+    # a 12-word phrase repeated: caught by duplicated n-grams, not by the top n-gram rules
+    phrase = "the river carries every golden lantern past the quiet harbor tonight again"
+    text = PROSE + " " + " ".join([phrase] * 8)
+    keep, reason = rule.filter(doc(text))
+    assert not keep and reason.startswith("duplicated_")
+    assert rule.filter(doc(PROSE + " " + phrase))[0]
+
+
+# ---------------------------------------------------------------------------- Gopher quality
+
+
+def test_gopher_quality_thresholds():
+    rule = GopherQualityFilter()
+    words50 = " ".join(["the cat and the dog"] * 10)
+    assert rule.filter(doc(words50 + "."))[0]
+    assert rule.filter(doc(" ".join(["the cat and the dog"] * 9) + " of the cat."))[1] == "gopher_short_doc"
+    assert rule.filter(doc(" ".join(["a to of it"] * 20)))[1] == "gopher_below_avg_threshold"
+    assert rule.filter(doc(" ".join(["extraordinarily"] * 60)))[1] == "gopher_above_avg_threshold"
+    assert rule.filter(doc(PROSE + " #tag" * 40))[1] == "gopher_too_many_hashes"
+    assert rule.filter(doc(PROSE + " wait..." * 40))[1] == "gopher_too_many_ellipsis"
+    bullets = "\n".join(f"- item {w} of the list and more" for w in PROSE.split()[:60])
+    assert rule.filter(doc(bullets))[1] == "gopher_too_many_bullets"
+    ellipses = "\n".join(" ".join(PROSE.split()[i:i + 12]) + "..." for i in range(0, 200, 12))
+    assert rule.filter(doc(ellipses))[1] in ("gopher_too_many_end_ellipsis", "gopher_too_many_ellipsis")
+    numbers = PROSE + " " + " ".join(str(i) for i in range(600))
+    assert rule.filter(doc(numbers))[1] == "gopher_below_alpha_threshold"
+    no_stop = " ".join(["green cats eat fish quickly"] * 12)
+    assert rule.filter(doc(no_stop))[1] == "gopher_enough_stop_words"
+
+
+# ---------------------------------------------------------------------------- C4
+
+
+def test_c4_rules():
+    rule = C4QualityFilter(filter_no_terminal_punct=False)
+    assert rule.filter(doc(PROSE + "\nLorem ipsum dolor sit amet."))[1] == "lorem_ipsum"
+    assert rule.filter(doc(PROSE + "\nThe function f { returns } nothing."))[1] == "curly_bracket"
+    assert rule.filter(doc("One sentence here. Two sentences here.\nThree more words."))[1] == "too_few_sentences"
+    d = doc(PROSE + "\nPlease enable JavaScript to view it.\nThis site uses cookies to work.\nMenu\n  ")
+    assert rule.filter(d) == (True, "")
+    assert "JavaScript" not in d.text and "cookies" not in d.text and "Menu" not in d.text
+    strict = C4QualityFilter(filter_no_terminal_punct=True)
+    d = doc(PROSE + "\nA line without an end mark")
+    assert strict.filter(d)[0] and "without an end mark" not in d.text
+
+
+# ---------------------------------------------------------------------------- FineWeb
+
+
+def test_fineweb_rules():
+    rule = FineWebQualityFilter()
+    lines = PROSE.split("\n")
+    no_punct = "\n".join(line.rstrip(".?!") + " and more words here" for line in lines)
+    assert rule.filter(doc(no_punct))[1] == "line_punct_ratio"
+    short = "\n".join(["Short line here."] * 1 + [f"Item {i}." for i in range(20)] + lines)
+    assert rule.filter(doc(short))[1] == "short_line_ratio"
+    # about 5% of characters in a repeated line: kept at the paper's 0.1, dropped at datatrove's 0.01
+    repeated = PROSE + "\n" + lines[-1][:60] + ".\n" + lines[-1][:60] + "."
+    assert rule.filter(doc(repeated))[0]
+    assert FineWebQualityFilter(char_duplicates_ratio=0.01).filter(doc(repeated))[1] == "char_dup_ratio"
+    listy = "\n".join(f"Word{i} ok." for i in range(40))  # 39 newlines for 120 words
+    assert FineWebQualityFilter(short_line_thr=1.0).filter(doc(listy))[1] == "list_ratio"
+
+
+# ---------------------------------------------------------------------------- length, URL, language
+
+
+def test_length_filter():
+    rule = LengthFilter(min_chars=10, max_chars=20)
+    assert rule.filter(doc("x" * 9))[1] == "too_short"
+    assert rule.filter(doc("x" * 15))[0]
+    assert rule.filter(doc("x" * 21))[1] == "too_long"
+
+
+def test_url_filter(tmp_path):
+    extra = tmp_path / "block.txt"
+    extra.write_text("# mine\nbad-example.org\nhttps://good.org/one-page\nword:lottery\n")
+    rule = URLFilter(files=[extra])
+    assert rule.filter(doc("x", "https://bad-example.org/a"))[1] == "blocked_domain"
+    assert rule.filter(doc("x", "https://www.news.bad-example.org/a"))[1] == "blocked_domain"
+    assert rule.filter(doc("x", "https://notbad-example.org/a"))[0]
+    assert rule.filter(doc("x", "https://good.org/one-page"))[1] == "blocked_url"
+    assert rule.filter(doc("x", "https://good.org/other"))[0]
+    assert rule.filter(doc("x", "https://win-the-lottery.net/"))[1] == "blocked_word"
+    assert rule.filter(doc("x", None))[0]
+    shipped = URLFilter()
+    assert shipped.filter(doc("x", "https://www.pornhub.com/x"))[1] == "blocked_domain"
+    assert shipped.filter(doc("x", "https://en.wikipedia.org/wiki/River"))[0]
+
+
+def test_language_filter_offline():
+    rule = LanguageFilter(["en"], threshold=0.65)
+    d = doc(PROSE)
+    assert rule.filter(d) == (True, "") and d.meta["language"] == "en" and d.meta["language_score"] > 0.65
+    french = doc("Le petit village se trouve au bord de la rivière, et les habitants aiment se promener "
+                 "le long des champs pendant les longues soirées d'été.")
+    assert rule.filter(french)[1] == "other_language" and french.meta["language"] == "fr"
+    assert LanguageFilter(["en"], threshold=1.01).filter(doc(PROSE))[1] == "low_language_score"
+
+
+def test_chain_counts_every_step():
+    chain = Chain([LengthFilter(min_chars=100), GopherQualityFilter()])
+    docs = [doc(PROSE), doc("short"), doc(" ".join(["green cats eat fish"] * 30))]
+    kept = list(chain.run(docs))
+    assert kept == [docs[0]]
+    stats = chain.stats.as_dict()
+    assert stats["length"]["documents_in"] == 3 and stats["length"]["dropped"] == {"too_short": 1}
+    assert stats["gopher_quality"]["documents_out"] == 1
+    assert stats["gopher_quality"]["dropped"] == {"gopher_enough_stop_words": 1}
+    assert stats["gopher_quality"]["bytes_out"] == len(PROSE.encode())
+
+
+def test_words_split_punctuation():
+    assert split_words("Hello, world... It's 3.14 (really)!") == \
+        ["Hello", ",", "world", "...", "It's", "3.14", "(", "really", ")", "!"]
