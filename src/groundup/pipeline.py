@@ -140,8 +140,12 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, float] | None = None) -> Path:
-    """Training loss and held-out bits per byte against tokens seen, with the compressors' lines."""
+def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, float] | None = None,
+                    final: tuple[float, float] | None = None) -> Path:
+    """Training loss and held-out bits per byte against tokens seen, with the compressors' lines.
+
+    The periodic evaluations score a fixed sample of held-out windows; ``final`` (tokens seen, bits per
+    byte) is the score of the whole held-out text with overlapping windows, drawn as its own point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +161,10 @@ def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, flo
     ax1.grid(alpha=0.3)
     ax1.legend()
     bpb = [m for m in evals if "val_bits_per_byte" in m]
-    ax2.plot([m["tokens"] / 1e6 for m in bpb], [m["val_bits_per_byte"] for m in bpb], "o-", ms=3, label="model")
+    ax2.plot([m["tokens"] / 1e6 for m in bpb], [m["val_bits_per_byte"] for m in bpb], "o-", ms=3,
+             label="model, sample of held-out windows")
+    if final is not None:
+        ax2.plot([final[0] / 1e6], [final[1]], "*", ms=12, color="C3", label=f"model, all held-out text: {final[1]:.3f}")
     for (name, value), style in zip((baselines or {}).items(), ("--", ":"), strict=False):
         ax2.axhline(value, ls=style, color="gray", label=name.replace("_bits_per_byte", " -9" + ("e" if "xz" in name else "")))
     ax2.set(title="Held-out bits per byte", xlabel="tokens seen (millions)", ylabel="bits per byte")
@@ -220,7 +227,8 @@ def run(cfg: Config) -> Path:
     metrics = read_metrics(model_dir / "metrics.jsonl")
     throughput = [m["tokens_per_s"] for m in metrics if "tokens_per_s" in m]
     mfu = [m["mfu"] for m in metrics if "mfu" in m]
-    plot_loss_curve(metrics, out / "loss.png", baselines=baselines)
+    plot_loss_curve(metrics, out / "loss.png", baselines=baselines,
+                    final=(result["tokens_seen"], result["held_out_bits_per_byte"]))
     tokens_meta = read_json(out / "tokens" / "meta.json")
     summary = {
         "recipe": cfg.recipe,

@@ -196,6 +196,7 @@ def train_loop(
     start = time.perf_counter()
     elapsed = elapsed_before
     window_tokens, window_start = 0, time.perf_counter()
+    window_loss, window_steps = 0.0, 0
     last_eval: dict[str, float] = {}
     last_ckpt: Path | None = None
     stopped_by = "max_steps"
@@ -227,12 +228,18 @@ def train_loop(
             tokens_seen += tokens_per_micro_batch * cfg.grad_accum
             window_tokens += tokens_per_micro_batch * cfg.grad_accum
             elapsed = elapsed_before + time.perf_counter() - start
+            if math.isfinite(loss_sum):
+                window_loss += loss_sum / cfg.grad_accum
+                window_steps += 1
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0, now
-                record = {"step": step, "tokens": tokens_seen, "loss": round(loss_sum / cfg.grad_accum, 6),
+                # the mean over the steps since the previous line: a single micro-batch's loss is noisy
+                mean_loss = window_loss / window_steps if window_steps else loss_sum / cfg.grad_accum
+                window_loss, window_steps = 0.0, 0
+                record = {"step": step, "tokens": tokens_seen, "loss": round(mean_loss, 6),
                           "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
                           "elapsed_s": round(elapsed, 3)}
                 if peak_flops:
