@@ -17,8 +17,11 @@ from groundup.curate.filters import (
     LengthFilter,
     URLFilter,
     duplicate_ngram_characters,
+    language_sample,
     next_ngram_hashes,
     repeated_positions,
+    split_lines,
+    split_paragraphs,
     top_ngram_characters,
     word_hashes,
 )
@@ -203,6 +206,29 @@ def test_language_filter_offline():
                  "le long des champs pendant les longues soirées d'été.")
     assert rule.filter(french)[1] == "other_language" and french.meta["language"] == "fr"
     assert LanguageFilter(["en"], threshold=1.01).filter(doc(PROSE))[1] == "low_language_score"
+
+
+def test_language_sample_is_bounded_and_spread():
+    short = "one line\nand another"
+    assert language_sample(short, 3000) == "one line and another"  # short texts whole, newlines as spaces
+    long = "\n".join(f"line{i} " + "word " * 20 for i in range(400))
+    sample = language_sample(long, 3000)
+    assert "\n" not in sample and len(sample) <= 3000 + 8
+    assert "line0 " in sample and "line399" not in sample  # slices across the page, not its top only
+    assert any(f"line{i} " in sample for i in range(340, 360))
+    assert language_sample(long, None) == long.replace("\n", " ")
+    en = doc(PROSE * 20)  # a long page: identified from its sample
+    assert LanguageFilter(["en"]).filter(en)[0] and LanguageFilter(["en"], max_chars=None).filter(en)[0]
+
+
+def test_line_and_paragraph_splits_match_the_regex_splits():
+    import re
+
+    rng = random.Random(3)
+    for _ in range(3000):
+        text = "".join(rng.choice(["\n", "a", " ", "b\n", "\n\n", "\n\n\n"]) for _ in range(rng.randint(0, 12)))
+        assert split_lines(text) == re.split(r"\n+", text)
+        assert split_paragraphs(text) == re.split(r"\n{2,}", text.strip())
 
 
 def test_chain_counts_every_step():

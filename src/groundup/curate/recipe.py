@@ -51,6 +51,9 @@ class RecipeConfig:
     """Languages to keep (fastText lid.176 codes); None keeps every language (and still records it)."""
     language_threshold: float = 0.65
     """Minimum language score (FineWeb: 0.65)."""
+    language_sample_chars: int | None = 3000
+    """Longer pages are identified from this many characters in 8 evenly spaced slices (None: the
+    whole text, as FineWeb; slower, and fastText's cost grows with the length)."""
     gopher_repetition: bool = True
     """Gopher's repetition rules (duplicated lines/paragraphs, top and duplicated n-grams)."""
     gopher_quality: bool = True
@@ -88,7 +91,8 @@ def build_steps(cfg: RecipeConfig) -> list[Filter | Formatter]:
         steps.append(UnicodeFixer())
     if cfg.min_chars is not None or cfg.max_chars is not None:
         steps.append(LengthFilter(cfg.min_chars, cfg.max_chars))
-    steps.append(LanguageFilter(cfg.languages, 0.0 if cfg.languages is None else cfg.language_threshold))
+    steps.append(LanguageFilter(cfg.languages, 0.0 if cfg.languages is None else cfg.language_threshold,
+                                max_chars=cfg.language_sample_chars))
     if cfg.gopher_repetition:
         steps.append(GopherRepetitionFilter())
     if cfg.gopher_quality:
