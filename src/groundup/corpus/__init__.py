@@ -121,6 +121,23 @@ def describe_stdlib() -> dict:
 # ---------------------------------------------------------------------------- local shards
 
 
+def parse_json_line(raw: bytes, text_field: str, stats: ReadStats, where: str) -> tuple[dict, str] | None:
+    """A JSONL line's record and its text, or None after counting why the line was skipped."""
+    try:
+        record = json.loads(raw)
+    except UnicodeDecodeError:
+        stats.skip("invalid UTF-8", where)
+        return None
+    except json.JSONDecodeError as e:
+        stats.skip(f"malformed JSON ({e.msg})", where)
+        return None
+    text = record.get(text_field) if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        stats.skip(f"no string field {text_field!r}", where)
+        return None
+    return record, text
+
+
 def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -128,21 +145,12 @@ def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[Docum
             where = f"{path}:{lineno}"
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats.skip("invalid UTF-8", where)
-                continue
-            except json.JSONDecodeError as e:
-                stats.skip(f"malformed JSON ({e.msg})", where)
-                continue
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                stats.skip(f"no string field {text_field!r}", where)
+            parsed = parse_json_line(raw, text_field, stats, where)
+            if parsed is None:
                 continue
             stats.documents += 1
             stats.bytes += len(raw)
-            yield Document(where, text)
+            yield Document(where, parsed[1])
 
 
 def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:

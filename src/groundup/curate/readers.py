@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import logging
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from groundup.corpus import ReadStats
+from groundup.corpus import ReadStats, parse_json_line
 from groundup.curate.extract import decode_html
 from groundup.curate.text import Document
 
@@ -93,18 +92,10 @@ def read_jsonl(path: Path, stats: ReadStats, *, text_field: str = "text", url_fi
                     continue
                 if not raw.strip():
                     continue
-                try:
-                    record = json.loads(raw)
-                except UnicodeDecodeError:
-                    stats.skip("invalid UTF-8", where)
+                parsed = parse_json_line(raw, text_field, stats, where)
+                if parsed is None:
                     continue
-                except json.JSONDecodeError as e:
-                    stats.skip(f"malformed JSON ({e.msg})", where)
-                    continue
-                text = record.get(text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    stats.skip(f"no string field {text_field!r}", where)
-                    continue
+                record, text = parsed
                 url = record.get(url_field)
                 stats.documents += 1
                 stats.bytes += len(raw)

@@ -32,12 +32,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReaderSettings:
-    fmt: str | None = None
-    text_field: str = "text"
-    url_field: str = "url"
-    warc_backend: str = "fastwarc"
-    verify_digests: bool = True
-    max_document_bytes: int = 5_000_000
+    """The reading part of the curate stage's Config, handed to each shard task (defaults live there)."""
+
+    fmt: str | None
+    text_field: str
+    url_field: str
+    warc_backend: str
+    verify_digests: bool
+    max_document_bytes: int
 
 
 @dataclass(frozen=True)

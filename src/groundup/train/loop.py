@@ -107,7 +107,7 @@ class _Progress:
     def __init__(self, cfg: LoopConfig, step: int, elapsed: float) -> None:
         from tqdm.auto import tqdm
 
-        self.by_time = cfg.max_minutes is not None and (cfg.schedule_clock == "time" or cfg.max_steps >= 10**6)
+        self.by_time = cfg.schedule_clock == "time"  # LoopConfig makes sure max_minutes is set then
         if self.by_time:
             self.bar = tqdm(total=round(cfg.max_minutes * 60), initial=round(elapsed), unit="s",
                             dynamic_ncols=True, mininterval=1.0, bar_format="{l_bar}{bar}| {n:.0f}/{total} s "

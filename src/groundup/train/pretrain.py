@@ -148,11 +148,11 @@ def run(cfg: Config) -> Path:
             result["val_bits_per_byte"] = round(nll.loss / math.log(2) * val_token_count / val_bytes, 6)
         return result
 
-    peak_flops = peak_flops_for(device)
+    peak_flops, token_flops = peak_flops_for(device), flops_per_token(model_cfg, seq_len)
     result = train_loop(
         model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
         out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
-        flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak_flops,
+        flops_per_token=token_flops, peak_flops=peak_flops,
         evaluate=evaluate, autocast=autocast_for(device, cfg.precision),
     )
 
@@ -163,7 +163,7 @@ def run(cfg: Config) -> Path:
     summary = {
         "steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
         "stopped_by": result.stopped_by, "parameters": n_params, "peak_flops": peak_flops,
-        "flops_per_token": flops_per_token(model_cfg, seq_len),
+        "flops_per_token": token_flops,
         "held_out_loss": final.loss, "held_out_tokens": final.tokens,
         "held_out_bits_per_byte": final.bits_per_byte(val_bytes) if val_bytes else None,
     }
