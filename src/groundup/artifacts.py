@@ -213,6 +213,9 @@ def save_model_dir(out: str | Path, model, *, tokenizer_file: str | Path, stage:
     tokenizer_src = find_tokenizer_file(tokenizer_file)
     if tokenizer_src.resolve() != (out / "tokenizer.json").resolve():
         shutil.copyfile(tokenizer_src, out / "tokenizer.json")
+        template = tokenizer_src.parent / "chat_template.jinja"  # a model dir's chat template travels with it
+        if template.is_file():
+            shutil.copyfile(template, out / "chat_template.jinja")
     with open(out / "train.yaml", "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f, sort_keys=False)
     (out / "metrics.jsonl").touch()
