@@ -1,0 +1,692 @@
+"""Hugging Face transformers interop: groundup's Transformer <-> GPT2LMHeadModel / LlamaForCausalLM.
+
+The two model families groundup's one transformer can be map onto the two architectures every
+runtime knows (transformers, vLLM, TGI, llama.cpp's converter):
+
+- GPT-2 family (LayerNorm, learned positions, GELU-tanh MLP) -> ``GPT2LMHeadModel``. HF GPT-2 keeps
+  its linear weights as ``Conv1D`` ((in, out), the transpose of ``nn.Linear``), always has biases (an
+  export without biases writes zeros, which computes the same function) and has no grouped-query
+  attention (an export repeats each key/value head for the query heads it serves, which is exact).
+- Llama family (RMSNorm, RoPE, SwiGLU) -> ``LlamaForCausalLM``. groundup fuses q/k/v into one
+  ``qkv`` matrix and gate/up into one ``fc`` matrix; HF keeps them apart. groundup's RoPE already
+  uses the half-split layout HF Llama checkpoints use, so no row permutation is needed. Q/K/V biases
+  without other biases (Qwen2 style) export as ``attention_bias=True`` with a zero output bias.
+
+Import reads the same two layouts plus Mistral and Qwen2 (Llama-shaped) from a local folder's
+safetensors (one file or sharded with an index) or ``pytorch_model.bin`` (``weights_only`` loading),
+checking every tensor's name and shape against the expected layout before anything is loaded.
+
+Everything here works on state dicts, so the conversion can be tested without ``transformers``;
+``to_transformers``/``from_transformers`` and the folder writers import it lazily (interop extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from groundup.model.config import ModelConfig
+from groundup.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2")
+"""HF ``model_type`` values ``import`` reads."""
+# Non-parameter buffers some checkpoints carry (GPT-2's causal mask, old Llama's RoPE frequencies).
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+class UnsupportedModelError(ValueError):
+    """A model shape or checkpoint that does not map between groundup and transformers; says what does not."""
+
+
+# ---------------------------------------------------------------------------- which HF architecture
+
+
+def hf_architecture(config: ModelConfig) -> str:
+    """``'gpt2'`` or ``'llama'``: the HF architecture that computes exactly what ``config`` does.
+
+    Raises UnsupportedModelError naming every switch that neither GPT2LMHeadModel nor LlamaForCausalLM
+    can express (say LayerNorm with RoPE).
+    """
+    family = config.family
+    if family in ("gpt2", "llama"):
+        return family
+    gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu"}
+    llama = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu"}
+
+    def off(target: dict[str, str]) -> str:
+        return ", ".join(f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in target.items()
+                         if getattr(config, k) != v)
+
+    raise UnsupportedModelError(
+        f"model shape norm={config.norm!r}, position={config.position!r}, mlp={config.mlp!r} maps onto no "
+        f"Hugging Face architecture: as GPT2LMHeadModel {off(gpt2)}; as LlamaForCausalLM {off(llama)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Which optional tensors the HF side has (they may be absent, or present where groundup has none)."""
+
+    arch: str
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+
+def _export_layout(config: ModelConfig) -> _Layout:
+    arch = hf_architecture(config)
+    if arch == "gpt2":
+        return _Layout("gpt2", True, True, True)  # HF GPT-2 always has every bias
+    attention_bias = config.bias or config.qkv_bias  # HF Llama's attention_bias covers q, k, v and o together
+    return _Layout("llama", attention_bias, attention_bias, config.bias)
+
+
+def hf_param_names(config: ModelConfig) -> dict[str, str]:
+    """groundup parameter name -> HF parameter name, for the architecture ``config`` exports to.
+
+    A fused groundup tensor maps onto several HF tensors joined with ``+`` in concatenation order
+    (dim 0): Llama ``qkv`` -> ``q_proj+k_proj+v_proj`` (``n_head``, ``n_kv_head``, ``n_kv_head`` heads of
+    ``head_dim`` rows), Llama ``mlp.fc`` -> ``gate_proj+up_proj``. GPT-2's ``Conv1D`` weights (attn
+    c_attn/c_proj, mlp c_fc/c_proj) are the transposes of groundup's. A tied ``lm_head.weight`` is listed
+    too (HF ties it the same way).
+    """
+    layout = _export_layout(config)
+    names: dict[str, str] = {}
+    if layout.arch == "gpt2":
+        names["tok_embeddings.weight"] = "transformer.wte.weight"
+        names["pos_embeddings.weight"] = "transformer.wpe.weight"
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"transformer.h.{i}."
+            pairs = {"attn_norm": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
+                     "mlp_norm": "ln_2", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+            for ours, theirs in pairs.items():
+                names[f"{p}{ours}.weight"] = f"{h}{theirs}.weight"
+                if config.bias or (ours == "attn.qkv" and config.qkv_bias):
+                    names[f"{p}{ours}.bias"] = f"{h}{theirs}.bias"
+        names["final_norm.weight"] = "transformer.ln_f.weight"
+        if config.bias:
+            names["final_norm.bias"] = "transformer.ln_f.bias"
+    else:
+        names["tok_embeddings.weight"] = "model.embed_tokens.weight"
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"model.layers.{i}."
+            names[f"{p}attn_norm.weight"] = f"{h}input_layernorm.weight"
+            names[f"{p}mlp_norm.weight"] = f"{h}post_attention_layernorm.weight"
+            for kind in ("weight", "bias"):
+                if kind == "weight" or config.bias or config.qkv_bias:
+                    names[f"{p}attn.qkv.{kind}"] = "+".join(f"{h}self_attn.{x}_proj.{kind}" for x in "qkv")
+                if kind == "weight" or config.bias:
+                    names[f"{p}attn.proj.{kind}"] = f"{h}self_attn.o_proj.{kind}"
+                    names[f"{p}mlp.fc.{kind}"] = f"{h}mlp.gate_proj.{kind}+{h}mlp.up_proj.{kind}"
+                    names[f"{p}mlp.proj.{kind}"] = f"{h}mlp.down_proj.{kind}"
+        names["final_norm.weight"] = "model.norm.weight"
+    names["lm_head.weight"] = "lm_head.weight"
+    return names
+
+
+# ---------------------------------------------------------------------------- state dicts, both ways
+
+
+def _expand_kv(t: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """A fused qkv weight (rows) or bias with grouped k/v heads -> the same with one k/v head per query head."""
+    nh, nkv, hd = config.n_head, config.kv_heads, config.head_dim
+    if nkv == nh:
+        return t
+    q, k, v = t.split((nh * hd, nkv * hd, nkv * hd), dim=0)
+    g = nh // nkv
+    k = k.unflatten(0, (nkv, hd)).repeat_interleave(g, dim=0).flatten(0, 1)
+    v = v.unflatten(0, (nkv, hd)).repeat_interleave(g, dim=0).flatten(0, 1)
+    return torch.cat((q, k, v), dim=0)
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
+                     layout: _Layout | None = None) -> dict[str, torch.Tensor]:
+    """groundup state dict -> HF state dict (``lm_head.weight`` included, even when tied)."""
+    layout = layout or _export_layout(config)
+    ref = state["tok_embeddings.weight"]
+
+    def get(name: str, size: int) -> torch.Tensor:
+        # A bias groundup does not have but HF does: zeros compute the same function.
+        return state[name] if name in state else torch.zeros(size, dtype=ref.dtype, device=ref.device)
+
+    C, nh, nkv, hd, hidden = config.n_embd, config.n_head, config.kv_heads, config.head_dim, config.mlp_hidden
+    out: dict[str, torch.Tensor] = {}
+    if layout.arch == "gpt2":
+        out["transformer.wte.weight"] = state["tok_embeddings.weight"]
+        out["transformer.wpe.weight"] = state["pos_embeddings.weight"]
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"transformer.h.{i}."
+            out[h + "ln_1.weight"] = state[p + "attn_norm.weight"]
+            out[h + "ln_1.bias"] = get(p + "attn_norm.bias", C)
+            out[h + "attn.c_attn.weight"] = _expand_kv(state[p + "attn.qkv.weight"], config).t()
+            out[h + "attn.c_attn.bias"] = _expand_kv(get(p + "attn.qkv.bias", (nh + 2 * nkv) * hd), config)
+            out[h + "attn.c_proj.weight"] = state[p + "attn.proj.weight"].t()
+            out[h + "attn.c_proj.bias"] = get(p + "attn.proj.bias", C)
+            out[h + "ln_2.weight"] = state[p + "mlp_norm.weight"]
+            out[h + "ln_2.bias"] = get(p + "mlp_norm.bias", C)
+            out[h + "mlp.c_fc.weight"] = state[p + "mlp.fc.weight"].t()
+            out[h + "mlp.c_fc.bias"] = get(p + "mlp.fc.bias", hidden)
+            out[h + "mlp.c_proj.weight"] = state[p + "mlp.proj.weight"].t()
+            out[h + "mlp.c_proj.bias"] = get(p + "mlp.proj.bias", C)
+        out["transformer.ln_f.weight"] = state["final_norm.weight"]
+        out["transformer.ln_f.bias"] = get("final_norm.bias", C)
+    else:
+        out["model.embed_tokens.weight"] = state["tok_embeddings.weight"]
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"model.layers.{i}."
+            out[h + "input_layernorm.weight"] = state[p + "attn_norm.weight"]
+            q, k, v = state[p + "attn.qkv.weight"].split((nh * hd, nkv * hd, nkv * hd), dim=0)
+            out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
+            out[h + "self_attn.v_proj.weight"] = v
+            if layout.qkv_bias:
+                qb, kb, vb = get(p + "attn.qkv.bias", (nh + 2 * nkv) * hd).split((nh * hd, nkv * hd, nkv * hd))
+                out[h + "self_attn.q_proj.bias"], out[h + "self_attn.k_proj.bias"] = qb, kb
+                out[h + "self_attn.v_proj.bias"] = vb
+            out[h + "self_attn.o_proj.weight"] = state[p + "attn.proj.weight"]
+            if layout.o_bias:
+                out[h + "self_attn.o_proj.bias"] = get(p + "attn.proj.bias", C)
+            out[h + "post_attention_layernorm.weight"] = state[p + "mlp_norm.weight"]
+            gate, up = state[p + "mlp.fc.weight"].chunk(2, dim=0)
+            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+            out[h + "mlp.down_proj.weight"] = state[p + "mlp.proj.weight"]
+            if layout.mlp_bias:
+                gate_b, up_b = get(p + "mlp.fc.bias", 2 * hidden).chunk(2)
+                out[h + "mlp.gate_proj.bias"], out[h + "mlp.up_proj.bias"] = gate_b, up_b
+                out[h + "mlp.down_proj.bias"] = get(p + "mlp.proj.bias", C)
+        out["model.norm.weight"] = state["final_norm.weight"]
+    out["lm_head.weight"] = state["lm_head.weight"] if "lm_head.weight" in state else state["tok_embeddings.weight"]
+    return out
+
+
+def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
+                       layout: _Layout) -> dict[str, torch.Tensor]:
+    """HF state dict (already checked by :func:`check_hf_tensors`) -> groundup state dict for ``config``."""
+    C, hidden = config.n_embd, config.mlp_hidden
+    t = tensors
+
+    def get(name: str, size: int) -> torch.Tensor:
+        ref = t[next(iter(t))]
+        return t[name] if name in t else torch.zeros(size, dtype=ref.dtype)
+
+    out: dict[str, torch.Tensor] = {}
+    if layout.arch == "gpt2":
+        out["tok_embeddings.weight"] = t["transformer.wte.weight"]
+        out["pos_embeddings.weight"] = t["transformer.wpe.weight"]
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"transformer.h.{i}."
+            out[p + "attn_norm.weight"], out[p + "attn_norm.bias"] = t[h + "ln_1.weight"], t[h + "ln_1.bias"]
+            out[p + "attn.qkv.weight"] = t[h + "attn.c_attn.weight"].t()
+            out[p + "attn.qkv.bias"] = t[h + "attn.c_attn.bias"]
+            out[p + "attn.proj.weight"] = t[h + "attn.c_proj.weight"].t()
+            out[p + "attn.proj.bias"] = t[h + "attn.c_proj.bias"]
+            out[p + "mlp_norm.weight"], out[p + "mlp_norm.bias"] = t[h + "ln_2.weight"], t[h + "ln_2.bias"]
+            out[p + "mlp.fc.weight"], out[p + "mlp.fc.bias"] = t[h + "mlp.c_fc.weight"].t(), t[h + "mlp.c_fc.bias"]
+            out[p + "mlp.proj.weight"] = t[h + "mlp.c_proj.weight"].t()
+            out[p + "mlp.proj.bias"] = t[h + "mlp.c_proj.bias"]
+        out["final_norm.weight"], out["final_norm.bias"] = t["transformer.ln_f.weight"], t["transformer.ln_f.bias"]
+    else:
+        out["tok_embeddings.weight"] = t["model.embed_tokens.weight"]
+        for i in range(config.n_layer):
+            p, h = f"blocks.{i}.", f"model.layers.{i}."
+            a = h + "self_attn."
+            out[p + "attn_norm.weight"] = t[h + "input_layernorm.weight"]
+            out[p + "attn.qkv.weight"] = torch.cat([t[f"{a}{x}_proj.weight"] for x in "qkv"])
+            if config.bias or config.qkv_bias:
+                out[p + "attn.qkv.bias"] = torch.cat([t[f"{a}{x}_proj.bias"] for x in "qkv"])
+            out[p + "attn.proj.weight"] = t[a + "o_proj.weight"]
+            out[p + "mlp_norm.weight"] = t[h + "post_attention_layernorm.weight"]
+            out[p + "mlp.fc.weight"] = torch.cat((t[h + "mlp.gate_proj.weight"], t[h + "mlp.up_proj.weight"]))
+            out[p + "mlp.proj.weight"] = t[h + "mlp.down_proj.weight"]
+            if config.bias:  # HF may have attention biases without MLP biases (or o_proj without): zeros
+                out[p + "attn.proj.bias"] = get(a + "o_proj.bias", C)
+                out[p + "mlp.fc.bias"] = torch.cat((get(h + "mlp.gate_proj.bias", hidden),
+                                                    get(h + "mlp.up_proj.bias", hidden)))
+                out[p + "mlp.proj.bias"] = get(h + "mlp.down_proj.bias", C)
+        out["final_norm.weight"] = t["model.norm.weight"]
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = t["lm_head.weight"]
+    return out
+
+
+def check_hf_tensors(tensors: dict[str, Any], config: ModelConfig, layout: _Layout, where: str) -> None:
+    """Check a checkpoint's tensor names and shapes against what ``config`` expects; name every misfit.
+
+    ``tensors`` maps names to anything with a ``.shape`` (a tensor, or a safetensors slice).
+    """
+    with torch.device("meta"):
+        meta = Transformer(config)
+    expected = {k: tuple(v.shape) for k, v in to_hf_state_dict(meta.state_dict(), config, layout).items()}
+    optional = {"lm_head.weight"} if config.tie_embeddings else set()
+    if layout.arch == "llama" and config.bias:  # see from_hf_state_dict: absent biases are zeros
+        optional |= {k for k in expected if k.endswith(".bias") and ".mlp." in k or "o_proj.bias" in k}
+    missing = sorted(k for k in expected if k not in tensors and k not in optional)
+    unexpected = sorted(k for k in tensors if k not in expected and not k.endswith(_IGNORED_SUFFIXES))
+    wrong = [f"{k}: {tuple(tensors[k].shape)} in the file, {expected[k]} expected" for k in expected
+             if k in tensors and tuple(tensors[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_few(missing)}")
+    if wrong:
+        problems.append(f"shape mismatch {_few(wrong)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_few(unexpected)} (a feature groundup's model does not have)")
+    if problems:
+        raise UnsupportedModelError(f"{where}: checkpoint does not match its config.json: " + "; ".join(problems))
+
+
+def _few(items: Sequence[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------------- configs, both ways
+
+
+def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
+                   pad_token_id: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` fields of the HF architecture that computes what ``config`` does."""
+    layout = _export_layout(config)
+    common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
+              "initializer_range": config.init_std, "bos_token_id": bos_token_id,
+              "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "use_cache": True}
+    if layout.arch == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
+                "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+                "n_head": config.n_head, "n_inner": config.mlp_hidden,
+                "activation_function": "gelu_new",  # the tanh approximation groundup's MLP uses
+                "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout,
+                "embd_pdrop": config.dropout, "attn_pdrop": config.attention_dropout,
+                "scale_attn_weights": True}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+            "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
+            "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+            "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+            "max_position_embeddings": config.block_size, "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
+            "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+            "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
+            "attention_dropout": config.attention_dropout}
+
+
+def _rope_theta(hf: dict[str, Any], where: str) -> float:
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise UnsupportedModelError(f"{where}: RoPE scaling {rope_type!r} is not supported by groundup's model "
+                                    f"(only plain RoPE)")
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, _Layout]:
+    """groundup ModelConfig (and the HF tensor layout) from an HF ``config.json``; refuse what does not map."""
+    model_type = hf.get("model_type")
+    if model_type not in IMPORTABLE:
+        arch = ", ".join(hf.get("architectures") or []) or "?"
+        raise UnsupportedModelError(f"{where}: model_type {model_type!r} ({arch}) is not supported; "
+                                    f"groundup imports {', '.join(IMPORTABLE)}")
+
+    def need(key: str, *alternatives: str):
+        for k in (key, *alternatives):
+            if hf.get(k) is not None:
+                return hf[k]
+        raise UnsupportedModelError(f"{where}: missing key {key!r}")
+
+    name = str(hf.get("_name_or_path") or model_type)
+    if model_type == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in _TANH_GELUS:
+            raise UnsupportedModelError(f"{where}: activation_function {act!r} is not supported "
+                                        f"(groundup's GELU is the tanh approximation: {', '.join(_TANH_GELUS)})")
+        for key in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+            if hf.get(key):
+                raise UnsupportedModelError(f"{where}: {key}=true is not supported")
+        if hf.get("scale_attn_weights") is False:
+            raise UnsupportedModelError(f"{where}: scale_attn_weights=false is not supported")
+        n_embd = int(need("n_embd", "hidden_size"))
+        config = ModelConfig.gpt2(
+            name=name, vocab_size=int(need("vocab_size")), block_size=int(need("n_positions", "n_ctx")),
+            n_layer=int(need("n_layer")), n_head=int(need("n_head")), n_embd=n_embd,
+            intermediate_size=int(hf.get("n_inner") or 4 * n_embd),
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+        return config, _Layout("gpt2", True, True, True)
+
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (SwiGLU needs 'silu')")
+    n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
+    if hf.get("head_dim") not in (None, n_embd // n_head):
+        raise UnsupportedModelError(f"{where}: head_dim {hf['head_dim']} differs from hidden_size / "
+                                    f"num_attention_heads = {n_embd // n_head}; groundup's model needs them equal")
+    block_size = int(need("max_position_embeddings"))
+    window = hf.get("sliding_window")
+    uses_window = model_type == "mistral" or (model_type == "qwen2" and hf.get("use_sliding_window"))
+    if uses_window and window is not None and int(window) < block_size:
+        # Within the window, sliding-window attention is ordinary causal attention: cap the context there.
+        log.warning("%s: sliding_window %d < max_position_embeddings %d; the imported model's block_size is "
+                    "%d (groundup's attention has no sliding window)", where, window, block_size, window)
+        block_size = int(window)
+    if model_type == "qwen2":
+        layout = _Layout("llama", qkv_bias=True)
+        bias, qkv_bias = False, True
+    else:
+        attention_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
+        layout = _Layout("llama", attention_bias, attention_bias, mlp_bias)
+        bias, qkv_bias = attention_bias or mlp_bias, False
+    config = ModelConfig.llama(
+        name=name, vocab_size=int(need("vocab_size")), block_size=block_size,
+        n_layer=int(need("num_hidden_layers")), n_head=n_head,
+        n_kv_head=int(hf.get("num_key_value_heads") or n_head), n_embd=n_embd,
+        intermediate_size=int(need("intermediate_size")), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=_rope_theta(hf, where), bias=bias, qkv_bias=qkv_bias,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    return config, layout
+
+
+# ---------------------------------------------------------------------------- in-memory models
+
+
+def to_transformers(model: Transformer):
+    """A transformers ``PreTrainedModel`` (GPT2LMHeadModel or LlamaForCausalLM) with ``model``'s weights, eval mode."""
+    from groundup.interop import require
+
+    transformers = require("transformers")
+    config = model.config
+    fields = hf_config_dict(config)
+    hf_config = transformers.AutoConfig.for_model(
+        fields.pop("model_type"), **{k: v for k, v in fields.items() if k not in ("architectures", "rope_theta")})
+    dtype = model.tok_embeddings.weight.dtype
+    hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    state = to_hf_state_dict(model.state_dict(), config)
+    hf_state_keys = set(hf_model.state_dict())
+    result = hf_model.load_state_dict({k: v for k, v in state.items() if k in hf_state_keys}, strict=False)
+    missing = [k for k in result.missing_keys if not (config.tie_embeddings and k == "lm_head.weight")]
+    if missing or set(state) - hf_state_keys - {"lm_head.weight"}:
+        raise RuntimeError(f"transformers' {type(hf_model).__name__} has a different layout than expected: "
+                           f"missing {missing[:5]}, extra {sorted(set(state) - hf_state_keys)[:5]}")
+    if config.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model.to(model.tok_embeddings.weight.device).eval()
+
+
+def from_transformers(hf_model) -> Transformer:
+    """A groundup Transformer (eval mode, float32) with the weights of a transformers GPT-2/Llama/Mistral/Qwen2 model."""
+    hf = hf_model.config.to_dict()
+    config, layout = config_from_hf(hf, where=f"{type(hf_model).__name__} config")
+    tensors = {k: v.detach() for k, v in hf_model.state_dict().items()}
+    return _build(tensors, config, layout, where=type(hf_model).__name__)
+
+
+def _build(tensors: dict[str, torch.Tensor], config: ModelConfig, layout: _Layout, where: str) -> Transformer:
+    check_hf_tensors(tensors, config, layout, where)
+    model = Transformer(config)
+    state = {k: v.to(torch.float32) for k, v in from_hf_state_dict(tensors, config, layout).items()}
+    model.load_state_dict(state, strict=not config.tie_embeddings)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- folders
+
+
+def read_hf_config(folder: str | Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Hugging Face folder not found: {folder} is not a directory")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: missing config.json")
+    from groundup.artifacts import read_json
+
+    return read_json(path)
+
+
+def _normalize_names(tensors: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Original GPT-2 checkpoints were saved from ``GPT2Model``: names without the ``transformer.`` prefix."""
+    if arch == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
+        return {(k if k == "lm_head.weight" else "transformer." + k): v for k, v in tensors.items()}
+    return tensors
+
+
+def read_hf_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF folder: ``model.safetensors``, sharded safetensors with an index, or ``pytorch_model.bin``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files: list[Path]
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        from groundup.artifacts import read_json
+
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: missing key 'weight_map'")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} names shard files that are missing: {_few(absent)}")
+    elif (folder / "pytorch_model.bin").is_file():
+        path = folder / "pytorch_model.bin"
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable PyTorch checkpoint ({e})") from e
+    else:
+        raise FileNotFoundError(f"{folder}: no weights (expected model.safetensors, model.safetensors.index.json "
+                                f"with its shards, or pytorch_model.bin)")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f}: unreadable safetensors file ({e})") from e
+    return tensors
+
+
+def load_hf_folder(folder: str | Path) -> Transformer:
+    """A groundup Transformer from a local HF folder, every tensor's name and shape checked first."""
+    folder = Path(folder)
+    config, layout = config_from_hf(read_hf_config(folder), where=str(folder / "config.json"))
+    tensors = _normalize_names(read_hf_tensors(folder), layout.arch)
+    return _build(tensors, config, layout, where=str(folder))
+
+
+# ---------------------------------------------------------------------------- tokenizer files
+
+
+def _special_ids(tokenizer) -> dict[str, int | None]:
+    """bos/eos/pad ids of a groundup Tokenizer: EOS doubles as BOS and padding (GPT-2's convention)."""
+    eos = tokenizer.eos_id
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+
+
+def write_hf_tokenizer(model_dir: Path, out: Path, tokenizer, block_size: int) -> None:
+    """tokenizer.json, tokenizer_config.json (PreTrainedTokenizerFast), chat template, in the HF folder ``out``."""
+    from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, END_OF_TURN, read_chat_template
+
+    shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
+    template = read_chat_template(model_dir)
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": eos, "eos_token": eos, "pad_token": eos, "unk_token": None,
+        "add_bos_token": False, "add_eos_token": False,  # groundup encodes text without added specials
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+        "chat_template": template,
+    }
+    if tokenizer.token_to_id(END_OF_TURN) is not None:
+        config["additional_special_tokens"] = [t for t in tokenizer.special_tokens if t != eos]
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    (out / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    """EOS and, when the vocabulary has it, the chat template's end of turn: both end a generation."""
+    from groundup.tokenizer.chat import END_OF_TURN
+
+    ids = [tokenizer.eos_id, tokenizer.token_to_id(END_OF_TURN)]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+# ---------------------------------------------------------------------------- export / import
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32",
+              max_shard_size: str | int = "5GB") -> Path:
+    """Write a transformers folder for the model dir ``model_dir``: config, safetensors (sharded above
+    ``max_shard_size``), generation config, tokenizer files and chat template. Returns ``out_dir``.
+    """
+    from groundup.artifacts import atomic_dir, load_model_dir, write_manifest
+    from groundup.interop import require
+
+    transformers = require("transformers")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model_dir = Path(model_dir)
+    model, tokenizer = load_model_dir(model_dir)
+    hf_architecture(model.config)  # refuse unmappable shapes before writing anything
+    hf_model = to_transformers(model).to(DTYPES[dtype])
+    ids = _special_ids(tokenizer)
+    for key, value in ids.items():
+        setattr(hf_model.config, key, value)
+    stops = _stop_ids(tokenizer)
+    hf_model.generation_config = transformers.GenerationConfig(
+        bos_token_id=ids["bos_token_id"], eos_token_id=stops if len(stops) > 1 else ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"])
+    with atomic_dir(out_dir) as tmp:
+        hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        config_path = tmp / "config.json"
+        fields = json.loads(config_path.read_text(encoding="utf-8"))
+        if hf_model.config.model_type == "llama":
+            fields.setdefault("rope_theta", model.config.rope_theta)  # for readers older than transformers 5
+        config_path.write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
+        write_hf_tokenizer(model_dir, tmp, tokenizer, model.config.block_size)
+        write_manifest(tmp, stage="export", config={"format": "hf", "dtype": dtype,
+                                                    "max_shard_size": str(max_shard_size)},
+                       inputs={"model": model_dir})
+    return Path(out_dir)
+
+
+def _read_chat_template(folder: Path) -> str | None:
+    """An HF folder's chat template: ``chat_template.jinja``, else ``tokenizer_config.json``'s ``chat_template``."""
+    from groundup.artifacts import read_json
+
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    template = read_json(path).get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def _tokenizer_json(folder: Path, out: Path) -> Path:
+    """Put the folder's ``tokenizer.json`` at ``out``; a folder with only slow-tokenizer files is converted
+    by transformers (which needs sentencepiece for ``tokenizer.model``)."""
+    if (folder / "tokenizer.json").is_file():
+        shutil.copyfile(folder / "tokenizer.json", out)
+        return out
+    try:
+        from groundup.interop import require
+
+        fast = require("transformers").AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        fast.backend_tokenizer.save(str(out))
+        return out
+    except Exception as e:
+        raise FileNotFoundError(f"{folder}: no tokenizer.json, and transformers could not build one from the "
+                                f"folder's tokenizer files ({e})") from e
+
+
+def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    """A groundup model dir (weights, config, tokenizer.json, chat template) from a local HF folder."""
+    from groundup.artifacts import atomic_dir, save_model_dir
+    from groundup.tokenizer import Tokenizer
+    from groundup.tokenizer.chat import write_chat_template
+
+    hf_dir = Path(hf_dir)
+    model = load_hf_folder(hf_dir)
+    with atomic_dir(out_dir) as tmp:
+        staging = tmp / ".hf-tokenizer"
+        staging.mkdir()
+        tokenizer_file = _tokenizer_json(hf_dir, staging / "tokenizer.json")
+        try:
+            tokenizer = Tokenizer.from_file(tokenizer_file)
+        except Exception as e:
+            raise ValueError(f"{hf_dir / 'tokenizer.json'}: groundup cannot load this tokenizer ({e})") from e
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise UnsupportedModelError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model's "
+                                        f"embedding only {model.config.vocab_size} rows")
+        save_model_dir(tmp, model, tokenizer_file=tokenizer_file, stage="import",
+                       config={"source": str(hf_dir), "model_type": read_hf_config(hf_dir).get("model_type")},
+                       inputs={"hf": hf_dir})
+        shutil.rmtree(staging)
+        template = _read_chat_template(hf_dir)
+        if template is not None:
+            write_chat_template(tmp, template)
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------- parity checks
+
+
+@torch.no_grad()
+def max_logit_diff(model: Transformer, hf_model, prompts: Iterable[Sequence[int]]) -> float:
+    """Largest absolute difference between groundup's and the HF model's logits over ``prompts`` (token ids)."""
+    worst = 0.0
+    device = model.lm_head.weight.device
+    for ids in prompts:
+        idx = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        ours = model(idx).float()
+        theirs = hf_model(input_ids=idx).logits.float()
+        worst = max(worst, (ours - theirs).abs().max().item())
+    return worst
+
+
+def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str], dtype: str = "float32",
+              tolerance: float | None = None) -> float:
+    """Load the export back with transformers (AutoModelForCausalLM, AutoTokenizer) and compare with groundup.
+
+    Returns the largest logit difference; raises AssertionError when it exceeds ``tolerance`` or when the
+    exported tokenizer encodes ``texts`` differently. The groundup side runs with its weights rounded to
+    ``dtype``, both sides compute in float32, so the difference measures the conversion, not the rounding.
+    """
+    from groundup.artifacts import load_model_dir
+    from groundup.interop import require
+
+    transformers = require("transformers")
+    model, tokenizer = load_model_dir(model_dir)
+    if dtype != "float32":
+        model = model.to(DTYPES[dtype]).float()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32,
+                                                                 local_files_only=True).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out_dir), local_files_only=True)
+    prompts = []
+    for text in texts:
+        ours = tokenizer.encode(text)
+        theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ours != theirs:
+            raise AssertionError(f"exported tokenizer encodes {text[:40]!r} differently from groundup's")
+        prompts.append(ours[: model.config.block_size] or [tokenizer.eos_id or 0])
+    diff = max_logit_diff(model, hf_model, prompts)
+    tolerance = 1e-4 if tolerance is None else tolerance
+    if not diff <= tolerance:
+        raise AssertionError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and the export")
+    return diff
