@@ -73,7 +73,7 @@ def hf_architecture(config: ModelConfig) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class HFLayout:
     """Which optional tensors the HF side has (they may be absent, or present where groundup has none)."""
 
     arch: str
@@ -82,12 +82,12 @@ class _Layout:
     mlp_bias: bool = False
 
 
-def _export_layout(config: ModelConfig) -> _Layout:
+def export_layout(config: ModelConfig) -> HFLayout:
     arch = hf_architecture(config)
     if arch == "gpt2":
-        return _Layout("gpt2", True, True, True)  # HF GPT-2 always has every bias
+        return HFLayout("gpt2", True, True, True)  # HF GPT-2 always has every bias
     attention_bias = config.bias or config.qkv_bias  # HF Llama's attention_bias covers q, k, v and o together
-    return _Layout("llama", attention_bias, attention_bias, config.bias)
+    return HFLayout("llama", attention_bias, attention_bias, config.bias)
 
 
 def hf_param_names(config: ModelConfig) -> dict[str, str]:
@@ -99,7 +99,7 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
     c_attn/c_proj, mlp c_fc/c_proj) are the transposes of groundup's. A tied ``lm_head.weight`` is listed
     too (HF ties it the same way).
     """
-    layout = _export_layout(config)
+    layout = export_layout(config)
     names: dict[str, str] = {}
     if layout.arch == "gpt2":
         names["tok_embeddings.weight"] = "transformer.wte.weight"
@@ -149,9 +149,9 @@ def _expand_kv(t: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
-                     layout: _Layout | None = None) -> dict[str, torch.Tensor]:
+                     layout: HFLayout | None = None) -> dict[str, torch.Tensor]:
     """groundup state dict -> HF state dict (``lm_head.weight`` included, even when tied)."""
-    layout = layout or _export_layout(config)
+    layout = layout or export_layout(config)
     ref = state["tok_embeddings.weight"]
 
     def get(name: str, size: int) -> torch.Tensor:
@@ -208,7 +208,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
 
 
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
-                       layout: _Layout) -> dict[str, torch.Tensor]:
+                       layout: HFLayout) -> dict[str, torch.Tensor]:
     """HF state dict (already checked by :func:`check_hf_tensors`) -> groundup state dict for ``config``."""
     C, hidden = config.n_embd, config.mlp_hidden
     t = tensors
@@ -257,7 +257,7 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
     return out
 
 
-def check_hf_tensors(tensors: dict[str, Any], config: ModelConfig, layout: _Layout, where: str) -> None:
+def check_hf_tensors(tensors: dict[str, Any], config: ModelConfig, layout: HFLayout, where: str) -> None:
     """Check a checkpoint's tensor names and shapes against what ``config`` expects; name every misfit.
 
     ``tensors`` maps names to anything with a ``.shape`` (a tensor, or a safetensors slice).
@@ -293,7 +293,7 @@ def _few(items: Sequence[str], n: int = 6) -> str:
 def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_token_id: int | None = None,
                    pad_token_id: int | None = None) -> dict[str, Any]:
     """The ``config.json`` fields of the HF architecture that computes what ``config`` does."""
-    layout = _export_layout(config)
+    layout = export_layout(config)
     common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
               "initializer_range": config.init_std, "bos_token_id": bos_token_id,
               "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "use_cache": True}
@@ -325,7 +325,7 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, _Layout]:
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, HFLayout]:
     """groundup ModelConfig (and the HF tensor layout) from an HF ``config.json``; refuse what does not map."""
     model_type = hf.get("model_type")
     if model_type not in IMPORTABLE:
@@ -357,7 +357,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
             intermediate_size=int(hf.get("n_inner") or 4 * n_embd),
             norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
-        return config, _Layout("gpt2", True, True, True)
+        return config, HFLayout("gpt2", True, True, True)
 
     act = hf.get("hidden_act", "silu")
     if act != "silu":
@@ -375,11 +375,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
                     "%d (groundup's attention has no sliding window)", where, window, block_size, window)
         block_size = int(window)
     if model_type == "qwen2":
-        layout = _Layout("llama", qkv_bias=True)
+        layout = HFLayout("llama", qkv_bias=True)
         bias, qkv_bias = False, True
     else:
         attention_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
-        layout = _Layout("llama", attention_bias, attention_bias, mlp_bias)
+        layout = HFLayout("llama", attention_bias, attention_bias, mlp_bias)
         bias, qkv_bias = attention_bias or mlp_bias, False
     config = ModelConfig.llama(
         name=name, vocab_size=int(need("vocab_size")), block_size=block_size,
@@ -425,7 +425,7 @@ def from_transformers(hf_model) -> Transformer:
     return _build(tensors, config, layout, where=type(hf_model).__name__)
 
 
-def _build(tensors: dict[str, torch.Tensor], config: ModelConfig, layout: _Layout, where: str) -> Transformer:
+def _build(tensors: dict[str, torch.Tensor], config: ModelConfig, layout: HFLayout, where: str) -> Transformer:
     check_hf_tensors(tensors, config, layout, where)
     model = Transformer(config)
     state = {k: v.to(torch.float32) for k, v in from_hf_state_dict(tensors, config, layout).items()}

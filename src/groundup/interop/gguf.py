@@ -1,0 +1,422 @@
+"""GGUF export for llama.cpp and ollama, written with the ``gguf`` package (llama.cpp's own writer).
+
+Tensors go through the Hugging Face layout first (:func:`groundup.interop.hf.to_hf_state_dict`) and then
+through ``gguf``'s own HF -> GGUF name map, the route llama.cpp's ``convert_hf_to_gguf.py`` takes:
+
+- Llama family -> arch ``llama``. llama.cpp applies RoPE to interleaved pairs (GPT-J style), HF Llama and
+  groundup to the two halves of each head, so q and k rows are permuted per head exactly as the
+  converter's ``LlamaModel.permute`` does. Q/K/V (and output) biases are written as ``attn_q.bias`` etc.
+- GPT-2 family -> arch ``gpt2`` (fused ``attn_qkv``, learned ``position_embd``, every bias, zeros where
+  groundup has none; grouped k/v heads repeated, as for HF).
+
+1-D tensors (norms, biases) stay float32, as in the converter; 2-D ones take the chosen type: f32, f16,
+or q8_0 (quantized by ``gguf.quants``; a tensor whose rows are not a multiple of 32 stays f16).
+
+The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model = "gpt2"``) with an
+explicit pre-tokenizer type naming the split regex, the tokens by id (padding rows of a model vocabulary
+larger than the tokenizer's as unused ``[PAD{i}]`` tokens), token types (special tokens are control
+tokens), merges, special ids (EOS, end of turn, padding) and the chat template.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from groundup.interop.hf import (
+    UnsupportedModelError,
+    export_layout,
+    from_hf_state_dict,
+    hf_architecture,
+    to_hf_state_dict,
+)
+from groundup.model.config import ModelConfig
+from groundup.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+GGUF_DTYPES = ("f32", "f16", "q8_0")
+# Split regexes llama.cpp knows by name (its LLAMA_VOCAB_PRE_TYPE_*): groundup's two named patterns.
+# groundup's gpt4 pattern (cl100k without its `\s++$` branch) splits as Llama 3's ("llama-bpe") does.
+_PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
+# HF names of GPT-2's Conv1D weights: the GGUF gpt2 arch wants nn.Linear's (out, in) layout back.
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _gguf():
+    from groundup.interop import require
+
+    return require("gguf")
+
+
+# ---------------------------------------------------------------------------- tensors
+
+
+def permute_qk(weights: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF/groundup half-split RoPE rows -> llama.cpp's interleaved rows (``convert_hf_to_gguf``'s permute)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def unpermute_qk(weights: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of :func:`permute_qk`."""
+    return (weights.reshape(n_head, weights.shape[0] // n_head // 2, 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _arch(config: ModelConfig) -> str:
+    return "llama" if hf_architecture(config) == "llama" else "gpt2"
+
+
+def _name_map(config: ModelConfig):
+    gguf = _gguf()
+    arch = gguf.MODEL_ARCH.LLAMA if _arch(config) == "llama" else gguf.MODEL_ARCH.GPT2
+    return gguf.get_tensor_name_map(arch, config.n_layer)
+
+
+def _qk_heads(hf_name: str, config: ModelConfig) -> int | None:
+    if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return config.n_head
+    if hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return config.kv_heads
+    return None
+
+
+def gguf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """GGUF tensor name -> float32 tensor in llama.cpp's layout (q/k permuted for llama), before any quantization."""
+    config = model.config
+    hf_state = to_hf_state_dict(model.state_dict(), config)
+    if config.tie_embeddings:
+        hf_state.pop("lm_head.weight")  # llama.cpp falls back to token_embd for the output head
+    name_map = _name_map(config)
+    out: dict[str, torch.Tensor] = {}
+    for hf_name, tensor in hf_state.items():
+        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UnsupportedModelError(f"no GGUF name for tensor {hf_name}")
+        tensor = tensor.detach().float().cpu()
+        if hf_name.endswith(_CONV1D):
+            tensor = tensor.t()
+        heads = _qk_heads(hf_name, config) if _arch(config) == "llama" else None
+        if heads is not None:
+            tensor = permute_qk(tensor, heads)
+        out[name] = tensor.contiguous()
+    return out
+
+
+def model_from_gguf_state(tensors: dict[str, torch.Tensor], config: ModelConfig) -> Transformer:
+    """A groundup Transformer from GGUF tensors (as :func:`gguf_state_dict` writes them): the inverse mapping."""
+    name_map = _name_map(config)
+    with torch.device("meta"):
+        meta = Transformer(config)
+    layout = export_layout(config)
+    hf_names = to_hf_state_dict(meta.state_dict(), config)
+    hf: dict[str, torch.Tensor] = {}
+    for hf_name in hf_names:
+        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name not in tensors:
+            if hf_name == "lm_head.weight" and config.tie_embeddings:
+                continue
+            raise UnsupportedModelError(f"GGUF file lacks tensor {name}")
+        t = tensors[name]
+        heads = _qk_heads(hf_name, config) if _arch(config) == "llama" else None
+        if heads is not None:
+            t = unpermute_qk(t, heads)
+        if hf_name.endswith(_CONV1D):
+            t = t.t()
+        hf[hf_name] = t
+    if _arch(config) == "gpt2" and config.kv_heads != config.n_head:
+        # The export repeated each key/value head; the file holds an equivalent multi-head model.
+        config = dataclasses.replace(config, n_kv_head=None)
+    model = Transformer(config)
+    state = from_hf_state_dict(hf, config, layout)
+    if not config.bias:  # biases the export filled with zeros do not exist in groundup's model
+        expected = set(model.state_dict())
+        state = {k: v for k, v in state.items() if k in expected}
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=not config.tie_embeddings)
+    return model.eval()
+
+
+def _encode_tensor(tensor: torch.Tensor, dtype: str):
+    """numpy data and GGML type for one tensor: 1-D stays f32; q8_0 needs rows divisible by its block (32)."""
+    gguf = _gguf()
+    array = tensor.numpy().astype(np.float32)
+    if array.ndim == 1 or dtype == "f32":
+        return array, gguf.GGMLQuantizationType.F32
+    if dtype == "q8_0":
+        qtype = gguf.GGMLQuantizationType.Q8_0
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if array.shape[-1] % block == 0:
+            return gguf.quants.quantize(array, qtype), qtype
+        log.info("row size %d is not a multiple of %d: tensor kept in f16", array.shape[-1], block)
+    return array.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+
+def expected_readback(tensor: torch.Tensor, dtype: str) -> np.ndarray:
+    """What a tensor written at ``dtype`` reads back as (f32 / f16 rounding / q8_0 round trip), as float32."""
+    gguf = _gguf()
+    data, qtype = _encode_tensor(tensor, dtype)
+    if qtype == gguf.GGMLQuantizationType.Q8_0:
+        return gguf.quants.dequantize(data, qtype)
+    return data.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+
+def pre_tokenizer_type(spec: dict[str, Any]) -> str:
+    """llama.cpp's name for the split regex of a parsed tokenizer.json; ValueError if it has none."""
+    from groundup.tokenizer import PATTERNS, split_pattern_of
+
+    try:
+        regex = split_pattern_of(spec)
+    except ValueError as e:
+        raise UnsupportedModelError(f"GGUF export needs a byte-level BPE tokenizer: this one {e}") from None
+    for name, pattern in PATTERNS.items():
+        if regex == pattern:
+            return _PRE_TYPES[name]
+    raise UnsupportedModelError(f"the tokenizer's split regex {regex!r} has no llama.cpp pre-tokenizer name; "
+                                f"pass tokenizer_pre with the name llama.cpp should use")
+
+
+def tokenizer_fields(spec: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """Tokens by id, their GGUF token types, and merges ("a b") of a parsed byte-level BPE tokenizer.json."""
+    gguf = _gguf()
+    by_id: dict[int, str] = {int(i): t for t, i in spec["model"]["vocab"].items()}
+    control = set()
+    for added in spec.get("added_tokens") or []:
+        by_id[int(added["id"])] = added["content"]
+        if added.get("special"):
+            control.add(int(added["id"]))
+    n = max(by_id) + 1
+    if n > vocab_size:
+        raise UnsupportedModelError(f"the tokenizer has {n} ids but the model only {vocab_size} embedding rows")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i in by_id:
+            tokens.append(by_id[i])
+            types.append(int(gguf.TokenType.CONTROL if i in control else gguf.TokenType.NORMAL))
+        else:  # padding rows (vocabulary rounded up to a multiple of 64) or a hole in the ids
+            tokens.append(f"[PAD{i}]")
+            types.append(int(gguf.TokenType.UNUSED))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges") or []]
+    return tokens, types, merges
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path, *, dtype: str = "f16",
+               chat_template: str | None = None, name: str = "groundup", tokenizer_pre: str | None = None) -> Path:
+    """Write ``model`` and its tokenizer as one GGUF file at ``path``."""
+    from groundup.tokenizer import Tokenizer
+    from groundup.tokenizer.chat import END_OF_TURN
+
+    gguf = _gguf()
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"GGUF dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
+    config = model.config
+    arch = _arch(config)
+    spec = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
+    pre = tokenizer_pre or pre_tokenizer_type(spec)
+    tokens, types, merges = tokenizer_fields(spec, config.vocab_size)
+    tokenizer = Tokenizer.from_file(tokenizer_file, fast=False)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_feed_forward_length(config.mlp_hidden)
+    writer.add_head_count(config.n_head)
+    writer.add_vocab_size(config.vocab_size)
+    if arch == "llama":
+        writer.add_head_count_kv(config.kv_heads)
+        writer.add_rope_freq_base(config.rope_theta)
+        writer.add_rope_dimension_count(config.head_dim)
+        writer.add_layer_norm_rms_eps(config.norm_eps)
+    else:
+        writer.add_layer_norm_eps(config.norm_eps)
+    if dtype == "q8_0":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    eos = tokenizer.eos_id
+    if eos is not None:
+        writer.add_bos_token_id(eos)
+        writer.add_eos_token_id(eos)
+        writer.add_pad_token_id(eos)
+    end_of_turn = tokenizer.token_to_id(END_OF_TURN)
+    if end_of_turn is not None:
+        writer.add_eot_token_id(end_of_turn)
+    writer.add_add_bos_token(False)  # groundup trains on text without a BOS token
+    writer.add_add_eos_token(False)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+
+    for tensor_name, tensor in gguf_state_dict(model).items():
+        data, qtype = _encode_tensor(tensor, dtype)
+        writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def modelfile_text(gguf_name: str, chat_template: str, stop_tokens: list[str]) -> str:
+    """An ollama Modelfile for the GGUF beside it; ChatML (groundup's default template) is spelled out in
+    ollama's Go template syntax, any other template is left to ollama to read from the GGUF metadata."""
+    from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
+
+    lines = [f"FROM ./{gguf_name}"]
+    if chat_template == DEFAULT_CHAT_TEMPLATE:
+        lines.append('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+                     '{{ end }}<|im_start|>assistant\n"""')
+    else:
+        lines.append("# The chat template is stored in the GGUF (tokenizer.chat_template).")
+    lines += [f'PARAMETER stop "{t}"' for t in stop_tokens]
+    return "\n".join(lines) + "\n"
+
+
+def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
+                tokenizer_pre: str | None = None) -> Path:
+    """Write ``model.gguf`` and an ollama ``Modelfile`` into the directory ``out`` (or the GGUF at ``out``
+    when it ends in ``.gguf``, with the Modelfile beside it). Returns the GGUF file's path."""
+    from groundup.artifacts import load_model_dir, write_manifest
+    from groundup.tokenizer.chat import END_OF_TURN, read_chat_template
+
+    model_dir, out = Path(model_dir), Path(out)
+    model, tokenizer = load_model_dir(model_dir)
+    hf_architecture(model.config)
+    path = out if out.suffix == ".gguf" else out / "model.gguf"
+    template = read_chat_template(model_dir)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_gguf(model, model_dir / "tokenizer.json", tmp, dtype=dtype, chat_template=template,
+                   name=model.config.name, tokenizer_pre=tokenizer_pre)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    stops = [t for t in (END_OF_TURN, eos) if t is not None and tokenizer.token_to_id(t) is not None]
+    (path.parent / "Modelfile").write_text(modelfile_text(path.name, template, stops), encoding="utf-8")
+    if out.suffix != ".gguf":
+        write_manifest(out, stage="export", config={"format": "gguf", "dtype": dtype}, inputs={"model": model_dir})
+    return path
+
+
+# ---------------------------------------------------------------------------- reading back
+
+
+def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metadata (key -> value) and tensors (name -> float32 array in PyTorch layout, dequantized) of a GGUF file."""
+    gguf = _gguf()
+    reader = gguf.GGUFReader(str(path))
+    metadata = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        metadata[key] = field.contents()
+    tensors = {}
+    for t in reader.tensors:
+        data = np.asarray(t.data)
+        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            data = gguf.quants.dequantize(data, t.tensor_type)
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGML lists dimensions innermost first
+        tensors[t.name] = data.astype(np.float32).reshape(shape)
+    return metadata, tensors
+
+
+def config_from_gguf(metadata: dict[str, Any], name: str = "gguf") -> ModelConfig:
+    """The groundup ModelConfig a GGUF written by :func:`write_gguf` describes (for rebuilding and checking)."""
+    arch = metadata["general.architecture"]
+    a = lambda key, default=None: metadata.get(f"{arch}.{key}", default)  # noqa: E731
+    common = dict(name=name, vocab_size=int(a("vocab_size", len(metadata["tokenizer.ggml.tokens"]))),
+                  block_size=int(a("context_length")), n_layer=int(a("block_count")),
+                  n_head=int(a("attention.head_count")), n_embd=int(a("embedding_length")),
+                  intermediate_size=int(a("feed_forward_length")))
+    if arch == "llama":
+        return ModelConfig.llama(**common, n_kv_head=int(a("attention.head_count_kv")),
+                                 rope_theta=float(a("rope.freq_base")),
+                                 norm_eps=float(a("attention.layer_norm_rms_epsilon")))
+    if arch == "gpt2":
+        return ModelConfig.gpt2(**common, norm_eps=float(a("attention.layer_norm_epsilon")))
+    raise UnsupportedModelError(f"GGUF architecture {arch!r} is not one groundup writes (llama, gpt2)")
+
+
+def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dtype: str = "f16",
+                tolerance: float | None = None) -> dict[str, float]:
+    """Read the GGUF back and check it: metadata, every tensor against the source (exactly, after undoing the
+    q/k permutation and applying the same rounding), and logits of a model rebuilt from the file.
+
+    Returns ``{"max_tensor_diff": ..., "max_logit_diff": ...}``; raises AssertionError on any mismatch.
+    The logit difference is against the source model, so f16/q8_0 show their rounding there.
+    """
+    from groundup.artifacts import load_model_dir
+
+    model, tokenizer = load_model_dir(model_dir)
+    config = model.config
+    metadata, tensors = read_gguf(path)
+    problems = []
+    arch = _arch(config)
+    expected_meta = {"general.architecture": arch, f"{arch}.context_length": config.block_size,
+                     f"{arch}.block_count": config.n_layer, f"{arch}.attention.head_count": config.n_head,
+                     f"{arch}.embedding_length": config.n_embd, "tokenizer.ggml.model": "gpt2"}
+    if arch == "llama":
+        expected_meta |= {"llama.attention.head_count_kv": config.kv_heads, "llama.rope.freq_base": config.rope_theta,
+                          "llama.attention.layer_norm_rms_epsilon": config.norm_eps}
+    for key, value in expected_meta.items():
+        got = metadata.get(key)
+        ok = got == value if isinstance(value, str | int) and not isinstance(value, float) \
+            else got is not None and abs(float(got) - value) <= 1e-6 * max(1.0, abs(value))
+        if not ok:
+            problems.append(f"metadata {key} = {got!r}, expected {value!r}")
+    if len(metadata.get("tokenizer.ggml.tokens") or []) != config.vocab_size:
+        problems.append("tokenizer.ggml.tokens does not hold one token per embedding row")
+    source = gguf_state_dict(model)
+    if set(source) != set(tensors):
+        problems.append(f"tensor names differ: missing {sorted(set(source) - set(tensors))[:5]}, "
+                        f"extra {sorted(set(tensors) - set(source))[:5]}")
+    max_tensor_diff = 0.0
+    for name, tensor in source.items():
+        if name not in tensors:
+            continue
+        want = expected_readback(tensor, dtype)
+        got = tensors[name]
+        if got.shape != want.shape:
+            problems.append(f"tensor {name}: shape {got.shape}, expected {want.shape}")
+            continue
+        diff = float(np.abs(got - want).max()) if got.size else 0.0
+        max_tensor_diff = max(max_tensor_diff, diff)
+        if diff != 0.0:
+            problems.append(f"tensor {name}: differs from the source by {diff:.3g}")
+    if problems:
+        raise AssertionError(f"{path}: " + "; ".join(problems[:8]))
+
+    rebuilt = model_from_gguf_state({k: torch.from_numpy(v.copy()) for k, v in tensors.items()}, config)
+    worst = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer.encode(text)[: config.block_size] or [tokenizer.eos_id or 0]
+            idx = torch.tensor([ids])
+            worst = max(worst, (model(idx) - rebuilt(idx)).abs().max().item())
+    default_tolerance = {"f32": 1e-4, "f16": 5e-2, "q8_0": 2.5e-1}[dtype]
+    tolerance = default_tolerance if tolerance is None else tolerance
+    if not worst <= tolerance:
+        raise AssertionError(f"{path}: logits of the model read back differ by {worst:.3g} (> {tolerance:g})")
+    return {"max_tensor_diff": max_tensor_diff, "max_logit_diff": worst}
