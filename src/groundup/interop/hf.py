@@ -690,3 +690,20 @@ def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str
     if not diff <= tolerance:
         raise AssertionError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and the export")
     return diff
+
+
+def verify_import(hf_dir: str | Path, model_dir: str | Path, *, texts: Sequence[str],
+                  tolerance: float = 1e-4) -> float:
+    """Compare an imported model dir with transformers' own loading of the HF folder; largest logit difference."""
+    from groundup.artifacts import load_model_dir
+    from groundup.interop import require
+
+    transformers = require("transformers")
+    model, tokenizer = load_model_dir(model_dir)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                                 local_files_only=True).eval()
+    prompts = [tokenizer.encode(t)[: model.config.block_size] or [tokenizer.eos_id or 0] for t in texts]
+    diff = max_logit_diff(model, hf_model, prompts)
+    if not diff <= tolerance:
+        raise AssertionError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and transformers")
+    return diff

@@ -1,0 +1,126 @@
+"""The ``groundup export`` stage: a model dir -> a Hugging Face transformers folder or a GGUF file.
+
+``--format hf`` writes a folder ``AutoModelForCausalLM`` / ``AutoTokenizer`` (and vLLM) load with no custom
+code; ``--format gguf`` writes ``model.gguf`` and an ollama ``Modelfile`` for llama.cpp and ollama.
+``--verify`` loads the export back (transformers, or the gguf reader) and compares logits on a few
+prompts; the stage exits non-zero when they differ.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+VERIFY_TEXTS = [
+    "def mean(xs):\n    return sum(xs) / len(xs)  # average\n",
+    "The quick brown fox jumps over the lazy dog. It's 3.14, isn't it?",
+    "中文字符测试，日本語のテキスト。",
+    "Emoji 👍🏽 and 🇫🇷,   runs of   spaces\t\tand\n\n\nnewlines",
+]
+"""Prompts --verify compares logits on (code, English, CJK, emoji, whitespace runs)."""
+
+_HF_DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "float16": "float16", "fp16": "float16",
+              "f16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+_GGUF_DTYPES = {"f32": "f32", "float32": "f32", "fp32": "f32", "f16": "f16", "float16": "f16", "fp16": "f16",
+                "q8_0": "q8_0"}
+
+
+class VerificationError(AssertionError):
+    """The export read back does not compute what the model dir computes."""
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Export a model dir to a Hugging Face transformers folder or a GGUF file (llama.cpp, ollama)."""
+
+    model: Path = Path("runs/tiny/model")
+    """Model dir to export."""
+    out: Path = Path("exported")
+    """Output: the HF folder; for GGUF a folder (model.gguf + Modelfile) or a path ending in .gguf."""
+    format: Literal["hf", "gguf"] = "hf"
+    """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama)."""
+    dtype: str | None = None
+    """Weight type: hf float32 (default) | float16 | bfloat16; gguf f32 | f16 (default) | q8_0."""
+    max_shard_size: str = "5GB"
+    """HF: largest safetensors file; bigger models are sharded with model.safetensors.index.json."""
+    tokenizer_pre: str | None = None
+    """GGUF: llama.cpp pre-tokenizer name to write when the split regex is not one groundup names."""
+    verify: bool = False
+    """Load the export back and compare logits (and the tokenizer) on a few prompts; fail if they differ."""
+    tolerance: float | None = None
+    """Largest logit difference --verify accepts (default: 1e-4 for float32, more for 16-bit and q8_0)."""
+    verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
+    """Prompts --verify runs."""
+
+
+def resolve_dtype(fmt: str, dtype: str | None) -> str:
+    table, default = (_HF_DTYPES, "float32") if fmt == "hf" else (_GGUF_DTYPES, "f16")
+    if dtype is None:
+        return default
+    if dtype.lower() not in table:
+        raise ValueError(f"dtype {dtype!r} is not available for {fmt} export; choose one of "
+                         f"{', '.join(sorted(set(table.values())))}")
+    return table[dtype.lower()]
+
+
+def run(cfg: Config) -> Path:
+    """Write the export; with ``verify``, read it back and compare. Returns the folder or the .gguf file."""
+    dtype = resolve_dtype(cfg.format, cfg.dtype)
+    model_dir = Path(cfg.model)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model dir not found: {model_dir}")
+    if cfg.format == "hf":
+        from groundup.interop.hf import export_hf, verify_hf
+
+        out = export_hf(model_dir, cfg.out, dtype=dtype, max_shard_size=cfg.max_shard_size)
+        print(f"wrote Hugging Face folder {out}", file=sys.stderr)
+        if cfg.verify:
+            tolerance = cfg.tolerance if cfg.tolerance is not None else (1e-4 if dtype == "float32" else 1e-3)
+            try:
+                diff = verify_hf(model_dir, out, texts=cfg.verify_texts, dtype=dtype, tolerance=tolerance)
+            except AssertionError as e:
+                raise VerificationError(str(e)) from e
+            print(f"verify: transformers logits match groundup's, max abs diff {diff:.3g} "
+                  f"(tolerance {tolerance:g}); tokenizer ids identical", file=sys.stderr)
+        return out
+    if cfg.format == "gguf":
+        from groundup.interop.gguf import export_gguf, verify_gguf
+
+        path = export_gguf(model_dir, cfg.out, dtype=dtype, tokenizer_pre=cfg.tokenizer_pre)
+        print(f"wrote {path} and {path.parent / 'Modelfile'}", file=sys.stderr)
+        if cfg.verify:
+            try:
+                result = verify_gguf(model_dir, path, texts=cfg.verify_texts, dtype=dtype, tolerance=cfg.tolerance)
+            except AssertionError as e:
+                raise VerificationError(str(e)) from e
+            print(f"verify: every tensor reads back as written (max diff {result['max_tensor_diff']:.3g}); "
+                  f"logits of the model read back vs groundup's: max abs diff {result['max_logit_diff']:.3g}",
+                  file=sys.stderr)
+        return path
+    raise ValueError(f"format must be 'hf' or 'gguf', got {cfg.format!r}")
+
+
+def bare_flag(argv: list[str], flag: str) -> list[str]:
+    """Let a boolean ``flag`` stand alone (``--verify``) as well as take a value (``--verify true``)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if arg == flag and following not in ("true", "false", "1", "0", "yes", "no"):
+            out.append("true")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`groundup export ...`: like every stage, but a failed --verify exits 1 with one line, not a traceback."""
+    from groundup import config
+
+    cfg = config.parse(Config, bare_flag(argv, "--verify"), prog="groundup export")
+    try:
+        run(cfg)
+    except VerificationError as e:
+        print(f"groundup export: verification failed: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,58 @@
+"""The ``groundup import`` stage: a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) -> a model dir.
+
+The model dir holds the weights in groundup's layout, its config, the folder's ``tokenizer.json`` and its
+chat template, so ``finetune``, ``evaluate``, ``generate`` and ``serve`` take it. Nothing is downloaded:
+the folder must already be on disk (``huggingface-cli download ... --local-dir DIR`` makes one).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from groundup.interop.export import VERIFY_TEXTS, VerificationError, bare_flag
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Import a local Hugging Face model folder as a groundup model dir."""
+
+    model: Path = Path("hf-model")
+    """Local Hugging Face folder (config.json, safetensors or pytorch_model.bin, tokenizer.json). Also --from."""
+    out: Path = Path("runs/imported/model")
+    """Model dir to write."""
+    verify: bool = False
+    """Load the folder with transformers too and compare logits on a few prompts; fail if they differ."""
+    tolerance: float = 1e-4
+    """Largest logit difference --verify accepts (the comparison runs in float32)."""
+    verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
+    """Prompts --verify runs."""
+
+
+def run(cfg: Config) -> Path:
+    from groundup.interop.hf import import_hf, verify_import
+
+    out = import_hf(cfg.model, cfg.out)
+    print(f"wrote model dir {out}", file=sys.stderr)
+    if cfg.verify:
+        try:
+            diff = verify_import(cfg.model, out, texts=cfg.verify_texts, tolerance=cfg.tolerance)
+        except AssertionError as e:
+            raise VerificationError(str(e)) from e
+        print(f"verify: groundup logits match transformers', max abs diff {diff:.3g}", file=sys.stderr)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`groundup import --from DIR --out DIR` (``--from`` is ``--model``); a failed --verify exits 1."""
+    from groundup import config
+
+    argv = ["--model" + a[len("--from"):] if a == "--from" or a.startswith("--from=") else a for a in argv]
+    cfg = config.parse(Config, bare_flag(argv, "--verify"), prog="groundup import")
+    try:
+        run(cfg)
+    except VerificationError as e:
+        print(f"groundup import: verification failed: {e}", file=sys.stderr)
+        return 1
+    return 0
