@@ -342,18 +342,25 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return metadata, tensors
 
 
-def config_from_gguf(metadata: dict[str, Any], name: str = "gguf") -> ModelConfig:
-    """The groundup ModelConfig a GGUF written by :func:`write_gguf` describes (for rebuilding and checking)."""
+def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = None, name: str = "gguf") -> ModelConfig:
+    """The groundup ModelConfig a GGUF written by :func:`write_gguf` describes (for rebuilding and checking).
+
+    ``tensor_names`` (the file's tensors) tell a tied head (no ``output.weight``) and Llama biases apart.
+    """
     arch = metadata["general.architecture"]
+    names = tensor_names or set()
     a = lambda key, default=None: metadata.get(f"{arch}.{key}", default)  # noqa: E731
     common = dict(name=name, vocab_size=int(a("vocab_size", len(metadata["tokenizer.ggml.tokens"]))),
                   block_size=int(a("context_length")), n_layer=int(a("block_count")),
                   n_head=int(a("attention.head_count")), n_embd=int(a("embedding_length")),
-                  intermediate_size=int(a("feed_forward_length")))
+                  intermediate_size=int(a("feed_forward_length")),
+                  tie_embeddings="output.weight" not in names)
     if arch == "llama":
+        bias = "blk.0.ffn_up.bias" in names
         return ModelConfig.llama(**common, n_kv_head=int(a("attention.head_count_kv")),
                                  rope_theta=float(a("rope.freq_base")),
-                                 norm_eps=float(a("attention.layer_norm_rms_epsilon")))
+                                 norm_eps=float(a("attention.layer_norm_rms_epsilon")),
+                                 bias=bias, qkv_bias=not bias and "blk.0.attn_q.bias" in names)
     if arch == "gpt2":
         return ModelConfig.gpt2(**common, norm_eps=float(a("attention.layer_norm_epsilon")))
     raise UnsupportedModelError(f"GGUF architecture {arch!r} is not one groundup writes (llama, gpt2)")
