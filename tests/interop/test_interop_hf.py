@@ -162,3 +162,28 @@ def test_unmappable_shape_names_what_does_not_map():
     config = ModelConfig(norm="layernorm", position="rope", mlp="swiglu", vocab_size=64, n_embd=32, n_head=4)
     with pytest.raises(UnsupportedModelError, match=r"norm='layernorm' \(needs 'rmsnorm'\)"):
         to_transformers(random_model(config))
+
+
+def test_import_keeps_a_sentencepiece_style_tokenizer(spine_tokenizer, tmp_path):
+    """Llama 2 / Mistral tokenizers (Metaspace normalizer, byte fallback) load through ``tokenizers``; GGUF,
+    which groundup writes as byte-level BPE only, refuses them by name."""
+    import tokenizers
+    from tokenizers import decoders, models, normalizers, trainers
+
+    from groundup.interop.gguf import export_gguf
+
+    hf_folder("llama", tmp_path / "hf", spine_tokenizer)
+    tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(["hello world, a sentencepiece style tokenizer " * 10],
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    out = import_hf(tmp_path / "hf", tmp_path / "model")
+    model, tokenizer = load_model_dir(out)
+    assert tokenizer.eos_id == tok.token_to_id("</s>")
+    ids = tokenizer.encode("hello world")
+    assert tokenizer.decode(ids) == "hello world" and ids == tok.encode("hello world").ids
+    with pytest.raises(UnsupportedModelError, match="byte-level BPE"):
+        export_gguf(out, tmp_path / "gguf")

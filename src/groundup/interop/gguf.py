@@ -45,6 +45,13 @@ GGUF_DTYPES = ("f32", "f16", "q8_0")
 # Split regexes llama.cpp knows by name (its LLAMA_VOCAB_PRE_TYPE_*): groundup's two named patterns.
 # groundup's gpt4 pattern (cl100k without its `\s++$` branch) splits as Llama 3's ("llama-bpe") does.
 _PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
+# The split regexes of imported tokenizers that llama.cpp names too (as their tokenizer.json spells them).
+_PRE_TYPES_BY_REGEX = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",  # Llama 3
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",  # Qwen2
+}
 # HF names of GPT-2's Conv1D weights: the GGUF gpt2 arch wants nn.Linear's (out, in) layout back.
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -181,6 +188,8 @@ def pre_tokenizer_type(spec: dict[str, Any]) -> str:
     for name, pattern in PATTERNS.items():
         if regex == pattern:
             return _PRE_TYPES[name]
+    if regex in _PRE_TYPES_BY_REGEX:
+        return _PRE_TYPES_BY_REGEX[regex]
     raise UnsupportedModelError(f"the tokenizer's split regex {regex!r} has no llama.cpp pre-tokenizer name; "
                                 f"pass tokenizer_pre with the name llama.cpp should use")
 
