@@ -9,7 +9,10 @@ merges) and evaluates them. The table shows
 - next-token logits: the largest absolute difference between llama.cpp's logits and groundup's at every
   position, and the same relative to the largest logit; whether the argmax (greedy next token) agrees;
 - prompt throughput: tokens/s of llama.cpp and of groundup (PyTorch, float32) over the same prompts,
-  median of ``--repeats`` runs, and their ratio.
+  median of ``--repeats`` runs, and their ratio. For the tiny default model llama-cpp-python's per-call
+  overhead (and copying every position's logits out) dominates; pass a real ``--model`` for speed.
+
+llama.cpp runs with an f32 KV cache (its default is f16, which alone moves logits by about 1e-3).
 
 llama-cpp-python compiles llama.cpp at install time, so it usually lives in its own environment. This
 script runs llama.cpp in a child process with ``--llama-python`` (default: this interpreter when it can
@@ -49,7 +52,9 @@ def child(gguf_path: str, prompts_json: str, out_npz: str, repeats: int) -> None
     from llama_cpp import Llama
 
     prompts = json.loads(Path(prompts_json).read_text(encoding="utf-8"))
-    llm = Llama(model_path=gguf_path, n_ctx=0, logits_all=True, verbose=False, n_threads=1, n_batch=512)
+    # An f32 KV cache (llama.cpp's default is f16), so the comparison measures the file, not the cache.
+    llm = Llama(model_path=gguf_path, n_ctx=0, logits_all=True, verbose=False, n_threads=1, n_batch=512,
+                type_k=0, type_v=0)
     arrays, seconds = {}, []
     for i, text in enumerate(prompts):
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

@@ -130,7 +130,7 @@ def test_f16_and_q8_0_read_back_as_rounded(interop_model_dirs, tmp_path):
 
 def test_export_cli_verify_passes_and_fails(interop_model_dirs, tmp_path, capsys):
     model_dir = str(interop_model_dirs["llama"])
-    assert cli.main(["export", "--model", model_dir, "--out", str(tmp_path / "g"), "--format", "gguf",
+    assert cli.main(["export", "--model", model_dir, "--out", str(tmp_path / "g"), "--to", "gguf",
                      "--dtype", "f16", "--verify"]) == 0
     assert "max abs diff" in capsys.readouterr().err
     # A tolerance no f16 file can meet: the verification reports the difference and exits non-zero.
@@ -139,3 +139,21 @@ def test_export_cli_verify_passes_and_fails(interop_model_dirs, tmp_path, capsys
     assert "verification failed" in capsys.readouterr().err
     assert cli.main(["export", "--model", model_dir, "--out", str(tmp_path / "hf"), "--verify"]) == 0
     assert cli.main(["import", "--from", str(tmp_path / "hf"), "--out", str(tmp_path / "back"), "--verify"]) == 0
+
+
+def test_llama_cpp_runs_the_export(interop_model_dirs, tmp_path):
+    """Where llama-cpp-python is installed: llama.cpp tokenizes like groundup and its logits match."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model_dir = interop_model_dirs["llama"]
+    model, tokenizer = load_model_dir(model_dir)
+    path = export_gguf(model_dir, tmp_path / "model.gguf", dtype="f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=0, logits_all=True, verbose=False, n_threads=1,
+                          type_k=0, type_v=0)  # an f32 KV cache (llama.cpp defaults to f16)
+    ids = llm.tokenize(MIXED_TEXT.encode(), add_bos=False, special=False)
+    assert ids == tokenizer.encode(MIXED_TEXT)
+    ids = ids[: model.config.block_size]
+    llm.eval(ids)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    diff = np.abs(np.array(llm.scores[: len(ids)]) - ours).max()
+    assert diff <= 1e-4 * max(1.0, np.abs(ours).max())

@@ -40,7 +40,7 @@ class Config:
     out: Path = Path("exported")
     """Output: the HF folder; for GGUF a folder (model.gguf + Modelfile) or a path ending in .gguf."""
     format: Literal["hf", "gguf"] = "hf"
-    """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama)."""
+    """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama). Also --to."""
     dtype: str | None = None
     """Weight type: hf float32 (default) | float16 | bfloat16; gguf f32 | f16 (default) | q8_0."""
     max_shard_size: str = "5GB"
@@ -119,6 +119,7 @@ def main(argv: list[str]) -> int:
     """`groundup export ...`: like every stage, but a failed --verify exits 1 with one line, not a traceback."""
     from groundup import config
 
+    argv = ["--format" + a[len("--to"):] if a == "--to" or a.startswith("--to=") else a for a in argv]
     cfg = config.parse(Config, bare_flag(argv, "--verify"), prog="groundup export")
     try:
         run(cfg)
