@@ -55,8 +55,10 @@ def test_qk_permutation_turns_half_split_rope_into_llama_cpp_rope(interop_model_
 def test_f32_gguf_reads_back_exactly(name, interop_model_dirs, tmp_path):
     model_dir = interop_model_dirs[name]
     path = export_gguf(model_dir, tmp_path / "out", dtype="f32")
-    assert path.name == "model.gguf" and (path.parent / "Modelfile").read_text().startswith("FROM ./model.gguf")
     model, tokenizer = load_model_dir(model_dir)
+    modelfile = (path.parent / "Modelfile").read_text()
+    assert path.name == "model.gguf" and modelfile.startswith("FROM ./model.gguf")
+    assert f"PARAMETER num_ctx {model.config.block_size}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     config = model.config
     metadata, tensors = read_gguf(path)
 

@@ -287,7 +287,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     return path
 
 
-def modelfile_text(gguf_name: str, chat_template: str, stop_tokens: list[str]) -> str:
+def modelfile_text(gguf_name: str, chat_template: str, stop_tokens: list[str], context_length: int) -> str:
     """An ollama Modelfile for the GGUF beside it; ChatML (groundup's default template) is spelled out in
     ollama's Go template syntax, any other template is left to ollama to read from the GGUF metadata."""
     from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
@@ -299,6 +299,8 @@ def modelfile_text(gguf_name: str, chat_template: str, stop_tokens: list[str]) -
     else:
         lines.append("# The chat template is stored in the GGUF (tokenizer.chat_template).")
     lines += [f'PARAMETER stop "{t}"' for t in stop_tokens]
+    # ollama's default context is longer than a small model's; past block_size there are no positions.
+    lines.append(f"PARAMETER num_ctx {context_length}")
     return "\n".join(lines) + "\n"
 
 
@@ -323,7 +325,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
         tmp.unlink(missing_ok=True)
     eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
     stops = [t for t in (END_OF_TURN, eos) if t is not None and tokenizer.token_to_id(t) is not None]
-    (path.parent / "Modelfile").write_text(modelfile_text(path.name, template, stops), encoding="utf-8")
+    (path.parent / "Modelfile").write_text(modelfile_text(path.name, template, stops, model.config.block_size), encoding="utf-8")
     if out.suffix != ".gguf":
         write_manifest(out, stage="export", config={"format": "gguf", "dtype": dtype}, inputs={"model": model_dir})
     return path
