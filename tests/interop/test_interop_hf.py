@@ -190,3 +190,10 @@ def test_import_keeps_a_sentencepiece_style_tokenizer(spine_tokenizer, tmp_path)
     assert tokenizer.decode(ids) == "hello world" and ids == tok.encode("hello world").ids
     with pytest.raises(UnsupportedModelError, match="byte-level BPE"):
         export_gguf(out, tmp_path / "gguf")
+    # Without ChatML tokens (and no template of its own) the export carries no chat template.
+    (out / "chat_template.jinja").unlink()
+    exported = export_hf(out, tmp_path / "exported")
+    assert not (exported / "chat_template.jinja").exists()
+    assert "chat_template" not in json.loads((exported / "tokenizer_config.json").read_text())
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported, local_files_only=True)
+    assert hf_tokenizer("hello world", add_special_tokens=False)["input_ids"] == ids

@@ -287,13 +287,15 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     return path
 
 
-def modelfile_text(gguf_name: str, chat_template: str, stop_tokens: list[str], context_length: int) -> str:
+def modelfile_text(gguf_name: str, chat_template: str | None, stop_tokens: list[str], context_length: int) -> str:
     """An ollama Modelfile for the GGUF beside it; ChatML (groundup's default template) is spelled out in
     ollama's Go template syntax, any other template is left to ollama to read from the GGUF metadata."""
     from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
 
     lines = [f"FROM ./{gguf_name}"]
-    if chat_template == DEFAULT_CHAT_TEMPLATE:
+    if chat_template is None:
+        lines.append("# No chat template: a base model for plain completion.")
+    elif chat_template == DEFAULT_CHAT_TEMPLATE:
         lines.append('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
                      '{{ end }}<|im_start|>assistant\n"""')
     else:
@@ -309,13 +311,14 @@ def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
     """Write ``model.gguf`` and an ollama ``Modelfile`` into the directory ``out`` (or the GGUF at ``out``
     when it ends in ``.gguf``, with the Modelfile beside it). Returns the GGUF file's path."""
     from groundup.artifacts import load_model_dir, write_manifest
-    from groundup.tokenizer.chat import END_OF_TURN, read_chat_template
+    from groundup.interop.hf import model_chat_template
+    from groundup.tokenizer.chat import END_OF_TURN
 
     model_dir, out = Path(model_dir), Path(out)
     model, tokenizer = load_model_dir(model_dir)
     hf_architecture(model.config)
     path = out if out.suffix == ".gguf" else out / "model.gguf"
-    template = read_chat_template(model_dir)
+    template = model_chat_template(model_dir, tokenizer)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write_gguf(model, model_dir / "tokenizer.json", tmp, dtype=dtype, chat_template=template,

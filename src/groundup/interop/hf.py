@@ -524,10 +524,10 @@ def _special_ids(tokenizer) -> dict[str, int | None]:
 
 def write_hf_tokenizer(model_dir: Path, out: Path, tokenizer, block_size: int) -> None:
     """tokenizer.json, tokenizer_config.json (PreTrainedTokenizerFast), chat template, in the HF folder ``out``."""
-    from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, END_OF_TURN, read_chat_template
+    from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, END_OF_TURN
 
     shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
-    template = read_chat_template(model_dir)
+    template = model_chat_template(model_dir, tokenizer)
     eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -537,11 +537,26 @@ def write_hf_tokenizer(model_dir: Path, out: Path, tokenizer, block_size: int) -
         "model_max_length": block_size,
         "chat_template": template,
     }
+    if template is None:
+        del config["chat_template"]
     if tokenizer.token_to_id(END_OF_TURN) is not None:
         config["additional_special_tokens"] = [t for t in tokenizer.special_tokens if t != eos]
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                                encoding="utf-8")
-    (out / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+    if template is not None:
+        (out / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+
+
+def model_chat_template(model_dir: Path, tokenizer) -> str | None:
+    """The model dir's chat template; the default (ChatML) only when the vocabulary has its tokens, since a
+    template over tokens the model does not know would be rendered as plain text."""
+    from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE
+
+    if (model_dir / CHAT_TEMPLATE_FILE).is_file():
+        return (model_dir / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    if all(tokenizer.token_to_id(t) is not None for t in ("<|im_start|>", "<|im_end|>")):
+        return DEFAULT_CHAT_TEMPLATE
+    return None
 
 
 def _stop_ids(tokenizer) -> list[int]:
