@@ -22,6 +22,7 @@ Everything here works on state dicts, so the conversion can be tested without ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -404,7 +405,11 @@ def to_transformers(model: Transformer):
     hf_config = transformers.AutoConfig.for_model(
         fields.pop("model_type"), **{k: v for k, v in fields.items() if k not in ("architectures", "rope_theta")})
     dtype = model.tok_embeddings.weight.dtype
-    hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    # Every parameter is overwritten below: skip transformers' random initialization (most of the time of
+    # an export otherwise). Buffers (RoPE frequencies, masks) are made in __init__, not there.
+    no_init = getattr(getattr(transformers, "initialization", None), "no_init_weights", contextlib.nullcontext)
+    with no_init():
+        hf_model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     state = to_hf_state_dict(model.state_dict(), config)
     hf_state_keys = set(hf_model.state_dict())
     result = hf_model.load_state_dict({k: v for k, v in state.items() if k in hf_state_keys}, strict=False)
