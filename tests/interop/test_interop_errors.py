@@ -114,3 +114,13 @@ def test_gpt2_with_exact_gelu_is_refused(tmp_path):
 def test_export_of_missing_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="model dir"):
         export_hf(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import sys
+
+    from groundup.interop import require
+
+    monkeypatch.setitem(sys.modules, "gguf", None)  # what an environment without the package looks like
+    with pytest.raises(ImportError, match=r"groundup\[interop\]"):
+        require("gguf")
