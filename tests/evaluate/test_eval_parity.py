@@ -1,0 +1,93 @@
+"""Parity with lm-evaluation-harness on the same model and the same local task files."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'groundup[eval]')")
+
+from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks  # noqa: E402
+
+
+def write_yaml(folder, mc_file, text_file):
+    (folder / "tiny_mc.yaml").write_text(textwrap.dedent(f"""\
+        task: tiny_mc
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {mc_file}
+        output_type: multiple_choice
+        test_split: test
+        doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+        doc_to_target: answer
+        doc_to_choice: "{{{{choices}}}}"
+        metric_list:
+          - metric: acc
+          - metric: acc_norm
+        """))
+    (folder / "tiny_text.yaml").write_text(textwrap.dedent(f"""\
+        task: tiny_text
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {text_file}
+        output_type: loglikelihood_rolling
+        test_split: test
+        doc_to_text: ""
+        doc_to_target: "{{{{text}}}}"
+        metric_list:
+          - metric: word_perplexity
+          - metric: byte_perplexity
+          - metric: bits_per_byte
+        """))
+
+
+@pytest.fixture(scope="module")
+def lm_eval_results(eval_model_dir, mc_file, text_file, tmp_path_factory, monkeypatch_module):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    import groundup.evaluate.harness  # noqa: F401  (registers "groundup")
+
+    folder = tmp_path_factory.mktemp("yaml")
+    write_yaml(folder, mc_file, text_file)
+    monkeypatch_module.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch_module.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+    out = simple_evaluate(model="groundup", model_args=f"path={eval_model_dir},batch_size=7",
+                          tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder)),
+                          log_samples=False)
+    return out["results"]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def ours(eval_model, spec, **settings):
+    model, tokenizer = eval_model
+    (task,) = load_tasks([spec])
+    results, samples = evaluate_task(model, tokenizer, task, TaskSettings(**settings))
+    return results[task.name], samples
+
+
+def test_multiple_choice_matches_lm_eval(lm_eval_results, eval_model, mc_file):
+    theirs = lm_eval_results["tiny_mc"]
+    mine, samples = ours(eval_model, mc_file)
+    assert mine["n"] == 40
+    assert mine["acc"] == pytest.approx(theirs["acc,none"], abs=1e-12)
+    assert mine["acc_norm"] == pytest.approx(theirs["acc_norm,none"], abs=1e-12)
+    assert mine["acc_stderr"] == pytest.approx(theirs["acc_stderr,none"], abs=1e-9)
+    assert mine["acc"] != mine["acc_norm"] or len({s["prediction"] for s in samples}) > 1  # a non-trivial model
+
+
+def test_perplexity_and_bits_per_byte_match_lm_eval(lm_eval_results, eval_model, text_file):
+    theirs = lm_eval_results["tiny_text"]
+    mine, _ = ours(eval_model, text_file)
+    assert mine["bits_per_byte"] == pytest.approx(theirs["bits_per_byte,none"], rel=1e-6, abs=1e-6)
+    assert mine["byte_perplexity"] == pytest.approx(theirs["byte_perplexity,none"], rel=1e-6)
+    assert mine["word_perplexity"] == pytest.approx(theirs["word_perplexity,none"], rel=1e-6)
