@@ -91,3 +91,37 @@ def test_perplexity_and_bits_per_byte_match_lm_eval(lm_eval_results, eval_model,
     assert mine["bits_per_byte"] == pytest.approx(theirs["bits_per_byte,none"], rel=1e-6, abs=1e-6)
     assert mine["byte_perplexity"] == pytest.approx(theirs["byte_perplexity,none"], rel=1e-6)
     assert mine["word_perplexity"] == pytest.approx(theirs["word_perplexity,none"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lm_eval_hf_results(eval_model, eval_model_dir, mc_file, text_file, tmp_path_factory, monkeypatch_module):
+    """lm-eval's own HF backend on a transformers copy of the model (not our adapter)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from groundup.evaluate.hf_reference import hf_tokenizer, to_transformers
+
+    folder = tmp_path_factory.mktemp("yaml_hf")
+    write_yaml(folder, mc_file, text_file)
+    monkeypatch_module.setenv("HF_DATASETS_OFFLINE", "1")
+    hf_model = to_transformers(eval_model[0]).float()
+    lm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer(eval_model_dir / "tokenizer.json"), batch_size=32,
+              max_length=eval_model[0].config.block_size, device="cpu")
+    out = simple_evaluate(model=lm, tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder)),
+                          log_samples=False)
+    return out["results"]
+
+
+def test_multiple_choice_matches_lm_eval_hf_backend(lm_eval_hf_results, eval_model, mc_file):
+    theirs = lm_eval_hf_results["tiny_mc"]
+    mine, _ = ours(eval_model, mc_file, batch_size=32)
+    assert mine["acc"] == pytest.approx(theirs["acc,none"], abs=1e-12)
+    assert mine["acc_norm"] == pytest.approx(theirs["acc_norm,none"], abs=1e-12)
+
+
+def test_bits_per_byte_matches_lm_eval_hf_backend(lm_eval_hf_results, eval_model, text_file):
+    theirs = lm_eval_hf_results["tiny_text"]
+    mine, _ = ours(eval_model, text_file)
+    assert mine["bits_per_byte"] == pytest.approx(theirs["bits_per_byte,none"], rel=1e-6, abs=1e-6)
+    assert mine["word_perplexity"] == pytest.approx(theirs["word_perplexity,none"], rel=1e-6)
