@@ -15,6 +15,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
+    "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
+    "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's command line with groundup models registered (--model groundup)."),
 }
 
 

@@ -15,6 +15,7 @@ untrusted code in a container or VM as well.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -156,10 +157,8 @@ def run_program(program: str, limits: Limits = Limits()) -> Outcome:
         try:
             _, err = proc.communicate(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            except ProcessLookupError:
-                pass
             proc.communicate()
             return Outcome(False, "timeout", f"killed after {limits.timeout_s} s")
         detail = err.decode("utf-8", errors="replace")[-500:]

@@ -37,6 +37,8 @@ from torch import nn
 
 PAD_MULTIPLE = 32
 """Sequences are right-padded to a multiple of this many tokens; equal padded lengths share a batch."""
+HEAD_ROWS = 64
+"""The output head runs on blocks of exactly this many positions."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,14 @@ def _target_logprobs(model: nn.Module, x: torch.Tensor, rows: torch.Tensor, cols
     """Log-softmax over the vocabulary at the (row, col) positions only: the head is the costly part."""
     if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
         h = model.hidden_states(x)  # (B, T, C)
-        logits = model.lm_head(h[rows.to(h.device), cols.to(h.device)])  # (N, V)
+        picked = h[rows.to(h.device), cols.to(h.device)]  # (N, C)
+        # The head runs on fixed blocks of HEAD_ROWS rows (the last one zero-padded): how many rows a
+        # batch gathers must not change a row's logits, and a matmul of one row takes another kernel
+        # (a matrix-vector product) than a matmul of many, with different rounding.
+        n = picked.shape[0]
+        padded = picked.new_zeros(-(-n // HEAD_ROWS) * HEAD_ROWS, picked.shape[1])
+        padded[:n] = picked
+        logits = torch.cat([model.lm_head(block) for block in padded.split(HEAD_ROWS)])[:n]  # (N, V)
     else:  # any module whose forward gives logits (B, T, V)
         logits = model(x)[rows, cols]
     return F.log_softmax(logits.float(), dim=-1)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from groundup.evaluate import generation as gen
+from groundup.evaluate.generation import Limits
 from groundup.evaluate.lm import LMScore, score_documents, score_token_documents, split_token_shard
 from groundup.evaluate.multiple_choice import evaluate_multiple_choice, summarize
 from groundup.evaluate.tasks import Task, load_task
@@ -41,7 +42,7 @@ class TaskSettings:
     """Code: sampling temperature when code_samples > 1."""
     pass_k: list[int] = field(default_factory=lambda: [1, 10, 100])
     """Code: the k of pass@k reported (those up to code_samples)."""
-    code_limits: gen.Limits = field(default_factory=gen.Limits)
+    code_limits: Limits = field(default_factory=Limits)
     """Code: time and memory limits of each candidate program."""
 
 
