@@ -15,8 +15,7 @@ from groundup.model.transformer import Transformer
 EVAL_MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320,
                                    block_size=64)
 
-WORDS = ("the cat dog sat ran on a mat log quickly slowly red blue green big small house tree river stone "
-         "bird flew over under across near far and but or because while").split()
+WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "quickly", "slowly", "red", "blue", "green", "big", "small", "house", "tree", "river", "stone", "bird", "flew", "over", "under", "across", "near", "far", "and", "but", "or", "because", "while"]
 
 
 @pytest.fixture(scope="session")

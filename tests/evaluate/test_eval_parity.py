@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 
 import pytest
@@ -57,7 +56,7 @@ def lm_eval_results(eval_model_dir, mc_file, text_file, tmp_path_factory, monkey
     monkeypatch_module.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch_module.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
     out = simple_evaluate(model="groundup", model_args=f"path={eval_model_dir},batch_size=7",
-                          tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder)),
+                          tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder), include_defaults=False),
                           log_samples=False)
     return out["results"]
 
@@ -108,7 +107,7 @@ def lm_eval_hf_results(eval_model, eval_model_dir, mc_file, text_file, tmp_path_
     hf_model = to_transformers(eval_model[0]).float()
     lm = HFLM(pretrained=hf_model, tokenizer=hf_tokenizer(eval_model_dir / "tokenizer.json"), batch_size=32,
               max_length=eval_model[0].config.block_size, device="cpu")
-    out = simple_evaluate(model=lm, tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder)),
+    out = simple_evaluate(model=lm, tasks=["tiny_mc", "tiny_text"], task_manager=TaskManager(include_path=str(folder), include_defaults=False),
                           log_samples=False)
     return out["results"]
 
