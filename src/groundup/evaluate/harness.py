@@ -20,6 +20,7 @@ evaluate``, so the two agree exactly and both are independent of the batch size.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class GroundupLM(TemplateLM):
     def __init__(self, path: str | None = None, *, model=None, tokenizer=None, batch_size: int | str = 16,
                  max_length: int | None = None, stride: int | None = None, device: str = "cpu",
                  max_gen_toks: int = 256, **_ignored) -> None:
+        device = device or "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line defaults to --device cuda; on a CPU-only machine use the CPU, and say so.
+            logging.getLogger(__name__).warning("device %s asked for but CUDA is not available: using the CPU", device)
+            device = "cpu"
         super().__init__()
         if model is None:
             if path is None:
@@ -51,11 +57,24 @@ class GroundupLM(TemplateLM):
             model, tokenizer = load_model_dir(Path(path), device=device)
         self.model = model.eval()
         self.tok = tokenizer
-        self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
+        self.batch_size = 16 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = int(max_length or model.config.block_size)
         self.stride = int(stride) if stride else None
         self.max_gen_toks = int(max_gen_toks)
         self._device = torch.device(device)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        # lm-eval's command line always passes its own --batch_size and --device; a value given in
+        # --model_args is the more specific one and wins (lm-eval itself would raise a TypeError).
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     # ------------------------------------------------------------------ what TemplateLM needs
 
