@@ -65,7 +65,8 @@ def test_layouts_are_recognised(tmp_path):
     t = load_task(arc)
     assert [i.gold for i in t.items] == [1, 0] and t.items[1].query == "Question: How?\nAnswer:"
     assert load_task(piqa).items[0].choices == ["twist", "hit"]
-    assert load_task(tqa).items[0].gold == 1
+    tqa_item = load_task(tqa).items[0]
+    assert tqa_item.gold == 1 and tqa_item.query.endswith("Barcelona, Spain.\n\nQ: Is it?\nA:")
     assert load_task(gen).kind == "generation"
     assert load_task(code).kind == "code"
 

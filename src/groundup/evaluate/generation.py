@@ -47,6 +47,16 @@ def generate_until(model, tokenizer, context: str, *, until: Sequence[str] = (),
 # ---------------------------------------------------------------------------- metrics
 
 
+def _need(module: str):
+    """Import an optional library, or say which extra brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is needed for this metric: pip install 'groundup[eval]'") from e
+
+
 def exact_match(prediction: str, references: Sequence[str]) -> float:
     """1 when the prediction, stripped of surrounding whitespace, equals one of the references."""
     return float(prediction.strip() in {r.strip() for r in references})
@@ -59,26 +69,20 @@ def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | No
 
 
 def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, str]:
-    from sacrebleu.metrics import BLEU
-
-    metric = BLEU()
+    metric = _need("sacrebleu.metrics").BLEU()
     score = metric.corpus_score(list(predictions), reference_streams(references))
     return score.score, str(metric.get_signature())
 
 
 def chrf(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, str]:
-    from sacrebleu.metrics import CHRF
-
-    metric = CHRF()
+    metric = _need("sacrebleu.metrics").CHRF()
     score = metric.corpus_score(list(predictions), reference_streams(references))
     return score.score, str(metric.get_signature())
 
 
 def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, list[float]]:
     """Per-item ROUGE-1/2/L F-measure (the best over the item's references)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = _need("rouge_score.rouge_scorer").RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
     for pred, refs in zip(predictions, references, strict=True):
         scores = [scorer.score(ref, pred) for ref in refs]
