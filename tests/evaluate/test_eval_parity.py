@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -124,3 +125,29 @@ def test_bits_per_byte_matches_lm_eval_hf_backend(lm_eval_hf_results, eval_model
     mine, _ = ours(eval_model, text_file)
     assert mine["bits_per_byte"] == pytest.approx(theirs["bits_per_byte,none"], rel=1e-6, abs=1e-6)
     assert mine["word_perplexity"] == pytest.approx(theirs["word_perplexity,none"], rel=1e-6)
+
+
+def test_lm_eval_command_line_finds_the_groundup_model(eval_model, eval_model_dir, mc_file, text_file, tmp_path,
+                                                       monkeypatch, capsys):
+    """`groundup lm-eval --model groundup ...` is lm-eval's own CLI; its table shows our scores."""
+    import functools
+
+    import lm_eval.tasks
+
+    from groundup import cli
+
+    folder = tmp_path / "yaml"
+    folder.mkdir()
+    write_yaml(folder, mc_file, text_file)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # only the local task folder is indexed (lm-eval's thousands of built-in YAMLs take ~20 s to scan)
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager",
+                        functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
+    assert cli.main(["lm-eval", "--model", "groundup", "--model_args", f"path={eval_model_dir}", "--device", "cpu",
+                     "--tasks", "tiny_mc", "--include_path", str(folder), "--batch_size", "5"]) == 0
+    table = capsys.readouterr().out
+    mine, _ = ours(eval_model, mc_file)
+    for metric in ("acc", "acc_norm"):
+        value = re.search(rf"\|{metric}\s*\|↑\s*\|\s*([0-9.]+)\|", table)
+        assert value, table
+        assert float(value.group(1)) == pytest.approx(mine[metric], abs=1e-4)
