@@ -93,3 +93,24 @@ def test_generate_until_cuts_at_stop_sequence(eval_model):
     stop = free[2:4]
     cut = gen.generate_until(model, tokenizer, "the cat", until=[stop], max_new_tokens=40)
     assert cut == free[: free.index(stop)]
+
+
+def test_code_task_counts_passing_samples(eval_model, tmp_path, monkeypatch):
+    """The code path end to end with the completions fixed: 2 problems x 4 samples, pass@k from the outcomes."""
+    import json
+
+    from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks
+
+    path = tmp_path / "humaneval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "def add(a, b):\n", "test": "def check(f):\n    assert f(1, 2) == 3\n", "entry_point": "add"},
+        {"prompt": "def neg(a):\n", "test": "def check(f):\n    assert f(4) == -4\n", "entry_point": "neg"}]))
+    answers = iter(["    return a + b\n", "    return a - b\n", "    while True: pass\n", "    return b + a\n",
+                    "    return -a\n", "    return a\n", "    return 0 - a\n", "    x = [0] * 10**10\n"])
+    monkeypatch.setattr(gen, "generate_until", lambda *args, **kwargs: next(answers))
+    settings = TaskSettings(code_samples=4, pass_k=[1, 2], code_limits=gen.Limits(timeout_s=2, cpu_s=1))
+    results, samples = evaluate_task(*eval_model, load_tasks([path])[0], settings)
+    scores = results["humaneval"]
+    assert scores["pass@1"] == pytest.approx((2 / 4 + 2 / 4) / 2)
+    assert scores["pass@2"] == pytest.approx(gen.pass_at_k(4, 2, 2))
+    assert samples[0]["status"][2] in ("killed", "timeout") and samples[1]["status"][3] == "killed"
