@@ -34,7 +34,7 @@ from groundup import config as configlib
 from groundup.artifacts import load_model_dir, write_json, write_manifest
 from groundup.evaluate.generation import Limits
 from groundup.evaluate.judge import Judge, JudgeConfig
-from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks
+from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ class Config:
 
     model: Path | None = None
     """Model dir to evaluate (None: only tokenizer metrics)."""
-    tasks: list[str] = field(default_factory=list)
-    """Task files or folders (JSONL, MMLU CSV or folder, .txt, a token shard's .bin); `name=path` names one."""
+    tasks: list[str] | str = field(default_factory=list)
+    """Task files or folders (JSONL, MMLU CSV or folder, .txt, a token shard's .bin), a list or comma-separated;
+    `name=path` names one."""
     out: Path = Path("runs/eval")
     """Output dir: results.json, samples.jsonl, manifest.json."""
     device: str = "cpu"
@@ -176,7 +177,7 @@ def run(cfg: Config) -> Path:
     if cfg.tasks:
         if cfg.model is None:
             raise ValueError("tasks given but no model: set --model to a model dir")
-        tasks = load_tasks(cfg.tasks)  # every file is read and checked before the model runs
+        tasks = load_tasks(split_specs(cfg.tasks))  # every file is read and checked before the model runs
         device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
             ("cpu" if cfg.device == "auto" else cfg.device)
         model, tokenizer = load_model_dir(cfg.model, device=device)

@@ -53,7 +53,15 @@ def token_shard_task(path: Path) -> Task:
                 files=[path, path.parent / "meta.json"])
 
 
-def load_tasks(specs: Sequence[str | Path]) -> list[Task]:
+def split_specs(specs: str | Sequence[str | Path]) -> list[str | Path]:
+    """``a.jsonl,mmlu/`` (one comma-separated string, as typed on a command line) or a list."""
+    if isinstance(specs, str):
+        return [s.strip() for s in specs.split(",") if s.strip()]
+    return list(specs)
+
+
+def load_tasks(specs: str | Sequence[str | Path]) -> list[Task]:
+    specs = split_specs(specs)
     tasks = []
     for spec in specs:
         path = Path(str(spec).split("=", 1)[-1]) if not Path(str(spec)).exists() else Path(spec)

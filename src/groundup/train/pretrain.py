@@ -61,8 +61,9 @@ class Config:
     """Held-out windows scored at each periodic evaluation (the final evaluation scores all of val.bin)."""
     final_eval_stride: int | None = None
     """Stride of the final held-out evaluation's sliding windows (default: half the sequence length)."""
-    eval_tasks: list[str] = field(default_factory=list)
-    """Task files scored at each periodic evaluation (`groundup evaluate`'s formats), logged as eval/<task>/<metric>."""
+    eval_tasks: list[str] | str = field(default_factory=list)
+    """Task files scored at each periodic evaluation (`groundup evaluate`'s formats, a list or comma-separated),
+    logged in metrics.jsonl as eval/<task>/<metric>."""
     eval_tasks_limit: int | None = 200
     """Items scored per task at each periodic evaluation (None: all)."""
 
