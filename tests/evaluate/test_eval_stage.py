@@ -169,3 +169,17 @@ def test_pretrain_logs_task_scores_every_eval(spine_tokens, mc_file, text_file, 
     assert [x["step"] for x in evals] == [2, 4]  # every eval_every steps and at the end
     assert {"eval/tiny_mc/acc_norm", "eval/tiny_text/bits_per_byte", "val_loss"} <= set(evals[0])
     assert not any(k.endswith("_stderr") for k in evals[0])
+
+
+def test_stage_pairwise_against_another_run(eval_model_dir, gen_file, judge_url, tmp_path):
+    first = tmp_path / "first"
+    cli.main(["evaluate", "--model", str(eval_model_dir), "--tasks", str(gen_file), "--out", str(first),
+              "--max_new_tokens", "4", "--progress", "false"])
+    second = tmp_path / "second"
+    cli.main(["evaluate", "--model", str(eval_model_dir), "--tasks", str(gen_file), "--out", str(second),
+              "--max_new_tokens", "4", "--progress", "false", "--judge.url", judge_url, "--judge.model", "stand-in",
+              "--judge.mode", "pairwise", "--against", str(first / "samples.jsonl")])
+    qa = json.loads((second / "results.json").read_text())["results"]["qa"]
+    # the stand-in only ever prefers the answer it reads first: swapping positions turns that into ties
+    assert qa["judge_win_rate"] == 0.5
+    assert len(StandIn.prompts) == 2 * 3
