@@ -21,6 +21,7 @@ evaluate``, so the two agree exactly and both are independent of the batch size.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -107,12 +108,9 @@ class GroundupLM(TemplateLM):
                                              max_length=self.max_length, stride=self.stride):
                 windows.append(((None, None), ctx, cont))
                 owner.append(r)
-        totals = [0.0] * len(requests)
         parts: list[list[float]] = [[] for _ in requests]
         for r, (ll, _) in zip(owner, self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm), strict=True):
             parts[r].append(ll)
-        import math
-
         totals = [math.fsum(p) for p in parts]
         for req, total in zip(requests, totals, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
