@@ -17,6 +17,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
     "export": ("groundup.interop.export", "Export a model dir to a Hugging Face folder or a GGUF file (llama.cpp, ollama)."),
     "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),
+    "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
+    "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's command line with groundup models registered (--model groundup)."),
 }
 
 

@@ -61,6 +61,11 @@ class Config:
     """Held-out windows scored at each periodic evaluation (the final evaluation scores all of val.bin)."""
     final_eval_stride: int | None = None
     """Stride of the final held-out evaluation's sliding windows (default: half the sequence length)."""
+    eval_tasks: list[str] | str = field(default_factory=list)
+    """Task files scored at each periodic evaluation (`groundup evaluate`'s formats, a list or comma-separated),
+    logged in metrics.jsonl as eval/<task>/<metric>."""
+    eval_tasks_limit: int | None = 200
+    """Items scored per task at each periodic evaluation (None: all)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -139,6 +144,13 @@ def run(cfg: Config) -> Path:
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
     val_token_count = len(val_tokens)
 
+    task_eval = None
+    if cfg.eval_tasks:
+        from groundup.evaluate.during_training import build_evaluator
+
+        task_eval = build_evaluator(cfg.eval_tasks, tokenizer_file, limit=cfg.eval_tasks_limit,
+                                    batch_size=cfg.batch_size, device=device)
+
     def evaluate(_model) -> dict[str, float]:
         nll = token_nll(_model, val_tokens, seq_len=seq_len, batch_size=cfg.batch_size,
                         max_windows=cfg.eval_windows or None, device=device)
@@ -146,6 +158,8 @@ def run(cfg: Config) -> Path:
         if val_bytes:
             # Bytes per token of the whole held-out split converts the sample's loss into bits per byte.
             result["val_bits_per_byte"] = round(nll.loss / math.log(2) * val_token_count / val_bytes, 6)
+        if task_eval is not None:
+            result.update(task_eval(_model))
         return result
 
     peak_flops, token_flops = peak_flops_for(device), flops_per_token(model_cfg, seq_len)
