@@ -15,6 +15,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
+    "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
+    "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
 }
 
 

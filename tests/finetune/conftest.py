@@ -53,7 +53,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 def fruit_items(seed: int = 0) -> list[tuple[str, str]]:
     """Every (fruit, animal) pair in both orders as (question, answer): name the fruit. 128 items, shuffled."""
-    items = [(f"Which is a fruit: {a} or {b}?", f) for f in FRUITS for an in ANIMALS
+    items = [(f"fruit: {a} {b}", f) for f in FRUITS for an in ANIMALS
              for a, b in ((f, an), (an, f))]
     random.Random(seed).shuffle(items)
     return items

@@ -8,7 +8,8 @@ The output of every method is a model dir (``groundup generate``, ``serve``, ``e
 adapters merged into the base, so nothing downstream needs to know LoRA was used.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the Config classes here are inherited by the method modules,
+# and jsonargparse resolves postponed annotations in the subclass's module, which lacks these names.
 
 import dataclasses
 import logging
