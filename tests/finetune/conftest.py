@@ -57,3 +57,52 @@ def fruit_items(seed: int = 0) -> list[tuple[str, str]]:
              for a, b in ((f, an), (an, f))]
     random.Random(seed).shuffle(items)
     return items
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, and other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def loop(**overrides):
+    from groundup.train.loop import LoopConfig
+
+    return LoopConfig(**{"max_steps": 6, "log_every": 1, "eval_every": 3, "checkpoint_every": 3,
+                         "progress_bar": False, **overrides})
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+
+
+def interrupted_then_resumed(run, make_cfg, tmp_path: Path, monkeypatch, sampler_cls, stop_at_batch: int = 4):
+    """Run once straight and once stopped mid-run (after the step-3 checkpoint) then resumed; return both dirs."""
+    straight = run(make_cfg(tmp_path / "straight", None))
+    original = sampler_cls.next_batch
+    calls = {"n": 0}
+
+    def stopping(self):
+        calls["n"] += 1
+        if calls["n"] > stop_at_batch:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(sampler_cls, "next_batch", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(tmp_path / "stopped", None))
+    monkeypatch.setattr(sampler_cls, "next_batch", original)
+    resumed = run(make_cfg(tmp_path / "stopped", "auto"))
+    return straight, resumed
