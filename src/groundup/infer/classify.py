@@ -49,7 +49,7 @@ def run(cfg: Config) -> Path | None:
         raise ValueError("nothing to classify: pass --text or --input")
     model, tokenizer, meta = load_classifier_dir(cfg.model, device=cfg.device)
     results = classify_texts(model, tokenizer, meta, [r["text"] for r in records], cfg.batch_size)
-    lines = [json.dumps({**r, **res}, ensure_ascii=False) for r, res in zip(records, results)]
+    lines = [json.dumps({**r, **res}, ensure_ascii=False) for r, res in zip(records, results, strict=True)]
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
