@@ -72,7 +72,8 @@ def make_inputs(root: Path, family: str, layers: int, width: int, vocab: int, bl
     torch.manual_seed(0)
     base = save_model_dir(root / "base", Transformer(config), tokenizer_file=tok, stage="bench", config={})
     rng = random.Random(0)
-    words = "the model reads a long answer about data and code with many plain words in it".split()
+    words = ["the", "model", "reads", "a", "long", "answer", "about", "data", "and", "code", "with", "many",
+             "plain", "words", "in", "it"]
     with open(root / "chat.jsonl", "w", encoding="utf-8") as f:
         for _ in range(256):
             q = " ".join(rng.choices(words, k=rng.randint(10, 30)))
