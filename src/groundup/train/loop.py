@@ -2,10 +2,12 @@
 
 A method (pretraining, fine-tuning) supplies a model, a sampler of batches with
 ``next_batch()`` / ``state_dict()`` / ``load_state_dict()``, and a loss function; the loop
-does the rest. A loss function may return ``(loss, extras)``: the float ``extras`` (a DPO reward
-margin, say) are averaged like the loss and written on each metrics line. When batches hold a
-varying number of tokens (padded fine-tuning batches), ``batch_tokens(batch)`` counts them. On CPU a run is bitwise reproducible: N steps straight give the same weights
+does the rest. On CPU a run is bitwise reproducible: N steps straight give the same weights
 as k steps, a stop, ``resume``, and N - k steps.
+
+A loss function may return ``(loss, extras)``: the float ``extras`` (a DPO reward margin, say)
+are averaged like the loss and written on each metrics line. When batches hold a varying number
+of tokens (padded fine-tuning batches), ``batch_tokens(batch)`` counts them.
 """
 
 from __future__ import annotations
