@@ -17,7 +17,7 @@ def usage() -> str:
     width = max(map(len, METHODS))
     lines = ["usage: groundup finetune <method> [--config FILE] [--key value ...]", "", "methods:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in METHODS.items()]
-    lines += ["", "Every method takes --lora.enabled true for LoRA adapters (except continue: full weights or LoRA).",
+    lines += ["", "Every method takes --lora.enabled true to train LoRA adapters on a frozen base instead of every weight.",
               "`groundup finetune <method> --help` lists its settings."]
     return "\n".join(lines)
 
