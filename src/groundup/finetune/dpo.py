@@ -40,7 +40,7 @@ from groundup.finetune.data import (
     tokenize_segments,
     truncate,
 )
-from groundup.tokenizer.chat import read_chat_template
+from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
 from groundup.train.optim import build_optimizer
 
@@ -181,4 +181,5 @@ def run(cfg: Config) -> Path:
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, "beta": cfg.beta, **result.last_eval, "data": stats.as_dict()}
     common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data})
+    write_chat_template(out, template)  # the template the pairs were rendered with travels with the model
     return out
