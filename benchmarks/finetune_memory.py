@@ -8,7 +8,12 @@ load (what training itself adds: gradients, optimizer state, activations), train
 and the trainable parameter count, medians of ``--repeats`` runs in alternating order, and the ratios.
 On CUDA (``--device cuda``) it also reports ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/finetune_memory.py [--family llama] [--layers 6] [--width 512] [--steps 8] [--repeats 3]
+    python benchmarks/finetune_memory.py [--family llama] [--layers 8] [--width 1024] [--batch 2] [--steps 4]
+                                         [--repeats 3]
+
+The default shape (120M parameters, batch 2) is one where weights, gradients and AdamW state, not
+activations, dominate memory, as in fine-tuning a real model with small batches; with a small model
+and large batches (``--layers 6 --width 512 --batch 8``) activations dominate and LoRA saves little.
 """
 
 from __future__ import annotations
@@ -86,12 +91,12 @@ def make_inputs(root: Path, family: str, layers: int, width: int, vocab: int, bl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", default="llama", choices=["llama", "gpt2"])
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--block", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
