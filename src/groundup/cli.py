@@ -19,6 +19,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),
     "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
     "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's command line with groundup models registered (--model groundup)."),
+    "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
+    "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
 }
 
 

@@ -34,10 +34,35 @@ def normalize_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of ``cls`` and of its base classes (the nearest definition wins)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
 def add_config_arguments(parser: ArgumentParser, cls: type) -> ArgumentParser:
     """Add ``--config`` and one flag per (nested) field of the dataclass ``cls``."""
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the keys below.")
     parser.add_class_arguments(cls, nested_key=None, as_group=False)
+    # jsonargparse reads attribute docstrings of the class itself only: give inherited fields theirs.
+    docs = attribute_docs(cls)
+    for action in parser._actions:
+        if action.dest in docs and isinstance(action.help, str) and "_EMPTY_HELP_" in action.help:
+            action.help = action.help.replace("_EMPTY_HELP_", docs[action.dest].replace("%", "%%"))
     return parser
 
 

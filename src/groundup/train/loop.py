@@ -1,9 +1,13 @@
 """The training loop every method shares: accumulation, clipping, schedule, metrics, checkpoints, resume, budget.
 
-A method (pretraining, and later fine-tuning) supplies a model, a sampler of batches with
+A method (pretraining, fine-tuning) supplies a model, a sampler of batches with
 ``next_batch()`` / ``state_dict()`` / ``load_state_dict()``, and a loss function; the loop
 does the rest. On CPU a run is bitwise reproducible: N steps straight give the same weights
 as k steps, a stop, ``resume``, and N - k steps.
+
+A loss function may return ``(loss, extras)``: the float ``extras`` (a DPO reward margin, say)
+are averaged like the loss and written on each metrics line. When batches hold a varying number
+of tokens (padded fine-tuning batches), ``batch_tokens(batch)`` counts them.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ def train_loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     sampler: Sampler,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, dict[str, float]]],
     optim_cfg: OptimConfig,
     cfg: LoopConfig,
     out: Path,
@@ -146,6 +150,7 @@ def train_loop(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     autocast: contextlib.AbstractContextManager | Callable[[], contextlib.AbstractContextManager] | None = None,
     extra_state: Callable[[], dict] | None = None,
+    batch_tokens: Callable[[Any], int] | None = None,
 ) -> LoopResult:
     out = Path(out)
     ckpt_root = out / "checkpoints"
@@ -197,6 +202,7 @@ def train_loop(
     elapsed = elapsed_before
     window_tokens, window_start = 0, time.perf_counter()
     window_loss, window_steps = 0.0, 0
+    window_extras: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     last_ckpt: Path | None = None
     stopped_by = "max_steps"
@@ -204,13 +210,18 @@ def train_loop(
         while step < cfg.max_steps:
             lr = lr_at(step, progress_now(elapsed), optim_cfg)
             set_lr(optimizer, lr)
-            loss_sum = 0.0
+            loss_sum, step_tokens, step_extras = 0.0, 0, {}
             for _ in range(cfg.grad_accum):
                 batch = sampler.next_batch()
                 with make_autocast():
                     loss = loss_fn(model, batch)
+                if isinstance(loss, tuple):
+                    loss, extras = loss
+                    for key, value in extras.items():
+                        step_extras[key] = step_extras.get(key, 0.0) + float(value) / cfg.grad_accum
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach().float().item()
+                step_tokens += batch_tokens(batch) if batch_tokens else tokens_per_micro_batch
             if optim_cfg.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip))
             else:
@@ -225,12 +236,14 @@ def train_loop(
                                "grad_norm": grad_norm})
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += tokens_per_micro_batch * cfg.grad_accum
-            window_tokens += tokens_per_micro_batch * cfg.grad_accum
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
             elapsed = elapsed_before + time.perf_counter() - start
             if math.isfinite(loss_sum):
                 window_loss += loss_sum / cfg.grad_accum
                 window_steps += 1
+                for key, value in step_extras.items():
+                    window_extras[key] = window_extras.get(key, 0.0) + value
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
@@ -238,10 +251,12 @@ def train_loop(
                 window_tokens, window_start = 0, now
                 # the mean over the steps since the previous line: a single micro-batch's loss is noisy
                 mean_loss = window_loss / window_steps if window_steps else loss_sum / cfg.grad_accum
-                window_loss, window_steps = 0.0, 0
                 record = {"step": step, "tokens": tokens_seen, "loss": round(mean_loss, 6),
                           "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
                           "elapsed_s": round(elapsed, 3)}
+                for key, value in window_extras.items():
+                    record[key] = round(value / max(window_steps, 1), 6)
+                window_loss, window_steps, window_extras = 0.0, 0, {}
                 if peak_flops:
                     record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
                 metrics.write(record)

@@ -1,0 +1,1 @@
+"""Fine-tuning and alignment on a model dir: instruction SFT, classifiers, LoRA, DPO, continued pretraining."""

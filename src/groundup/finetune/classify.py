@@ -1,0 +1,191 @@
+"""Classifier fine-tuning: the output head becomes an n-class head read at the last real token.
+
+Data: JSONL ``{"text": str, "label": str | int}``. The classes are the sorted distinct labels of the
+training data (or ``labels``, to fix their order); a held-out label outside them is an error naming
+its line. Texts longer than ``max_len`` tokens keep their first ``max_len`` tokens (counted as
+``truncated``). Sequences are right-padded and the class logits are read at each sequence's last
+real token, which has attended to the whole text (the causal model's summary position).
+
+A classifier dir is a model dir whose ``lm_head.weight`` has one row per class (``config.json`` has
+``tie_embeddings: false``) plus ``classifier.json``: ``{"labels": [...], "pooling": "last_token",
+"max_len": N, "pad_id": id}``. :func:`load_classifier_dir` reads it; ``groundup classify`` runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groundup.artifacts import load_model_weights, read_json, read_model_config, require_files, write_json
+from groundup.finetune import common
+from groundup.finetune.data import (
+    DataError,
+    DataStats,
+    ExampleBatches,
+    parse_labeled,
+    read_jsonl,
+    split_indices,
+)
+from groundup.train.loop import train_loop
+from groundup.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_FILE = "classifier.json"
+HEAD = "lm_head.weight"
+
+
+@dataclass(kw_only=True)
+class Config(common.JsonlConfig):
+    """Fine-tune a model dir into a text classifier on JSONL text,label records."""
+
+    labels: list[str] | None = None
+    """The class names in order (default: the sorted distinct labels of the training data)."""
+
+
+def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
+    """Replace the vocabulary head by a fresh (n_classes, C) head; the embedding is no longer tied to it."""
+    head = nn.Linear(model.config.n_embd, n_classes, bias=False)
+    nn.init.normal_(head.weight, std=model.config.init_std)
+    model.lm_head = head
+    model.config = dataclasses.replace(model.config, tie_embeddings=False)
+    return model
+
+
+def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,)."""
+    h = model.hidden_states(x)  # (B, T, C)
+    last = h[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, C)
+    return model.lm_head(last)
+
+
+def pad_texts(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = torch.tensor(s)
+    return x, torch.tensor([len(s) for s in seqs])
+
+
+def encode_texts(tokenizer, texts: list[str], max_len: int, stats: DataStats | None = None) -> list[list[int]]:
+    """Token ids of each text, cut to its first ``max_len`` tokens; an empty text becomes the EOS token."""
+    out = []
+    for ids in tokenizer.encode_batch(texts):
+        if len(ids) > max_len:
+            ids = ids[:max_len]
+            if stats is not None:
+                stats.truncated += 1
+        out.append(ids or [tokenizer.eos_id or 0])
+    return out
+
+
+@torch.no_grad()
+def evaluate_classifier(model, seqs: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
+                        device) -> dict[str, float]:
+    loss, correct = 0.0, 0
+    for i in range(0, len(seqs), batch_size):
+        x, lengths = pad_texts(seqs[i : i + batch_size], pad_id)
+        y = torch.tensor(labels[i : i + batch_size], device=device)
+        logits = class_logits(model, x.to(device), lengths.to(device)).float()
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    return {"val_loss": round(loss / len(seqs), 6), "val_accuracy": round(correct / len(seqs), 6)}
+
+
+def run(cfg: Config) -> Path:
+    stats = DataStats()
+    train = read_jsonl(cfg.data, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines)
+    if cfg.val_data:
+        val = read_jsonl(cfg.val_data, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines)
+    else:
+        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, cfg.seed)
+        train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
+    names = list(cfg.labels) if cfg.labels else sorted({label for _, label in train})
+    if len(names) < 2:
+        raise DataError(f"{cfg.data}: a classifier needs at least two classes, found {names}")
+    index = {name: i for i, name in enumerate(names)}
+    for where, records in (("training", train), ("held-out", val)):
+        unknown = sorted({label for _, label in records if label not in index})
+        if unknown:
+            raise DataError(f"{cfg.val_data if where == 'held-out' and cfg.val_data else cfg.data}: {where} "
+                            f"labels {unknown[:5]} are not among the classes {names}")
+    stats.examples = len(train) + len(val)
+
+    keep = (HEAD,)
+    s = common.setup(cfg, adapt=lambda m: add_class_head(m, len(names)), keep_trainable=keep)
+    max_len = cfg.max_len or s.model.config.block_size
+    train_seqs = encode_texts(s.tokenizer, [t for t, _ in train], max_len, stats)
+    val_seqs = encode_texts(s.tokenizer, [t for t, _ in val], max_len, stats)
+    train_y = [index[label] for _, label in train]
+    val_y = [index[label] for _, label in val]
+    counts = {name: train_y.count(i) for i, name in enumerate(names)}
+    majority = max(counts.values()) / len(train_y)
+    log.info("classifier: %d classes %s; %d training, %d held-out texts", len(names), counts, len(train), len(val))
+
+    out = common.prepare_out(cfg)
+    write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
+    pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
+    model, device = s.model, s.device
+
+    def collate(indices: list[int]):
+        x, lengths = pad_texts([train_seqs[i] for i in indices], pad_id)
+        return x, lengths, torch.tensor([train_y[i] for i in indices])
+
+    sampler = ExampleBatches([len(t) for t in train_seqs], cfg.batch_size, collate, seed=cfg.seed,
+                             group_by_length=cfg.group_by_length)
+
+    def loss_fn(_model, batch):
+        x, lengths, y = (t.to(device) for t in batch)
+        logits = class_logits(_model, x, lengths).float()
+        accuracy = float((logits.argmax(-1) == y).float().mean())
+        return F.cross_entropy(logits, y), {"accuracy": accuracy}
+
+    def evaluate(_model) -> dict[str, float]:
+        return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device)
+
+    optimizer = build_optimizer(model, cfg.optim, device.type)
+    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
+                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
+                        batch_tokens=lambda batch: int(batch[1].sum()), evaluate=evaluate if val else None,
+                        autocast=s.autocast)
+    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
+               "stopped_by": result.stopped_by, **result.last_eval, "majority_accuracy": round(majority, 6),
+               "labels": names, "data": stats.as_dict()}
+    common.save_result(cfg, s, stage="finetune-classify", summary=summary, keep_trainable=keep,
+                       inputs={"data": cfg.data}, peft_task="SEQ_CLS")
+    write_json(out / CLASSIFIER_FILE, {"labels": names, "pooling": "last_token", "max_len": max_len,
+                                       "pad_id": pad_id})
+    return out
+
+
+def load_classifier_dir(path: str | Path, *, device: str = "cpu"):
+    """``(model, tokenizer, meta)`` of a classifier dir; ``meta`` is its classifier.json."""
+    from groundup.model.transformer import Transformer
+    from groundup.tokenizer import Tokenizer
+
+    path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json", CLASSIFIER_FILE},
+                         "classifier dir")
+    meta = read_json(path / CLASSIFIER_FILE)
+    model = add_class_head(Transformer(read_model_config(path)), len(meta["labels"]))
+    load_model_weights(model, path / "model.safetensors")
+    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json"), meta
+
+
+@torch.no_grad()
+def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[dict]:
+    """For each text: ``{"label", "probabilities": {label: p}}``."""
+    device = next(model.parameters()).device
+    seqs = encode_texts(tokenizer, texts, meta["max_len"])
+    results = []
+    for i in range(0, len(seqs), batch_size):
+        x, lengths = pad_texts(seqs[i : i + batch_size], meta["pad_id"])
+        probs = class_logits(model, x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+        for row in probs:
+            results.append({"label": meta["labels"][int(row.argmax())],
+                            "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row, strict=True)}})
+    return results

@@ -1,0 +1,125 @@
+"""Instruction fine-tuning (SFT): chats or Alpaca records, rendered with the chat template, loss on answers only.
+
+Data: JSONL, each line either ``{"messages": [{"role", "content"}, ...]}`` (multi-turn; roles system,
+user, assistant) or Alpaca's ``{"instruction", "input", "output"}``. Each conversation is rendered
+with the base model dir's ``chat_template.jinja`` (ChatML by default) and only the assistant answers
+and their end-of-turn tokens are trained (see :mod:`groundup.finetune.data`). Batches group examples
+of similar length and pad on the right. The output model dir carries the template it was trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from groundup.artifacts import write_json
+from groundup.finetune import common
+from groundup.finetune.data import (
+    IGNORE_INDEX,
+    DataError,
+    DataStats,
+    Example,
+    ExampleBatches,
+    chat_segments,
+    pad_batch,
+    parse_conversation,
+    read_jsonl,
+    split_indices,
+    tokenize_segments,
+    truncate,
+)
+from groundup.tokenizer.chat import read_chat_template, write_chat_template
+from groundup.train.loop import train_loop
+from groundup.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Config(common.JsonlConfig):
+    """Supervised instruction fine-tuning on chat or Alpaca JSONL, loss on the assistant's answers only."""
+
+    chat_template: Path | None = None
+    """A Jinja chat template file to train with (default: the base model dir's chat_template.jinja, else ChatML)."""
+
+
+def load_examples(path: Path, tokenizer, template: str, max_len: int, stats: DataStats,
+                  skip_bad_lines: bool) -> list[Example]:
+    """Read, render, tokenize and truncate every conversation of ``path``."""
+
+    def parse(obj: dict) -> Example | None:
+        return truncate(tokenize_segments(tokenizer, chat_segments(parse_conversation(obj), template)), max_len, stats)
+
+    examples = [e for e in read_jsonl(path, parse, stats, skip_bad_lines=skip_bad_lines) if e is not None]
+    if not examples:
+        raise DataError(f"{path}: every conversation was dropped ({stats.dropped_no_target} had no answer "
+                        f"tokens left within {max_len} tokens)")
+    stats.examples += len(examples)
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int):
+    def make(indices: list[int]):
+        chosen = [examples[i] for i in indices]
+        x, y = pad_batch(chosen, pad_id)
+        return x, y, sum(len(e) - 1 for e in chosen)
+
+    return make
+
+
+@torch.no_grad()
+def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, device) -> tuple[float, int]:
+    """Mean loss per trained token over ``examples`` and the number of trained tokens."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        x, y = pad_batch(examples[i : i + batch_size], pad_id)
+        n = int((y != IGNORE_INDEX).sum())
+        total += float(model(x.to(device), targets=y.to(device))) * n
+        count += n
+    return total / max(count, 1), count
+
+
+def run(cfg: Config) -> Path:
+    s = common.setup(cfg)
+    template = cfg.chat_template.read_text(encoding="utf-8") if cfg.chat_template else read_chat_template(cfg.model)
+    max_len = cfg.max_len or s.model.config.block_size
+    if max_len > s.model.config.block_size:
+        raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.model.config.block_size}")
+    stats = DataStats()
+    examples = load_examples(cfg.data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
+    if cfg.val_data:
+        train, val = examples, load_examples(cfg.val_data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
+    else:
+        train_idx, val_idx = split_indices(len(examples), cfg.val_fraction, cfg.seed)
+        train, val = [examples[i] for i in train_idx], [examples[i] for i in val_idx]
+    log.info("SFT: %d training and %d held-out conversations; %s", len(train), len(val), stats.as_dict())
+
+    out = common.prepare_out(cfg)
+    write_json(out / "data_stats.json", stats.as_dict())
+    pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
+    sampler = ExampleBatches([len(e) for e in train], cfg.batch_size, collate(train, pad_id), seed=cfg.seed,
+                             group_by_length=cfg.group_by_length)
+    model, device = s.model, s.device
+
+    def loss_fn(_model, batch) -> torch.Tensor:
+        x, y, _ = batch
+        return _model(x.to(device), targets=y.to(device))
+
+    def evaluate(_model) -> dict[str, float]:
+        loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device)
+        return {"val_loss": round(loss, 6), "val_perplexity": round(math.exp(min(loss, 50.0)), 4)}
+
+    optimizer = build_optimizer(model, cfg.optim, device.type)
+    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
+                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
+                        batch_tokens=lambda batch: batch[2], evaluate=evaluate if val else None,
+                        autocast=s.autocast)
+    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
+               "stopped_by": result.stopped_by, **result.last_eval, "data": stats.as_dict()}
+    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data})
+    write_chat_template(out, template)
+    return out
