@@ -35,3 +35,52 @@ def serve_llama_dir(spine_tokenizer, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def serve_model(serve_model_dir):
     return load_model_dir(serve_model_dir)
+
+
+class LiveServer:
+    """`groundup serve`'s app under a real uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, model_dir: Path, **settings) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        from groundup.serve.app import create_app
+        from groundup.serve.server import Config, build_state
+
+        self.state = build_state(Config(model=model_dir, **settings))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(create_app(self.state), host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.state.engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_server(serve_model_dir):
+    server = LiveServer(serve_model_dir, served_model_name="tiny", max_prompt_tokens=200, max_tokens=64,
+                        max_request_bytes=20_000, max_seqs=8)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def keyed_server(serve_model_dir):
+    server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", max_seqs=4)
+    yield server
+    server.close()

@@ -489,7 +489,10 @@ class GrammarFactory:
     def json_schema(self, schema: dict | str):
         import json
 
-        return self.compiler.compile_json_schema(schema if isinstance(schema, str) else json.dumps(schema))
+        # Compact JSON (no free whitespace between tokens), as OpenAI's structured outputs write it: a
+        # weak model cannot then spend its whole budget on whitespace.
+        text = schema if isinstance(schema, str) else json.dumps(schema)
+        return self.compiler.compile_json_schema(text, any_whitespace=False)
 
     def json_object(self):
         return self.compiler.compile_builtin_json_grammar()
