@@ -8,19 +8,25 @@ and masks, and keeps keys and values in a :class:`SlotKVCache`: one preallocated
 slot. It lives here, beside the engine, so that ``transformer.py`` stays free of serving logic.
 
 Batch invariance on CPU: a matrix product's rows can come out different in the last bit depending on
-how many rows the product has (one row goes through a matrix-vector kernel, two or three through
-another, four and more through the blocked GEMM, whose result for a row does not depend on the other
-rows). :func:`forward_rows` therefore pads a batch up to ``min_rows`` rows (4 by default), so a
-sequence decoded alone and in a batch of 20 meets the same kernel and gets bit-identical logits.
-Attention reads keys up to a length rounded to a multiple of ``KEY_BLOCK`` with masked padding; a
-masked key contributes an exact zero, so the padding does not change a row's result either (the
-engine's tests check both properties bit for bit).
+how many rows the product has and where the row sits (one row goes through a matrix-vector kernel, two
+or three through another; in the blocked GEMM, rows in a trailing group of one to three rows take a
+tail kernel). With a multiple of four rows, every row of x86 oneDNN/MKL products comes out the same
+whatever the other rows and the batch size, so the engine pads each decode batch to a multiple of
+four rows (free slots run dummy rows): a sequence decoded alone and in a batch of 20 gets
+bit-identical logits. ``tests/serve/test_serve_engine.py`` checks this on the machine it runs on.
+Attention is written out (scores, mask, softmax, weighted sum) rather than calling
+``scaled_dot_product_attention``, whose CPU kernel splits its work by batch size, so that its result
+for one row changes with the batch. The batched matmuls here compute every row alike. Keys are read
+up to a length rounded to a multiple of ``KEY_BLOCK`` with masked padding; a masked key contributes an
+exact zero, so the padding does not change a row's result either (the engine's tests check both
+properties bit for bit).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 
 from groundup.model.transformer import Transformer, apply_rope
 
@@ -50,6 +56,13 @@ class SlotKVCache:
         return self.k.numel() * self.k.element_size() * 2
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd), masked) v for q (B, nh, T, hd), k and v (B, nh, L, hd), mask (B, 1, T, L)."""
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
@@ -64,7 +77,7 @@ def forward_rows(model: Transformer, cache: SlotKVCache, idx: torch.Tensor, firs
     the logits of the last position (B, V), or of every position (B, T, V) with ``all_positions``
     (prompt log-probabilities). A slot in the range that holds no sequence may be given a dummy row
     (token 0 at position 0): it only writes into its own free slot. The engine pads decode batches
-    this way to keep every product at four rows or more (see the module docstring).
+    this way to a multiple of four rows (see the module docstring).
     """
     B, T = idx.shape
     config = model.config
@@ -104,7 +117,7 @@ def forward_rows(model: Transformer, cache: SlotKVCache, idx: torch.Tensor, firs
         if nkv != nh:
             keys_k = keys_k.repeat_interleave(nh // nkv, dim=1)
             keys_v = keys_v.repeat_interleave(nh // nkv, dim=1)
-        y = F.scaled_dot_product_attention(q, keys_k, keys_v, attn_mask=mask)  # (B, nh, T, hd)
+        y = _attention(q, keys_k, keys_v, mask)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)
         x = x + attn.proj(y)
         x = x + block.mlp(block.mlp_norm(x))

@@ -9,8 +9,9 @@ seed and penalties; send each new token to its request; free the slots of sequen
 sequences join and finished ones leave between two decode steps (continuous batching, as in Orca and
 vLLM).
 
-Greedy output is batch-invariant: decode batches are padded to at least four rows and attention masks
-its padding (see ``batched.py``), so a request gives the same tokens alone or among others.
+Greedy output is batch-invariant: decode batches are padded to a multiple of four rows and attention
+masks its padding (see ``batched.py``), so a request gives the same tokens and log-probabilities,
+bit for bit, alone or among others.
 
 Results go back through a callback per request, called on the engine thread; :meth:`Request.async_events`
 wraps it for asyncio (``loop.call_soon_threadsafe`` into an ``asyncio.Queue``), which is how the HTTP
@@ -147,7 +148,7 @@ class Engine:
         self.min_rows = min_rows
         self.max_prefill_tokens = max_prefill_tokens
         self.vocab_limit = vocab_limit if vocab_limit is not None else min(tokenizer.vocab_size, self.config.vocab_size)
-        self.cache = SlotKVCache(model, max(max_seqs, min_rows), max_len)
+        self.cache = SlotKVCache(model, -(-max_seqs // min_rows) * min_rows, max_len)
         self.max_len = self.cache.max_len
         self.device = model.lm_head.weight.device
         self.eos_id = tokenizer.eos_id
@@ -339,7 +340,8 @@ class Engine:
         running = [s for s in self._slots if s is not None and s.last_token >= 0]
         if not running:
             return
-        rows = max(max(s.slot for s in running) + 1, self.min_rows)
+        # A multiple of min_rows rows (slots 0..rows-1, free ones as dummy rows): see batched.py.
+        rows = -(-(max(s.slot for s in running) + 1) // self.min_rows) * self.min_rows
         idx = torch.zeros(rows, 1, dtype=torch.long)
         starts = torch.zeros(rows, dtype=torch.long)
         for s in running:
