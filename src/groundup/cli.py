@@ -15,6 +15,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
+    "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
+    "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),
 }
 
 
