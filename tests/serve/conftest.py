@@ -33,6 +33,13 @@ def serve_llama_dir(spine_tokenizer, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def serve_draft_dir(spine_tokenizer, tmp_path_factory) -> Path:
+    """A smaller random model over the same tokenizer (a draft for speculative decoding)."""
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "draft", spine_tokenizer, seed=5, n_layer=1, n_embd=32,
+                          n_head=2)
+
+
+@pytest.fixture(scope="session")
 def serve_model(serve_model_dir):
     return load_model_dir(serve_model_dir)
 

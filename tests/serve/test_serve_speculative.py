@@ -9,14 +9,11 @@ from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
 from groundup.infer.speculative import speculative_generate
 
-from conftest import make_model_dir  # noqa: E402  (tests/serve/conftest.py)
-
 
 @pytest.mark.parametrize("k", [1, 4])
-def test_serve_speculative_equals_target(serve_model_dir, spine_tokenizer, tmp_path, k):
+def test_serve_speculative_equals_target(serve_model_dir, serve_draft_dir, k):
     target, tokenizer = load_model_dir(serve_model_dir)
-    small = make_model_dir(tmp_path / "draft", spine_tokenizer, seed=5, n_layer=1, n_embd=32, n_head=2)
-    draft, _ = load_model_dir(small)
+    draft, _ = load_model_dir(serve_draft_dir)
     limit = tokenizer.vocab_size
     for text in ("def foo(x):",):
         ids = tokenizer.encode(text)
