@@ -152,4 +152,7 @@ def test_serve_disconnect_cancels(live_server):
     while engine.stats.requests_cancelled == before and time.time() < deadline:
         time.sleep(0.05)
     assert engine.stats.requests_cancelled > before
+    while live_server.state.active and time.time() < deadline:  # its concurrency slot is given back
+        time.sleep(0.05)
+    assert live_server.state.active == 0
     assert httpx.get(live_server.url + "/health").status_code == 200

@@ -81,8 +81,8 @@ class Request:
     """Return each generated token's log-probability and this many top alternatives (0: just the token's)."""
     prompt_logprobs: int | None = None
     """Also score the prompt: each prompt token's log-probability (and top alternatives) given its prefix."""
-    grammar: Any = None
-    """An xgrammar ``CompiledGrammar`` constraining every choice (structured output), or None."""
+    grammar: StructuredOutput | None = None
+    """A grammar constraining every choice (structured output, from :class:`GrammarFactory`), or None."""
     on_event: Callable[[Event], None] | None = None
     """Called on the engine thread with each event; must be quick and must not raise."""
     request_id: int = -1
@@ -269,7 +269,7 @@ class Engine:
                             stream=TextStream(self.tokenizer, params.stop))
             if request.grammar is not None:
                 try:
-                    seq.matcher = _make_matcher(request.grammar, self._stop_ids(params))
+                    seq.matcher = _make_matcher(request.grammar.compiled, self._stop_ids(params))
                 except Exception as e:
                     self._finish(seq, "error", error=f"grammar: {e}")
                     continue
@@ -387,6 +387,9 @@ class Engine:
         if seq.matcher is not None:
             import xgrammar
 
+            banned = seq.request.grammar.banned
+            if banned is not None:
+                logits = logits.masked_fill(banned[: logits.shape[-1]], float("-inf"))
             bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
             if seq.matcher.fill_next_token_bitmask(bitmask):
                 xgrammar.apply_token_bitmask_inplace(logits, bitmask)
@@ -463,6 +466,14 @@ class Engine:
 # ---------------------------------------------------------------------------- structured output
 
 
+@dataclass
+class StructuredOutput:
+    """A compiled xgrammar grammar, and tokens banned on top of it (a bool mask over the vocabulary)."""
+
+    compiled: Any
+    banned: torch.Tensor | None = None
+
+
 def _make_matcher(compiled, stop_ids: set[int]):
     import xgrammar
 
@@ -475,7 +486,7 @@ class GrammarFactory:
     The vocabulary is given to xgrammar as the raw bytes of each token (groundup's tokenizers are
     byte-level BPE). Special tokens are given as empty strings, which xgrammar never allows inside
     structured text; the end-of-text token is the grammar's stop token, allowed only once the text is
-    complete.
+    complete. JSON formats also ban tokens with raw control characters (see ``__init__``).
     """
 
     def __init__(self, tokenizer, model_vocab_size: int) -> None:
@@ -487,23 +498,31 @@ class GrammarFactory:
         info = xgrammar.TokenizerInfo(vocab, xgrammar.VocabType.RAW, vocab_size=model_vocab_size,
                                       stop_token_ids=stop)
         self.compiler = xgrammar.GrammarCompiler(info, max_threads=2)
+        # xgrammar's JSON strings admit raw control characters, which JSON (RFC 8259) does not; the JSON
+        # formats ban every token holding a byte below 0x20 (whitespace between values is spaces then).
+        control = torch.zeros(model_vocab_size, dtype=torch.bool)
+        for i, data in enumerate(vocab):
+            if any(b < 0x20 for b in data):
+                control[i] = True
+        self.control_tokens = control
 
-    def json_schema(self, schema: dict | str):
+    def json_schema(self, schema: dict | str) -> StructuredOutput:
         import json
 
         # Compact JSON (no free whitespace between tokens), as OpenAI's structured outputs write it: a
         # weak model cannot then spend its whole budget on whitespace.
         text = schema if isinstance(schema, str) else json.dumps(schema)
-        return self.compiler.compile_json_schema(text, any_whitespace=False)
+        return StructuredOutput(self.compiler.compile_json_schema(text, any_whitespace=False), self.control_tokens)
 
-    def json_object(self):
-        return self.compiler.compile_builtin_json_grammar()
+    def json_object(self) -> StructuredOutput:
+        """Any JSON object (OpenAI's ``json_object`` mode; xgrammar's built-in JSON grammar admits any value)."""
+        return self.json_schema({"type": "object"})
 
-    def regex(self, pattern: str):
-        return self.compiler.compile_regex(pattern)
+    def regex(self, pattern: str) -> StructuredOutput:
+        return StructuredOutput(self.compiler.compile_regex(pattern))
 
-    def grammar(self, ebnf: str):
-        return self.compiler.compile_grammar(ebnf)
+    def grammar(self, ebnf: str) -> StructuredOutput:
+        return StructuredOutput(self.compiler.compile_grammar(ebnf))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

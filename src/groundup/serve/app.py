@@ -468,8 +468,8 @@ async def run_requests(state: ServerState, http: Request, reqs: list[EngineReque
                     try:
                         ev = await asyncio.wait_for(q.get(), timeout=1.0)
                     except asyncio.TimeoutError:
-                        if await http.is_disconnected():
-                            raise asyncio.CancelledError from None
+                        if await http.is_disconnected():  # nobody reads the answer; the finally cancels
+                            raise APIError(400, "client disconnected", code="client_disconnected") from None
                         continue
                     m = merged[ev.index]
                     m.text += ev.text
@@ -501,9 +501,18 @@ def stream_response(state: ServerState, http: Request, reqs: list[EngineRequest]
     """Server-sent events: one ``data:`` line per chunk, then ``data: [DONE]``. A disconnect cancels."""
     loop = asyncio.get_running_loop()
     slot = _Slot(state).__enter__()  # 429 is answered before the stream starts
+    # The slot is given back when the engine has ended every choice (finished or cancelled), which happens
+    # even if the response body never starts (a client gone before the first byte).
+    unfinished = [sum(r.n for r in reqs)]
+
+    def on_finished() -> None:
+        unfinished[0] -= 1
+        if unfinished[0] == 0:
+            slot.__exit__()
+
     merged_q: asyncio.Queue = asyncio.Queue()  # (prompt index, event) of every request of this stream
     for pi, r in enumerate(reqs):
-        r.on_event = _put_tagged(loop, merged_q, pi)
+        r.on_event = _put_tagged(loop, merged_q, pi, on_finished)
     try:
         submit_all(state, reqs)
     except APIError:
@@ -532,18 +541,19 @@ def stream_response(state: ServerState, http: Request, reqs: list[EngineRequest]
                 yield f"data: {json.dumps(usage_chunk(usage_of(reqs, generated)))}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            for r in reqs:
+            for r in reqs:  # a client that left: stop generating (no-op for finished requests)
                 state.engine.cancel(r.request_id)
-            slot.__exit__()
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _put_tagged(loop: asyncio.AbstractEventLoop, q: asyncio.Queue, pi: int):
+def _put_tagged(loop: asyncio.AbstractEventLoop, q: asyncio.Queue, pi: int, on_finished):
     def on_event(ev: Event) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
             loop.call_soon_threadsafe(q.put_nowait, (pi, ev))
+            if ev.finish_reason is not None:
+                loop.call_soon_threadsafe(on_finished)
 
     return on_event
 
