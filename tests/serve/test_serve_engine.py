@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from groundup.artifacts import load_model_dir
-from groundup.infer.batched import SlotKVCache, forward_rows
+from groundup.infer.batched import SlotKVCache, TransposedWeights, forward_rows
 from groundup.infer.engine import Engine, Event, Request
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -19,22 +19,25 @@ TEXTS = ["def foo(x):", "import os\n", "class A:", "# hello world", "x = 1", "fo
          "return None", "print(", "if __name__"]
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("which", ["serve_model_dir", "serve_llama_dir"])
-def test_serve_forward_rows_matches_model(which, request):
-    """Per-row positions into slots give the model's own logits (GPT-2 and Llama shapes, GQA)."""
+def test_serve_forward_rows_matches_model(which, transposed, request):
+    """Per-row positions into slots give the model's own logits (GPT-2 and Llama shapes, GQA), with the
+    model's linear layers or with transposed weight copies."""
     model, _ = load_model_dir(request.getfixturevalue(which))
+    weights = TransposedWeights(model) if transposed else None
     ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model(ids)[0]  # (T, V)
         cache = SlotKVCache(model, 6)
-        prefill = forward_rows(model, cache, ids[:, :12], 3, torch.tensor([0]), all_positions=True)[0]
+        prefill = forward_rows(model, cache, ids[:, :12], 3, torch.tensor([0]), all_positions=True, weights=weights)[0]
         torch.testing.assert_close(prefill, reference[:12], atol=1e-5, rtol=1e-5)
         for t in range(12, 20):  # decode in slot 3 among five dummy rows
             idx = torch.zeros(6, 1, dtype=torch.long)
             idx[3, 0] = ids[0, t]
             starts = torch.zeros(6, dtype=torch.long)
             starts[3] = t
-            torch.testing.assert_close(forward_rows(model, cache, idx, 0, starts)[3], reference[t],
+            torch.testing.assert_close(forward_rows(model, cache, idx, 0, starts, weights=weights)[3], reference[t],
                                        atol=1e-5, rtol=1e-5)
 
 

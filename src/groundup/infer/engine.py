@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from groundup.infer.batched import SlotKVCache, forward_rows
+from groundup.infer.batched import SlotKVCache, TransposedWeights, forward_rows
 from groundup.infer.generate import TextStream
 from groundup.infer.sampling import SamplingParams, make_generator, process_logits
 
@@ -140,7 +140,8 @@ class Engine:
     """Continuous-batching generation over ``model`` in a background thread. Thread-safe ``submit``/``cancel``."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, max_seqs: int = 16, max_len: int | None = None,
-                 min_rows: int = 4, max_prefill_tokens: int = 2048, vocab_limit: int | None = None) -> None:
+                 min_rows: int = 4, max_prefill_tokens: int = 2048, vocab_limit: int | None = None,
+                 transposed_weights: bool | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
@@ -151,6 +152,9 @@ class Engine:
         self.cache = SlotKVCache(model, -(-max_seqs // min_rows) * min_rows, max_len)
         self.max_len = self.cache.max_len
         self.device = model.lm_head.weight.device
+        if transposed_weights is None:
+            transposed_weights = self.device.type == "cpu"
+        self.weights = TransposedWeights(model) if transposed_weights else None
         self.eos_id = tokenizer.eos_id
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
@@ -319,7 +323,7 @@ class Engine:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)
         want_prompt = request.prompt_logprobs is not None and seq.index == 0
         logits = forward_rows(self.model, self.cache, idx, seq.slot, torch.zeros(1, dtype=torch.long),
-                              all_positions=want_prompt)[0]  # (V,) or (T, V)
+                              all_positions=want_prompt, weights=self.weights)[0]  # (V,) or (T, V)
         if want_prompt:
             logprobs = self._mask_vocab(logits[:-1]).float().log_softmax(-1)  # (T-1, V)
             chosen = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
@@ -347,7 +351,8 @@ class Engine:
         for s in running:
             idx[s.slot, 0] = s.last_token
             starts[s.slot] = s.position
-        logits = forward_rows(self.model, self.cache, idx.to(self.device), 0, starts.to(self.device))
+        logits = forward_rows(self.model, self.cache, idx.to(self.device), 0, starts.to(self.device),
+                              weights=self.weights)
         for s in running:
             s.position += 1
         self.stats.decode_steps += 1
