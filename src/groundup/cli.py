@@ -21,6 +21,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's command line with groundup models registered (--model groundup)."),
     "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
+    "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
+    "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),
 }
 
 

@@ -1,0 +1,149 @@
+"""The engine: batch-invariant greedy decoding, continuous batching, sampling parameters, cancellation."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+import torch
+
+from groundup.artifacts import load_model_dir
+from groundup.infer.batched import SlotKVCache, TransposedWeights, forward_rows
+from groundup.infer.engine import Engine, Event, Request
+from groundup.infer.generate import generate_tokens
+from groundup.infer.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_new_tokens=24, stop_at_eos=False)
+TEXTS = ["def foo(x):", "import os\n", "class A:", "# hello world", "x = 1", "for i in range", "while True:",
+         "return None", "print(", "if __name__"]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("which", ["serve_model_dir", "serve_llama_dir"])
+def test_serve_forward_rows_matches_model(which, transposed, request):
+    """Per-row positions into slots give the model's own logits (GPT-2 and Llama shapes, GQA), with the
+    model's linear layers or with transposed weight copies."""
+    model, _ = load_model_dir(request.getfixturevalue(which))
+    weights = TransposedWeights(model) if transposed else None
+    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model(ids)[0]  # (T, V)
+        cache = SlotKVCache(model, 6)
+        prefill = forward_rows(model, cache, ids[:, :12], 3, torch.tensor([0]), all_positions=True, weights=weights)[0]
+        torch.testing.assert_close(prefill, reference[:12], atol=1e-5, rtol=1e-5)
+        for t in range(12, 20):  # decode in slot 3 among five dummy rows
+            idx = torch.zeros(6, 1, dtype=torch.long)
+            idx[3, 0] = ids[0, t]
+            starts = torch.zeros(6, dtype=torch.long)
+            starts[3] = t
+            torch.testing.assert_close(forward_rows(model, cache, idx, 0, starts, weights=weights)[3], reference[t],
+                                       atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def engine(serve_model_dir):
+    model, tokenizer = load_model_dir(serve_model_dir)
+    eng = Engine(model, tokenizer, max_seqs=8)
+    yield eng
+    eng.shutdown()
+
+
+def test_serve_engine_matches_generate(engine):
+    """Alone, the engine's greedy tokens are those of the reference single-sequence generator."""
+    ids = engine.tokenizer.encode(TEXTS[0])
+    expected = list(generate_tokens(engine.model, ids, GREEDY, vocab_limit=engine.tokenizer.vocab_size))
+    assert engine.generate(ids, GREEDY)[0].token_ids == expected
+
+
+def test_serve_engine_batch_invariant_and_continuous(engine):
+    """Ten requests at once (more than the 8 slots, so some wait and join as others leave, with different
+    lengths) give bit-identical greedy tokens and logprobs to each request run alone."""
+    prompts = [engine.tokenizer.encode(t) for t in TEXTS]
+    params = [SamplingParams(temperature=0, max_new_tokens=8 + 3 * i, stop_at_eos=False) for i in range(10)]
+    alone = [engine.generate(p, q, logprobs=0)[0] for p, q in zip(prompts, params, strict=True)]
+    steps_before = engine.stats.decode_steps
+    results: dict[int, Event] = {}
+
+    def run(i: int) -> None:
+        results[i] = engine.generate(prompts[i], params[i], logprobs=0)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(10):
+        assert results[i].token_ids == alone[i].token_ids, f"request {i} changed in a batch"
+        assert [e.logprob for e in results[i].logprobs] == [e.logprob for e in alone[i].logprobs]
+        assert len(results[i].token_ids) == params[i].max_new_tokens and results[i].finish_reason == "length"
+    # batched: far fewer decode steps than the 10 requests' tokens one at a time
+    assert engine.stats.decode_steps - steps_before < sum(q.max_new_tokens for q in params) / 2
+
+
+def test_serve_engine_sampling_params(engine):
+    ids = engine.tokenizer.encode("def foo")
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, min_p=0.01, seed=7, max_new_tokens=12,
+                            stop_at_eos=False)
+    a, b = engine.generate(ids, seeded, n=2)
+    again = engine.generate(ids, seeded, n=2)
+    assert [a.token_ids, b.token_ids] == [again[0].token_ids, again[1].token_ids]  # seeds reproduce
+    assert a.token_ids != b.token_ids  # choice i uses seed + i
+    # logit_bias forces a token; a stop token ends at once
+    forced = engine.generate(ids, SamplingParams(temperature=0, logit_bias={100: 100.0}, max_new_tokens=5,
+                                                 stop_at_eos=False))[0]
+    assert forced.token_ids == [100] * 5
+    stopped = engine.generate(ids, SamplingParams(temperature=0, logit_bias={100: 100.0}, stop_token_ids=[100],
+                                                  max_new_tokens=5))[0]
+    assert stopped.token_ids == [100] and stopped.finish_reason == "stop" and stopped.stop_reason == 100
+    # repetition penalty changes a greedy run that repeats
+    plain = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=30, stop_at_eos=False))[0]
+    penalized = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=30, stop_at_eos=False,
+                                                    repetition_penalty=5.0, frequency_penalty=2.0))[0]
+    assert len(set(penalized.token_ids)) >= len(set(plain.token_ids))
+    assert penalized.token_ids != plain.token_ids
+
+
+def test_serve_engine_stop_string_and_prompt_logprobs(engine):
+    tok = engine.tokenizer
+    ids = tok.encode("def foo(x):")
+    free = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=20, stop_at_eos=False))[0]
+    stop = free.text[3:6]
+    cut = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=20, stop=[stop], stop_at_eos=False))[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == free.text[: free.text.index(stop)]
+    # prompt logprobs: each prompt token's log-probability given its prefix, from a full forward
+    req = Request(prompt_ids=ids, params=SamplingParams(temperature=0, max_new_tokens=1), prompt_logprobs=3)
+    done: queue.Queue = queue.Queue()
+    req.on_event = done.put
+    engine.submit(req)
+    while done.get().finish_reason is None:
+        pass
+    with torch.inference_mode():
+        logits = engine.model(torch.tensor([ids]))[0]
+        logits[:, tok.vocab_size:] = float("-inf")  # the model's padding rows are never scored
+        logprobs = logits.log_softmax(-1)
+    assert req.prompt_token_logprobs[0] is None
+    for t in range(1, len(ids)):
+        entry = req.prompt_token_logprobs[t]
+        assert entry.token_id == ids[t] and abs(entry.logprob - float(logprobs[t - 1, ids[t]])) < 1e-4
+        assert len(entry.top) == 3 and entry.top[0][1] >= entry.logprob - 1e-6
+
+
+def test_serve_engine_cancel_and_bad_requests(engine):
+    ids = engine.tokenizer.encode("x")
+    done: queue.Queue = queue.Queue()
+    req = Request(prompt_ids=ids, params=SamplingParams(temperature=0, max_new_tokens=10_000, stop_at_eos=False),
+                  on_event=done.put)
+    rid = engine.submit(req)
+    done.get(timeout=30)  # it runs
+    engine.cancel(rid)
+    while (event := done.get(timeout=30)).finish_reason is None:
+        pass
+    assert event.finish_reason == "cancelled"
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(Request(prompt_ids=[1] * 300, params=GREEDY))
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.submit(Request(prompt_ids=[10_000], params=GREEDY))
+    # the engine still serves
+    assert engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=3))[0].finish_reason in ("length", "stop")
