@@ -15,6 +15,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
+    "report": ("groundup.report.run", "Write one HTML page with plots of every stage of a run (or several runs overlaid)."),
 }
 
 
