@@ -75,11 +75,9 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if value != value:
             return "nan"
-        if abs(value) >= 1e5:
+        if abs(value) >= 1000:
             return f"{value:,.0f}"
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.3g}"
-        return f"{value:.{digits}g}" if abs(value) >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -225,7 +223,7 @@ def hardware(run: Run) -> dict[str, Any]:
         hw.setdefault("device (setting)", cfg.get("device"))
         hw.setdefault("precision (setting)", cfg.get("precision"))
         peak = model.result.get("peak_flops")
-        if peak:
+        if peak and "peak_tflops_for_mfu" not in hw:
             hw.setdefault("peak FLOP/s used for MFU", f"{peak / 1e12:.3g} TFLOP/s")
     return {k: v for k, v in hw.items() if v is not None}
 
@@ -459,7 +457,7 @@ def pretrain_section(runs: Sequence[Run]) -> str:
     optim = plots.curves_figure("Optimization and throughput", models, [
         plots.Panel(title="Learning rate", ylabel="learning rate", keys=["lr"], log=False),
         plots.Panel(title="Gradient norm", ylabel="L2 norm (before clipping)", keys=["grad_norm"],
-                    hlines=[("clip threshold", clip, "--")] if clip and len(runs) == 1 else ()),
+                    names=["gradient norm"], hlines=[("clip threshold", clip, "--")] if clip and len(runs) == 1 else ()),
         plots.Panel(title="Throughput", ylabel="tokens/s", keys=["tokens_per_s"], log=False),
         plots.Panel(title="Model FLOPs utilization", ylabel="MFU (% of peak)", keys=["mfu"], percent=True, log=False),
     ], axes=["step"], columns=2)

@@ -19,10 +19,10 @@ from groundup.report.metrics import Metrics, Series
 DPI = 100
 WIDTH = 11.0  # inches: 1100 px at DPI, the page's content width
 
-X_AXES = {
-    "step": ("step", 1.0, "optimizer step"),
+X_AXES = {  # key in the series -> (name in titles, divisor, axis label with its unit)
+    "step": ("steps", 1.0, "optimizer step"),
     "tokens": ("tokens", 1e6, "tokens seen (millions)"),
-    "elapsed_s": ("elapsed_s", 60.0, "training time (minutes)"),
+    "elapsed_s": ("time", 60.0, "training time (minutes)"),
 }
 
 
@@ -74,10 +74,10 @@ class Curve:
 
 
 def _draw(ax, curves: list[Curve], axis: str, *, several_runs: bool, palette_offset: int = 0) -> bool:
-    key, scale, _ = X_AXES[axis]
+    _, scale, _ = X_AXES[axis]
     drawn = False
     for n, c in enumerate(curves):
-        x = c.series.x(key)
+        x = c.series.x(axis)
         ok = np.isfinite(x)
         if not ok.any():
             continue
@@ -117,7 +117,7 @@ def curves_figure(title: str, runs: Sequence[tuple[str, Metrics]], panels: Seque
                     continue
                 name = (panel.names or panel.keys)[k]
                 label = f"{run_label}: {name}" if several else name
-                sparse = series.count <= 60  # evaluations: few points, drawn with markers
+                sparse = series.count <= 25  # evaluations: few points, drawn with markers
                 curves.append(Curve(run=r, label=label, series=series, style="--" if k else "-",
                                     marker="o" if sparse else None))
         if curves:
@@ -182,7 +182,7 @@ def bits_per_byte_figure(runs: Sequence[tuple[str, Metrics]], baselines: Sequenc
                 tool = "gzip -9" if name.startswith("gzip") else "xz -9e"
                 label = (f"{runs[r][0]}: " if several else "") + f"{tool} {base[name]:.3f}"
                 ax.axhline(base[name], ls=style, lw=1, color=color(r) if several else "0.35", label=label)
-        ax.set(title=f"Held-out bits per byte vs {axis}", xlabel=xlabel, ylabel="bits per byte (lower is better)")
+        ax.set(title=f"Held-out bits per byte vs {X_AXES[axis][0]}", xlabel=xlabel, ylabel="bits per byte (lower is better)")
         ax.legend(loc="best")
     fig.suptitle("Held-out compression: model against gzip and xz on the same bytes")
     fig.tight_layout()
