@@ -27,8 +27,13 @@ TINY_RUN = [
     "--val_fraction", "0.2", "--pretrain.log.tensorboard", "true",
 ]
 
-WORDS = tuple(
-    ["the", "river", "garden", "teacher", "window", "market", "station", "engine", "village", "library", "doctor", "winter", "mountain", "letter", "kitchen", "bridge", "forest", "harbor", "quiet", "bright", "ancient", "narrow", "gentle", "heavy", "simple", "careful", "carries", "finds", "builds", "watches", "follows", "opens", "paints", "remembers", "crosses", "visits", "and", "of", "to", "a", "in", "that", "it", "was", "with", "for", "on"])
+WORDS = (
+    "the", "river", "garden", "teacher", "window", "market", "station", "engine", "village", "library",
+    "doctor", "winter", "mountain", "letter", "kitchen", "bridge", "forest", "harbor", "quiet",
+    "bright", "ancient", "narrow", "gentle", "heavy", "simple", "careful", "carries", "finds", "builds",
+    "watches", "follows", "opens", "paints", "remembers", "crosses", "visits", "and", "of", "to", "a",
+    "in", "that", "it", "was", "with", "for", "on",
+)
 
 
 def prose(seed: int, sentences: int = 14) -> str:
