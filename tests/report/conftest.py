@@ -19,12 +19,12 @@ TINY_RUN = [
     "--pretrain.model.n_layer", "1", "--pretrain.model.n_embd", "32", "--pretrain.model.n_head", "2",
     "--pretrain.model.n_kv_head", "2", "--pretrain.model.intermediate_size", "64",
     "--pretrain.model.block_size", "64", "--pretrain.seq_len", "64", "--pretrain.batch_size", "4",
-    "--pretrain.train.max_steps", "40", "--pretrain.train.max_minutes", "null",
+    "--pretrain.train.max_steps", "30", "--pretrain.train.max_minutes", "null",
     "--pretrain.train.schedule_clock", "steps", "--pretrain.train.log_every", "2",
-    "--pretrain.train.eval_every", "10", "--pretrain.train.checkpoint_every", "20",
+    "--pretrain.train.eval_every", "10", "--pretrain.train.checkpoint_every", "15",
     "--pretrain.train.progress_bar", "false", "--pretrain.optim.warmup_steps", "4",
     "--pretrain.eval_windows", "4", "--samples.sampling.max_new_tokens", "8",
-    "--val_fraction", "0.2", "--pretrain.log.tensorboard", "true",
+    "--pretrain.final_eval_stride", "64", "--val_fraction", "0.2", "--pretrain.log.tensorboard", "true",
 ]
 
 WORDS = (

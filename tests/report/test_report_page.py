@@ -60,7 +60,7 @@ def test_groundup_run_writes_a_self_contained_report(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert f"{summary['held_out_bits_per_byte']:.3f}" in text and f"{summary['gzip_bits_per_byte']:.3f}" in text
     assert "hardware" in summary and summary["hardware"]["cpu_cores"] >= 1
-    assert "checkpoints/step-000040" in text and "model/model.safetensors" in text
+    assert "checkpoints/step-000030" in text and "model/model.safetensors" in text
 
 
 def test_every_section_when_every_stage_ran(full_run, tmp_path):
@@ -81,7 +81,7 @@ def test_missing_stages_are_marked_not_run(tiny_run, tmp_path):
     model.mkdir(parents=True)
     shutil.copy(tiny_run / "model" / "metrics.jsonl", model / "metrics.jsonl")
     with open(model / "metrics.jsonl", "a") as f:
-        f.write('{"step": 41, "tok')  # killed mid-write
+        f.write('{"step": 31, "tok')  # killed mid-write
     assert cli.main(["report", str(tmp_path / "run")]) == 0
     page, text = parse(tmp_path / "run" / "report.html")
     for absent in ("data", "tokenizer", "finetune", "evaluation", "samples"):
