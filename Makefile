@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/tokenize_throughput.py
+	$(PY) benchmarks/report_metrics.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

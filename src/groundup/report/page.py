@@ -223,9 +223,25 @@ def hardware(run: Run) -> dict[str, Any]:
         hw.setdefault("device (setting)", cfg.get("device"))
         hw.setdefault("precision (setting)", cfg.get("precision"))
         peak = model.result.get("peak_flops")
-        if peak and "peak_tflops_for_mfu" not in hw:
-            hw.setdefault("peak FLOP/s used for MFU", f"{peak / 1e12:.3g} TFLOP/s")
-    return {k: v for k, v in hw.items() if v is not None}
+        if peak:
+            hw.setdefault("peak_tflops_for_mfu", round(peak / 1e12, 3))
+    return {HARDWARE_LABELS.get(k, k): v for k, v in hw.items() if v is not None}
+
+
+HARDWARE_LABELS = {"cpu": "CPU", "cpu_cores": "CPU cores", "torch_threads": "torch threads",
+                   "peak_tflops_for_mfu": "peak TFLOP/s (for MFU)", "accelerators": "accelerators (count)"}
+
+
+def setting(flat: dict[str, Any], key: str) -> Any:
+    """A recipe value as a table cell: numbers as numbers, the rest as YAML would write it."""
+    if key not in flat:
+        return "—"
+    value = flat[key]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, (int, float)) else str(value)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -292,8 +308,7 @@ def recipe_section(runs: Sequence[Run]) -> str:
         keys = sorted({k for f in flat for k in f})
         differ = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1 and k not in ("out",)]
         if differ:
-            rows = [[k, *[repr(f.get(k, "—")) if not isinstance(f.get(k), (int, float)) else f.get(k) for f in flat]]
-                    for k in differ]
+            rows = [[k, *[setting(f, k) for f in flat]] for k in differ]
             parts.append("<h3>Settings that differ</h3>" + table(["setting", *[r.label for r in runs]], rows))
         else:
             parts.append("<p>The runs' settings are identical.</p>")

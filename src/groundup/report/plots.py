@@ -116,7 +116,10 @@ def curves_figure(title: str, runs: Sequence[tuple[str, Metrics]], panels: Seque
                 if series is None or not len(series):
                     continue
                 name = (panel.names or panel.keys)[k]
-                label = f"{run_label}: {name}" if several else name
+                if several:
+                    label = run_label if len(panel.keys) == 1 else f"{run_label}: {name}"
+                else:
+                    label = name
                 sparse = series.count <= 25  # evaluations: few points, drawn with markers
                 curves.append(Curve(run=r, label=label, series=series, style="--" if k else "-",
                                     marker="o" if sparse else None))
@@ -175,13 +178,16 @@ def bits_per_byte_figure(runs: Sequence[tuple[str, Metrics]], baselines: Sequenc
             fx = final[0] if axis == "step" else final[1] / scale
             label = (f"{runs[r][0]}: " if several else "model, ") + f"all held-out text {final[2]:.3f}"
             ax.plot([fx], [final[2]], "*", ms=12, color=color(r if several else 3), label=label)
-        for r, base in enumerate(baselines):
-            for name, style in (("gzip_bits_per_byte", "--"), ("xz_bits_per_byte", ":")):
-                if base.get(name) is None:
-                    continue
-                tool = "gzip -9" if name.startswith("gzip") else "xz -9e"
-                label = (f"{runs[r][0]}: " if several else "") + f"{tool} {base[name]:.3f}"
-                ax.axhline(base[name], ls=style, lw=1, color=color(r) if several else "0.35", label=label)
+        for name, style in (("gzip_bits_per_byte", "--"), ("xz_bits_per_byte", ":")):
+            tool = "gzip -9" if name.startswith("gzip") else "xz -9e"
+            values = [base.get(name) for base in baselines]
+            if len({v for v in values if v is not None}) == 1:  # the same held-out bytes: one line for all
+                value = next(v for v in values if v is not None)
+                ax.axhline(value, ls=style, lw=1, color="0.35", label=f"{tool} {value:.3f}")
+                continue
+            for r, value in enumerate(values):
+                if value is not None:
+                    ax.axhline(value, ls=style, lw=1, color=color(r), label=f"{runs[r][0]}: {tool} {value:.3f}")
         ax.set(title=f"Held-out bits per byte vs {X_AXES[axis][0]}", xlabel=xlabel, ylabel="bits per byte (lower is better)")
         ax.legend(loc="best")
     fig.suptitle("Held-out compression: model against gzip and xz on the same bytes")
@@ -261,13 +267,19 @@ def tokenizer_figure(runs: Sequence[tuple[str, list[int] | None, dict | None]]) 
         return None
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(WIDTH, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    several = len(runs) > 1  # vocabularies of different sizes: compare shares, not counts
     for r, (label, lengths, _) in enumerate(runs):
         if lengths:
-            top = min(max(lengths), 32)
-            ax1.hist(np.clip(lengths, 1, top), bins=np.arange(0.5, top + 1.5), histtype="step" if len(runs) > 1
-                     else "bar", color=color(r), lw=1.5, label=f"{label} ({len(lengths):,} tokens)")
+            weights = np.full(len(lengths), 1 / len(lengths)) if several else None
+            ax1.hist(np.clip(lengths, 1, 32), bins=np.arange(0.5, 33.5), weights=weights,
+                     histtype="step" if several else "bar", color=color(r), lw=1.5,
+                     label=f"{label} ({len(lengths):,} tokens)")
+    if several:
+        from matplotlib.ticker import PercentFormatter
+
+        ax1.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax1.set(title="Vocabulary: length of each token", xlabel="token length (bytes; last bin: 32 or more)",
-            ylabel="tokens in the vocabulary")
+            ylabel="share of the vocabulary" if several else "tokens in the vocabulary")
     ax1.legend(loc="best")
     names = [("bytes_per_token", "bytes per token"), ("tokens_per_word", "tokens per word (fertility)")]
     width = 0.8 / len(runs)
