@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/tokenize_throughput.py
 	$(PY) benchmarks/finetune_memory.py
+	$(PY) benchmarks/report_metrics.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

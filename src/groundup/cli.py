@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
     "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
     "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),
+    "report": ("groundup.report.run", "Write one HTML page with plots of every stage of a run (or several runs overlaid)."),
 }
 
 

@@ -192,6 +192,8 @@ def run(cfg: Config) -> Path:
         train_loop_cfg = dataclasses.replace(train_loop_cfg, max_minutes=cfg.max_minutes)
     pretrain_cfg = dataclasses.replace(cfg.pretrain, tokens=out / "tokens", out=out / "model",
                                        tokenizer=out / "tokenizer", train=train_loop_cfg)
+    if pretrain_cfg.log.report_every and pretrain_cfg.log.report_dir is None:  # refresh the whole run's page
+        pretrain_cfg = dataclasses.replace(pretrain_cfg, log=dataclasses.replace(pretrain_cfg.log, report_dir=out))
     # An unchanged recipe continues an interrupted pretraining; a changed one starts it afresh.
     previous, resolved = out / "recipe.yaml", dataclasses.replace(cfg, out=out)
     same_recipe = previous.is_file() and configlib.load(Config, previous) == resolved
@@ -248,12 +250,50 @@ def run(cfg: Config) -> Path:
         "held_out_tokens": result["held_out_tokens"],
         "held_out_bytes": tokens_meta.get("bytes", {}).get("val"),
         "timings": timings,
+        "hardware": hardware_info(pretrain_stage.resolve_device(pretrain_cfg.device), result.get("peak_flops")),
         "samples": samples,
         "model_dir": str(model_dir),
     }
     write_json(out / "summary.json", summary)
+    write_report(out)
     print_summary(summary, out, stream=sys.stdout)
     return out
+
+
+def write_report(out: Path) -> Path | None:
+    """The run's HTML report; a failure to draw it is logged, never the end of a finished run."""
+    from groundup.report import run as report_stage
+
+    try:
+        return report_stage.run(report_stage.Config(runs=[out]))
+    except Exception:  # noqa: BLE001 (the run's results are already written)
+        log.exception("could not write the report of %s", out)
+        return None
+
+
+def hardware_info(device, peak_flops: float | None) -> dict:
+    """What the run ran on, for the report: OS, CPU, accelerator, library versions."""
+    import os
+    import platform
+
+    import torch
+
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": str(device)}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["accelerator"] = torch.cuda.get_device_name(device)
+        info["accelerators"] = torch.cuda.device_count()
+    if peak_flops:
+        info["peak_tflops_for_mfu"] = round(peak_flops / 1e12, 3)
+    return info
 
 
 def write_samples(model_dir: Path, cfg: SamplesConfig, path: Path) -> list[dict]:
@@ -285,4 +325,6 @@ def print_summary(summary: dict, out: Path, stream) -> None:
     for sample in summary["samples"][:2]:
         lines += [f"--- {sample['prompt']!r}", sample["prompt"] + sample["completion"], ""]
     lines.append(f"summary: {out / 'summary.json'}, loss curve: {out / 'loss.png'}, model: {out / 'model'}")
+    if (out / "report.html").is_file():
+        lines.append(f"report: {out / 'report.html'}")
     print("\n".join(lines), file=stream)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from groundup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from groundup.train.logging import LogConfig, Observer, open_observers
 from groundup.train.optim import OptimConfig, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,13 @@ class LoopResult:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, lines past the resumed step are dropped."""
+    """Append-only ``metrics.jsonl``; on resume, lines past the resumed step are dropped.
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    ``observers`` (TensorBoard, a report refresher: :mod:`groundup.train.logging`) see every record too."""
+
+    def __init__(self, path: Path, resume_step: int | None, observers: list[Observer] | None = None) -> None:
         self.path = path
+        self.observers = list(observers or [])
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
@@ -100,9 +104,13 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
+        for observer in self.observers:
+            observer.write(record)
 
     def close(self) -> None:
         self._f.close()
+        for observer in self.observers:
+            observer.close()
 
 
 class _Progress:
@@ -151,6 +159,7 @@ def train_loop(
     autocast: contextlib.AbstractContextManager | Callable[[], contextlib.AbstractContextManager] | None = None,
     extra_state: Callable[[], dict] | None = None,
     batch_tokens: Callable[[Any], int] | None = None,
+    log_cfg: LogConfig | None = None,
 ) -> LoopResult:
     out = Path(out)
     ckpt_root = out / "checkpoints"
@@ -169,7 +178,8 @@ def train_loop(
         resumed_from = resume_path
         log.info("resumed from %s at step %d", resume_path, step)
 
-    metrics = MetricsLog(out / "metrics.jsonl", step if resumed_from else None)
+    resume_step = step if resumed_from else None
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step, open_observers(log_cfg, out, resume_step))
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
     make_autocast = autocast if callable(autocast) else (lambda: contextlib.nullcontext())
 

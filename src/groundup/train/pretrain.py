@@ -19,6 +19,7 @@ from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
 from groundup.plan.compute import flops_per_token
 from groundup.tokens.datasets import RandomWindows, load_tokens
+from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig, train_loop
 from groundup.train.optim import OptimConfig, build_optimizer
 
@@ -43,6 +44,8 @@ class Config:
     """Optimizer and learning-rate schedule."""
     train: LoopConfig = field(default_factory=LoopConfig)
     """Length, budget, logging, evaluation and checkpointing of the run."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
     batch_size: int = 16
     """Sequences per micro-batch."""
     seq_len: int | None = None
@@ -167,7 +170,7 @@ def run(cfg: Config) -> Path:
         model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
         out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
         flops_per_token=token_flops, peak_flops=peak_flops,
-        evaluate=evaluate, autocast=autocast_for(device, cfg.precision),
+        evaluate=evaluate, autocast=autocast_for(device, cfg.precision), log_cfg=cfg.log,
     )
 
     model.eval()
