@@ -16,5 +16,5 @@ def apply_ddp(model: nn.Module, mesh, device: torch.device) -> nn.Module:
 
     group = mesh["dp"].get_group() if mesh is not None else None
     device_ids = [device.index] if device.type == "cuda" else None
-    # Buffers (RoPE tables) are computed identically on every rank: no need to broadcast them each step.
-    return DDP(model, device_ids=device_ids, process_group=group, broadcast_buffers=False)
+    # Buffers (RoPE tables) are computed identically on every rank: no need to sync them each forward.
+    return DDP(model, device_ids=device_ids, process_group=group, forward_sync_buffers=False)
