@@ -109,10 +109,12 @@ def test_checkpoint_of_one_process_resumes_on_two_fsdp_ranks(runs):
 
 def test_a_nan_loss_on_one_rank_skips_the_update_on_all(runs):
     skipped = [e for e in events(runs["nan"]) if e["event"] == "skipped_non_finite"]
-    assert len(skipped) == 1 and skipped[0]["step"] == 6  # 13th forward of rank 1: step 7 of 2 per step
-    assert skipped[0]["data_position"] == {"batches": 28, "seed": 7}
+    # grad_accum 2 on 2 ranks: one forward per rank per step, so rank 1's 13th forward is in step 13
+    # (counted from 0 in the event: 12); by then the ranks have consumed 13 x 2 global micro-batches
+    assert len(skipped) == 1 and skipped[0]["step"] == 12
+    assert skipped[0]["data_position"] == {"batches": 26, "seed": 7}
     nan, ddp = losses(runs["nan"]), losses(runs["ddp"])
-    assert_same_losses(nan, ddp, range(1, 7))
+    assert_same_losses(nan, ddp, range(1, 13))
     assert all(torch.isfinite(t).all() for t in weights(runs["nan"]).values())
     assert abs(nan[20] - ddp[20]) < 0.3  # one skipped update costs little
 

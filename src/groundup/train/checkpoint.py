@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,9 @@ def _load_distributed(path: Path, state: dict, *, model, optimizer, restore_rng:
         target = {"model": model_state, "optim": optim_state}
     else:
         target = {"model": get_model_state_dict(model)}
-    dcp.load(target, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # one process reading a DCP checkpoint is intended, not a mistake
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(target, checkpoint_id=str(path))
     if saved_tp > 1 and tp == 1:
         # Fused rows were saved in the tensor-parallel order: put them back (whole tensors here, as tp == 1
         # means the current model holds full fused weights unless FSDP shards them by rows).
