@@ -14,6 +14,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
+    "consolidate": ("groundup.train.consolidate", "Turn a training checkpoint (distributed or not) into a model dir."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
 }
 

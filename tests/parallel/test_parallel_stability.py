@@ -12,7 +12,7 @@ from parallel_common import make_config
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train import pretrain
 
-BAD_BATCH = 14  # the batch of step 15 (one micro-batch per step), after the checkpoint of step 10
+BAD_BATCH = 22  # the batch of step 23 (one micro-batch per step), after the checkpoint of step 20
 
 
 def lines(run_dir):
@@ -20,8 +20,9 @@ def lines(run_dir):
 
 
 def spike_config(tokens, out):
-    return make_config(tokens=tokens, out=out, max_steps=24, grad_accum=1, checkpoint_every=5, spike_window=8,
-                       spike_zscore=4.0, spike_lr_cooldown=0.5, spike_cooldown_steps=3)
+    return make_config(tokens=tokens, out=out, max_steps=30, grad_accum=1, checkpoint_every=5, spike_window=16,
+                       spike_zscore=6.0, spike_lr_cooldown=0.5, spike_cooldown_steps=3,
+                       optim={"lr": 1e-2})
 
 
 def test_an_injected_bad_batch_rolls_back_and_skips_its_data(spine_tokens, tmp_path, monkeypatch):
@@ -45,18 +46,18 @@ def test_an_injected_bad_batch_rolls_back_and_skips_its_data(spine_tokens, tmp_p
     events = [r for r in lines(spiked) if r.get("event") == "loss_spike"]
     assert len(events) == 1, events
     event = events[0]
-    assert event["step"] == BAD_BATCH and event["action"] == "rollback" and event["to_step"] == 10
-    assert event["skipped_data"] == {"from": {"batches": 10, "seed": 7}, "to": {"batches": 15, "seed": 7}}
-    assert event["zscore"] > 4.0
-    # the bad batch (and the window since the checkpoint) is never trained on again: the stream goes on at 15
-    assert asked.count(BAD_BATCH) == 1 and asked[asked.index(BAD_BATCH) + 1] == 15
+    assert event["step"] == BAD_BATCH and event["action"] == "rollback" and event["to_step"] == 20
+    assert event["skipped_data"] == {"from": {"batches": 20, "seed": 7}, "to": {"batches": 23, "seed": 7}}
+    assert event["zscore"] > 6.0
+    # the bad batch (and the window since the checkpoint) is never trained on again: the stream goes on at 23
+    assert asked.count(BAD_BATCH) == 1 and asked[asked.index(BAD_BATCH) + 1] == 23
     # the learning rate is cooled down for 3 steps after the rollback, then back on schedule
-    after = [r for r in lines(spiked) if "lr" in r and r["step"] in (11, 12, 13, 14)]
+    after = [r for r in lines(spiked) if "lr" in r and r["step"] in (21, 22, 23, 24)]
     reference = {r["step"]: r["lr"] for r in lines(clean) if "lr" in r}
-    assert [r["lr"] for r in after[-4:-1]] == pytest.approx([0.5 * reference[s] for s in (11, 12, 13)])
+    assert [r["lr"] for r in after[-4:-1]] == pytest.approx([0.5 * reference[s] for s in (21, 22, 23)])
     summary = json.loads((spiked / "manifest.json").read_text())["result"]
     normal = json.loads((clean / "manifest.json").read_text())["result"]
-    assert summary["steps"] == 24
+    assert summary["steps"] == 30
     assert abs(summary["held_out_loss"] - normal["held_out_loss"]) < 0.15  # within the normal band
 
 
@@ -69,7 +70,7 @@ def test_a_loss_spike_without_a_checkpoint_skips_the_update(spine_tokens, tmp_pa
 
     monkeypatch.setattr(RandomWindows, "batch", batch)
     cfg = make_config(tokens=spine_tokens, out=tmp_path / "run", max_steps=12, grad_accum=1, checkpoint_every=0,
-                      spike_window=6, spike_zscore=3.0)
+                      spike_window=6, spike_zscore=3.0, optim={"lr": 1e-2})
     out = pretrain.run(cfg)
     events = [r for r in lines(out) if r.get("event") == "loss_spike"]
     assert len(events) == 1 and events[0]["step"] == 9 and events[0]["action"].startswith("skipped_update")

@@ -133,3 +133,19 @@ def test_a_rank_killed_while_writing_a_checkpoint_resumes_bitwise(runs, spine_to
     for name in a:
         assert torch.equal(a[name], b[name]), name
     shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", ["fsdp", "tp"])
+def test_a_distributed_checkpoint_converts_to_the_model_dir(runs, name, tmp_path):
+    from groundup.artifacts import load_model_dir
+    from groundup.train import consolidate
+
+    out = consolidate.run(consolidate.Config(checkpoint=runs[name], out=tmp_path / "model"))
+    a, b = weights(runs[name]), weights(out)  # the run's own final model dir vs its step-20 checkpoint
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    model, tokenizer = load_model_dir(out)
+    assert model.config.n_layer == 2 and tokenizer.encode("def f(): pass")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        consolidate.run(consolidate.Config(checkpoint=tmp_path / "nowhere", out=tmp_path / "x"))
