@@ -28,11 +28,11 @@ def main() -> None:
         if nan_at is not None and int(os.environ["RANK"]) == nan_rank:
             calls = {"n": 0}
 
-            def forward(self, idx, targets=None, **kw):
-                out = original(self, idx, targets, **kw)
+            def forward(self, idx, targets=None, *, _original=original, _calls=calls, _at=nan_at, **kw):
+                out = _original(self, idx, targets, **kw)
                 if targets is not None and self.training:
-                    calls["n"] += 1
-                    if calls["n"] == nan_at:
+                    _calls["n"] += 1
+                    if _calls["n"] == _at:
                         return out * torch.tensor(float("nan"))
                 return out
 

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from groundup.artifacts import _fsync_dir, atomic_dir, load_model_weights, read_json, save_model_weights, write_json
+from groundup.artifacts import (
+    _fsync_dir,
+    atomic_dir,
+    load_model_weights,
+    read_json,
+    save_model_weights,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 

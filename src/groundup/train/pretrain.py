@@ -18,11 +18,11 @@ from groundup.evaluate.perplexity import token_nll
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
 from groundup.parallel.config import ParallelConfig
-from groundup.plan.compute import flops_per_token
-from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.parallel.data import RankBatches
 from groundup.parallel.env import init_distributed
 from groundup.parallel.parallelize import parallelize
+from groundup.plan.compute import flops_per_token
+from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.loop import LoopConfig, train_loop
 from groundup.train.optim import OptimConfig, build_optimizer
 
