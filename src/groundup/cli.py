@@ -14,6 +14,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
+    "consolidate": ("groundup.train.consolidate", "Turn a training checkpoint (distributed or not) into a model dir."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
     "export": ("groundup.interop.export", "Export a model dir to a Hugging Face folder or a GGUF file (llama.cpp, ollama)."),
     "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),

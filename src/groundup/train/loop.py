@@ -63,6 +63,17 @@ class LoopConfig:
     """'auto' to continue from the newest checkpoint in the output dir if there is one, or a checkpoint path."""
     progress_bar: bool = True
     """Show a progress bar."""
+    spike_zscore: float | None = 6.0
+    """Loss-spike guard: a step whose loss lies this many standard deviations above the mean of the last
+    `spike_window` steps rolls back to the newest checkpoint and skips the data since it (None: off)."""
+    spike_window: int = 50
+    """Steps of loss history the spike z-score is computed over (it acts once the window is full)."""
+    spike_max_rollbacks: int = 5
+    """Stop with an error after this many rollbacks in one run: the run is diverging, not spiking."""
+    spike_lr_cooldown: float = 1.0
+    """After a rollback, multiply the learning rate by this factor (< 1 cools it down) ..."""
+    spike_cooldown_steps: int = 0
+    """... for this many steps."""
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
@@ -71,6 +82,10 @@ class LoopConfig:
             raise ValueError(f"grad_accum must be positive, got {self.grad_accum}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.spike_zscore is not None and self.spike_zscore <= 0:
+            raise ValueError(f"spike_zscore must be positive or None, got {self.spike_zscore}")
+        if self.spike_window < 2:
+            raise ValueError(f"spike_window must be >= 2, got {self.spike_window}")
         if self.schedule_clock == "time" and self.max_minutes is None:
             raise ValueError("schedule_clock='time' needs max_minutes")
 
@@ -85,14 +100,52 @@ class LoopResult:
     checkpoint: Path | None
 
 
+class SpikeGuard:
+    """Loss-spike detection by z-score against a window of recent step losses (its state is checkpointed)."""
+
+    def __init__(self, cfg: LoopConfig) -> None:
+        self.cfg = cfg
+        self.history: list[float] = []
+        self.rollbacks = 0
+        self.cooldown_until = -1
+
+    def is_spike(self, loss: float) -> tuple[bool, float]:
+        """(spike?, z-score) for a finite step loss; a normal loss joins the window."""
+        z = 0.0
+        if self.cfg.spike_zscore is not None and len(self.history) >= self.cfg.spike_window:
+            mean = sum(self.history) / len(self.history)
+            std = math.sqrt(sum((h - mean) ** 2 for h in self.history) / (len(self.history) - 1))
+            z = (loss - mean) / max(std, 1e-8)
+            if z > self.cfg.spike_zscore:
+                return True, z
+        self.history = (self.history + [loss])[-self.cfg.spike_window:]
+        return False, z
+
+    def lr_factor(self, step: int) -> float:
+        return self.cfg.spike_lr_cooldown if step < self.cooldown_until else 1.0
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "rollbacks": self.rollbacks, "cooldown_until": self.cooldown_until}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [float(h) for h in state.get("history", [])]
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.cooldown_until = int(state.get("cooldown_until", -1))
+
+
 class MetricsLog:
     """Append-only ``metrics.jsonl``; on resume, lines past the resumed step are dropped.
 
-    ``observers`` (TensorBoard, a report refresher: :mod:`groundup.train.logging`) see every record too."""
+    Under several processes only rank 0 writes (``enabled=False`` elsewhere). ``observers`` (TensorBoard,
+    a report refresher: :mod:`groundup.train.logging`) see every record too."""
 
-    def __init__(self, path: Path, resume_step: int | None, observers: list[Observer] | None = None) -> None:
+    def __init__(self, path: Path, resume_step: int | None, observers: list[Observer] | None = None,
+                 enabled: bool = True) -> None:
         self.path = path
-        self.observers = list(observers or [])
+        self._f = None
+        self.observers = list(observers or []) if enabled else []
+        if not enabled:
+            return
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
@@ -102,13 +155,16 @@ class MetricsLog:
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
 
     def write(self, record: dict) -> None:
+        if self._f is None:
+            return
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
         for observer in self.observers:
             observer.write(record)
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
         for observer in self.observers:
             observer.close()
 
@@ -143,6 +199,35 @@ class _Progress:
         self.bar.close()
 
 
+def _grad_norm(model: nn.Module, max_norm: float, parallel) -> float:
+    """Global gradient norm, clipped to ``max_norm`` if positive.
+
+    One process: torch's ``clip_grad_norm_`` (as ever). Several: the norm of each gradient is computed on
+    its own (a DTensor's norm is reduced over its shards), so plain and DTensor gradients (tensor
+    parallelism leaves norms and embeddings plain) can be mixed.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if parallel is None or not parallel.distributed:
+        if max_norm > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    from torch.distributed.tensor import DTensor
+
+    total_sq = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        n = torch.linalg.vector_norm(p.grad, 2.0, dtype=torch.float32)
+        if isinstance(n, DTensor):
+            n = n.full_tensor()
+        total_sq += n.double().cpu() ** 2
+    total = float(total_sq.sqrt())
+    if max_norm > 0 and math.isfinite(total):
+        coef = min(max_norm / (total + 1e-6), 1.0)
+        if coef < 1.0:
+            for p in params:
+                p.grad.mul_(coef)
+    return total
+
+
 def train_loop(
     *,
     model: nn.Module,
@@ -160,10 +245,26 @@ def train_loop(
     extra_state: Callable[[], dict] | None = None,
     batch_tokens: Callable[[Any], int] | None = None,
     log_cfg: LogConfig | None = None,
+    parallel=None,
 ) -> LoopResult:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps (or until ``cfg.max_minutes``).
+
+    ``parallel`` (a :class:`groundup.parallel.ParallelState`) is given under torchrun: then ``sampler``
+    hands each rank its own micro-batches, ``tokens_per_micro_batch`` is one rank's, and ``cfg.grad_accum``
+    is the accumulation of a single process: each of the ``dp`` data-parallel ranks runs
+    ``grad_accum / dp`` micro-batches per step, so the global batch (and the learning rate that suits it)
+    is the same whatever the number of ranks.
+    """
     out = Path(out)
     ckpt_root = out / "checkpoints"
     step, tokens_seen, elapsed_before, resumed_from = 0, 0, 0.0, None
+    dp = parallel.dp_size if parallel is not None else 1
+    is_main = parallel is None or parallel.is_main
+    if cfg.grad_accum % dp:
+        raise ValueError(f"grad_accum={cfg.grad_accum} (the single-process accumulation) must be divisible by the "
+                         f"{dp} data-parallel ranks: global batch = batch_size x grad_accum")
+    accum = cfg.grad_accum // dp
+    guard = SpikeGuard(cfg)
 
     resume_path = None
     if cfg.resume == "auto":
@@ -175,11 +276,13 @@ def train_loop(
         step, tokens_seen = state["step"], state["tokens_seen"]
         elapsed_before = state.get("train_seconds", 0.0)
         sampler.load_state_dict(state["sampler"])
+        guard.load_state_dict(state.get("guard", {}))
         resumed_from = resume_path
         log.info("resumed from %s at step %d", resume_path, step)
 
     resume_step = step if resumed_from else None
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step, open_observers(log_cfg, out, resume_step))
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step,
+                         open_observers(log_cfg, out, resume_step) if is_main else None, enabled=is_main)
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
     make_autocast = autocast if callable(autocast) else (lambda: contextlib.nullcontext())
 
@@ -189,7 +292,8 @@ def train_loop(
         return step / cfg.max_steps
 
     def checkpoint() -> Path:
-        state = {"tokens_seen": tokens_seen, "train_seconds": elapsed, "sampler": sampler.state_dict()}
+        state = {"tokens_seen": tokens_seen, "train_seconds": elapsed, "sampler": sampler.state_dict(),
+                 "guard": guard.state_dict()}
         if extra_state:
             state.update(extra_state())
         return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, state=state,
@@ -206,8 +310,36 @@ def train_loop(
         metrics.write({"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **result})
         return result
 
+    def roll_back(loss: float, z: float) -> None:
+        """Back to the newest checkpoint, keeping the sampler where it is: the data since is skipped."""
+        nonlocal step, tokens_seen
+        spiked_at, position = step, sampler.state_dict()
+        target = latest_checkpoint(ckpt_root)
+        event = {"step": spiked_at, "event": "loss_spike", "loss": round(loss, 6), "zscore": round(z, 3),
+                 "data_position": position}
+        if target is None:
+            metrics.write({**event, "action": "skipped_update (no checkpoint to roll back to)"})
+            return
+        guard.rollbacks += 1
+        if guard.rollbacks > cfg.spike_max_rollbacks:
+            metrics.write({**event, "action": "abort"})
+            raise RuntimeError(f"step {spiked_at}: loss spike (z={z:.1f}) after {cfg.spike_max_rollbacks} rollbacks; "
+                               "the run is diverging (lower the learning rate or check the data)")
+        rollbacks = guard.rollbacks
+        state = load_checkpoint(target, model=model, optimizer=optimizer)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        guard.load_state_dict(state.get("guard", {}))
+        guard.rollbacks = rollbacks
+        guard.cooldown_until = step + cfg.spike_cooldown_steps
+        skipped_from = state["sampler"]
+        metrics.write({**event, "action": "rollback", "to_step": step, "checkpoint": target.name,
+                       "skipped_data": {"from": skipped_from, "to": position},
+                       "lr_factor": cfg.spike_lr_cooldown, "cooldown_steps": cfg.spike_cooldown_steps})
+        log.warning("step %d: loss %.4f is a spike (z=%.1f): rolled back to %s, skipping data %s..%s",
+                    spiked_at, loss, z, target.name, skipped_from, position)
+
     model.train()
-    bar = _Progress(cfg, step, elapsed_before) if cfg.progress_bar else None
+    bar = _Progress(cfg, step, elapsed_before) if cfg.progress_bar and is_main else None
     start = time.perf_counter()
     elapsed = elapsed_before
     window_tokens, window_start = 0, time.perf_counter()
@@ -218,39 +350,49 @@ def train_loop(
     stopped_by = "max_steps"
     try:
         while step < cfg.max_steps:
-            lr = lr_at(step, progress_now(elapsed), optim_cfg)
+            lr = lr_at(step, progress_now(elapsed), optim_cfg) * guard.lr_factor(step)
             set_lr(optimizer, lr)
             loss_sum, step_tokens, step_extras = 0.0, 0, {}
-            for _ in range(cfg.grad_accum):
+            for i in range(accum):
                 batch = sampler.next_batch()
-                with make_autocast():
-                    loss = loss_fn(model, batch)
-                if isinstance(loss, tuple):
-                    loss, extras = loss
-                    for key, value in extras.items():
-                        step_extras[key] = step_extras.get(key, 0.0) + float(value) / cfg.grad_accum
-                (loss / cfg.grad_accum).backward()
+                sync = parallel.sync_gradients(model, i == accum - 1) if parallel is not None else None
+                with sync or contextlib.nullcontext():
+                    with make_autocast():
+                        loss = loss_fn(model, batch)
+                    if isinstance(loss, tuple):
+                        loss, extras = loss
+                        for key, value in extras.items():
+                            step_extras[key] = step_extras.get(key, 0.0) + float(value) / accum
+                    (loss / accum).backward()
                 loss_sum += loss.detach().float().item()
                 step_tokens += batch_tokens(batch) if batch_tokens else tokens_per_micro_batch
-            if optim_cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip))
-            else:
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                                 if p.grad is not None]))
+            if parallel is not None:
+                loss_sum = parallel.mean(loss_sum)  # every rank decides alike on what follows
+                step_tokens = round(parallel.mean(float(step_tokens)) * dp)  # the global batch's tokens
+            step_loss = loss_sum / accum
+            grad_norm = _grad_norm(model, optim_cfg.grad_clip, parallel)
+            spike, z = (False, 0.0)
             if math.isfinite(grad_norm) and math.isfinite(loss_sum):
-                optimizer.step()
+                spike, z = guard.is_spike(step_loss)
+                if not spike:
+                    optimizer.step()
             else:
                 log.warning("step %d: non-finite loss or gradient norm (%s, %s); update skipped",
                             step, loss_sum, grad_norm)
                 metrics.write({"step": step, "event": "skipped_non_finite", "loss": loss_sum,
-                               "grad_norm": grad_norm})
+                               "grad_norm": grad_norm, "data_position": sampler.state_dict()})
             optimizer.zero_grad(set_to_none=True)
+            if spike:
+                roll_back(step_loss, z)
+                window_loss, window_steps, window_tokens, window_extras = 0.0, 0, 0, {}
+                if latest_checkpoint(ckpt_root) is not None:
+                    continue
             step += 1
             tokens_seen += step_tokens
             window_tokens += step_tokens
             elapsed = elapsed_before + time.perf_counter() - start
-            if math.isfinite(loss_sum):
-                window_loss += loss_sum / cfg.grad_accum
+            if math.isfinite(loss_sum) and not spike:
+                window_loss += step_loss
                 window_steps += 1
                 for key, value in step_extras.items():
                     window_extras[key] = window_extras.get(key, 0.0) + value
@@ -260,7 +402,7 @@ def train_loop(
                 tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0, now
                 # the mean over the steps since the previous line: a single micro-batch's loss is noisy
-                mean_loss = window_loss / window_steps if window_steps else loss_sum / cfg.grad_accum
+                mean_loss = window_loss / window_steps if window_steps else step_loss
                 record = {"step": step, "tokens": tokens_seen, "loss": round(mean_loss, 6),
                           "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
                           "elapsed_s": round(elapsed, 3)}
@@ -276,6 +418,8 @@ def train_loop(
                 bar.update(step, elapsed)
 
             out_of_time = elapsed >= budget
+            if parallel is not None and parallel.distributed:
+                out_of_time = parallel.mean(float(out_of_time)) > 0  # clocks differ: stop all if any must
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and not out_of_time:
                 last_eval = run_eval()
                 window_start = time.perf_counter()  # evaluation time is not training throughput

@@ -17,6 +17,10 @@ from groundup.artifacts import find_tokenizer_file, read_json, require_files, sa
 from groundup.evaluate.perplexity import token_nll
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
+from groundup.parallel.config import ParallelConfig
+from groundup.parallel.data import RankBatches
+from groundup.parallel.env import init_distributed
+from groundup.parallel.parallelize import parallelize
 from groundup.plan.compute import flops_per_token
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.logging import LogConfig
@@ -46,8 +50,12 @@ class Config:
     """Length, budget, logging, evaluation and checkpointing of the run."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor parallel, activation
+    checkpointing); a plain single process ignores all but activation checkpointing."""
     batch_size: int = 16
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch (per rank under torchrun; the global batch is batch_size x train.grad_accum
+    sequences whatever the number of ranks)."""
     seq_len: int | None = None
     """Tokens per training sequence (default: the model's block_size)."""
     seed: int = 1337
@@ -57,7 +65,7 @@ class Config:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """'auto': bf16 autocast on CUDA, fp32 on CPU (CPUs without bf16 units run bf16 matmuls far slower)."""
     compile: bool = False
-    """torch.compile the model (worth it on GPU; about 30 s of start-up for a few percent on CPU)."""
+    """torch.compile each transformer block (worth it on GPU; about 30 s of start-up for a few percent on CPU)."""
     threads: int | None = None
     """CPU threads for torch (default: torch's choice, one per core)."""
     eval_windows: int = 32
@@ -109,6 +117,22 @@ def build_model(cfg: Config, vocab_size: int) -> ModelConfig:
     return model_cfg
 
 
+def gather_full_model(model: torch.nn.Module, model_cfg: ModelConfig) -> Transformer | None:
+    """The whole model, in the model file's layout, on rank 0's CPU (a collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from groundup.parallel.apply_tp import to_plain_layout
+    from groundup.parallel.parallelize import unwrap
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not full:  # ranks other than 0 receive nothing
+        return None
+    full = to_plain_layout(full, model_cfg, int(getattr(unwrap(model), "tensor_parallel", 1)))
+    plain = Transformer(model_cfg)
+    plain.load_state_dict(full)
+    return plain
+
+
 def run(cfg: Config) -> Path:
     tokens_dir = require_files(cfg.tokens, {"train.bin", "val.bin", "meta.json"}, "tokens dir")
     meta = read_json(tokens_dir / "meta.json")
@@ -122,6 +146,8 @@ def run(cfg: Config) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    env = init_distributed(device, cfg.parallel.backend)
+    device = env.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -129,20 +155,28 @@ def run(cfg: Config) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = dataclasses.replace(cfg, model=model_cfg, seq_len=seq_len, preset=None)
-    configlib.save(resolved, out / "train.yaml")
+    if env.is_main:
+        configlib.save(resolved, out / "train.yaml")
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(model_cfg).to(device)
-    optimizer = build_optimizer(model, cfg.optim, device.type)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    base = Transformer(model_cfg).to(device)
+    n_params = base.num_parameters()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    fsdp_bf16 = cfg.parallel.mixed_precision == "bf16" or (cfg.parallel.mixed_precision == "auto" and bf16)
+    model, parallel = parallelize(base, cfg.parallel, env, compile=cfg.compile,
+                                  param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+    # Fused AdamW has no DTensor kernel for mixed plain/DTensor parameter lists: foreach there.
+    optim_cfg = cfg.optim if parallel.tp_size == 1 else dataclasses.replace(cfg.optim, fused=False)
+    optimizer = build_optimizer(model, optim_cfg, device.type)
     train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
     sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
-    forward = torch.compile(model) if cfg.compile else model
-    n_params = model.num_parameters()
+    if parallel.distributed:
+        sampler = RankBatches(sampler, parallel.dp_rank, parallel.dp_size)
     log.info("model %s: %s parameters; %s training tokens", model_cfg.name, f"{n_params:,}", f"{len(train_tokens):,}")
 
     def loss_fn(_model, batch) -> torch.Tensor:
         x, y = batch
-        return forward(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
+        return _model(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
 
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
     val_token_count = len(val_tokens)
@@ -155,6 +189,7 @@ def run(cfg: Config) -> Path:
                                     batch_size=cfg.batch_size, device=device)
 
     def evaluate(_model) -> dict[str, float]:
+        # Every rank scores the same windows: FSDP and TP need all ranks in each forward.
         nll = token_nll(_model, val_tokens, seq_len=seq_len, batch_size=cfg.batch_size,
                         max_windows=cfg.eval_windows or None, device=device)
         result = {"val_loss": round(nll.loss, 6)}
@@ -165,12 +200,15 @@ def run(cfg: Config) -> Path:
             result.update(task_eval(_model))
         return result
 
-    peak_flops, token_flops = peak_flops_for(device), flops_per_token(model_cfg, seq_len)
+    peak_flops = peak_flops_for(device) if env.is_main else None
+    token_flops = flops_per_token(model_cfg, seq_len)
     result = train_loop(
         model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=cfg.train,
         out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
         flops_per_token=token_flops, peak_flops=peak_flops,
         evaluate=evaluate, autocast=autocast_for(device, cfg.precision), log_cfg=cfg.log,
+        extra_state=lambda: {"model_config": dataclasses.asdict(model_cfg), "tokenizer": str(tokenizer_file)},
+        parallel=parallel if parallel.distributed else None,
     )
 
     model.eval()
@@ -185,6 +223,9 @@ def run(cfg: Config) -> Path:
         "held_out_bits_per_byte": final.bits_per_byte(val_bytes) if val_bytes else None,
     }
     log.info("pretrain done: %s", summary)
-    save_model_dir(out, model.cpu(), tokenizer_file=tokenizer_file, stage="pretrain",
-                   config=configlib.to_dict(resolved), inputs={"tokens": tokens_dir}, extra={"result": summary})
+    final_model = gather_full_model(model, model_cfg) if parallel.distributed else base.cpu()
+    if env.is_main:
+        save_model_dir(out, final_model, tokenizer_file=tokenizer_file, stage="pretrain",
+                       config=configlib.to_dict(resolved), inputs={"tokens": tokens_dir}, extra={"result": summary})
+    parallel.barrier()
     return out

@@ -1,0 +1,23 @@
+"""Activation checkpointing: keep a block's input only and recompute its insides during backward."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def apply_ac(model: nn.Module, mode: str, every: int = 2) -> nn.Module:
+    """Wrap blocks in ``checkpoint_wrapper``: all of them ('full') or one in ``every`` ('selective').
+
+    Selective checkpointing trades a fraction of the recomputation for a fraction of the memory; the
+    wrapped block's parameter names are unchanged (the wrapper's prefix is stripped from state dicts).
+    """
+    if mode == "none":
+        return model
+    if mode not in ("full", "selective"):
+        raise ValueError(f"activation checkpointing mode must be none, full or selective, got {mode!r}")
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        if mode == "full" or i % every == 0:
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+    return model

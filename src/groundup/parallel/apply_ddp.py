@@ -1,0 +1,20 @@
+"""Data parallelism with DistributedDataParallel: a full replica per rank, gradients all-reduced in buckets."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def apply_ddp(model: nn.Module, mesh, device: torch.device) -> nn.Module:
+    """Wrap ``model`` in DDP over the mesh's 'dp' dimension (call after every other model change).
+
+    DDP averages gradients over the ranks, so with the loss of each micro-batch divided by the local
+    accumulation count the gradient equals a single process's over the same global batch.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    group = mesh["dp"].get_group() if mesh is not None else None
+    device_ids = [device.index] if device.type == "cuda" else None
+    # Buffers (RoPE tables) are computed identically on every rank: no need to sync them each forward.
+    return DDP(model, device_ids=device_ids, process_group=group, forward_sync_buffers=False)
