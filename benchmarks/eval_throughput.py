@@ -1,8 +1,7 @@
 """Log-likelihood requests per second: groundup's evaluator against lm-evaluation-harness's HF backend.
 
 The same model on both sides: a groundup ``tiny-llama`` (4 layers, 256 wide, 8,192-token vocabulary,
-256 positions, random weights), and its transformers copy (``groundup.interop.hf.to_transformers`` when
-it exists, else ``groundup.evaluate.hf_reference.llama_copy``), in fp32 on the CPU. The work is a
+256 positions, random weights), and its transformers copy (``groundup.interop.hf.to_transformers``), in fp32 on the CPU. The work is a
 multiple-choice-shaped set of requests: ``--contexts`` contexts of 20 to 200 tokens, each with 4
 continuations of 1 to 12 tokens. Both sides get the same already-tokenized requests through
 lm-eval's ``_loglikelihood_tokens`` (``GroundupLM`` for groundup, ``HFLM`` for the peer) at the same

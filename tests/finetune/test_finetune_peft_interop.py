@@ -1,7 +1,8 @@
 """PEFT loads groundup's adapter over the same base in transformers and gives the same logits.
 
-groundup.interop.hf (to_transformers) is not on this branch yet, so the transformers twin of the base
-is built here from the documented name map; the adapter's names come from groundup.finetune.peft_format.
+The transformers twin of the base is groundup.interop.hf.to_transformers (the Hugging Face export's
+weights); the adapter's names come from groundup.finetune.peft_format, so the two name maps are checked
+against each other.
 """
 
 from __future__ import annotations
@@ -18,47 +19,10 @@ peft = pytest.importorskip("peft")
 
 
 def hf_twin(model: Transformer):
-    """A transformers model with the weights of ``model`` (Llama or GPT-2 shape)."""
-    c = model.config
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if c.family == "llama":
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.mlp_hidden,
-            num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.kv_heads,
-            max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
-            attention_bias=False, mlp_bias=False))
-        q, kv = c.n_head * c.head_dim, c.kv_heads * c.head_dim
-        out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["final_norm.weight"],
-               "lm_head.weight": sd["lm_head.weight"]}
-        for i in range(c.n_layer):
-            b, h = f"blocks.{i}", f"model.layers.{i}"
-            qkv = sd[f"{b}.attn.qkv.weight"]
-            gate, up = sd[f"{b}.mlp.fc.weight"].chunk(2)
-            out.update({f"{h}.input_layernorm.weight": sd[f"{b}.attn_norm.weight"],
-                        f"{h}.post_attention_layernorm.weight": sd[f"{b}.mlp_norm.weight"],
-                        f"{h}.self_attn.q_proj.weight": qkv[:q], f"{h}.self_attn.k_proj.weight": qkv[q : q + kv],
-                        f"{h}.self_attn.v_proj.weight": qkv[q + kv :],
-                        f"{h}.self_attn.o_proj.weight": sd[f"{b}.attn.proj.weight"],
-                        f"{h}.mlp.gate_proj.weight": gate, f"{h}.mlp.up_proj.weight": up,
-                        f"{h}.mlp.down_proj.weight": sd[f"{b}.mlp.proj.weight"]})
-    else:
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=c.vocab_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_positions=c.block_size,
-            layer_norm_epsilon=c.norm_eps, activation_function="gelu_new"))
-        out = {"transformer.wte.weight": sd["tok_embeddings.weight"], "transformer.wpe.weight": sd["pos_embeddings.weight"],
-               "transformer.ln_f.weight": sd["final_norm.weight"], "transformer.ln_f.bias": sd["final_norm.bias"],
-               "lm_head.weight": sd["lm_head.weight"]}
-        for i in range(c.n_layer):
-            b, h = f"blocks.{i}", f"transformer.h.{i}"
-            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-                out[f"{h}.{theirs}.weight"], out[f"{h}.{theirs}.bias"] = sd[f"{b}.{ours}.weight"], sd[f"{b}.{ours}.bias"]
-            for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"),
-                                 ("mlp.proj", "mlp.c_proj")):
-                out[f"{h}.{theirs}.weight"] = sd[f"{b}.{ours}.weight"].t().contiguous()  # Conv1D: (in, out)
-                out[f"{h}.{theirs}.bias"] = sd[f"{b}.{ours}.bias"]
-    missing, unexpected = hf.load_state_dict(out, strict=False)
-    assert not unexpected and all("attn.bias" in k or "masked_bias" in k for k in missing), (missing, unexpected)
-    return hf.eval()
+    """The export path's transformers copy of ``model`` (the base PEFT loads the adapter over)."""
+    from groundup.interop.hf import to_transformers
+
+    return to_transformers(model)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

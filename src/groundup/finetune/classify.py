@@ -152,7 +152,7 @@ def run(cfg: Config) -> Path:
     result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
                         cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
                         batch_tokens=lambda batch: int(batch[1].sum()), evaluate=evaluate if val else None,
-                        autocast=s.autocast)
+                        autocast=s.autocast, log_cfg=cfg.log)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval, "majority_accuracy": round(majority, 6),
                "labels": names, "data": stats.as_dict()}

@@ -22,6 +22,7 @@ import torch
 from groundup import config as configlib
 from groundup.artifacts import load_model_dir, require_files, save_model_dir, write_json
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig
 from groundup.train.optim import OptimConfig
 from groundup.train.pretrain import autocast_for, resolve_device
@@ -50,6 +51,8 @@ class BaseConfig:
     """Optimizer and learning-rate schedule (fresh: fine-tuning never reuses the base run's optimizer)."""
     train: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=200, eval_every=50, checkpoint_every=100))
     """Length, budget, logging, evaluation and checkpointing of the run."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
     batch_size: int = 8
     """Sequences (or preference pairs) per micro-batch."""
     seed: int = 1337

@@ -98,7 +98,7 @@ def run(cfg: Config) -> Path:
     optimizer = build_optimizer(model, cfg.optim, device.type)
     result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
                         cfg=common.loop_config(cfg, has_val), out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
-                        evaluate=evaluate if has_val else None, autocast=s.autocast)
+                        evaluate=evaluate if has_val else None, autocast=s.autocast, log_cfg=cfg.log)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval}
     common.save_result(cfg, s, stage="finetune-continue", summary=summary, inputs={"tokens": tokens_dir})
