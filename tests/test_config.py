@@ -51,3 +51,41 @@ def test_stage_list_and_unknown_stage(capsys):
     for stage in ("run", "tokenizer", "tokenize", "pretrain", "generate", "plan"):
         assert stage in listing
     assert cli.main(["fly"]) == 2
+
+
+def _stage_configs():
+    import importlib
+
+    from groundup.finetune.stage import METHODS
+
+    for name, (module_name, _) in cli.STAGES.items():
+        module = importlib.import_module(module_name)
+        if hasattr(module, "Config"):
+            yield name, module.Config
+    for name, (module_name, _) in METHODS.items():
+        yield f"finetune {name}", importlib.import_module(module_name).Config
+
+
+@pytest.mark.parametrize(("name", "cls"), list(_stage_configs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_stage_field_is_a_flag_with_its_docstring(name, cls):
+    import dataclasses
+
+    parser = configlib.build_parser(cls, prog=f"groundup {name}")
+    by_dest = {action.dest: action for action in parser._actions}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name not in by_dest:
+            # a nested group: its own fields are flags (build_parser refuses a field it could not add)
+            assert any(dest.startswith(f.name + ".") for dest in by_dest), (name, f.name)
+            continue
+        assert "_EMPTY_HELP_" not in (by_dest[f.name].help or ""), f"{name}: --{f.name} has no docstring"
+
+
+def test_a_field_with_an_unresolvable_hint_is_refused():
+    import dataclasses
+
+    ns: dict = {}
+    exec("from __future__ import annotations\nimport dataclasses\n"
+         "@dataclasses.dataclass(kw_only=True)\nclass Config:\n    a: int = 1\n    b: NoSuchType | None = None\n", ns)
+    assert dataclasses.fields(ns["Config"])[1].name == "b"
+    with pytest.raises(TypeError, match="cannot become command-line options"):  # jsonargparse drops every field
+        configlib.build_parser(ns["Config"])

@@ -19,9 +19,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from groundup import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST = "manifest.json"
 
@@ -234,12 +237,26 @@ def read_model_config(path: str | Path):
         raise ValueError(f"{path / 'config.json'}: not a groundup model config ({e})") from e
 
 
-def load_model_dir(path: str | Path, *, device: str = "cpu"):
-    """Load a model dir: returns ``(model, tokenizer)``, the model in eval mode on ``device``."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A device from a setting: 'auto' is CUDA when available, else the CPU; CUDA asked for must exist."""
+    import torch
+
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu"):
+    """Load a model dir: returns ``(model, tokenizer)``, the model in eval mode on ``device`` ('auto' allowed)."""
     from groundup.model.transformer import Transformer
     from groundup.tokenizer import Tokenizer
 
     path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json"}, "model dir")
     model = Transformer(read_model_config(path))
     load_model_weights(model, path / "model.safetensors")
-    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json")
+    return model.to(resolve_device(device)).eval(), Tokenizer.from_file(path / "tokenizer.json")

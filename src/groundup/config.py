@@ -58,6 +58,12 @@ def add_config_arguments(parser: ArgumentParser, cls: type) -> ArgumentParser:
     """Add ``--config`` and one flag per (nested) field of the dataclass ``cls``."""
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of the keys below.")
     parser.add_class_arguments(cls, nested_key=None, as_group=False)
+    # jsonargparse skips, without an error, a field whose type hint it cannot resolve: refuse that here.
+    dests = {action.dest.split(".", 1)[0] for action in parser._actions}
+    lost = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in dests]
+    if lost:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__}: fields {lost} cannot become command-line options "
+                        f"(an unresolvable type hint; every name in a hint must be importable in the class's module)")
     # jsonargparse reads attribute docstrings of the class itself only: give inherited fields theirs.
     docs = attribute_docs(cls)
     for action in parser._actions:

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import read_json, read_manifest, write_json
+from groundup.artifacts import read_json, read_manifest, resolve_device, write_json
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
 from groundup.tokenizer import train as tokenizer_stage
@@ -250,7 +250,7 @@ def run(cfg: Config) -> Path:
         "held_out_tokens": result["held_out_tokens"],
         "held_out_bytes": tokens_meta.get("bytes", {}).get("val"),
         "timings": timings,
-        "hardware": hardware_info(pretrain_stage.resolve_device(pretrain_cfg.device), result.get("peak_flops")),
+        "hardware": hardware_info(resolve_device(pretrain_cfg.device), result.get("peak_flops")),
         "samples": samples,
         "model_dir": str(model_dir),
     }

@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from groundup import config as configlib
 from groundup.artifacts import load_model_dir, write_json, write_manifest
-from groundup.evaluate.generation import Limits
+from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
 
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class Config:
+class Config(TaskSettings):
     """Evaluate a model dir on local task files: perplexity, multiple choice, generation, code; tokenizers too."""
 
     model: Path | None = None
@@ -64,32 +62,6 @@ class Config:
     """Pairwise judging: the samples.jsonl of another evaluation on the same generation tasks."""
     progress: bool = True
     """Show progress bars."""
-    # The fields of TaskSettings, repeated so that their docstrings reach --help (jsonargparse reads the
-    # attribute docstrings of the class itself only).
-    num_fewshot: int = 0
-    """Solved examples from the dev split put before each multiple-choice or generation item."""
-    seed: int = 1234
-    """Seed of the few-shot draws and of sampled code completions."""
-    batch_size: int = 16
-    """Sequences per forward pass; scores do not depend on it."""
-    limit: int | None = None
-    """Score only the first N items of each task (None: all)."""
-    stride: int | None = None
-    """Perplexity: tokens predicted per rolling window after the first (default: the model's block_size,
-    lm-evaluation-harness's disjoint windows); smaller gives every token more context at more cost."""
-    max_new_tokens: int = 64
-    """Generation and code: most tokens generated per answer."""
-    until: list[str] = field(default_factory=lambda: ["\n\n"])
-    """Generation: stop sequences (the text is cut before the first one)."""
-    code_samples: int = 1
-    """Code: completions sampled per problem (greedy when 1; temperature `code_temperature` otherwise)."""
-    code_temperature: float = 0.8
-    """Code: sampling temperature when code_samples > 1."""
-    pass_k: list[int] = field(default_factory=lambda: [1, 10, 100])
-    """Code: the k of pass@k reported (those up to code_samples)."""
-    code_limits: Limits = field(default_factory=Limits)
-    """Code: time and memory limits of each candidate program."""
-
     def settings(self) -> TaskSettings:
         return TaskSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TaskSettings)})
 
@@ -178,9 +150,8 @@ def run(cfg: Config) -> Path:
         if cfg.model is None:
             raise ValueError("tasks given but no model: set --model to a model dir")
         tasks = load_tasks(split_specs(cfg.tasks))  # every file is read and checked before the model runs
-        device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if cfg.device == "auto" else cfg.device)
-        model, tokenizer = load_model_dir(cfg.model, device=device)
+        model, tokenizer = load_model_dir(cfg.model, device=cfg.device)
+        device = next(model.parameters()).device
         model_meta = model_info(Path(cfg.model), model)
         for task in tasks:
             log.info("task %s: %d items (%s)", task.name, len(task.items), task.kind)

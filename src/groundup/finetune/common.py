@@ -20,12 +20,12 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import load_model_dir, require_files, save_model_dir, write_json
+from groundup.artifacts import load_model_dir, require_files, resolve_device, save_model_dir, write_json
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
 from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig
 from groundup.train.optim import OptimConfig
-from groundup.train.pretrain import autocast_for, resolve_device
+from groundup.train.pretrain import autocast_for
 
 log = logging.getLogger(__name__)
 

@@ -347,10 +347,7 @@ def run(cfg: Config) -> Path:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model dir not found: {model_dir} "
                                 f"(make one with `groundup run` or `groundup pretrain`)")
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model_dir(model_dir, device=device)
+    model, tokenizer = load_model_dir(model_dir, device=cfg.device)
 
     records = []
     for i in range(cfg.num_samples):

@@ -13,8 +13,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine, Request
 from groundup.infer.sampling import SamplingParams
@@ -89,12 +87,7 @@ class ChatSession:
 
 def run(cfg: Config) -> Path:
     model_dir = Path(cfg.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model dir not found: {model_dir}")
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model_dir(model_dir, device=device)
+    model, tokenizer = load_model_dir(model_dir, device=cfg.device)
     engine = Engine(model, tokenizer, max_seqs=1)
     session = ChatSession(engine, read_chat_template(model_dir), cfg.sampling, cfg.system)
     interactive = sys.stdin.isatty()

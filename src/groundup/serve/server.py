@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine
 from groundup.serve.app import Limits, ServerState, create_app
@@ -60,12 +58,7 @@ class Config:
 
 def build_state(cfg: Config) -> ServerState:
     model_dir = Path(cfg.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model dir not found: {model_dir}")
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model_dir(model_dir, device=device)
+    model, tokenizer = load_model_dir(model_dir, device=cfg.device)
     engine = Engine(model, tokenizer, max_seqs=cfg.max_seqs, max_len=cfg.max_len,
                     min_rows=4 if cfg.batch_invariant else 1)
     limits = Limits(max_request_bytes=cfg.max_request_bytes, max_prompt_tokens=cfg.max_prompt_tokens,

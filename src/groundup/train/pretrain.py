@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import find_tokenizer_file, read_json, require_files, save_model_dir
+from groundup.artifacts import find_tokenizer_file, read_json, require_files, resolve_device, save_model_dir
 from groundup.evaluate.perplexity import token_nll
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
@@ -77,15 +77,6 @@ class Config:
     logged in metrics.jsonl as eval/<task>/<metric>."""
     eval_tasks_limit: int | None = 200
     """Items scored per task at each periodic evaluation (None: all)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return device
 
 
 def autocast_for(device: torch.device, precision: str):
