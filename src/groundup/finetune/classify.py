@@ -30,7 +30,7 @@ from groundup.finetune.data import (
     ExampleBatches,
     parse_labeled,
     read_jsonl,
-    split_indices,
+    train_val,
 )
 from groundup.train.loop import train_loop
 from groundup.train.optim import build_optimizer
@@ -99,12 +99,8 @@ def evaluate_classifier(model, seqs: list[list[int]], labels: list[int], pad_id:
 
 def run(cfg: Config) -> Path:
     stats = DataStats()
-    train = read_jsonl(cfg.data, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines)
-    if cfg.val_data:
-        val = read_jsonl(cfg.val_data, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines)
-    else:
-        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, cfg.seed)
-        train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
+    train, val = train_val(lambda path: read_jsonl(path, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines),
+                           cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     names = list(cfg.labels) if cfg.labels else sorted({label for _, label in train})
     if len(names) < 2:
         raise DataError(f"{cfg.data}: a classifier needs at least two classes, found {names}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,16 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(max(int(round(n * val_fraction)), 1 if val_fraction > 0 else 0), n - 1)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_val(load: Callable[[Path], list], data: Path, val_data: Path | None, val_fraction: float,
+              seed: int) -> tuple[list, list]:
+    """Training and held-out records: ``load(val_data)`` when given, else a seeded split of ``load(data)``."""
+    records = load(data)
+    if val_data:
+        return records, load(val_data)
+    train_idx, val_idx = split_indices(len(records), val_fraction, seed)
+    return [records[i] for i in train_idx], [records[i] for i in val_idx]
 
 
 # ---------------------------------------------------------------------------- batching

@@ -36,8 +36,8 @@ from groundup.finetune.data import (
     pad_batch,
     parse_preference,
     read_jsonl,
-    split_indices,
     tokenize_segments,
+    train_val,
     truncate,
 )
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
@@ -131,12 +131,8 @@ def run(cfg: Config) -> Path:
     template = read_chat_template(cfg.model)
     max_len = cfg.max_len or s.model.config.block_size
     stats = DataStats()
-    pairs = load_pairs(cfg.data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
-    if cfg.val_data:
-        train, val = pairs, load_pairs(cfg.val_data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
-    else:
-        train_idx, val_idx = split_indices(len(pairs), cfg.val_fraction, cfg.seed)
-        train, val = [pairs[i] for i in train_idx], [pairs[i] for i in val_idx]
+    train, val = train_val(lambda path: load_pairs(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
+                           cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     out = common.prepare_out(cfg)
     write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0

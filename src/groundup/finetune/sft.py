@@ -28,8 +28,8 @@ from groundup.finetune.data import (
     pad_batch,
     parse_conversation,
     read_jsonl,
-    split_indices,
     tokenize_segments,
+    train_val,
     truncate,
 )
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
@@ -90,12 +90,8 @@ def run(cfg: Config) -> Path:
     if max_len > s.model.config.block_size:
         raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.model.config.block_size}")
     stats = DataStats()
-    examples = load_examples(cfg.data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
-    if cfg.val_data:
-        train, val = examples, load_examples(cfg.val_data, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines)
-    else:
-        train_idx, val_idx = split_indices(len(examples), cfg.val_fraction, cfg.seed)
-        train, val = [examples[i] for i in train_idx], [examples[i] for i in val_idx]
+    train, val = train_val(lambda path: load_examples(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
+                           cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     log.info("SFT: %d training and %d held-out conversations; %s", len(train), len(val), stats.as_dict())
 
     out = common.prepare_out(cfg)

@@ -115,15 +115,22 @@ def bare_flag(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    """`groundup export ...`: like every stage, but a failed --verify exits 1 with one line, not a traceback."""
+def verified_main(config_cls, run_fn, argv: list[str], prog: str, alias: tuple[str, str]) -> int:
+    """A stage's command line where ``alias`` = (short flag, field) renames a flag, ``--verify`` may stand
+    bare, and a failed verification exits 1 with one line, not a traceback."""
     from groundup import config
 
-    argv = ["--format" + a[len("--to"):] if a == "--to" or a.startswith("--to=") else a for a in argv]
-    cfg = config.parse(Config, bare_flag(argv, "--verify"), prog="groundup export")
+    short, long = alias
+    argv = [long + a[len(short):] if a == short or a.startswith(short + "=") else a for a in argv]
+    cfg = config.parse(config_cls, bare_flag(argv, "--verify"), prog=prog)
     try:
-        run(cfg)
+        run_fn(cfg)
     except VerificationError as e:
-        print(f"groundup export: verification failed: {e}", file=sys.stderr)
+        print(f"{prog}: verification failed: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str]) -> int:
+    """`groundup export ...` (``--to`` is ``--format``)."""
+    return verified_main(Config, run, argv, "groundup export", ("--to", "--format"))

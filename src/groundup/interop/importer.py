@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from groundup.interop.export import VERIFY_TEXTS, VerificationError, bare_flag
+from groundup.interop.export import VERIFY_TEXTS, VerificationError, verified_main
 
 
 @dataclass(kw_only=True)
@@ -46,13 +46,4 @@ def run(cfg: Config) -> Path:
 
 def main(argv: list[str]) -> int:
     """`groundup import --from DIR --out DIR` (``--from`` is ``--model``); a failed --verify exits 1."""
-    from groundup import config
-
-    argv = ["--model" + a[len("--from"):] if a == "--from" or a.startswith("--from=") else a for a in argv]
-    cfg = config.parse(Config, bare_flag(argv, "--verify"), prog="groundup import")
-    try:
-        run(cfg)
-    except VerificationError as e:
-        print(f"groundup import: verification failed: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return verified_main(Config, run, argv, "groundup import", ("--from", "--model"))
