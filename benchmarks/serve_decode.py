@@ -2,9 +2,10 @@
 
 Same weights (a GPT-2-shaped model, 6 layers, 384 wide, vocabulary 50304, fp32, random init, copied into
 a GPT2LMHeadModel), same 16-token prompt, 128 new greedy tokens, end-of-text ignored. Rounds alternate
-the implementations; the table gives medians of the rounds. The engine is measured as served (decode
-batches padded to four rows for batch invariance) and with that padding off (min_rows=1), and the
-spine's single-sequence `generate_tokens` is shown for reference.
+the implementations; the table gives medians of the rounds. The engine is measured as served (weights
+packed once for oneDNN, a decode batch of one run as two rows for batch invariance), with one row
+(`--batch_invariant false`), and with the fallback layout (transposed weight copies, batches padded to
+four rows); the spine's single-sequence `generate_tokens` is shown for reference.
 
     PYTHONPATH=src python benchmarks/serve_decode.py [--rounds 3] [--tokens 128] [--threads 2]
 """
@@ -21,6 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from groundup.artifacts import load_model_dir
+from groundup.infer.batched import TransposedWeights
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -46,6 +48,8 @@ def main() -> None:
     limit = tokenizer.vocab_size  # the model's rows above the tokenizer's are padding, never sampled
     engine = Engine(model, tokenizer, max_seqs=4)
     engine_unpadded = Engine(model, tokenizer, max_seqs=4, min_rows=1)
+    engine_transposed = Engine(model, tokenizer, max_seqs=4, min_rows=4)
+    engine_transposed.weights = TransposedWeights(model)  # the layout used where oneDNN packing is unavailable
 
     class Padding(LogitsProcessor):  # the same masking for transformers (one slice assignment per step)
         def __call__(self, input_ids, scores):
@@ -62,8 +66,10 @@ def main() -> None:
                               logits_processor=LogitsProcessorList([Padding()]))
         return out[0, len(prompt):].tolist()
 
-    contenders = {"groundup engine": lambda: run_engine(engine),
-                  "groundup engine, min_rows=1": lambda: run_engine(engine_unpadded),
+    layout = type(engine.weights).__name__
+    contenders = {f"groundup engine ({layout})": lambda: run_engine(engine),
+                  "groundup engine, one row": lambda: run_engine(engine_unpadded),
+                  "groundup engine, transposed": lambda: run_engine(engine_transposed),
                   "groundup generate_tokens": lambda: list(generate_tokens(model, prompt, params, vocab_limit=limit)),
                   "transformers generate": run_hf}
     for fn in contenders.values():  # warm-up
@@ -75,8 +81,8 @@ def main() -> None:
             t0 = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    engine.shutdown()
-    engine_unpadded.shutdown()
+    for e in (engine, engine_unpadded, engine_transposed):
+        e.shutdown()
     hf_rate = n / statistics.median(times["transformers generate"])
     print(f"\ndecode, batch 1, {n} new tokens from a 16-token prompt, {args.threads} threads, "
           f"median of {args.rounds} rounds (shared machine: timings are noisy)")

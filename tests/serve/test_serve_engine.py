@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from groundup.artifacts import load_model_dir
-from groundup.infer.batched import SlotKVCache, TransposedWeights, forward_rows
+from groundup.infer.batched import PackedWeights, SlotKVCache, TransposedWeights, forward_rows
 from groundup.infer.engine import Engine, Event, Request
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -19,13 +19,15 @@ TEXTS = ["def foo(x):", "import os\n", "class A:", "# hello world", "x = 1", "fo
          "return None", "print(", "if __name__"]
 
 
-@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("layout", [None, TransposedWeights, PackedWeights])
 @pytest.mark.parametrize("which", ["serve_model_dir", "serve_llama_dir"])
-def test_serve_forward_rows_matches_model(which, transposed, request):
+def test_serve_forward_rows_matches_model(which, layout, request):
     """Per-row positions into slots give the model's own logits (GPT-2 and Llama shapes, GQA), with the
-    model's linear layers or with transposed weight copies."""
+    model's linear layers, transposed weight copies or oneDNN-packed weights."""
     model, _ = load_model_dir(request.getfixturevalue(which))
-    weights = TransposedWeights(model) if transposed else None
+    if layout is PackedWeights and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    weights = layout(model) if layout is not None else None
     ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model(ids)[0]  # (T, V)
@@ -39,6 +41,27 @@ def test_serve_forward_rows_matches_model(which, transposed, request):
             starts[3] = t
             torch.testing.assert_close(forward_rows(model, cache, idx, 0, starts, weights=weights)[3], reference[t],
                                        atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [TransposedWeights, PackedWeights])
+def test_serve_decode_rows_are_alike_at_any_batch(layout, serve_llama_dir):
+    """A row's logits are bit-identical whatever the other rows, from pad_rows(1) rows up: the property the
+    engine's batch invariance rests on (checked on this machine's kernels)."""
+    if layout is PackedWeights and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    model, _ = load_model_dir(serve_llama_dir)
+    weights = layout(model)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 300, (12, 1), generator=gen)
+    starts = torch.randint(0, 40, (12,), generator=gen)
+    with torch.inference_mode():
+        prefix = torch.randint(0, 300, (12, 40), generator=gen)
+        cache = SlotKVCache(model, 12)
+        forward_rows(model, cache, prefix, 0, torch.zeros(12, dtype=torch.long), weights=weights)
+        full = forward_rows(model, cache, ids, 0, starts, weights=weights)
+        for n in sorted({weights.pad_rows(k) for k in range(1, 12)}):
+            part = forward_rows(model, cache, ids[:n], 0, starts[:n], weights=weights)
+            assert torch.equal(part, full[:n]), f"{layout.__name__}: rows differ at a batch of {n}"
 
 
 @pytest.fixture(scope="module")

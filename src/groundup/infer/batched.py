@@ -8,12 +8,13 @@ and masks, and keeps keys and values in a :class:`SlotKVCache`: one preallocated
 slot. It lives here, beside the engine, so that ``transformer.py`` stays free of serving logic.
 
 Batch invariance on CPU: a matrix product's rows can come out different in the last bit depending on
-how many rows the product has and where the row sits (one row goes through a matrix-vector kernel, two
-or three through another; in the blocked GEMM, rows in a trailing group of one to three rows take a
-tail kernel). With a multiple of four rows, every row of x86 oneDNN/MKL products comes out the same
-whatever the other rows and the batch size, so the engine pads each decode batch to a multiple of
-four rows (free slots run dummy rows): a sequence decoded alone and in a batch of 20 gets
-bit-identical logits. ``tests/serve/test_serve_engine.py`` checks this on the machine it runs on.
+how many rows the product has and where the row sits (one row goes through a matrix-vector kernel; in
+MKL's blocked GEMM, rows in a trailing group of one to three rows take a tail kernel). The engine decodes
+with weights packed once for oneDNN (:class:`PackedWeights`), whose GEMM computes every row alike from
+two rows up, so a decode batch of one runs as two rows (a free slot runs a dummy row); where packing is
+unavailable it multiplies by transposed copies (:class:`TransposedWeights`) and pads to a multiple of
+four rows. :func:`decode_weights` probes the property on the machine before choosing, and a sequence
+decoded alone and in a batch of 20 gets bit-identical logits (``tests/serve/test_serve_engine.py``).
 Attention is written out (scores, mask, softmax, weighted sum) rather than calling
 ``scaled_dot_product_attention``, whose CPU kernel splits its work by batch size, so that its result
 for one row changes with the batch. The batched matmuls here compute every row alike. Keys are read
@@ -67,13 +68,75 @@ class TransposedWeights:
     """
 
     def __init__(self, model: Transformer) -> None:
-        self.w: dict[int, torch.Tensor] = {}
-        for module in [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head]:
-            self.w[id(module)] = module.weight.detach().t().contiguous()
+        self.w = {id(m): m.weight.detach().t().contiguous() for m in _linear_modules(model)}
 
     def linear(self, x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
         y = x @ self.w[id(module)]
         return y if module.bias is None else y + module.bias
+
+    @staticmethod
+    def pad_rows(n: int) -> int:
+        """Rows a decode batch of ``n`` sequences runs as, for batch invariance: a multiple of four."""
+        return _round_up(n, 4)
+
+
+def _linear_modules(model: Transformer) -> list[torch.nn.Linear]:
+    return [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head]
+
+
+class PackedWeights:
+    """Each linear layer's weight packed once into oneDNN's blocked layout (the CPU decode fast path).
+
+    ``F.linear`` and ``x @ w`` on the CPU repack the weight on every call: with the few rows of a decode
+    step that packing costs more than the product itself (the 50,304 x 384 output head: about 3 ms packed
+    against 20 ms repacking, at four rows on two cores). Packed once, the product streams the weights.
+    oneDNN's blocked GEMM computes every row alike for two rows or more; one row takes a matrix-vector
+    kernel whose last bits differ, so a decode batch of one runs as two rows (:meth:`pad_rows`).
+    :func:`decode_weights` checks that property on the machine before using this class.
+    """
+
+    def __init__(self, model: Transformer) -> None:
+        self.w = {id(m): torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 4) for m in _linear_modules(model)}
+
+    def linear(self, x: torch.Tensor, module: torch.nn.Linear) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.w[id(module)], module.bias, "none", [], "")
+
+    @staticmethod
+    def pad_rows(n: int) -> int:
+        return max(n, 2)
+
+
+def _rows_alike(weights, model: Transformer, rows: int = 9) -> bool:
+    """Whether every linear layer gives each row bit-identical results at any row count from pad_rows(1) up
+    and at any place in the batch (a probe on random inputs, one per weight shape)."""
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for module in _linear_modules(model):
+        shape = tuple(module.weight.shape)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        x = torch.randn(rows + 3, shape[1], generator=gen).to(module.weight)
+        ref = weights.linear(x, module)
+        for n in range(weights.pad_rows(1), rows + 1):
+            for offset in (0, 3):
+                if not torch.equal(weights.linear(x[offset : offset + n], module), ref[offset : offset + n]):
+                    return False
+    return True
+
+
+def decode_weights(model: Transformer) -> PackedWeights | TransposedWeights:
+    """The weight layout a CPU engine decodes with: oneDNN-packed where available, float32 and batch-invariant
+    on this machine (checked), else transposed copies (a decode batch then runs as a multiple of four rows)."""
+    if torch.backends.mkldnn.is_available() and model.lm_head.weight.dtype == torch.float32:
+        try:
+            with torch.inference_mode():
+                packed = PackedWeights(model)
+                if _rows_alike(packed, model):
+                    return packed
+        except RuntimeError:  # an op this build of torch lacks
+            pass
+    return TransposedWeights(model)
 
 
 def _mlp(mlp, x: torch.Tensor, linear) -> torch.Tensor:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from groundup.infer.batched import SlotKVCache, TransposedWeights, forward_rows
+from groundup.infer.batched import SlotKVCache, TransposedWeights, decode_weights, forward_rows
 from groundup.infer.generate import TextStream
 from groundup.infer.sampling import SamplingParams, make_generator, process_logits
 
@@ -140,21 +140,26 @@ class Engine:
     """Continuous-batching generation over ``model`` in a background thread. Thread-safe ``submit``/``cancel``."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, max_seqs: int = 16, max_len: int | None = None,
-                 min_rows: int = 4, max_prefill_tokens: int = 2048, vocab_limit: int | None = None,
-                 transposed_weights: bool | None = None) -> None:
+                 min_rows: int | None = None, max_prefill_tokens: int = 2048, vocab_limit: int | None = None,
+                 cpu_weights: bool | None = None) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_seqs = max_seqs
-        self.min_rows = min_rows
         self.max_prefill_tokens = max_prefill_tokens
         self.vocab_limit = vocab_limit if vocab_limit is not None else min(tokenizer.vocab_size, self.config.vocab_size)
-        self.cache = SlotKVCache(model, -(-max_seqs // min_rows) * min_rows, max_len)
-        self.max_len = self.cache.max_len
         self.device = model.lm_head.weight.device
-        if transposed_weights is None:
-            transposed_weights = self.device.type == "cpu"
-        self.weights = TransposedWeights(model) if transposed_weights else None
+        if cpu_weights is None:
+            cpu_weights = self.device.type == "cpu"
+        # On the CPU, weights packed for oneDNN (or transposed copies where packing is unavailable); on a GPU
+        # the model's own layers.
+        self.weights = decode_weights(model) if cpu_weights else None
+        if min_rows is None:  # batch invariance: as many rows as the weights' kernels need
+            self.pad_rows = self.weights.pad_rows if self.weights is not None else TransposedWeights.pad_rows
+        else:
+            self.pad_rows = lambda n: -(-n // min_rows) * min_rows
+        self.cache = SlotKVCache(model, self.pad_rows(max_seqs), max_len)
+        self.max_len = self.cache.max_len
         self.eos_id = tokenizer.eos_id
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
@@ -344,8 +349,8 @@ class Engine:
         running = [s for s in self._slots if s is not None and s.last_token >= 0]
         if not running:
             return
-        # A multiple of min_rows rows (slots 0..rows-1, free ones as dummy rows): see batched.py.
-        rows = -(-(max(s.slot for s in running) + 1) // self.min_rows) * self.min_rows
+        # Slots 0..rows-1, free ones as dummy rows, as many as batch invariance needs: see batched.py.
+        rows = self.pad_rows(max(s.slot for s in running) + 1)
         idx = torch.zeros(rows, 1, dtype=torch.long)
         starts = torch.zeros(rows, dtype=torch.long)
         for s in running:

@@ -48,8 +48,8 @@ class Config:
     max_concurrent_requests: int = 64
     """Requests in progress at once; more are answered 429."""
     batch_invariant: bool = True
-    """Pad decode batches to a multiple of four rows so greedy output does not depend on the batch (costs
-    speed at batch 1 on CPU, where one row takes a faster matrix-vector kernel)."""
+    """Run a decode batch of one as two rows (oneDNN-packed CPU weights; four with the fallback layout) so that
+    greedy output and logprobs do not depend on the batch; false runs one row (a matrix-vector kernel)."""
     device: str = "cpu"
     """'cpu', 'cuda', 'cuda:N', or 'auto'."""
     log_level: str = "info"
@@ -60,7 +60,7 @@ def build_state(cfg: Config) -> ServerState:
     model_dir = Path(cfg.model)
     model, tokenizer = load_model_dir(model_dir, device=cfg.device)
     engine = Engine(model, tokenizer, max_seqs=cfg.max_seqs, max_len=cfg.max_len,
-                    min_rows=4 if cfg.batch_invariant else 1)
+                    min_rows=None if cfg.batch_invariant else 1)
     limits = Limits(max_request_bytes=cfg.max_request_bytes, max_prompt_tokens=cfg.max_prompt_tokens,
                     max_tokens=cfg.max_tokens, default_max_tokens=cfg.default_max_tokens,
                     max_concurrent_requests=cfg.max_concurrent_requests)
