@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine, GrammarFactory
@@ -67,3 +68,19 @@ def test_serve_regex_grammar_and_json_object(engine_and_grammars):
             assert isinstance(json.loads(event.text), dict)
         else:  # cut by max_new_tokens: still a valid prefix of an object
             assert event.text.startswith("{")
+
+
+def test_banned_tokens_pack_into_xgrammar_bitmask_words():
+    """A banned set (bit 31 of a word included, where int32 turns negative) masks exactly those tokens."""
+    import xgrammar
+
+    from groundup.infer.engine import StructuredOutput
+
+    vocab = 70
+    banned = torch.zeros(vocab, dtype=torch.bool)
+    banned[[0, 5, 31, 32, 63, 69]] = True
+    logits = torch.zeros(2, vocab)
+    words = StructuredOutput(compiled=None, banned=banned).allowed_words(vocab)
+    xgrammar.apply_token_bitmask_inplace(logits, words.expand(2, -1).contiguous(), indices=[1])
+    assert torch.isinf(logits[1]).nonzero().flatten().tolist() == [0, 5, 31, 32, 63, 69]
+    assert torch.isfinite(logits[0]).all()

@@ -375,6 +375,9 @@ class Engine:
         raw_logprobs = None
         if any(s.request.logprobs is not None for s in seqs):
             raw_logprobs = logits.log_softmax(-1)
+        constrained = [b for b, s in enumerate(seqs) if s.matcher is not None]
+        if constrained:
+            self._apply_grammars(seqs, logits, constrained)
         for b, seq in enumerate(seqs):
             try:
                 token = self._pick(seq, logits[b : b + 1])
@@ -392,17 +395,23 @@ class Engine:
                 log.exception("sampling failed")
                 self._finish(seq, "error", error=f"sampling: {e}")
 
-    def _pick(self, seq: _Sequence, logits: torch.Tensor) -> int:
-        params = seq.params
-        if seq.matcher is not None:
-            import xgrammar
+    def _apply_grammars(self, seqs: list[_Sequence], logits: torch.Tensor, rows: list[int]) -> None:
+        """Mask, in place, the tokens each constrained row's grammar (and its banned set) forbids: one
+        bitmask for the batch, one masking call."""
+        import xgrammar
 
-            banned = seq.request.grammar.banned
-            if banned is not None:
-                logits = logits.masked_fill(banned[: logits.shape[-1]], float("-inf"))
-            bitmask = xgrammar.allocate_token_bitmask(1, logits.shape[-1])
-            if seq.matcher.fill_next_token_bitmask(bitmask):
-                xgrammar.apply_token_bitmask_inplace(logits, bitmask)
+        bitmask = xgrammar.allocate_token_bitmask(logits.shape[0], logits.shape[-1])
+        for b in rows:
+            seq = seqs[b]
+            seq.matcher.fill_next_token_bitmask(bitmask, b)
+            allowed = seq.request.grammar.allowed_words(logits.shape[-1])
+            if allowed is not None:
+                bitmask[b] &= allowed
+        xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows)
+
+    def _pick(self, seq: _Sequence, logits: torch.Tensor) -> int:
+        """The next token from a row of logits (grammar masks already applied) under the request's sampling."""
+        params = seq.params
         prompt_t = output_t = None
         if params.uses_history:
             prompt_t = torch.tensor([seq.request.prompt_ids], dtype=torch.long)
@@ -482,6 +491,20 @@ class StructuredOutput:
 
     compiled: Any
     banned: torch.Tensor | None = None
+    _allowed: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def allowed_words(self, vocab_size: int) -> torch.Tensor | None:
+        """``~banned`` as xgrammar's bitmask words (int32, bit ``i % 32`` of word ``i // 32``), or None."""
+        if self.banned is None:
+            return None
+        if vocab_size not in self._allowed:
+            words = -(-vocab_size // 32)
+            allowed = torch.ones(words * 32, dtype=torch.int64)
+            n = min(vocab_size, self.banned.numel())
+            allowed[:n] = (~self.banned[:n]).long()
+            packed = (allowed.view(words, 32) << torch.arange(32)).sum(-1)
+            self._allowed[vocab_size] = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+        return self._allowed[vocab_size]
 
 
 def _make_matcher(compiled, stop_ids: set[int]):
