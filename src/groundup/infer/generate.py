@@ -255,6 +255,8 @@ class GenerationResult:
     """Tokens generated (len(token_ids))."""
     seconds: float
     """Wall-clock time of the generation, prefill included."""
+    draft_acceptance: float | None = None
+    """With a draft model: the share of its guessed tokens the model accepted."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -262,11 +264,15 @@ class GenerationResult:
 
 
 def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, params: SamplingParams, *,
-             on_text: Callable[[str], None] | None = None) -> GenerationResult:
+             on_text: Callable[[str], None] | None = None, draft: torch.nn.Module | None = None,
+             draft_tokens: int = 4) -> GenerationResult:
     """Continue ``prompt`` with ``model``; call ``on_text`` with each piece of text as soon as it is safe to show.
 
     The pieces passed to ``on_text`` join to exactly ``result.text``. An empty prompt starts a new
     document: the context is the EOS token alone (documents are separated by EOS in training data).
+    With ``draft`` (a smaller model on the same tokenizer), greedy decoding is speculative
+    (:mod:`groundup.infer.speculative`): ``draft_tokens`` guesses per round, checked by ``model`` in one
+    forward; the tokens are those of ``model`` alone, produced before the text is shown.
     """
     eos_id = tokenizer.eos_id
     prompt_ids = tokenizer.encode(prompt)
@@ -286,8 +292,20 @@ def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, para
     # closing(): leaving the loop early (EOS, stop string, an exception in on_text) frees the KV cache now.
     # Never sample ids the tokenizer lacks: the model's vocabulary may be padded beyond the tokenizer's.
     vocab_limit = min(getattr(tokenizer, "vocab_size", None) or model.config.vocab_size, model.config.vocab_size)
-    tokens = generate_tokens(model, prompt_ids, params, eos_id=eos_id, vocab_limit=vocab_limit)
-    with contextlib.closing(tokens):
+    acceptance = None
+    if draft is None:
+        tokens = generate_tokens(model, prompt_ids, params, eos_id=eos_id, vocab_limit=vocab_limit)
+        scope = contextlib.closing(tokens)
+    else:
+        from groundup.infer.speculative import speculative_generate
+
+        if not params.greedy or params.uses_history or params.logit_bias:
+            raise ValueError("speculative decoding (a draft model) is greedy decoding: set temperature 0, "
+                             "no repetition/presence/frequency penalties and no logit_bias")
+        spec = speculative_generate(model, draft, prompt_ids, max_new_tokens=params.max_new_tokens, k=draft_tokens,
+                                    eos_id=eos_id if params.stop_at_eos else None, vocab_limit=vocab_limit)
+        tokens, scope, acceptance = iter(spec.token_ids), contextlib.nullcontext(), spec.acceptance_rate
+    with scope:
         for token in tokens:
             token_ids.append(token)
             if params.stop_at_eos and token == eos_id:
@@ -303,7 +321,7 @@ def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, para
     emit(stream.finish())
     return GenerationResult(text=stream.text, token_ids=token_ids, finish_reason=finish_reason,
                             prompt_tokens=len(prompt_ids), completion_tokens=len(token_ids),
-                            seconds=time.perf_counter() - started)
+                            seconds=time.perf_counter() - started, draft_acceptance=acceptance)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -327,6 +345,11 @@ class Config:
     """'cpu', 'cuda', 'cuda:N', or 'auto' (CUDA when available)."""
     out: Path | None = None
     """Also write the samples to this JSONL file (one record per sample)."""
+    draft: Path | None = None
+    """A smaller model dir on the same tokenizer for speculative decoding (greedy only: temperature 0); the
+    output is the model's own greedy output, faster when the draft guesses well."""
+    draft_tokens: int = 4
+    """Tokens the draft model guesses per round."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -348,6 +371,12 @@ def run(cfg: Config) -> Path:
         raise FileNotFoundError(f"model dir not found: {model_dir} "
                                 f"(make one with `groundup run` or `groundup pretrain`)")
     model, tokenizer = load_model_dir(model_dir, device=cfg.device)
+    draft = None
+    if cfg.draft is not None:
+        draft, draft_tokenizer = load_model_dir(cfg.draft, device=cfg.device)
+        if draft_tokenizer.vocab_size != tokenizer.vocab_size or draft_tokenizer.encode(cfg.prompt or " ") != \
+                tokenizer.encode(cfg.prompt or " "):
+            raise ValueError(f"draft model {cfg.draft} does not share the tokenizer of {model_dir}")
 
     records = []
     for i in range(cfg.num_samples):
@@ -358,11 +387,13 @@ def run(cfg: Config) -> Path:
             _write_text("\n" + "-" * 40 + "\n")
         if cfg.echo:
             _write_text(cfg.prompt)
-        result = generate(model, tokenizer, cfg.prompt, params, on_text=_write_text)
+        result = generate(model, tokenizer, cfg.prompt, params, on_text=_write_text, draft=draft,
+                          draft_tokens=cfg.draft_tokens)
         _write_text("\n")
+        accepted = "" if result.draft_acceptance is None else f", draft accepted {result.draft_acceptance:.0%}"
         print(f"[sample {i + 1}/{cfg.num_samples}: {result.completion_tokens} tokens in {result.seconds:.2f} s, "
               f"{result.tokens_per_second:.1f} tokens/s, prompt {result.prompt_tokens} tokens, "
-              f"finish: {result.finish_reason}]", file=sys.stderr, flush=True)
+              f"finish: {result.finish_reason}{accepted}]", file=sys.stderr, flush=True)
         records.append({"sample": i, "prompt": cfg.prompt, **dataclasses.asdict(result),
                         "sampling": dataclasses.asdict(params)})
 
