@@ -89,3 +89,10 @@ def test_a_field_with_an_unresolvable_hint_is_refused():
     assert dataclasses.fields(ns["Config"])[1].name == "b"
     with pytest.raises(TypeError, match="cannot become command-line options"):  # jsonargparse drops every field
         configlib.build_parser(ns["Config"])
+
+
+def test_list_settings_take_a_single_value_too():
+    from groundup.curate import run as curate
+
+    assert configlib.parse(curate.Config, ["--input", "crawl/*.warc.gz"]).input == "crawl/*.warc.gz"
+    assert configlib.parse(curate.Config, ["--input", "[a.jsonl, b/]"]).input == ["a.jsonl", "b/"]

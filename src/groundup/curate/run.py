@@ -44,8 +44,9 @@ CURATE_FILES = {"stats.json", "config.yaml", "manifest.json"}
 class Config:
     """Curate web text: filter, redact and deduplicate WARC/WET, JSONL, Parquet or text into Parquet shards."""
 
-    input: list[str] = field(default_factory=list)
-    """Input files, folders (searched recursively) or glob patterns: .warc[.gz], .wet[.gz], .jsonl[.gz|.zst], .parquet, .txt."""
+    input: list[str] | str = field(default_factory=list)
+    """Input files, folders (searched recursively) or glob patterns: .warc[.gz], .wet[.gz], .jsonl[.gz|.zst], .parquet, .txt
+    (one, or a list: `--input '[a.warc.gz, b/]'`)."""
     out: Path = Path("runs/data")
     """Output directory (shards/, stats.json, config.yaml, manifest.json; dropped/ and jsonl/ when asked)."""
     format: str | None = None
@@ -212,7 +213,7 @@ def run(cfg: Config) -> Path:
     _check(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    files = list_inputs(list(cfg.input), cfg.format)
+    files = list_inputs([cfg.input] if isinstance(cfg.input, str) else list(cfg.input), cfg.format)
     if not files:
         raise FileNotFoundError(f"no input files found in {cfg.input}")
     work = out / "work"
