@@ -192,7 +192,15 @@ def load_model_weights(model, path: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected {unexpected[:5]}")
         raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts))
-    model.load_state_dict(state, strict=False)
+    if model.lm_head.weight.is_meta:  # built on the meta device: take the file's tensors, no copy
+        from groundup.model.transformer import finish_meta_load
+
+        dtype = model.lm_head.weight.dtype  # as a model built for real would hold them (float32)
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        finish_meta_load(model, str(path))
+    else:
+        model.load_state_dict(state, strict=False)
 
 
 def save_model_dir(out: str | Path, model, *, tokenizer_file: str | Path, stage: str, config: dict,
@@ -257,6 +265,9 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu"):
     from groundup.tokenizer import Tokenizer
 
     path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json"}, "model dir")
-    model = Transformer(read_model_config(path))
+    import torch
+
+    with torch.device("meta"):  # no random initialization: every weight comes from the file
+        model = Transformer(read_model_config(path))
     load_model_weights(model, path / "model.safetensors")
     return model.to(resolve_device(device)).eval(), Tokenizer.from_file(path / "tokenizer.json")

@@ -433,21 +433,14 @@ def from_transformers(hf_model) -> Transformer:
 def _build(tensors: dict[str, torch.Tensor], config: ModelConfig, layout: HFLayout, where: str) -> Transformer:
     """The model, float32, built on the meta device and given the converted tensors: a 7B import holds one
     copy of the weights, not a random initialization beside them."""
-    from groundup.model.transformer import rope_table
+    from groundup.model.transformer import finish_meta_load
 
     check_hf_tensors(tensors, config, layout, where)
     state = {k: v.to(torch.float32).contiguous() for k, v in from_hf_state_dict(tensors, config, layout).items()}
     with torch.device("meta"):
         model = Transformer(config)
     model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.tok_embeddings.weight
-    if config.position == "rope":  # non-persistent buffers are not in the state dict
-        model.rope_cos, model.rope_sin = rope_table(config)
-    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise RuntimeError(f"{where}: no value for {leftover[:5]} after conversion")
-    return model.eval()
+    return finish_meta_load(model, f"{where} after conversion").eval()
 
 
 # ---------------------------------------------------------------------------- folders

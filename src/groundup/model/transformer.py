@@ -250,3 +250,17 @@ def count_parameters(config: ModelConfig) -> int:
     with torch.device("meta"):
         model = Transformer(config)
     return model.num_parameters()
+
+
+def finish_meta_load(model: Transformer, where: str = "weights") -> Transformer:
+    """Complete a model built on the meta device whose parameters were loaded with ``assign=True``: tie the
+    head to the embeddings where configured, compute the RoPE tables (non-persistent buffers), and refuse
+    any tensor left without a value."""
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.tok_embeddings.weight
+    if model.config.position == "rope":
+        model.rope_cos, model.rope_sin = rope_table(model.config)
+    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"{where}: no value for {leftover[:5]}")
+    return model
