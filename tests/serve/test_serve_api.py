@@ -138,16 +138,23 @@ def test_serve_api_key(keyed_server):
         openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
 
 
-def test_serve_disconnect_cancels(live_server):
+def test_serve_disconnect_cancels(live_server, monkeypatch):
     """A client that leaves mid-stream cancels its request, freeing the slot; the server stays healthy."""
+    import time
+
     engine = live_server.state.engine
+    step = engine._decode_step
+
+    def slow_step():  # the tiny model decodes 64 tokens faster than a disconnect is noticed; slow it down
+        time.sleep(0.05)
+        step()
+
+    monkeypatch.setattr(engine, "_decode_step", slow_step)
     before = engine.stats.requests_cancelled
     body = {"model": "tiny", "prompt": "x", "max_tokens": 64, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", live_server.url + "/v1/completions", json=body, timeout=60) as r:
         for _ in zip(range(3), r.iter_lines(), strict=False):
             pass
-    import time
-
     deadline = time.time() + 20
     while engine.stats.requests_cancelled == before and time.time() < deadline:
         time.sleep(0.05)
