@@ -33,7 +33,6 @@ from groundup.finetune.data import (
     train_val,
 )
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +58,12 @@ def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
 
 
 def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,)."""
-    h = model.hidden_states(x)  # (B, T, C)
-    last = h[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, C)
-    return model.lm_head(last)
+    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,).
+
+    Through the model's ``forward`` (the head on every position, K wide: cheap), so that a DDP wrapper or
+    FSDP2's hooks see the call as they must under torchrun."""
+    logits = model(x)  # (B, T, K)
+    return logits[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
 def pad_texts(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +124,9 @@ def run(cfg: Config) -> Path:
     majority = max(counts.values()) / len(train_y)
     log.info("classifier: %d classes %s; %d training, %d held-out texts", len(names), counts, len(train), len(val))
 
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     model, device = s.model, s.device
 
@@ -144,18 +146,18 @@ def run(cfg: Config) -> Path:
     def evaluate(_model) -> dict[str, float]:
         return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device)
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: int(batch[1].sum()), evaluate=evaluate if val else None,
-                        autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: int(batch[1].sum()),
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval, "majority_accuracy": round(majority, 6),
                "labels": names, "data": stats.as_dict()}
+    meta = {"labels": names, "pooling": "last_token", "max_len": max_len, "pad_id": pad_id}
     common.save_result(cfg, s, stage="finetune-classify", summary=summary, keep_trainable=keep,
-                       inputs={"data": cfg.data}, peft_task="SEQ_CLS")
-    write_json(out / CLASSIFIER_FILE, {"labels": names, "pooling": "last_token", "max_len": max_len,
-                                       "pad_id": pad_id})
+                       inputs={"data": cfg.data}, peft_task="SEQ_CLS",
+                       write_more=lambda out: write_json(out / CLASSIFIER_FILE, meta))
     return out
 
 

@@ -42,7 +42,6 @@ from groundup.finetune.data import (
 )
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +132,23 @@ def run(cfg: Config) -> Path:
     stats = DataStats()
     train, val = train_val(lambda path: load_pairs(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", stats.as_dict())
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     model, device = s.model, s.device
 
-    # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once.
+    # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once. Under
+    # torchrun every rank computes all of it (FSDP needs every rank in each forward) and keeps it.
     model.eval()
     with s.autocast():
         ref_train = all_logps(model, train, pad_id, cfg.batch_size, device)
         ref_val = all_logps(model, val, pad_id, cfg.batch_size, device) if val else (torch.zeros(0),) * 2
     from safetensors.torch import save_file
 
-    save_file({"train_chosen": ref_train[0], "train_rejected": ref_train[1], "val_chosen": ref_val[0],
-               "val_rejected": ref_val[1]}, str(out / REFERENCE_FILE))
+    if s.is_main:
+        save_file({"train_chosen": ref_train[0], "train_rejected": ref_train[1], "val_chosen": ref_val[0],
+                   "val_rejected": ref_val[1]}, str(out / REFERENCE_FILE))
     log.info("DPO: %d training and %d held-out pairs; reference log-probabilities cached", len(train), len(val))
 
     def collate(indices: list[int]):
@@ -169,13 +171,14 @@ def run(cfg: Config) -> Path:
         loss, metrics = dpo_loss(pol_c, pol_r, ref_val[0], ref_val[1], cfg.beta, cfg.label_smoothing)
         return {"val_loss": round(float(loss), 6), **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: batch[4],
-                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[4],
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, "beta": cfg.beta, **result.last_eval, "data": stats.as_dict()}
-    common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data})
-    write_chat_template(out, template)  # the template the pairs were rendered with travels with the model
+    # the template the pairs were rendered with travels with the model
+    common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data},
+                       write_more=lambda out: write_chat_template(out, template))
     return out

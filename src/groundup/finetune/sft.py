@@ -34,7 +34,6 @@ from groundup.finetune.data import (
 )
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,9 @@ def run(cfg: Config) -> Path:
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     log.info("SFT: %d training and %d held-out conversations; %s", len(train), len(val), stats.as_dict())
 
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", stats.as_dict())
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     sampler = ExampleBatches([len(e) for e in train], cfg.batch_size, collate(train, pad_id), seed=cfg.seed,
                              group_by_length=cfg.group_by_length)
@@ -109,13 +109,14 @@ def run(cfg: Config) -> Path:
         loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device)
         return {"val_loss": round(loss, 6), "val_perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: batch[2], evaluate=evaluate if val else None,
-                        autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[2],
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval, "data": stats.as_dict()}
-    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data})
-    write_chat_template(out, template)
+    # the template the conversations were rendered with travels with the model
+    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data},
+                       write_more=lambda out: write_chat_template(out, template))
     return out
