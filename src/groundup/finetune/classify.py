@@ -115,7 +115,7 @@ def run(cfg: Config) -> Path:
 
     keep = (HEAD,)
     s = common.setup(cfg, adapt=lambda m: add_class_head(m, len(names)), keep_trainable=keep)
-    max_len = cfg.max_len or s.model.config.block_size
+    max_len = cfg.max_len or s.config.block_size
     train_seqs = encode_texts(s.tokenizer, [t for t, _ in train], max_len, stats)
     val_seqs = encode_texts(s.tokenizer, [t for t, _ in val], max_len, stats)
     train_y = [index[label] for _, label in train]

@@ -34,13 +34,14 @@ from groundup.artifacts import (
     save_model_dir,
     write_json,
 )
+from groundup.model.config import ModelConfig
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
 from groundup.model.transformer import Transformer
 from groundup.parallel.apply_ac import remove_ac
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
 from groundup.parallel.env import ParallelState, init_distributed
-from groundup.parallel.parallelize import parallelize, unwrap
+from groundup.parallel.parallelize import parallelize
 from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig
 from groundup.train.optim import OptimConfig, build_optimizer
@@ -110,6 +111,8 @@ class JsonlConfig(BaseConfig):
 class Setup:
     model: torch.nn.Module
     """The model to train: the loaded one, or under torchrun wrapped (DDP) or sharded in place (FSDP2, TP)."""
+    config: ModelConfig
+    """The model's shape (after ``adapt``: a classifier's head)."""
     tokenizer: object
     device: torch.device
     autocast: object
@@ -156,6 +159,7 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
         model = adapt(model)
     names = apply_lora(model, cfg.lora, trainable=keep_trainable) if cfg.lora.enabled else []
     model = model.to(device)
+    model_cfg = model.config
     trainable, total = count_parameters(model)
     if env.is_main:
         log.info("%s: %s trainable of %s parameters (%.2f%%)%s", cfg.model, f"{trainable:,}", f"{total:,}",
@@ -172,7 +176,7 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
             apply_lora(plain, cfg.lora, trainable=keep_trainable)
         return plain
 
-    return Setup(model, tokenizer, device, autocast_for(device, cfg.precision), names, trainable, total,
+    return Setup(model, model_cfg, tokenizer, device, autocast_for(device, cfg.precision), names, trainable, total,
                  parallel, rebuild)
 
 
@@ -208,7 +212,7 @@ def final_model(s: Setup) -> torch.nn.Module | None:
     model, adapters included, so the files written are those of one process.
     """
     if s.parallel.distributed:
-        return gather_full_model(s.model, unwrap(s.model).config, build=s.rebuild)
+        return gather_full_model(s.model, s.config, build=s.rebuild)
     return remove_ac(s.model).cpu()
 
 

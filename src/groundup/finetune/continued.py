@@ -72,11 +72,11 @@ def run(cfg: Config) -> Path:
     check_tokenizer(tokens_dir, meta, cfg.model)
     s = common.setup(cfg)
     model, device = s.model, s.device
-    if int(meta["vocab_size"]) > model.config.vocab_size:
-        raise ValueError(f"{tokens_dir} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
-    seq_len = cfg.seq_len or model.config.block_size
-    if seq_len > model.config.block_size:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {model.config.block_size}")
+    if int(meta["vocab_size"]) > s.config.vocab_size:
+        raise ValueError(f"{tokens_dir} has {meta['vocab_size']} token ids, the model only {s.config.vocab_size}")
+    seq_len = cfg.seq_len or s.config.block_size
+    if seq_len > s.config.block_size:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {s.config.block_size}")
     train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
     sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
     out = common.prepare_out(cfg, s)

@@ -128,7 +128,7 @@ def all_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch
 def run(cfg: Config) -> Path:
     s = common.setup(cfg)
     template = read_chat_template(cfg.model)
-    max_len = cfg.max_len or s.model.config.block_size
+    max_len = cfg.max_len or s.config.block_size
     stats = DataStats()
     train, val = train_val(lambda path: load_pairs(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
@@ -138,6 +138,9 @@ def run(cfg: Config) -> Path:
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     model, device = s.model, s.device
 
+    # Before any forward: FSDP2 keeps the last block's parameters gathered after a forward until backward, and
+    # an optimizer made then would hold those gathered copies instead of the sharded parameters.
+    optimizer = common.optimizer_for(cfg, s)
     # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once. Under
     # torchrun every rank computes all of it (FSDP needs every rank in each forward) and keeps it.
     model.eval()
@@ -171,7 +174,7 @@ def run(cfg: Config) -> Path:
         loss, metrics = dpo_loss(pol_c, pol_r, ref_val[0], ref_val[1], cfg.beta, cfg.label_smoothing)
         return {"val_loss": round(float(loss), 6), **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
 
-    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+    result = train_loop(model=model, optimizer=optimizer, sampler=common.rank_sampler(sampler, s),
                         loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
                         tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[4],
                         evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,

@@ -85,9 +85,9 @@ def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, 
 def run(cfg: Config) -> Path:
     s = common.setup(cfg)
     template = cfg.chat_template.read_text(encoding="utf-8") if cfg.chat_template else read_chat_template(cfg.model)
-    max_len = cfg.max_len or s.model.config.block_size
-    if max_len > s.model.config.block_size:
-        raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.model.config.block_size}")
+    max_len = cfg.max_len or s.config.block_size
+    if max_len > s.config.block_size:
+        raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.config.block_size}")
     stats = DataStats()
     train, val = train_val(lambda path: load_examples(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
