@@ -1,7 +1,7 @@
 """Fine-tuning on 2 gloo processes (CPU), through the `groundup finetune` command line: LoRA SFT under DDP
-equals one process with 2x accumulation (losses, held-out losses, adapter files, merged weights); LoRA SFT
-and full-weight DPO under FSDP2 equal DDP; a LoRA classifier under DDP and continued pretraining under FSDP2
-equal one process; checkpoints resume on the other number of ranks."""
+equals one process with 2x accumulation (losses, held-out losses, adapter files, merged weights), and LoRA
+SFT under FSDP2 equals DDP; full-weight DPO under DDP and FSDP2, a LoRA classifier under DDP and continued
+pretraining under FSDP2 equal one process; checkpoints resume on the other number of ranks."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
-    """In this process (accumulation 2): LoRA SFT, a LoRA classifier, continued pretraining, and the LoRA SFT's
+    """In this process (accumulation 2): LoRA SFT, full-weight DPO, a LoRA classifier, continued pretraining, and the LoRA SFT's
     step-3 checkpoint of 2 DDP ranks resumed. On 2 ranks, in one launch: LoRA SFT under DDP and under FSDP2,
     full-weight DPO under DDP and under FSDP2, the LoRA classifier under DDP, continued pretraining under
     FSDP2, and the one-process SFT's step-3 checkpoint resumed on 2 FSDP2 ranks."""
@@ -83,12 +83,13 @@ def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
     clf_data = write_jsonl(root / "classify.jsonl", [
         {"text": q, "label": "fruit first" if q.split()[1] == a else "animal first"} for q, a in items])
     out = {name: root / name for name in ("single", "ddp", "fsdp", "one_to_two", "two_to_one", "dpo_ddp",
-                                          "dpo_fsdp", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
+                                          "dpo_fsdp", "dpo_single", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
     out["base"] = base
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert finetune(sft_args(base, sft_data, out["single"])) == 0
+        assert finetune(dpo_args(base, dpo_data, out["dpo_single"])) == 0
         assert finetune(classify_args(base, clf_data, out["clf_single"])) == 0
         assert finetune(continue_args(base, spine_tokens, out["cont_single"])) == 0
         torchrun([
@@ -151,15 +152,18 @@ def test_lora_sft_under_fsdp2_equals_ddp_and_shards_frozen_and_adapter_weights(r
     assert optim and all(".lora_A." in k or ".lora_B." in k for k in optim), sorted(optim)[:4]
 
 
-def test_full_weight_dpo_under_fsdp2_equals_ddp(runs):
-    ddp, fsdp = runs["dpo_ddp"], runs["dpo_fsdp"]
-    for key in ("loss", "reward_margin", "preference_accuracy"):
-        assert_close(column(ddp, key), column(fsdp, key), range(1, STEPS + 1))
-    assert_close(column(ddp, "val_loss"), column(fsdp, "val_loss"), (3, STEPS))
-    assert max_difference(tensors(ddp / "model.safetensors"), tensors(fsdp / "model.safetensors")) < 1e-5
-    a, b = tensors(ddp / "reference_logps.safetensors"), tensors(fsdp / "reference_logps.safetensors")
-    assert max_difference(a, b) < 1e-5 and a["train_chosen"].numel() > 0
-    assert not (ddp / "adapter").exists()
+def test_full_weight_dpo_on_two_ranks_equals_one_process_under_ddp_and_fsdp2(runs):
+    single = runs["dpo_single"]
+    # the reference log-probabilities, computed once with the batches shared by the ranks, are one process's
+    reference = tensors(single / "reference_logps.safetensors")
+    assert reference["train_chosen"].numel() > 0 and reference["val_chosen"].numel() > 0
+    for name in ("dpo_ddp", "dpo_fsdp"):
+        assert max_difference(reference, tensors(runs[name] / "reference_logps.safetensors")) < 1e-5, name
+        for key in ("loss", "reward_margin", "preference_accuracy"):
+            assert_close(column(single, key), column(runs[name], key), range(1, STEPS + 1))
+        assert_close(column(single, "val_loss"), column(runs[name], "val_loss"), (3, STEPS))
+        assert max_difference(tensors(single / "model.safetensors"), tensors(runs[name] / "model.safetensors")) < 1e-5
+    assert not (runs["dpo_ddp"] / "adapter").exists()
 
 
 def test_lora_classifier_under_ddp_and_continued_pretraining_under_fsdp2_equal_one_process(runs):

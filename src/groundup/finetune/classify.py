@@ -32,6 +32,7 @@ from groundup.finetune.data import (
     read_jsonl,
     train_val,
 )
+from groundup.parallel.data import spread_batches
 from groundup.train.loop import train_loop
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,21 @@ def encode_texts(tokenizer, texts: list[str], max_len: int, stats: DataStats | N
 
 @torch.no_grad()
 def evaluate_classifier(model, seqs: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
-                        device) -> dict[str, float]:
-    loss, correct = 0.0, 0
-    for i in range(0, len(seqs), batch_size):
-        x, lengths = pad_texts(seqs[i : i + batch_size], pad_id)
-        y = torch.tensor(labels[i : i + batch_size], device=device)
+                        device, parallel=None) -> dict[str, float]:
+    """Held-out loss and accuracy (the batches shared by the data-parallel ranks under torchrun: ``parallel``)."""
+    starts = range(0, len(seqs), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, lengths = pad_texts(seqs[starts[k] : starts[k] + batch_size], pad_id)
+        y = torch.tensor(labels[starts[k] : starts[k] + batch_size], device=device)
         logits = class_logits(model, x.to(device), lengths.to(device)).float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
+        loss = F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        return torch.stack([loss, (logits.argmax(-1) == y).sum().double().cpu()])
+
+    loss, correct = 0.0, 0
+    for batch_loss, batch_correct in spread_batches(parallel, [2] * len(starts), score, dtype=torch.float64):
+        loss += float(batch_loss)
+        correct += int(batch_correct)
     return {"val_loss": round(loss / len(seqs), 6), "val_accuracy": round(correct / len(seqs), 6)}
 
 
@@ -144,7 +152,7 @@ def run(cfg: Config) -> Path:
         return F.cross_entropy(logits, y), {"accuracy": accuracy}
 
     def evaluate(_model) -> dict[str, float]:
-        return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device)
+        return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device, s.loop_parallel)
 
     result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
                         loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,

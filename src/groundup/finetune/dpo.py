@@ -40,6 +40,7 @@ from groundup.finetune.data import (
     train_val,
     truncate,
 )
+from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
 
@@ -113,15 +114,22 @@ def dpo_loss(policy_c, policy_r, ref_c, ref_r, beta: float, label_smoothing: flo
 
 
 @torch.no_grad()
-def all_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(chosen) and log pi(rejected) of every pair, (N,) each."""
+def all_logps(model, pairs, pad_id: int, batch_size: int, device, parallel=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(chosen) and log pi(rejected) of every pair, (N,) each (the batches shared by the data-parallel
+    ranks under torchrun: ``parallel``; every rank gets all of them)."""
+    starts = range(0, len(pairs), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, y = pair_batch(pairs, list(range(starts[k], min(starts[k] + batch_size, len(pairs)))), pad_id)
+        return sequence_logps(model, x.to(device), y.to(device)).float()
+
+    sizes = [2 * (min(start + batch_size, len(pairs)) - start) for start in starts]
     chosen, rejected = [], []
-    for i in range(0, len(pairs), batch_size):
-        idx = list(range(i, min(i + batch_size, len(pairs))))
-        x, y = pair_batch(pairs, idx, pad_id)
-        logps = sequence_logps(model, x.to(device), y.to(device)).cpu()
-        chosen.append(logps[: len(idx)])
-        rejected.append(logps[len(idx) :])
+    for logps in spread_batches(parallel, sizes, score):
+        chosen.append(logps[: len(logps) // 2])
+        rejected.append(logps[len(logps) // 2 :])
+    if not chosen:
+        return torch.zeros(0), torch.zeros(0)
     return torch.cat(chosen), torch.cat(rejected)
 
 
@@ -142,11 +150,11 @@ def run(cfg: Config) -> Path:
     # an optimizer made then would hold those gathered copies instead of the sharded parameters.
     optimizer = common.optimizer_for(cfg, s)
     # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once. Under
-    # torchrun every rank computes all of it (FSDP needs every rank in each forward) and keeps it.
+    # torchrun the data-parallel ranks share the batches and every rank keeps all of it.
     model.eval()
     with s.autocast():
-        ref_train = all_logps(model, train, pad_id, cfg.batch_size, device)
-        ref_val = all_logps(model, val, pad_id, cfg.batch_size, device) if val else (torch.zeros(0),) * 2
+        ref_train = all_logps(model, train, pad_id, cfg.batch_size, device, s.loop_parallel)
+        ref_val = all_logps(model, val, pad_id, cfg.batch_size, device, s.loop_parallel) if val else (torch.zeros(0),) * 2
     from safetensors.torch import save_file
 
     if s.is_main:
@@ -170,7 +178,7 @@ def run(cfg: Config) -> Path:
         return dpo_loss(logps[:n], logps[n:], ref_c.to(device), ref_r.to(device), cfg.beta, cfg.label_smoothing)
 
     def evaluate(_model) -> dict[str, float]:
-        pol_c, pol_r = all_logps(_model, val, pad_id, cfg.batch_size, device)
+        pol_c, pol_r = all_logps(_model, val, pad_id, cfg.batch_size, device, s.loop_parallel)
         loss, metrics = dpo_loss(pol_c, pol_r, ref_val[0], ref_val[1], cfg.beta, cfg.label_smoothing)
         return {"val_loss": round(float(loss), 6), **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
 

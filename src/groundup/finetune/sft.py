@@ -32,6 +32,7 @@ from groundup.finetune.data import (
     train_val,
     truncate,
 )
+from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
 
@@ -71,14 +72,22 @@ def collate(examples: list[Example], pad_id: int):
 
 
 @torch.no_grad()
-def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, device) -> tuple[float, int]:
-    """Mean loss per trained token over ``examples`` and the number of trained tokens."""
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        x, y = pad_batch(examples[i : i + batch_size], pad_id)
+def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, device,
+                  parallel=None) -> tuple[float, int]:
+    """Mean loss per trained token over ``examples`` and the number of trained tokens (the batches shared
+    by the data-parallel ranks under torchrun: ``parallel``)."""
+    starts = range(0, len(examples), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, y = pad_batch(examples[starts[k] : starts[k] + batch_size], pad_id)
         n = int((y != IGNORE_INDEX).sum())
-        total += float(model(x.to(device), targets=y.to(device))) * n
-        count += n
+        loss = model(x.to(device), targets=y.to(device)).detach().double().cpu()
+        return torch.stack([loss, torch.tensor(float(n), dtype=torch.float64)])
+
+    total, count = 0.0, 0
+    for loss, n in spread_batches(parallel, [2] * len(starts), score, dtype=torch.float64):
+        total += float(loss) * int(n)
+        count += int(n)
     return total / max(count, 1), count
 
 
@@ -106,7 +115,7 @@ def run(cfg: Config) -> Path:
         return _model(x.to(device), targets=y.to(device))
 
     def evaluate(_model) -> dict[str, float]:
-        loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device)
+        loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device, s.loop_parallel)
         return {"val_loss": round(loss, 6), "val_perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
     result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
