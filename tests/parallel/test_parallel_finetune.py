@@ -69,7 +69,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
-    """In this process (accumulation 2): LoRA SFT, full-weight DPO, a LoRA classifier, continued pretraining, and the LoRA SFT's
+    """In this process (accumulation 2): LoRA SFT (also with activation checkpointing), full-weight DPO, a LoRA classifier, continued pretraining, and the LoRA SFT's
     step-3 checkpoint of 2 DDP ranks resumed. On 2 ranks, in one launch: LoRA SFT under DDP and under FSDP2,
     full-weight DPO under DDP and under FSDP2, the LoRA classifier under DDP, continued pretraining under
     FSDP2, and the one-process SFT's step-3 checkpoint resumed on 2 FSDP2 ranks."""
@@ -83,13 +83,14 @@ def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
     clf_data = write_jsonl(root / "classify.jsonl", [
         {"text": q, "label": "fruit first" if q.split()[1] == a else "animal first"} for q, a in items])
     out = {name: root / name for name in ("single", "ddp", "fsdp", "one_to_two", "two_to_one", "dpo_ddp",
-                                          "dpo_fsdp", "dpo_single", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
+                                          "dpo_fsdp", "dpo_single", "single_ac", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
     out["base"] = base
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert finetune(sft_args(base, sft_data, out["single"])) == 0
         assert finetune(dpo_args(base, dpo_data, out["dpo_single"])) == 0
+        assert finetune(sft_args(base, sft_data, out["single_ac"], "--parallel.activation_checkpointing", "full")) == 0
         assert finetune(classify_args(base, clf_data, out["clf_single"])) == 0
         assert finetune(continue_args(base, spine_tokens, out["cont_single"])) == 0
         torchrun([
@@ -191,6 +192,15 @@ def test_checkpoints_resume_on_the_other_number_of_ranks(runs):
         diff = max_difference(tensors(runs["single"] / "adapter/adapter.safetensors"),
                               tensors(runs[name] / "adapter/adapter.safetensors"))
         assert diff < 1e-5, name
+
+
+def test_activation_checkpointing_in_one_process_changes_nothing_but_memory(runs):
+    single, ac = runs["single"], runs["single_ac"]
+    assert_close(column(single, "loss"), column(ac, "loss"), range(1, STEPS + 1), tol=0.0)
+    # the adapter files name the model file's modules, not the checkpoint wrapper's
+    assert json.loads((ac / "adapter/adapter.json").read_text()) == json.loads((single / "adapter/adapter.json").read_text())
+    for name in ("adapter/adapter.safetensors", "adapter/adapter_model.safetensors", "model.safetensors"):
+        assert max_difference(tensors(single / name), tensors(ac / name)) == 0.0, name
 
 
 def test_tensor_parallel_with_lora_is_refused(tmp_path, runs):
