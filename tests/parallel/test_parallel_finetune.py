@@ -1,7 +1,8 @@
 """Fine-tuning on 2 gloo processes (CPU), through the `groundup finetune` command line: LoRA SFT under DDP
 equals one process with 2x accumulation (losses, held-out losses, adapter files, merged weights), and LoRA
-SFT under FSDP2 equals DDP; full-weight DPO under DDP and FSDP2, a LoRA classifier under DDP and continued
-pretraining under FSDP2 equal one process; checkpoints resume on the other number of ranks."""
+SFT under FSDP2 equals DDP; full-weight SFT tensor parallel, full-weight DPO under DDP and FSDP2, a LoRA
+classifier under DDP and continued pretraining under FSDP2 equal one process; checkpoints resume on the
+other number of ranks."""
 
 from __future__ import annotations
 
@@ -69,10 +70,11 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
-    """In this process (accumulation 2): LoRA SFT (also with activation checkpointing), full-weight DPO, a LoRA classifier, continued pretraining, and the LoRA SFT's
-    step-3 checkpoint of 2 DDP ranks resumed. On 2 ranks, in one launch: LoRA SFT under DDP and under FSDP2,
-    full-weight DPO under DDP and under FSDP2, the LoRA classifier under DDP, continued pretraining under
-    FSDP2, and the one-process SFT's step-3 checkpoint resumed on 2 FSDP2 ranks."""
+    """In this process (accumulation 2): LoRA SFT (also with activation checkpointing), full-weight SFT and
+    DPO, a LoRA classifier, continued pretraining, and the LoRA SFT's step-3 checkpoint of 2 DDP ranks resumed.
+    On 2 ranks, in one launch: LoRA SFT under DDP and under FSDP2, full-weight SFT tensor parallel, full-weight
+    DPO under DDP and under FSDP2, the LoRA classifier under DDP, continued pretraining under FSDP2, and the
+    one-process SFT's step-3 checkpoint resumed on 2 FSDP2 ranks."""
     root = tmp_path_factory.mktemp("parallel-finetune")
     base = make_base(root / "base", spine_tokenizer, "llama")
     items = fruit_items()[:48]
@@ -83,7 +85,7 @@ def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
     clf_data = write_jsonl(root / "classify.jsonl", [
         {"text": q, "label": "fruit first" if q.split()[1] == a else "animal first"} for q, a in items])
     out = {name: root / name for name in ("single", "ddp", "fsdp", "one_to_two", "two_to_one", "dpo_ddp",
-                                          "dpo_fsdp", "dpo_single", "single_ac", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
+                                          "dpo_fsdp", "dpo_single", "single_ac", "full", "full_tp", "clf_single", "clf_ddp", "cont_single", "cont_fsdp")}
     out["base"] = base
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -91,6 +93,7 @@ def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
         assert finetune(sft_args(base, sft_data, out["single"])) == 0
         assert finetune(dpo_args(base, dpo_data, out["dpo_single"])) == 0
         assert finetune(sft_args(base, sft_data, out["single_ac"], "--parallel.activation_checkpointing", "full")) == 0
+        assert finetune(sft_args(base, sft_data, out["full"], "--lora.enabled", "false")) == 0
         assert finetune(classify_args(base, clf_data, out["clf_single"])) == 0
         assert finetune(continue_args(base, spine_tokens, out["cont_single"])) == 0
         torchrun([
@@ -100,6 +103,8 @@ def runs(spine_tokenizer, spine_tokens, tmp_path_factory) -> dict[str, Path]:
                                   "--train.resume", str(out["single"] / "checkpoints" / "step-000003"))},
             {"finetune": dpo_args(base, dpo_data, out["dpo_ddp"], "--parallel.data_parallel", "ddp")},
             {"finetune": dpo_args(base, dpo_data, out["dpo_fsdp"], "--parallel.data_parallel", "fsdp")},
+            {"finetune": sft_args(base, sft_data, out["full_tp"], "--lora.enabled", "false",
+                                  "--parallel.tensor_parallel", "2")},
             {"finetune": classify_args(base, clf_data, out["clf_ddp"], "--parallel.data_parallel", "ddp")},
             {"finetune": continue_args(base, spine_tokens, out["cont_fsdp"], "--parallel.data_parallel", "fsdp")},
         ])
@@ -192,6 +197,14 @@ def test_checkpoints_resume_on_the_other_number_of_ranks(runs):
         diff = max_difference(tensors(runs["single"] / "adapter/adapter.safetensors"),
                               tensors(runs[name] / "adapter/adapter.safetensors"))
         assert diff < 1e-5, name
+
+
+def test_full_weight_sft_tensor_parallel_on_two_ranks_equals_one_process(runs):
+    single, tp = runs["full"], runs["full_tp"]
+    assert_close(column(single, "loss"), column(tp, "loss"), range(1, STEPS + 1))
+    assert_close(column(single, "val_loss"), column(tp, "val_loss"), (3, STEPS))
+    # saved in the model file's layout (the fused qkv / gate-up rows put back)
+    assert max_difference(tensors(single / "model.safetensors"), tensors(tp / "model.safetensors")) < 1e-5
 
 
 def test_activation_checkpointing_in_one_process_changes_nothing_but_memory(runs):
