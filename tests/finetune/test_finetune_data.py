@@ -130,3 +130,16 @@ def test_batches_resume_where_they_stopped():
     assert first + [c.next_batch() for _ in range(4)] == straight
     epoch = sorted(i for batch in straight[:4] for i in batch)
     assert epoch == list(range(10))  # an epoch visits each example once
+
+
+def test_batches_are_numbered_and_older_states_read_the_same():
+    lengths = [5, 9, 3, 7, 12, 4, 8, 6, 10, 2]
+    a = ExampleBatches(lengths, 3, list, seed=1)
+    straight = [a.next_batch() for _ in range(9)]
+    # batch k is a pure function of (seed, k), in any order: what each rank under torchrun takes
+    b = ExampleBatches(lengths, 3, list, seed=1)
+    assert [b.batch(k) for k in (8, 0, 5, 4)] == [straight[k] for k in (8, 0, 5, 4)] and b.batches == 0
+    assert a.state_dict() == {"batches": 9, "epoch": 2, "seed": 1}
+    c = ExampleBatches(lengths, 3, list, seed=1)
+    c.load_state_dict({"epoch": 1, "position": 2, "seed": 1})  # the form checkpoints had before numbering
+    assert c.batches == 6 and c.next_batch() == straight[6]

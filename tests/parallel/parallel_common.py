@@ -1,6 +1,13 @@
-"""The tiny pretrain configuration the parallel tests share (a Llama-style model: fused qkv and SwiGLU fc)."""
+"""What the parallel tests share: the tiny pretrain configuration (a Llama-style model: fused qkv and SwiGLU
+fc) and the launcher of 2 gloo ranks."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from groundup.model.config import ModelConfig
 from groundup.parallel.config import ParallelConfig
@@ -22,3 +29,20 @@ def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=2, seq_len=32, eval_windows=2, final_eval_stride=32, device=device, compile=compile,
                            seed=7)
+
+
+HERE = Path(__file__).parent
+SRC = HERE.parents[1] / "src"
+
+
+def torchrun(runs: list[dict], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Launch 2 gloo ranks of parallel_worker.py doing ``runs`` one after the other (see its docstring)."""
+    runs = [{k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for run in runs]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "parallel_worker.py"), json.dumps(runs)]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
+    if check and done.returncode != 0:
+        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    return done

@@ -1,7 +1,8 @@
-"""Run under torchrun by the parallel tests: several pretrain runs in one process group.
+"""Run under torchrun by the parallel tests: several pretrain or fine-tuning runs in one process group.
 
 argv[1]: a JSON list of runs, each {"out": ..., "tokens": ..., plus overrides of the test config}.
 A run may ask for {"nan_at_call": N, "nan_rank": R}: that rank's N-th forward returns a NaN loss.
+A fine-tuning run is {"finetune": [METHOD, "--flag", "value", ...]}: the `groundup finetune` command line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from groundup.train import pretrain  # noqa: E402
 
 def main() -> None:
     for run in json.loads(sys.argv[1]):
+        if "finetune" in run:
+            from groundup.finetune.stage import main as finetune
+
+            finetune(run["finetune"])
+            continue
         nan_at = run.pop("nan_at_call", None)
         nan_rank = run.pop("nan_rank", 0)
         original = Transformer.forward

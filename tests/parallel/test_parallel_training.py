@@ -4,35 +4,16 @@ checkpoints that reshard 2 -> 1 and 1 -> 2 ranks, a NaN on one rank survived, a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from parallel_common import make_config
+from parallel_common import make_config, torchrun
 from safetensors.torch import load_file
 
 from groundup.train import checkpoint as ckpt
 from groundup.train import pretrain
-
-HERE = Path(__file__).parent
-SRC = HERE.parents[1] / "src"
-
-
-def torchrun(runs: list[dict], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Launch 2 gloo ranks of parallel_worker.py doing ``runs`` one after the other."""
-    runs = [{k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for run in runs]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "parallel_worker.py"), json.dumps(runs)]
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
-                **(env or {})}
-    done = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
-    if check and done.returncode != 0:
-        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    return done
 
 
 def losses(run_dir: Path) -> dict[int, float]:

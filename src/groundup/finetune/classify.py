@@ -32,8 +32,8 @@ from groundup.finetune.data import (
     read_jsonl,
     train_val,
 )
+from groundup.parallel.data import spread_batches
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
 
 
 def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,)."""
-    h = model.hidden_states(x)  # (B, T, C)
-    last = h[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, C)
-    return model.lm_head(last)
+    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,).
+
+    Through the model's ``forward`` (the head on every position, K wide: cheap), so that a DDP wrapper or
+    FSDP2's hooks see the call as they must under torchrun."""
+    logits = model(x)  # (B, T, K)
+    return logits[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
 def pad_texts(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,14 +88,21 @@ def encode_texts(tokenizer, texts: list[str], max_len: int, stats: DataStats | N
 
 @torch.no_grad()
 def evaluate_classifier(model, seqs: list[list[int]], labels: list[int], pad_id: int, batch_size: int,
-                        device) -> dict[str, float]:
-    loss, correct = 0.0, 0
-    for i in range(0, len(seqs), batch_size):
-        x, lengths = pad_texts(seqs[i : i + batch_size], pad_id)
-        y = torch.tensor(labels[i : i + batch_size], device=device)
+                        device, parallel=None) -> dict[str, float]:
+    """Held-out loss and accuracy (the batches shared by the data-parallel ranks under torchrun: ``parallel``)."""
+    starts = range(0, len(seqs), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, lengths = pad_texts(seqs[starts[k] : starts[k] + batch_size], pad_id)
+        y = torch.tensor(labels[starts[k] : starts[k] + batch_size], device=device)
         logits = class_logits(model, x.to(device), lengths.to(device)).float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
+        loss = F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        return torch.stack([loss, (logits.argmax(-1) == y).sum().double().cpu()])
+
+    loss, correct = 0.0, 0
+    for batch_loss, batch_correct in spread_batches(parallel, [2] * len(starts), score, dtype=torch.float64):
+        loss += float(batch_loss)
+        correct += int(batch_correct)
     return {"val_loss": round(loss / len(seqs), 6), "val_accuracy": round(correct / len(seqs), 6)}
 
 
@@ -114,7 +123,7 @@ def run(cfg: Config) -> Path:
 
     keep = (HEAD,)
     s = common.setup(cfg, adapt=lambda m: add_class_head(m, len(names)), keep_trainable=keep)
-    max_len = cfg.max_len or s.model.config.block_size
+    max_len = cfg.max_len or s.config.block_size
     train_seqs = encode_texts(s.tokenizer, [t for t, _ in train], max_len, stats)
     val_seqs = encode_texts(s.tokenizer, [t for t, _ in val], max_len, stats)
     train_y = [index[label] for _, label in train]
@@ -123,8 +132,9 @@ def run(cfg: Config) -> Path:
     majority = max(counts.values()) / len(train_y)
     log.info("classifier: %d classes %s; %d training, %d held-out texts", len(names), counts, len(train), len(val))
 
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     model, device = s.model, s.device
 
@@ -142,20 +152,20 @@ def run(cfg: Config) -> Path:
         return F.cross_entropy(logits, y), {"accuracy": accuracy}
 
     def evaluate(_model) -> dict[str, float]:
-        return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device)
+        return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device, s.loop_parallel)
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: int(batch[1].sum()), evaluate=evaluate if val else None,
-                        autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: int(batch[1].sum()),
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval, "majority_accuracy": round(majority, 6),
                "labels": names, "data": stats.as_dict()}
+    meta = {"labels": names, "pooling": "last_token", "max_len": max_len, "pad_id": pad_id}
     common.save_result(cfg, s, stage="finetune-classify", summary=summary, keep_trainable=keep,
-                       inputs={"data": cfg.data}, peft_task="SEQ_CLS")
-    write_json(out / CLASSIFIER_FILE, {"labels": names, "pooling": "last_token", "max_len": max_len,
-                                       "pad_id": pad_id})
+                       inputs={"data": cfg.data}, peft_task="SEQ_CLS",
+                       write_more=lambda out: write_json(out / CLASSIFIER_FILE, meta))
     return out
 
 

@@ -6,6 +6,11 @@ The output of every method is a model dir (``groundup generate``, ``serve``, ``e
 :func:`groundup.model.lora.load_adapter`) and in PEFT's (``adapter_config.json`` +
 ``adapter_model.safetensors`` with Hugging Face module names). The model dir's weights are the
 adapters merged into the base, so nothing downstream needs to know LoRA was used.
+
+Under ``torchrun`` every method runs data-parallel exactly like ``groundup pretrain`` (see
+docs/distributed.md): :func:`setup` joins the process group and wraps the model (DDP, FSDP2, tensor
+parallel) after LoRA is applied, :func:`rank_sampler` gives each rank its own numbered batches of the
+one global stream, and :func:`save_result` gathers the whole model on rank 0, which alone writes files.
 """
 
 # No `from __future__ import annotations`: the Config classes here are inherited by the method modules,
@@ -13,6 +18,7 @@ adapters merged into the base, so nothing downstream needs to know LoRA was used
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,12 +26,26 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import load_model_dir, require_files, resolve_device, save_model_dir, write_json
+from groundup.artifacts import (
+    load_model_dir,
+    read_model_config,
+    require_files,
+    resolve_device,
+    save_model_dir,
+    write_json,
+)
+from groundup.model.config import ModelConfig
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
+from groundup.model.transformer import Transformer
+from groundup.parallel.apply_ac import remove_ac
+from groundup.parallel.config import ParallelConfig
+from groundup.parallel.data import RankBatches
+from groundup.parallel.env import ParallelState, init_distributed
+from groundup.parallel.parallelize import parallelize
 from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig
-from groundup.train.optim import OptimConfig
-from groundup.train.pretrain import autocast_for
+from groundup.train.optim import OptimConfig, build_optimizer
+from groundup.train.pretrain import autocast_for, gather_full_model
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +73,12 @@ class BaseConfig:
     """Length, budget, logging, evaluation and checkpointing of the run."""
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor parallel, activation
+    checkpointing); a plain single process ignores all but activation checkpointing."""
     batch_size: int = 8
-    """Sequences (or preference pairs) per micro-batch."""
+    """Sequences (or preference pairs) per micro-batch (per rank under torchrun; the global batch is
+    batch_size x train.grad_accum whatever the number of ranks)."""
     seed: int = 1337
     """Seed for LoRA initialization, the data split and batch order."""
     device: str = "auto"
@@ -86,63 +110,140 @@ class JsonlConfig(BaseConfig):
 @dataclass
 class Setup:
     model: torch.nn.Module
+    """The model to train: the loaded one, or under torchrun wrapped (DDP) or sharded in place (FSDP2, TP)."""
+    config: ModelConfig
+    """The model's shape (after ``adapt``: a classifier's head)."""
     tokenizer: object
     device: torch.device
     autocast: object
     lora_modules: list[str]
     trainable: int
     total: int
+    parallel: ParallelState
+    rebuild: Callable[[], torch.nn.Module]
+    """A fresh plain model of the trained one's structure (head, adapters): what rank 0 gathers into."""
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes files (the only one, without torchrun)."""
+        return self.parallel.is_main
+
+    @property
+    def loop_parallel(self) -> ParallelState | None:
+        """``train_loop``'s ``parallel=`` argument: the layout under torchrun, None for one process."""
+        return self.parallel if self.parallel.distributed else None
 
 
 def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) -> Setup:
-    """Load the base model dir, let ``adapt(model)`` change it (a classifier head), then freeze it for LoRA."""
+    """Load the base model dir, let ``adapt(model)`` change it (a classifier head), then freeze it for LoRA.
+
+    Under torchrun the model is then spread over the ranks (:func:`groundup.parallel.parallelize.parallelize`)
+    with its adapters: every rank builds the same model from the same seed first. FSDP2 shards each block's
+    frozen base weights and its LoRA adapters together (each parameter its own DTensor, so the frozen ones
+    get no gradient and no optimizer state, unlike FSDP1's flat buffers); tensor parallelism does not
+    split adapters and is refused with LoRA.
+    """
     require_files(cfg.model, {"model.safetensors", "config.json", "tokenizer.json"}, "base model dir")
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    if cfg.lora.enabled and cfg.parallel.tensor_parallel > 1:
+        raise ValueError("LoRA does not compose with parallel.tensor_parallel > 1 (the adapters' rows would have "
+                         "to follow the sharded fused layers); use data parallelism: parallel.data_parallel=fsdp")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    env = init_distributed(resolve_device(cfg.device), cfg.parallel.backend)
+    device = env.device
+    torch.manual_seed(cfg.seed)  # the same classifier head and adapters on every rank
     model, tokenizer = load_model_dir(cfg.model)
     if adapt is not None:
         model = adapt(model)
     names = apply_lora(model, cfg.lora, trainable=keep_trainable) if cfg.lora.enabled else []
     model = model.to(device)
+    model_cfg = model.config
     trainable, total = count_parameters(model)
-    log.info("%s: %s trainable of %s parameters (%.2f%%)%s", cfg.model, f"{trainable:,}", f"{total:,}",
-             100 * trainable / total, f", LoRA on {len(names)} layers" if names else "")
-    return Setup(model, tokenizer, device, autocast_for(device, cfg.precision), names, trainable, total)
+    if env.is_main:
+        log.info("%s: %s trainable of %s parameters (%.2f%%)%s", cfg.model, f"{trainable:,}", f"{total:,}",
+                 100 * trainable / total, f", LoRA on {len(names)} layers" if names else "")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    fsdp_bf16 = cfg.parallel.mixed_precision == "bf16" or (cfg.parallel.mixed_precision == "auto" and bf16)
+    model, parallel = parallelize(model, cfg.parallel, env, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+
+    def rebuild() -> torch.nn.Module:
+        plain = Transformer(read_model_config(cfg.model))
+        if adapt is not None:
+            plain = adapt(plain)
+        if cfg.lora.enabled:
+            apply_lora(plain, cfg.lora, trainable=keep_trainable)
+        return plain
+
+    return Setup(model, model_cfg, tokenizer, device, autocast_for(device, cfg.precision), names, trainable, total,
+                 parallel, rebuild)
 
 
-def prepare_out(cfg: BaseConfig) -> Path:
+def optimizer_for(cfg: BaseConfig, s: Setup) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (foreach, not fused, under tensor parallelism: no DTensor kernel)."""
+    optim_cfg = cfg.optim if s.parallel.tp_size == 1 else dataclasses.replace(cfg.optim, fused=False)
+    return build_optimizer(s.model, optim_cfg, s.device.type)
+
+
+def rank_sampler(sampler, s: Setup):
+    """Under torchrun, this rank's view of a numbered-batch sampler (``batch(k)``, ``batches``); else itself."""
+    if not s.parallel.distributed:
+        return sampler
+    return RankBatches(sampler, s.parallel.dp_rank, s.parallel.dp_size)
+
+
+def prepare_out(cfg: BaseConfig, s: Setup) -> Path:
+    """The output dir, created, with the run's train.yaml (written by rank 0 alone under torchrun)."""
     out = Path(cfg.out)
     if out.resolve() == Path(cfg.model).resolve():
         raise ValueError(f"out ({out}) must differ from the base model dir")
     out.mkdir(parents=True, exist_ok=True)
-    configlib.save(cfg, out / "train.yaml")
+    if s.is_main:
+        configlib.save(cfg, out / "train.yaml")
     return out
 
 
-def save_result(cfg: BaseConfig, s: Setup, *, stage: str, summary: dict, keep_trainable: tuple[str, ...] = (),
-                inputs: dict | None = None, peft_task: str = "CAUSAL_LM") -> Path:
-    """Write adapters (with LoRA), then the (merged) model dir with the run's summary in its manifest."""
-    out = Path(cfg.out)
-    model = s.model.cpu()
-    summary = {**summary, "trainable_parameters": s.trainable, "total_parameters": s.total}
-    if cfg.lora.enabled:
-        from groundup.finetune.peft_format import save_peft_adapter
+def final_model(s: Setup) -> torch.nn.Module | None:
+    """The trained model, whole and plain, on the CPU of the writing process (None on the other ranks).
 
-        adapter_dir = save_adapter(out / ADAPTER_DIR, model, cfg.lora, extra=keep_trainable, base_model=cfg.model)
-        try:
-            save_peft_adapter(adapter_dir, model, cfg.lora, base_model=cfg.model, task_type=peft_task,
-                              extra=keep_trainable)
-        except ValueError as e:  # a shape Hugging Face has no names for: the groundup adapter still stands
-            log.warning("no PEFT adapter written: %s", e)
-        merge_lora(model)
-    write_json(out / "result.json", summary)
-    save_model_dir(out, model, tokenizer_file=Path(cfg.model) / "tokenizer.json", stage=stage,
-                   config=configlib.to_dict(cfg), inputs={"model": cfg.model, **(inputs or {})},
-                   extra={"result": summary})
+    Under torchrun a collective: every rank calls it; rank 0 receives the full state dict (clean parameter
+    names, fused rows back in the model file's layout after TP) and loads it into :attr:`Setup.rebuild`'s
+    model, adapters included, so the files written are those of one process.
+    """
+    if s.parallel.distributed:
+        return gather_full_model(s.model, s.config, build=s.rebuild)
+    return remove_ac(s.model).cpu()
+
+
+def save_result(cfg: BaseConfig, s: Setup, *, stage: str, summary: dict, keep_trainable: tuple[str, ...] = (),
+                inputs: dict | None = None, peft_task: str = "CAUSAL_LM", write_more=None) -> Path:
+    """Write adapters (with LoRA), then the (merged) model dir with the run's summary in its manifest.
+
+    Every rank calls it under torchrun; only rank 0 writes (``write_more(out)`` too: a method's extra
+    files), and all meet at a barrier before returning, so the output dir is whole when any rank returns.
+    """
+    out = Path(cfg.out)
+    model = final_model(s)
+    if s.is_main:
+        summary = {**summary, "trainable_parameters": s.trainable, "total_parameters": s.total}
+        if cfg.lora.enabled:
+            from groundup.finetune.peft_format import save_peft_adapter
+
+            adapter_dir = save_adapter(out / ADAPTER_DIR, model, cfg.lora, extra=keep_trainable, base_model=cfg.model)
+            try:
+                save_peft_adapter(adapter_dir, model, cfg.lora, base_model=cfg.model, task_type=peft_task,
+                                  extra=keep_trainable)
+            except ValueError as e:  # a shape Hugging Face has no names for: the groundup adapter still stands
+                log.warning("no PEFT adapter written: %s", e)
+            merge_lora(model)
+        write_json(out / "result.json", summary)
+        save_model_dir(out, model, tokenizer_file=Path(cfg.model) / "tokenizer.json", stage=stage,
+                       config=configlib.to_dict(cfg), inputs={"model": cfg.model, **(inputs or {})},
+                       extra={"result": summary})
+        if write_more is not None:
+            write_more(out)
+    s.parallel.barrier()
     return out
 
 

@@ -22,7 +22,7 @@ from groundup.evaluate.perplexity import token_nll
 from groundup.finetune import common
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.loop import train_loop
-from groundup.train.optim import OptimConfig, build_optimizer
+from groundup.train.optim import OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ def run(cfg: Config) -> Path:
     check_tokenizer(tokens_dir, meta, cfg.model)
     s = common.setup(cfg)
     model, device = s.model, s.device
-    if int(meta["vocab_size"]) > model.config.vocab_size:
-        raise ValueError(f"{tokens_dir} has {meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
-    seq_len = cfg.seq_len or model.config.block_size
-    if seq_len > model.config.block_size:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {model.config.block_size}")
+    if int(meta["vocab_size"]) > s.config.vocab_size:
+        raise ValueError(f"{tokens_dir} has {meta['vocab_size']} token ids, the model only {s.config.vocab_size}")
+    seq_len = cfg.seq_len or s.config.block_size
+    if seq_len > s.config.block_size:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {s.config.block_size}")
     train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
     sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
-    out = common.prepare_out(cfg)
+    out = common.prepare_out(cfg, s)
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
 
     def loss_fn(_model, batch) -> torch.Tensor:
@@ -95,10 +95,10 @@ def run(cfg: Config) -> Path:
         return result
 
     has_val = len(val_tokens) > seq_len
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, has_val), out=out, tokens_per_micro_batch=cfg.batch_size * seq_len,
-                        evaluate=evaluate if has_val else None, autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, has_val), out=out,
+                        tokens_per_micro_batch=cfg.batch_size * seq_len, evaluate=evaluate if has_val else None,
+                        autocast=s.autocast, log_cfg=cfg.log, parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval}
     common.save_result(cfg, s, stage="finetune-continue", summary=summary, inputs={"tokens": tokens_dir})

@@ -278,10 +278,14 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 
 
 class ExampleBatches:
-    """An endless sampler of padded batches over examples, epoch after epoch; state is two counters.
+    """An endless sampler of padded batches over examples, epoch after epoch, numbered from 0.
 
-    ``collate(indices)`` builds a batch from example indices (padded SFT pairs, DPO pairs, ...), so a
-    resumed run sees exactly the batches of an uninterrupted one.
+    Batch ``k`` is batch ``k mod n`` of epoch ``k // n`` (``n`` batches per epoch): a pure function of
+    (seed, k), so under torchrun each data-parallel rank can take its own numbered batches of one global
+    stream (:class:`groundup.parallel.data.RankBatches`). The state is ``batches``, the count handed
+    out (the global position), so a resumed run sees exactly the batches of an uninterrupted one, on
+    any number of ranks. ``collate(indices)`` builds a batch from example indices (padded SFT pairs,
+    DPO pairs, ...).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, collate, *, seed: int = 0,
@@ -292,20 +296,39 @@ class ExampleBatches:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.lengths, self.batch_size, self.collate = list(lengths), batch_size, collate
         self.seed, self.group_by_length = seed, group_by_length
-        self.epoch, self.position = 0, 0
-        self._batches = epoch_batches(self.lengths, batch_size, seed, 0, group_by_length)
+        self.per_epoch = -(-len(self.lengths) // batch_size)
+        """Batches in one epoch (the last may be short)."""
+        self.batches = 0
+        """Batches handed out so far: the next batch is number ``batches``."""
+        self._epoch, self._order = 0, epoch_batches(self.lengths, batch_size, seed, 0, group_by_length)
+
+    def indices(self, k: int) -> list[int]:
+        """Example indices of batch number ``k``."""
+        epoch, i = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.group_by_length)
+        return self._order[i]
+
+    def batch(self, k: int):
+        """Batch number ``k``, without moving the counter."""
+        return self.collate(self.indices(k))
 
     def next_batch(self):
-        if self.position >= len(self._batches):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length)
-        indices = self._batches[self.position]
-        self.position += 1
-        return self.collate(indices)
+        batch = self.batch(self.batches)
+        self.batches += 1
+        return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        return {"batches": self.batches, "epoch": self.batches // self.per_epoch, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
-        self._batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length)
+        """Restore the position; a state of the older form (``epoch``, ``position`` in it) reads the same."""
+        if state["seed"] != self.seed:
+            self.seed = state["seed"]
+            self._epoch, self._order = 0, epoch_batches(self.lengths, self.batch_size, self.seed, 0,
+                                                        self.group_by_length)
+        if "batches" in state:
+            self.batches = int(state["batches"])
+        else:
+            self.batches = int(state["epoch"]) * self.per_epoch + int(state["position"])

@@ -40,9 +40,9 @@ from groundup.finetune.data import (
     train_val,
     truncate,
 )
+from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -114,39 +114,52 @@ def dpo_loss(policy_c, policy_r, ref_c, ref_r, beta: float, label_smoothing: flo
 
 
 @torch.no_grad()
-def all_logps(model, pairs, pad_id: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(chosen) and log pi(rejected) of every pair, (N,) each."""
+def all_logps(model, pairs, pad_id: int, batch_size: int, device, parallel=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(chosen) and log pi(rejected) of every pair, (N,) each (the batches shared by the data-parallel
+    ranks under torchrun: ``parallel``; every rank gets all of them)."""
+    starts = range(0, len(pairs), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, y = pair_batch(pairs, list(range(starts[k], min(starts[k] + batch_size, len(pairs)))), pad_id)
+        return sequence_logps(model, x.to(device), y.to(device)).float()
+
+    sizes = [2 * (min(start + batch_size, len(pairs)) - start) for start in starts]
     chosen, rejected = [], []
-    for i in range(0, len(pairs), batch_size):
-        idx = list(range(i, min(i + batch_size, len(pairs))))
-        x, y = pair_batch(pairs, idx, pad_id)
-        logps = sequence_logps(model, x.to(device), y.to(device)).cpu()
-        chosen.append(logps[: len(idx)])
-        rejected.append(logps[len(idx) :])
+    for logps in spread_batches(parallel, sizes, score):
+        chosen.append(logps[: len(logps) // 2])
+        rejected.append(logps[len(logps) // 2 :])
+    if not chosen:
+        return torch.zeros(0), torch.zeros(0)
     return torch.cat(chosen), torch.cat(rejected)
 
 
 def run(cfg: Config) -> Path:
     s = common.setup(cfg)
     template = read_chat_template(cfg.model)
-    max_len = cfg.max_len or s.model.config.block_size
+    max_len = cfg.max_len or s.config.block_size
     stats = DataStats()
     train, val = train_val(lambda path: load_pairs(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", stats.as_dict())
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     model, device = s.model, s.device
 
-    # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once.
+    # Before any forward: FSDP2 keeps the last block's parameters gathered after a forward until backward, and
+    # an optimizer made then would hold those gathered copies instead of the sharded parameters.
+    optimizer = common.optimizer_for(cfg, s)
+    # The reference: the starting model (LoRA's B is zero, so the adapted model equals its base), once. Under
+    # torchrun the data-parallel ranks share the batches and every rank keeps all of it.
     model.eval()
     with s.autocast():
-        ref_train = all_logps(model, train, pad_id, cfg.batch_size, device)
-        ref_val = all_logps(model, val, pad_id, cfg.batch_size, device) if val else (torch.zeros(0),) * 2
+        ref_train = all_logps(model, train, pad_id, cfg.batch_size, device, s.loop_parallel)
+        ref_val = all_logps(model, val, pad_id, cfg.batch_size, device, s.loop_parallel) if val else (torch.zeros(0),) * 2
     from safetensors.torch import save_file
 
-    save_file({"train_chosen": ref_train[0], "train_rejected": ref_train[1], "val_chosen": ref_val[0],
-               "val_rejected": ref_val[1]}, str(out / REFERENCE_FILE))
+    if s.is_main:
+        save_file({"train_chosen": ref_train[0], "train_rejected": ref_train[1], "val_chosen": ref_val[0],
+                   "val_rejected": ref_val[1]}, str(out / REFERENCE_FILE))
     log.info("DPO: %d training and %d held-out pairs; reference log-probabilities cached", len(train), len(val))
 
     def collate(indices: list[int]):
@@ -165,17 +178,18 @@ def run(cfg: Config) -> Path:
         return dpo_loss(logps[:n], logps[n:], ref_c.to(device), ref_r.to(device), cfg.beta, cfg.label_smoothing)
 
     def evaluate(_model) -> dict[str, float]:
-        pol_c, pol_r = all_logps(_model, val, pad_id, cfg.batch_size, device)
+        pol_c, pol_r = all_logps(_model, val, pad_id, cfg.batch_size, device, s.loop_parallel)
         loss, metrics = dpo_loss(pol_c, pol_r, ref_val[0], ref_val[1], cfg.beta, cfg.label_smoothing)
         return {"val_loss": round(float(loss), 6), **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: batch[4],
-                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=optimizer, sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[4],
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, "beta": cfg.beta, **result.last_eval, "data": stats.as_dict()}
-    common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data})
-    write_chat_template(out, template)  # the template the pairs were rendered with travels with the model
+    # the template the pairs were rendered with travels with the model
+    common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data},
+                       write_more=lambda out: write_chat_template(out, template))
     return out

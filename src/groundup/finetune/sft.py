@@ -32,9 +32,9 @@ from groundup.finetune.data import (
     train_val,
     truncate,
 )
+from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
 from groundup.train.loop import train_loop
-from groundup.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +72,39 @@ def collate(examples: list[Example], pad_id: int):
 
 
 @torch.no_grad()
-def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, device) -> tuple[float, int]:
-    """Mean loss per trained token over ``examples`` and the number of trained tokens."""
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        x, y = pad_batch(examples[i : i + batch_size], pad_id)
+def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, device,
+                  parallel=None) -> tuple[float, int]:
+    """Mean loss per trained token over ``examples`` and the number of trained tokens (the batches shared
+    by the data-parallel ranks under torchrun: ``parallel``)."""
+    starts = range(0, len(examples), batch_size)
+
+    def score(k: int) -> torch.Tensor:
+        x, y = pad_batch(examples[starts[k] : starts[k] + batch_size], pad_id)
         n = int((y != IGNORE_INDEX).sum())
-        total += float(model(x.to(device), targets=y.to(device))) * n
-        count += n
+        loss = model(x.to(device), targets=y.to(device)).detach().double().cpu()
+        return torch.stack([loss, torch.tensor(float(n), dtype=torch.float64)])
+
+    total, count = 0.0, 0
+    for loss, n in spread_batches(parallel, [2] * len(starts), score, dtype=torch.float64):
+        total += float(loss) * int(n)
+        count += int(n)
     return total / max(count, 1), count
 
 
 def run(cfg: Config) -> Path:
     s = common.setup(cfg)
     template = cfg.chat_template.read_text(encoding="utf-8") if cfg.chat_template else read_chat_template(cfg.model)
-    max_len = cfg.max_len or s.model.config.block_size
-    if max_len > s.model.config.block_size:
-        raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.model.config.block_size}")
+    max_len = cfg.max_len or s.config.block_size
+    if max_len > s.config.block_size:
+        raise ValueError(f"max_len {max_len} exceeds the model's block_size {s.config.block_size}")
     stats = DataStats()
     train, val = train_val(lambda path: load_examples(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     log.info("SFT: %d training and %d held-out conversations; %s", len(train), len(val), stats.as_dict())
 
-    out = common.prepare_out(cfg)
-    write_json(out / "data_stats.json", stats.as_dict())
+    out = common.prepare_out(cfg, s)
+    if s.is_main:
+        write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     sampler = ExampleBatches([len(e) for e in train], cfg.batch_size, collate(train, pad_id), seed=cfg.seed,
                              group_by_length=cfg.group_by_length)
@@ -106,16 +115,17 @@ def run(cfg: Config) -> Path:
         return _model(x.to(device), targets=y.to(device))
 
     def evaluate(_model) -> dict[str, float]:
-        loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device)
+        loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device, s.loop_parallel)
         return {"val_loss": round(loss, 6), "val_perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    result = train_loop(model=model, optimizer=optimizer, sampler=sampler, loss_fn=loss_fn, optim_cfg=cfg.optim,
-                        cfg=common.loop_config(cfg, bool(val)), out=out, tokens_per_micro_batch=0,
-                        batch_tokens=lambda batch: batch[2], evaluate=evaluate if val else None,
-                        autocast=s.autocast, log_cfg=cfg.log)
+    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
+                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
+                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[2],
+                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
+                        parallel=s.loop_parallel)
     summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
                "stopped_by": result.stopped_by, **result.last_eval, "data": stats.as_dict()}
-    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data})
-    write_chat_template(out, template)
+    # the template the conversations were rendered with travels with the model
+    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data},
+                       write_more=lambda out: write_chat_template(out, template))
     return out

@@ -21,3 +21,14 @@ def apply_ac(model: nn.Module, mode: str, every: int = 2) -> nn.Module:
         if mode == "full" or i % every == 0:
             model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
     return model
+
+
+def remove_ac(model: nn.Module) -> nn.Module:
+    """Undo :func:`apply_ac` in place: the blocks themselves again, so module names (LoRA's adapter files
+    name modules) are those of the model file."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    for i, block in enumerate(getattr(model, "blocks", [])):
+        if isinstance(block, CheckpointWrapper):
+            model.blocks[i] = block._checkpoint_wrapped_module
+    return model

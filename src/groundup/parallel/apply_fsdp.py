@@ -6,10 +6,13 @@ in torch 2.13 (tested) as on CUDA with NCCL.
 
 LoRA (and any partly frozen model): FSDP2 flattens nothing, each parameter stays its own DTensor, so
 frozen and trainable weights in one unit do not share a flat buffer the way FSDP1's did (the memory
-blow-up of litgpt #1538: gradients allocated for the whole flat buffer). Still, we shard the trainable
-adapter modules as their own units first (:func:`lora_units` finds them by the hook below), so their
-small all-gathers and reduce-scatters stay apart from the big frozen gathers, and the optimizer only
-sees (and keeps state for) parameters with ``requires_grad``.
+blow-up of litgpt #1538: gradients allocated for the whole flat buffer). groundup's ``LoRALinear`` keeps
+``lora_A`` / ``lora_B`` as parameters beside its frozen ``weight``, so they are sharded in their block's
+unit: one all-gather brings a block's base weights and adapters, only the adapters get gradients to
+reduce-scatter, and the optimizer only sees (and keeps state for) parameters with ``requires_grad``
+(tested by ``tests/parallel/test_parallel_finetune.py``). An implementation with adapter *modules* can
+shard them as units of their own first (:func:`lora_units` finds them by the hook below), keeping their
+small collectives apart from the big frozen gathers.
 """
 
 from __future__ import annotations

@@ -369,6 +369,7 @@ def train_loop(
             if parallel is not None:
                 loss_sum = parallel.mean(loss_sum)  # every rank decides alike on what follows
                 step_tokens = round(parallel.mean(float(step_tokens)) * dp)  # the global batch's tokens
+                step_extras = {key: parallel.mean(value) for key, value in step_extras.items()}
             step_loss = loss_sum / accum
             grad_norm = _grad_norm(model, optim_cfg.grad_clip, parallel)
             spike, z = (False, 0.0)

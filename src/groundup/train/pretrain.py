@@ -108,8 +108,11 @@ def build_model(cfg: Config, vocab_size: int) -> ModelConfig:
     return model_cfg
 
 
-def gather_full_model(model: torch.nn.Module, model_cfg: ModelConfig) -> Transformer | None:
-    """The whole model, in the model file's layout, on rank 0's CPU (a collective: every rank calls it)."""
+def gather_full_model(model: torch.nn.Module, model_cfg: ModelConfig, build=None) -> Transformer | None:
+    """The whole model, in the model file's layout, on rank 0's CPU (a collective: every rank calls it).
+
+    ``build()`` makes the plain model to load it into (default ``Transformer(model_cfg)``); fine-tuning
+    passes one with its classifier head and LoRA adapters."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from groundup.parallel.apply_tp import to_plain_layout
@@ -119,7 +122,7 @@ def gather_full_model(model: torch.nn.Module, model_cfg: ModelConfig) -> Transfo
     if not full:  # ranks other than 0 receive nothing
         return None
     full = to_plain_layout(full, model_cfg, int(getattr(unwrap(model), "tensor_parallel", 1)))
-    plain = Transformer(model_cfg)
+    plain = build() if build is not None else Transformer(model_cfg)
     plain.load_state_dict(full)
     return plain
 
