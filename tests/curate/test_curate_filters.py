@@ -16,17 +16,19 @@ from groundup.curate.filters import (
     LanguageFilter,
     LengthFilter,
     URLFilter,
+    covered_characters,
     duplicate_ngram_characters,
     language_sample,
     next_ngram_hashes,
     repeated_positions,
     split_lines,
     split_paragraphs,
+    top_ngram_bound,
     top_ngram_characters,
     word_hashes,
 )
 from groundup.curate.steps import Chain
-from groundup.curate.text import Document, split_words
+from groundup.curate.text import WORD_RE, Document, split_words
 
 PROSE = english_text(7, sentences=24)
 
@@ -77,15 +79,23 @@ def test_ngram_statistics_match_plain_loops(seed):
     lengths = np.array([len(w) for w in words])
     prefix = np.concatenate([[0], np.cumsum(lengths)])
     grams = hashes
+    repeated_5 = None
     for n in range(2, 11):
         if n > len(words):
             break
         grams = next_ngram_hashes(grams, hashes, n)
         chars = prefix[n:] - prefix[:-n]
-        assert top_ngram_characters(grams, chars + n - 1) == reference_top_chars(words, n)
+        top = reference_top_chars(words, n)
+        assert top_ngram_characters(grams, chars + n - 1) == top
+        assert top_ngram_bound(grams, chars + n - 1) >= top  # the bound that spares the sort
         positions = repeated_positions(grams)
         got = duplicate_ngram_characters(positions, grams[positions], chars[positions], n)
         assert got == reference_duplicate_chars(words, n)
+        assert covered_characters(positions, n, prefix) >= got
+        if repeated_5 is not None:  # the words covered by repeated n-grams shrink as n grows, so the n=5 bound holds for n
+            assert covered_characters(repeated_5, 5, prefix) >= got
+        if n == 5:
+            repeated_5 = positions
 
 
 # ---------------------------------------------------------------------------- Gopher repetition
@@ -114,6 +124,44 @@ def test_gopher_repetition_ngrams():
     keep, reason = rule.filter(doc(text))
     assert not keep and reason.startswith("duplicated_")
     assert rule.filter(doc(PROSE + " " + phrase))[0]
+
+
+def reference_repetition(words: list[str], size: int, top: dict, dup: dict) -> str:
+    """Gopher's n-gram rules as plain loops, sizes in increasing order (top before duplicated)."""
+    for n in sorted(set(top) | set(dup)):
+        if n in top and reference_top_chars(words, n) / size > top[n]:
+            return f"top_{n}_gram"
+        if n in dup and reference_duplicate_chars(words, n) / size > dup[n]:
+            return f"duplicated_{n}_n_grams"
+    return ""
+
+
+@pytest.mark.parametrize("sizes", [{}, {"top_n_grams": ((2, 0.1), (4, 0.1)), "dup_n_grams": ((3, 0.05), (5, 0.1))},
+                                   {"top_n_grams": ((2, 0.05),), "dup_n_grams": ((4, 0.05), (6, 0.03), (9, 0.02))}])
+def test_gopher_repetition_ngram_rules_match_plain_loops(sizes):
+    """The filter (bounds, early exits, arrays shrunk to repeated positions) decides as the plain loops do,
+    including duplicated-n-gram sizes below the top-n-gram sizes."""
+    rule = GopherRepetitionFilter(dup_line_frac=None, dup_para_frac=None, dup_line_char_frac=None,
+                                  dup_para_char_frac=None, **sizes)
+    top, dup = dict(rule.top_n_grams), dict(rule.dup_n_grams)
+    rng = random.Random(11)
+    reasons = Counter()
+    for seed in range(150):
+        words = english_text(seed, sentences=rng.randint(2, 20)).split(" ")
+        kind = seed % 4
+        if kind == 1:  # a phrase repeated
+            words += words[:rng.randint(2, 12)] * rng.randint(1, 12)
+        elif kind == 2:  # a small vocabulary
+            words = [rng.choice(words[:rng.randint(3, 25)]) for _ in range(rng.randint(10, 400))]
+        elif kind == 3:  # a passage copied once
+            i = rng.randrange(len(words))
+            words += words[i:i + rng.randint(5, 60)]
+        text = " ".join(words)
+        expected = reference_repetition(split_words(text), len(text), top, dup)
+        got = rule.filter(doc(text))
+        assert got == (expected == "", expected), seed
+        reasons[expected] += 1
+    assert reasons[""] > 10 and len(reasons) >= 4  # both sides of the thresholds were exercised
 
 
 # ---------------------------------------------------------------------------- Gopher quality
@@ -246,3 +294,13 @@ def test_chain_counts_every_step():
 def test_words_split_punctuation():
     assert split_words("Hello, world... It's 3.14 (really)!") == \
         ["Hello", ",", "world", "...", "It's", "3.14", "(", "really", ")", "!"]
+
+
+def test_fast_word_split_matches_the_word_regex():
+    """split_words (whitespace taken into the match, an ASCII-only pattern for ASCII text) finds WORD_RE's words."""
+    rng = random.Random(4)
+    pieces = [*"ab _.,'-", "...", "\u2019", "\n", "\t", "\x1c", "\x0b", "3", "\u00e9", "\u00bd", "\u00b2", "\u2026",
+              "\u4e2d", "\u3000", "\u2028", "\U0001f600", "don't", "e.g.", "1,000"]
+    for _ in range(4000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert split_words(text) == WORD_RE.findall(text), repr(text)

@@ -222,6 +222,37 @@ def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
     return np.sort(order[repeated])
 
 
+def top_ngram_bound(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> float:
+    """An upper bound on :func:`top_ngram_characters` from two linear passes instead of a sort.
+
+    The n-grams are counted into 2-4 times as many buckets as there are n-grams, each bucket
+    summing the characters of its n-grams: every occurrence of the most frequent n-gram falls
+    into the same bucket, so that bucket's sum is at least its characters times its count
+    (collisions only add). On ordinary text the bound is a fraction of the Gopher thresholds, so
+    the exact count is needed only for repetitive pages.
+    """
+    m = len(ngram_hashes)
+    if m == 0:
+        return 0.0
+    buckets = ngram_hashes.view(np.int64) & ((1 << (2 * m).bit_length()) - 1)
+    return float(np.bincount(buckets, weights=ngram_chars).max())
+
+
+def covered_characters(positions: np.ndarray, n: int, prefix: np.ndarray) -> int:
+    """Characters of the words that n-grams starting at sorted ``positions`` cover (their union).
+
+    An upper bound on :func:`duplicate_ngram_characters` over the same positions, whose counted
+    n-grams never overlap. It holds for every longer n too: an (n+1)-gram that repeats at ``p``
+    makes the n-grams at ``p`` and ``p + 1`` repeat, so the words covered only shrink as n grows.
+    ``prefix`` holds the cumulative word lengths (``prefix[i]``: characters of the first i words).
+    """
+    if len(positions) == 0:
+        return 0
+    ends = positions + n
+    starts = np.maximum(positions, np.concatenate(([0], ends[:-1])))  # ends grow with the positions
+    return int((prefix[ends] - prefix[starts]).sum())
+
+
 def duplicate_ngram_characters(positions: np.ndarray, ngram_hashes: np.ndarray, ngram_chars: np.ndarray,
                                n: int) -> int:
     """Characters in repeated n-grams, counted as Gopher's reference does.
@@ -310,8 +341,8 @@ class GopherRepetitionFilter(Filter):
         last_top = max(top, default=1)
         largest = min(max([*top, *dup, 1]), len(words))
         ngrams = hashes
-        # Once past the top-n-gram sizes, only positions whose (n-1)-gram repeats can hold a repeated
-        # n-gram, so the arrays shrink to those positions (usually a handful).
+        # Past the top-n-gram sizes, from the first duplicated-n-gram size on, only positions whose
+        # (n-1)-gram repeats can hold a repeated n-gram, so the arrays shrink to those positions.
         positions: np.ndarray | None = None
         for n in range(2, largest + 1):
             if positions is None:
@@ -322,18 +353,25 @@ class GopherRepetitionFilter(Filter):
                 positions = positions[fits]
                 ngrams = ngrams[fits] * _MULTIPLIER + hashes[positions + n - 1]
                 chars = prefix[positions + n] - prefix[positions]
-            if n in top and top_ngram_characters(ngrams, chars + (n - 1)) / size > top[n]:
-                return False, f"top_{n}_gram"  # the n-gram as text: its words joined by single spaces
-            if n >= last_top and (n + 1 in dup or n in dup):
+            if n in top:
+                spaced = chars + (n - 1)  # the n-gram as text: its words joined by single spaces
+                # the exact count (a sort) only when the cheap upper bound does not already pass
+                if top_ngram_bound(ngrams, spaced) / size > top[n] and \
+                        top_ngram_characters(ngrams, spaced) / size > top[n]:
+                    return False, f"top_{n}_gram"
+            if n in dup:
                 local = repeated_positions(ngrams)
                 absolute = local if positions is None else positions[local]
-                if n in dup:
-                    repeated_chars = duplicate_ngram_characters(absolute, ngrams[local], chars[local], n)
-                    if repeated_chars / size > dup[n]:
-                        return False, f"duplicated_{n}_n_grams"
-                if len(local) == 0:
-                    break  # no n-gram repeats, so no longer one does: every later check passes
-                ngrams, positions = ngrams[local], absolute
+                covered = covered_characters(absolute, n, prefix) / size
+                if n >= last_top and all(covered <= f for m, f in dup.items() if m >= n):
+                    return KEEP  # no top-n-gram check left, and no duplicated n-gram check can fail
+                if covered > dup[n] and \
+                        duplicate_ngram_characters(absolute, ngrams[local], chars[local], n) / size > dup[n]:
+                    return False, f"duplicated_{n}_n_grams"
+                if n >= last_top:
+                    if len(local) == 0:
+                        break  # no n-gram repeats, so no longer one does: every later check passes
+                    ngrams, positions = ngrams[local], absolute
         return KEEP
 
 
@@ -370,14 +408,19 @@ class GopherQualityFilter(Filter):
         text = doc.text
         words = doc.words
         n_words = len(words)
-        # a "symbol word" is nothing but punctuation: with this tokenizer, a lone mark or "..."
-        real_words = [w for w in words if w not in _SYMBOL_WORDS]
-        n_real = len(real_words)
+        # A "symbol word" is nothing but punctuation: with this tokenizer, a lone mark (one character) or
+        # "...". They are counted in C rather than filtered out in a Python loop.
+        n_symbols = sum(map(_SYMBOL_WORDS.__contains__, words))
+        n_real = n_words - n_symbols
         if self.min_doc_words and n_real < self.min_doc_words:
             return False, "gopher_short_doc"
         if self.max_doc_words and n_real > self.max_doc_words:
             return False, "gopher_long_doc"
-        mean_length = sum(map(len, real_words)) / n_real if n_real else float("nan")
+        if n_real:
+            ellipsis_words = words.count("...") if n_symbols and "..." in text else 0
+            mean_length = (sum(map(len, words)) - n_symbols - 2 * ellipsis_words) / n_real
+        else:
+            mean_length = float("nan")
         if self.min_avg_word_length and mean_length < self.min_avg_word_length:
             return False, "gopher_below_avg_threshold"
         if self.max_avg_word_length and mean_length > self.max_avg_word_length:
@@ -386,17 +429,20 @@ class GopherQualityFilter(Filter):
             return False, "gopher_short_doc"
         if self.max_symbol_word_ratio and text.count("#") / n_words > self.max_symbol_word_ratio:
             return False, "gopher_too_many_hashes"
-        if self.max_symbol_word_ratio and (text.count("...") + text.count("\u2026")) / n_words > \
-                self.max_symbol_word_ratio:
+        ellipses = text.count("...") + text.count("\u2026")
+        if self.max_symbol_word_ratio and ellipses / n_words > self.max_symbol_word_ratio:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines() or [""]
-        if self.max_bullet_lines_ratio:
+        # A bullet line holds a bullet or a dash, an ellipsis line an ellipsis, so those counts bound the
+        # line counts: the lines are walked only when a bound does not already pass.
+        if self.max_bullet_lines_ratio and \
+                (text.count("-") + text.count("\u2022")) / len(lines) > self.max_bullet_lines_ratio:
             bullets = sum(1 for s in lines if s.lstrip().startswith(("\u2022", "-")))
             if bullets / len(lines) > self.max_bullet_lines_ratio:
                 return False, "gopher_too_many_bullets"
-        if self.max_ellipsis_lines_ratio:
-            ellipses = sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
-            if ellipses / len(lines) > self.max_ellipsis_lines_ratio:
+        if self.max_ellipsis_lines_ratio and ellipses / len(lines) > self.max_ellipsis_lines_ratio:
+            ellipsis_lines = sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
+            if ellipsis_lines / len(lines) > self.max_ellipsis_lines_ratio:
                 return False, "gopher_too_many_end_ellipsis"
         # words with a letter, counted in one regex pass over the words one per line
         letters = _ASCII_LETTER_TO_LINE_END if text.isascii() else _LETTER_TO_LINE_END  # ASCII: a cheaper class
