@@ -21,6 +21,7 @@ from groundup.curate.filters import (
     language_sample,
     next_ngram_hashes,
     repeated_positions,
+    repeats,
     split_lines,
     split_paragraphs,
     top_ngram_bound,
@@ -79,7 +80,7 @@ def test_ngram_statistics_match_plain_loops(seed):
     lengths = np.array([len(w) for w in words])
     prefix = np.concatenate([[0], np.cumsum(lengths)])
     grams = hashes
-    repeated_5 = None
+    later_5 = None
     for n in range(2, 11):
         if n > len(words):
             break
@@ -88,14 +89,17 @@ def test_ngram_statistics_match_plain_loops(seed):
         top = reference_top_chars(words, n)
         assert top_ngram_characters(grams, chars + n - 1) == top
         assert top_ngram_bound(grams, chars + n - 1) >= top  # the bound that spares the sort
-        positions = repeated_positions(grams)
+        positions, later = repeats(grams)
+        assert positions.tolist() == repeated_positions(grams).tolist() == \
+            [i for i in range(len(grams)) if (grams == grams[i]).sum() > 1]
+        assert later.tolist() == [i for i in range(len(grams)) if grams[i] in grams[:i]]
         got = duplicate_ngram_characters(positions, grams[positions], chars[positions], n)
         assert got == reference_duplicate_chars(words, n)
-        assert covered_characters(positions, n, prefix) >= got
-        if repeated_5 is not None:  # the words covered by repeated n-grams shrink as n grows, so the n=5 bound holds for n
-            assert covered_characters(repeated_5, 5, prefix) >= got
+        assert covered_characters(later, n, prefix) >= got  # the bound that spares the walk
+        if later_5 is not None:  # the words covered by n-grams seen before shrink as n grows
+            assert covered_characters(later_5, 5, prefix) >= got
         if n == 5:
-            repeated_5 = positions
+            later_5 = later
 
 
 # ---------------------------------------------------------------------------- Gopher repetition

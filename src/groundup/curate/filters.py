@@ -207,19 +207,25 @@ def top_ngram_characters(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> i
     return int(ngram_chars[position]) * int(top)
 
 
-def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
-    """Sorted positions whose n-gram occurs more than once."""
+def repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions whose n-gram occurs more than once, and those whose n-gram occurred before."""
+    empty = np.zeros(0, dtype=np.int64)
     if len(ngram_hashes) < 2:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(ngram_hashes, kind="stable")
+        return empty, empty
+    order = np.argsort(ngram_hashes, kind="stable")  # equal n-grams in order of position
     ordered = ngram_hashes[order]
     same = ordered[1:] == ordered[:-1]
     if not same.any():
-        return np.zeros(0, dtype=np.int64)
+        return empty, empty
     repeated = np.zeros(len(ordered), dtype=bool)
     repeated[1:] |= same
     repeated[:-1] |= same
-    return np.sort(order[repeated])
+    return np.sort(order[repeated]), np.sort(order[1:][same])
+
+
+def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
+    """Sorted positions whose n-gram occurs more than once."""
+    return repeats(ngram_hashes)[0]
 
 
 def top_ngram_bound(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> float:
@@ -241,10 +247,11 @@ def top_ngram_bound(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> float:
 def covered_characters(positions: np.ndarray, n: int, prefix: np.ndarray) -> int:
     """Characters of the words that n-grams starting at sorted ``positions`` cover (their union).
 
-    An upper bound on :func:`duplicate_ngram_characters` over the same positions, whose counted
-    n-grams never overlap. It holds for every longer n too: an (n+1)-gram that repeats at ``p``
-    makes the n-grams at ``p`` and ``p + 1`` repeat, so the words covered only shrink as n grows.
-    ``prefix`` holds the cumulative word lengths (``prefix[i]``: characters of the first i words).
+    Over the positions whose n-gram occurred before, an upper bound on
+    :func:`duplicate_ngram_characters`, which counts only such n-grams and never two that overlap.
+    It holds for every longer n too: an (n+1)-gram seen before at ``p`` makes the n-grams at ``p``
+    and ``p + 1`` seen before, so the words covered only shrink as n grows. ``prefix`` holds the
+    cumulative word lengths (``prefix[i]``: characters of the first i words).
     """
     if len(positions) == 0:
         return 0
@@ -360,9 +367,9 @@ class GopherRepetitionFilter(Filter):
                         top_ngram_characters(ngrams, spaced) / size > top[n]:
                     return False, f"top_{n}_gram"
             if n in dup:
-                local = repeated_positions(ngrams)
+                local, later = repeats(ngrams)
                 absolute = local if positions is None else positions[local]
-                covered = covered_characters(absolute, n, prefix) / size
+                covered = covered_characters(later if positions is None else positions[later], n, prefix) / size
                 if n >= last_top and all(covered <= f for m, f in dup.items() if m >= n):
                     return KEEP  # no top-n-gram check left, and no duplicated n-gram check can fail
                 if covered > dup[n] and \
