@@ -29,7 +29,7 @@ from groundup.curate.filters import (
     word_hashes,
 )
 from groundup.curate.steps import Chain
-from groundup.curate.text import WORD_RE, Document, split_words
+from groundup.curate.text import PUNCTUATION, WORD_RE, Document, Words, split_words
 
 PROSE = english_text(7, sentences=24)
 
@@ -298,6 +298,34 @@ def test_chain_counts_every_step():
 def test_words_split_punctuation():
     assert split_words("Hello, world... It's 3.14 (really)!") == \
         ["Hello", ",", "world", "...", "It's", "3.14", "(", "really", ")", "!"]
+
+
+def test_word_arrays_match_the_word_regex():
+    """Words (numpy on ASCII text, the regex elsewhere): the same words, lengths, equal hashes for equal
+    words only, and the counts the quality rules take from them, as from the word strings."""
+    import re
+
+    symbols = frozenset(PUNCTUATION) | {"..."}
+    letter = re.compile(r"[^\W\d_]")
+    stop = frozenset(("the", "of", "and", "with"))
+    rng = random.Random(8)
+    ascii_pieces = [*"ab _.,'-#!$", "...", "..", "....", "\n", "\t", "\r", "\x1c", "\x0b", "\x00", "3", "the", " of ",
+                    "and", "with"]
+    other_pieces = ["\u00e9", "\u00bd", "\u00b2", "\u2026", "\u2019", "\u4e2d", "\u3000", "\u2028", "\U0001f600",
+                    "\uff11", "\ud800"]
+    for i in range(6000):
+        pool = ascii_pieces if i % 2 else ascii_pieces + other_pieces
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 40)))
+        expected = WORD_RE.findall(text)
+        for words in (Words(text), Words(text, expected)):
+            assert words.strings() == expected and words.lengths.tolist() == [len(w) for w in expected], repr(text)
+            seen: dict[int, str] = {}
+            assert all(seen.setdefault(h, w) == w for h, w in zip(words.hashes.tolist(), expected, strict=True))
+            assert len(seen) == len(set(expected))
+            assert int(words.symbols().sum()) == sum(w in symbols for w in expected), repr(text)
+            assert words.with_letter() == sum(bool(letter.search(w)) for w in expected), repr(text)
+            assert words.count_distinct(stop) == len(stop.intersection(expected)), repr(text)
+    assert Document("the cat, the dog...").word_arrays.strings() == ["the", "cat", ",", "the", "dog", "..."]
 
 
 def test_fast_word_split_matches_the_word_regex():

@@ -3,11 +3,13 @@
 Each rule keeps the thresholds and the order of checks of its published form (Gopher:
 Rae et al. 2021, table A1; C4: Raffel et al. 2020; FineWeb: Penedo et al. 2024), and the
 drop reasons of the FineWeb reference implementation, so the two can be compared document
-by document. What makes them fast: words are cut once per document by one regular
-expression and shared by the rules (:class:`~groundup.curate.text.Document` caches them);
-duplicate lines and paragraphs are counted with sets in C; n-gram statistics are computed on
-integer hashes with numpy (a rolling polynomial hash of word hashes), and only the positions
-of repeated n-grams are walked in Python.
+by document. What makes them fast: words are found once per document, as arrays of lengths
+and hashes shared by the rules (:class:`~groundup.curate.text.Words`, cached by the
+:class:`~groundup.curate.text.Document`; no string per word on ASCII text); duplicate lines and
+paragraphs are counted with sets in C; n-gram statistics are computed on integer hashes with
+numpy (a rolling polynomial hash of word hashes); cheap upper bounds (a bucketed count, the
+words covered by repeats) settle most documents before any sort, and only the positions of
+repeated n-grams are walked in Python. Each shortcut is checked against plain loops in the tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from groundup.curate.steps import Filter
-from groundup.curate.text import PUNCTUATION, TERMINAL_PUNCTUATION, Document, duplicates
+from groundup.curate.text import TERMINAL_PUNCTUATION, Document, duplicates
 
 KEEP = (True, "")
 
@@ -337,12 +339,12 @@ class GopherRepetitionFilter(Filter):
         if self.dup_line_char_frac and chars / size > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
 
-        words = doc.words
+        words = doc.word_arrays
         if len(words) < 2:
             return KEEP
-        hashes = word_hashes(words)
+        hashes = words.hashes
         prefix = np.zeros(len(words) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=prefix[1:])
+        np.cumsum(words.lengths, out=prefix[1:])
         top = dict(self.top_n_grams)
         dup = dict(self.dup_n_grams)
         last_top = max(top, default=1)
@@ -385,9 +387,6 @@ class GopherRepetitionFilter(Filter):
 # ---------------------------------------------------------------------------- Gopher quality
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-_SYMBOL_WORDS = frozenset(PUNCTUATION) | {"..."}  # the words the tokenizer makes of punctuation alone
-_LETTER_TO_LINE_END = re.compile(r"[^\W\d_][^\n]*")  # one match per line that holds a letter
-_ASCII_LETTER_TO_LINE_END = re.compile(r"[A-Za-z][^\n]*")  # the same for ASCII text, where a letter is [A-Za-z]
 
 
 class GopherQualityFilter(Filter):
@@ -413,21 +412,17 @@ class GopherQualityFilter(Filter):
 
     def filter(self, doc: Document) -> tuple[bool, str]:
         text = doc.text
-        words = doc.words
+        words = doc.word_arrays
         n_words = len(words)
-        # A "symbol word" is nothing but punctuation: with this tokenizer, a lone mark (one character) or
-        # "...". They are counted in C rather than filtered out in a Python loop.
-        n_symbols = sum(map(_SYMBOL_WORDS.__contains__, words))
-        n_real = n_words - n_symbols
+        # a "symbol word" is nothing but punctuation: with this tokenizer, a lone mark or "..."
+        symbols = words.symbols()
+        n_real = n_words - int(np.count_nonzero(symbols))
         if self.min_doc_words and n_real < self.min_doc_words:
             return False, "gopher_short_doc"
         if self.max_doc_words and n_real > self.max_doc_words:
             return False, "gopher_long_doc"
-        if n_real:
-            ellipsis_words = words.count("...") if n_symbols and "..." in text else 0
-            mean_length = (sum(map(len, words)) - n_symbols - 2 * ellipsis_words) / n_real
-        else:
-            mean_length = float("nan")
+        real_chars = int(words.lengths.sum()) - int(words.lengths[symbols].sum())
+        mean_length = real_chars / n_real if n_real else float("nan")
         if self.min_avg_word_length and mean_length < self.min_avg_word_length:
             return False, "gopher_below_avg_threshold"
         if self.max_avg_word_length and mean_length > self.max_avg_word_length:
@@ -451,12 +446,9 @@ class GopherQualityFilter(Filter):
             ellipsis_lines = sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
             if ellipsis_lines / len(lines) > self.max_ellipsis_lines_ratio:
                 return False, "gopher_too_many_end_ellipsis"
-        # words with a letter, counted in one regex pass over the words one per line
-        letters = _ASCII_LETTER_TO_LINE_END if text.isascii() else _LETTER_TO_LINE_END  # ASCII: a cheaper class
-        if self.max_non_alpha_words_ratio and \
-                len(letters.findall("\n".join(words))) / n_words < self.max_non_alpha_words_ratio:
+        if self.max_non_alpha_words_ratio and words.with_letter() / n_words < self.max_non_alpha_words_ratio:
             return False, "gopher_below_alpha_threshold"
-        if self.min_stop_words and len(self.stop_words.intersection(words)) < self.min_stop_words:
+        if self.min_stop_words and words.count_distinct(self.stop_words) < self.min_stop_words:
             return False, "gopher_enough_stop_words"
         return KEEP
 
@@ -582,7 +574,7 @@ class FineWebQualityFilter(Filter):
         # every whitespace-separated chunk holds at least one word, so passing with the chunk count passes
         # with the word count too; the exact words are cut only when that quick check fails
         if newlines > self.new_line_ratio * len(text.split()) and \
-                newlines / max(len(doc.words), 1) > self.new_line_ratio:
+                newlines / max(len(doc.word_arrays), 1) > self.new_line_ratio:
             return False, "list_ratio"
         return KEEP
 
