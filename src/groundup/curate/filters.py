@@ -190,8 +190,7 @@ def word_hashes(words: list[str]) -> np.ndarray:
 
 def next_ngram_hashes(previous: np.ndarray, hashes: np.ndarray, n: int) -> np.ndarray:
     """Hashes of n-grams from those of (n-1)-grams: ``h_n[i] = h_{n-1}[i] * M + w[i + n - 1]`` (mod 2**64)."""
-    with np.errstate(over="ignore"):
-        return previous[:-1] * _MULTIPLIER + hashes[n - 1:]
+    return previous[:-1] * _MULTIPLIER + hashes[n - 1:]  # array arithmetic wraps silently
 
 
 def top_ngram_characters(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> int:
@@ -209,8 +208,7 @@ def top_ngram_characters(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> i
     return int(ngram_chars[position]) * int(top)
 
 
-def repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted positions whose n-gram occurs more than once, and those whose n-gram occurred before."""
+def _sorted_repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     empty = np.zeros(0, dtype=np.int64)
     if len(ngram_hashes) < 2:
         return empty, empty
@@ -223,6 +221,24 @@ def repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     repeated[1:] |= same
     repeated[:-1] |= same
     return np.sort(order[repeated]), np.sort(order[1:][same])
+
+
+def repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions whose n-gram occurs more than once, and those whose n-gram occurred before.
+
+    In ordinary text few longer n-grams repeat, so the sort is spared most of them: counted into
+    8-16 times as many buckets as n-grams, only those sharing a bucket can repeat (every
+    occurrence of a repeated n-gram lands in the same bucket, so the order of first and later
+    occurrences is kept among them).
+    """
+    m = len(ngram_hashes)
+    if m > 64:
+        buckets = ngram_hashes.view(np.int64) & ((1 << (8 * m).bit_length()) - 1)
+        candidates = np.flatnonzero(np.bincount(buckets)[buckets] > 1)
+        if len(candidates) < m // 2:
+            repeated, later = _sorted_repeats(ngram_hashes[candidates])
+            return candidates[repeated], candidates[later]
+    return _sorted_repeats(ngram_hashes)
 
 
 def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
@@ -348,7 +364,7 @@ class GopherRepetitionFilter(Filter):
         top = dict(self.top_n_grams)
         dup = dict(self.dup_n_grams)
         last_top = max(top, default=1)
-        largest = min(max([*top, *dup, 1]), len(words))
+        largest = min(max(last_top, max(dup, default=1)), len(words))
         ngrams = hashes
         # Past the top-n-gram sizes, from the first duplicated-n-gram size on, only positions whose
         # (n-1)-gram repeats can hold a repeated n-gram, so the arrays shrink to those positions.

@@ -76,6 +76,8 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     Equal to counting with a set in a loop, done with two C-level passes instead.
     """
     unique = set(items)
+    if len(unique) == len(items):
+        return 0, 0
     return len(items) - len(unique), sum(map(len, items)) - sum(map(len, unique))
 
 
@@ -148,28 +150,27 @@ def _ascii_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n = len(codes)
     classes = _ASCII_CLASS[codes]
-    word = classes == 1
-    joined = np.zeros(n, dtype=bool)
-    if n > 2:
-        joined[1:-1] = (classes[1:-1] == 2) & word[:-2] & word[2:]
-    inside = word | joined
-    edges = np.diff(inside.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    word_starts = np.flatnonzero(edges == 1)
+    inside = np.zeros(n + 2, dtype=bool)  # padded with a non-word position at each end
+    inside[1:-1] = classes == 1
+    joined = (classes == 2) & inside[:-2] & inside[2:]
+    inside[1:-1] |= joined
+    bounds = np.flatnonzero(inside[1:] != inside[:-1])  # the start and the end of each word, in turn
+    starts = bounds[0::2]
     lengths = np.zeros(n, dtype=np.int64)  # the length of the word starting at each position, else 0
-    lengths[word_starts] = np.flatnonzero(edges == -1) - word_starts
+    lengths[starts] = bounds[1::2] - starts
     lone = (classes >= 2) & ~joined
+    lengths[lone] = 1
     dots = lone & (codes == _DOT)
-    lengths[lone & ~dots] = 1
     if dots.any():
-        dot_edges = np.diff(dots.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        run_starts = np.flatnonzero(dot_edges == 1)
-        run_lengths = np.flatnonzero(dot_edges == -1) - run_starts
-        lengths[run_starts[run_lengths == 1]] = 1
-        for start, k in zip(run_starts[run_lengths > 1].tolist(), run_lengths[run_lengths > 1].tolist(),
-                            strict=True):
-            ellipses = k // 3
-            lengths[start:start + 3 * ellipses:3] = 3
-            lengths[start + 3 * ellipses:start + k] = 1
+        padded = np.zeros(n + 2, dtype=bool)
+        padded[1:-1] = dots
+        bounds = np.flatnonzero(padded[1:] != padded[:-1])
+        run_starts, run_lengths = bounds[0::2], bounds[1::2] - bounds[0::2]
+        runs = run_lengths > 2
+        for start, k in zip(run_starts[runs].tolist(), run_lengths[runs].tolist(), strict=True):
+            end = start + 3 * (k // 3)
+            lengths[start:end] = 0
+            lengths[start:end:3] = 3
     starts = np.flatnonzero(lengths)
     return starts, lengths[starts]
 
@@ -236,7 +237,11 @@ class Words:
             return 0
         if len(self.codes) >= _HASH_TABLE_LIMIT:  # hashed by Python: compare the strings themselves
             return len(vocabulary.intersection(self.strings()))
-        wanted = np.fromiter(map(_string_hash, vocabulary), dtype=np.uint64, count=len(vocabulary))
+        wanted = _vocabulary_hashes.get(vocabulary)
+        if wanted is None:
+            wanted = np.fromiter(map(_string_hash, vocabulary), dtype=np.uint64, count=len(vocabulary))
+            if len(_vocabulary_hashes) < 64:
+                _vocabulary_hashes[vocabulary] = wanted
         found = np.flatnonzero(np.isin(self.hashes, wanted))
         # one occurrence of each hash found, checked against the text (a hash match is not proof)
         _, first = np.unique(self.hashes[found], return_index=True)
@@ -250,6 +255,7 @@ _LETTER_TO_LINE_END = re.compile(r"[^\W\d_][^\n]*")
 
 
 _string_hashes: dict[str, int] = {}
+_vocabulary_hashes: dict[frozenset[str], np.ndarray] = {}
 
 
 def _string_hash(word: str) -> int:
