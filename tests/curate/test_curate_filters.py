@@ -301,8 +301,8 @@ def test_words_split_punctuation():
 
 
 def test_word_arrays_match_the_word_regex():
-    """Words (numpy on ASCII text, the regex elsewhere): the same words, lengths, equal hashes for equal
-    words only, and the counts the quality rules take from them, as from the word strings."""
+    """Words (numpy and character tables; the regex beyond the Basic Multilingual Plane): the same words,
+    lengths, equal hashes for equal words only, and the counts the quality rules take from them."""
     import re
 
     symbols = frozenset(PUNCTUATION) | {"..."}
@@ -313,9 +313,10 @@ def test_word_arrays_match_the_word_regex():
                     "and", "with"]
     other_pieces = ["\u00e9", "\u00bd", "\u00b2", "\u2026", "\u2019", "\u4e2d", "\u3000", "\u2028", "\U0001f600",
                     "\uff11", "\ud800"]
-    for i in range(6000):
-        pool = ascii_pieces if i % 2 else ascii_pieces + other_pieces
-        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 40)))
+    for i in range(9000):
+        pool = (ascii_pieces, ascii_pieces + other_pieces, [*ascii_pieces, None])[i % 3]
+        # None: any character of the Basic Multilingual Plane (every script, marks, digits, surrogates)
+        text = "".join(rng.choice(pool) or chr(rng.randrange(0x10000)) for _ in range(rng.randint(0, 40)))
         expected = WORD_RE.findall(text)
         for words in (Words(text), Words(text, expected)):
             assert words.strings() == expected and words.lengths.tolist() == [len(w) for w in expected], repr(text)

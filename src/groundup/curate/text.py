@@ -136,20 +136,41 @@ def _ascii_classes() -> np.ndarray:
 
 _ASCII_CLASS = _ascii_classes()
 _ASCII_LETTER = np.array([chr(c).isalpha() for c in range(128)])
+_BMP = 0x10000
+_bmp_tables: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _unicode_tables() -> tuple[np.ndarray, np.ndarray]:
+    r"""Classes (as :func:`_ascii_classes`, with ``’`` a joiner too) and letters (``[^\W\d_]``) of every
+    code point of the Basic Multilingual Plane, from ``str`` methods, as ``re`` defines them; built on
+    the first non-ASCII text (tens of milliseconds, once per process)."""
+    global _bmp_tables
+    if _bmp_tables is None:
+        chars = [chr(c) for c in range(_BMP)]
+        space = np.fromiter(map(str.isspace, chars), dtype=bool, count=_BMP)
+        alnum = np.fromiter(map(str.isalnum, chars), dtype=bool, count=_BMP)
+        decimal = np.fromiter(map(str.isdecimal, chars), dtype=bool, count=_BMP)
+        classes = np.full(_BMP, 3, dtype=np.uint8)
+        classes[alnum] = 1
+        classes[ord("_")] = 1
+        classes[[ord(c) for c in ".,'\u2019"]] = 2
+        classes[space] = 0
+        _bmp_tables = classes, alnum & ~decimal
+    return _bmp_tables
 _PUNCTUATION_CODES = np.zeros(0x110000, dtype=bool)
 _PUNCTUATION_CODES[[ord(c) for c in PUNCTUATION]] = True
 _DOT = ord(".")
 
 
-def _ascii_spans(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and length of every word of an ASCII text, as ``WORD_RE`` cuts it, from character classes.
+def _spans(codes: np.ndarray, class_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of every word of a text, as ``WORD_RE`` cuts it, from character classes.
 
     A joiner between two word characters belongs to the word; runs of word characters and such
     joiners are words; a run of k other dots gives k // 3 ``...`` and then k % 3 ``.``; any other
     character that is not a space is a word of its own.
     """
     n = len(codes)
-    classes = _ASCII_CLASS[codes]
+    classes = class_table[codes]
     inside = np.zeros(n + 2, dtype=bool)  # padded with a non-word position at each end
     inside[1:-1] = classes == 1
     joined = (classes == 2) & inside[:-2] & inside[2:]
@@ -179,21 +200,34 @@ class Words:
     """A document's words as arrays: what the repetition and quality rules need, computed once.
 
     ``lengths`` (characters) and ``hashes`` (uint64, equal words hash equally) of the words in
-    order, as ``WORD_RE`` cuts them. On ASCII text the words are found from character classes
-    with numpy and hashed from the code points, so no string is made per word (about twice as
-    fast as the regular expression and a ``hash`` per word); other text is cut by the regular
-    expression and hashed the same way from its words joined by newlines.
+    order, as ``WORD_RE`` cuts them. The words are found from character classes with numpy
+    (tables of what ``re`` calls a word character and a space) and hashed from the code points,
+    so no string is made per word: about twice as fast as the regular expression and a ``hash``
+    per word, and several times faster on non-ASCII text, where the regular expression looks up
+    Unicode properties character by character. Text with characters beyond the Basic
+    Multilingual Plane (emoji) is cut by the regular expression instead and hashed the same way
+    from its words joined by newlines.
     """
 
-    __slots__ = ("source", "codes", "starts", "lengths", "hashes", "words", "_ascii")
+    __slots__ = ("source", "codes", "starts", "lengths", "hashes", "words", "_letters")
 
     def __init__(self, text: str, words: list[str] | None = None):
-        self._ascii = text.isascii() and words is None
-        if self._ascii:
+        codes = None
+        if words is None:
+            if text.isascii():
+                codes, (classes, self._letters) = np.frombuffer(text.encode("ascii"), dtype=np.uint8), \
+                    (_ASCII_CLASS, _ASCII_LETTER)
+            else:
+                codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+                if codes.max() < _BMP:
+                    classes, self._letters = _unicode_tables()
+                else:
+                    codes = None
+        if codes is not None:
             source = text
-            codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-            starts, lengths = _ascii_spans(codes)
+            starts, lengths = _spans(codes, classes)
         else:
+            self._letters = None
             words = split_words(text) if words is None else words
             source = "\n".join(words)
             codes = np.frombuffer(source.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -225,10 +259,10 @@ class Words:
 
     def with_letter(self) -> int:
         r"""How many words hold a letter (a word character that is not a digit or ``_``, as ``[^\W\d_]``)."""
-        if not self._ascii:
+        if self._letters is None:
             return len(_LETTER_TO_LINE_END.findall(self.source))  # one match per word (line) with a letter
         letters = np.zeros(len(self.codes) + 1, dtype=np.int32)
-        np.cumsum(_ASCII_LETTER[self.codes], out=letters[1:])
+        np.cumsum(self._letters[self.codes], out=letters[1:])
         return int(np.count_nonzero(letters[self.starts + self.lengths] > letters[self.starts]))
 
     def count_distinct(self, vocabulary: frozenset[str]) -> int:
