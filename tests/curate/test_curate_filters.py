@@ -295,6 +295,43 @@ def test_chain_counts_every_step():
     assert stats["gopher_quality"]["bytes_out"] == len(PROSE.encode())
 
 
+def test_chain_in_batches_matches_one_document_at_a_time():
+    """Chain.run (every step over a batch in turn) keeps, rewrites, counts and reports drops exactly as
+    Chain.process one document at a time, in the same order."""
+    from groundup.curate.pii import PIIRedactor
+
+    def steps():
+        return [LengthFilter(min_chars=200), GopherRepetitionFilter(), GopherQualityFilter(),
+                C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(), PIIRedactor(["email"])]
+
+    rng = random.Random(2)
+    texts = []
+    for seed in range(60):
+        text = english_text(seed, sentences=rng.randint(1, 20))
+        kind = seed % 5
+        if kind == 1:
+            text += "\nWrite to someone@example.org today, please."
+        elif kind == 2:
+            text = (text.split("\n")[0] + "\n") * 4
+        elif kind == 3:
+            text += "\n{ curly }"
+        texts.append(text)
+
+    def drops_of(sink):
+        return lambda doc, step, reason: sink.append((doc.text, step, reason))
+
+    single, single_drops = Chain(steps()), []
+    kept = [d.text for d in map(Document, texts) if single.process(d, drops_of(single_drops))]
+    reference = {name: {k: v for k, v in st.items() if k != "seconds"} for name, st in single.stats.as_dict().items()}
+    assert 0 < len(kept) < len(texts) and len({r for _, _, r in single_drops}) >= 3
+    for batch in (1, 7, 64):
+        chain, drops = Chain(steps(), batch_documents=batch), []
+        assert [d.text for d in chain.run(map(Document, texts), drops_of(drops))] == kept
+        assert drops == single_drops
+        assert {name: {k: v for k, v in st.items() if k != "seconds"}
+                for name, st in chain.stats.as_dict().items()} == reference
+
+
 def test_words_split_punctuation():
     assert split_words("Hello, world... It's 3.14 (really)!") == \
         ["Hello", ",", "world", "...", "It's", "3.14", "(", "really", ")", "!"]
