@@ -7,8 +7,9 @@ A step is a small class with one method:
 - a :class:`Formatter` rewrites ``doc.text`` in ``format(doc)`` and returns what it changed,
   as counts per kind (``{"email": 2}``), or nothing.
 
-:class:`Chain` runs documents through steps and keeps, per step, documents and bytes in and
-out, drops by reason, changes by kind and time spent. :class:`StepStats` and
+:class:`Chain` runs documents through steps (:meth:`Chain.run`: every step over a batch of
+documents in turn, with the same results as one document at a time) and keeps, per step,
+documents and bytes in and out, drops by reason, changes by kind and time spent. :class:`StepStats` and
 :class:`PipelineStats` are plain counters that add up, so shards' statistics merge into a run's.
 """
 
