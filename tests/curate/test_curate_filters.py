@@ -16,17 +16,20 @@ from groundup.curate.filters import (
     LanguageFilter,
     LengthFilter,
     URLFilter,
+    covered_characters,
     duplicate_ngram_characters,
     language_sample,
     next_ngram_hashes,
     repeated_positions,
+    repeats,
     split_lines,
     split_paragraphs,
+    top_ngram_bound,
     top_ngram_characters,
     word_hashes,
 )
 from groundup.curate.steps import Chain
-from groundup.curate.text import Document, split_words
+from groundup.curate.text import PUNCTUATION, WORD_RE, Document, Words, split_words
 
 PROSE = english_text(7, sentences=24)
 
@@ -77,15 +80,26 @@ def test_ngram_statistics_match_plain_loops(seed):
     lengths = np.array([len(w) for w in words])
     prefix = np.concatenate([[0], np.cumsum(lengths)])
     grams = hashes
+    later_5 = None
     for n in range(2, 11):
         if n > len(words):
             break
         grams = next_ngram_hashes(grams, hashes, n)
         chars = prefix[n:] - prefix[:-n]
-        assert top_ngram_characters(grams, chars + n - 1) == reference_top_chars(words, n)
-        positions = repeated_positions(grams)
+        top = reference_top_chars(words, n)
+        assert top_ngram_characters(grams, chars + n - 1) == top
+        assert top_ngram_bound(grams, chars + n - 1) >= top  # the bound that spares the sort
+        positions, later = repeats(grams)
+        assert positions.tolist() == repeated_positions(grams).tolist() == \
+            [i for i in range(len(grams)) if (grams == grams[i]).sum() > 1]
+        assert later.tolist() == [i for i in range(len(grams)) if grams[i] in grams[:i]]
         got = duplicate_ngram_characters(positions, grams[positions], chars[positions], n)
         assert got == reference_duplicate_chars(words, n)
+        assert covered_characters(later, n, prefix) >= got  # the bound that spares the walk
+        if later_5 is not None:  # the words covered by n-grams seen before shrink as n grows
+            assert covered_characters(later_5, 5, prefix) >= got
+        if n == 5:
+            later_5 = later
 
 
 # ---------------------------------------------------------------------------- Gopher repetition
@@ -114,6 +128,44 @@ def test_gopher_repetition_ngrams():
     keep, reason = rule.filter(doc(text))
     assert not keep and reason.startswith("duplicated_")
     assert rule.filter(doc(PROSE + " " + phrase))[0]
+
+
+def reference_repetition(words: list[str], size: int, top: dict, dup: dict) -> str:
+    """Gopher's n-gram rules as plain loops, sizes in increasing order (top before duplicated)."""
+    for n in sorted(set(top) | set(dup)):
+        if n in top and reference_top_chars(words, n) / size > top[n]:
+            return f"top_{n}_gram"
+        if n in dup and reference_duplicate_chars(words, n) / size > dup[n]:
+            return f"duplicated_{n}_n_grams"
+    return ""
+
+
+@pytest.mark.parametrize("sizes", [{}, {"top_n_grams": ((2, 0.1), (4, 0.1)), "dup_n_grams": ((3, 0.05), (5, 0.1))},
+                                   {"top_n_grams": ((2, 0.05),), "dup_n_grams": ((4, 0.05), (6, 0.03), (9, 0.02))}])
+def test_gopher_repetition_ngram_rules_match_plain_loops(sizes):
+    """The filter (bounds, early exits, arrays shrunk to repeated positions) decides as the plain loops do,
+    including duplicated-n-gram sizes below the top-n-gram sizes."""
+    rule = GopherRepetitionFilter(dup_line_frac=None, dup_para_frac=None, dup_line_char_frac=None,
+                                  dup_para_char_frac=None, **sizes)
+    top, dup = dict(rule.top_n_grams), dict(rule.dup_n_grams)
+    rng = random.Random(11)
+    reasons = Counter()
+    for seed in range(150):
+        words = english_text(seed, sentences=rng.randint(2, 20)).split(" ")
+        kind = seed % 4
+        if kind == 1:  # a phrase repeated
+            words += words[:rng.randint(2, 12)] * rng.randint(1, 12)
+        elif kind == 2:  # a small vocabulary
+            words = [rng.choice(words[:rng.randint(3, 25)]) for _ in range(rng.randint(10, 400))]
+        elif kind == 3:  # a passage copied once
+            i = rng.randrange(len(words))
+            words += words[i:i + rng.randint(5, 60)]
+        text = " ".join(words)
+        expected = reference_repetition(split_words(text), len(text), top, dup)
+        got = rule.filter(doc(text))
+        assert got == (expected == "", expected), seed
+        reasons[expected] += 1
+    assert reasons[""] > 10 and len(reasons) >= 4  # both sides of the thresholds were exercised
 
 
 # ---------------------------------------------------------------------------- Gopher quality
@@ -243,6 +295,82 @@ def test_chain_counts_every_step():
     assert stats["gopher_quality"]["bytes_out"] == len(PROSE.encode())
 
 
+def test_chain_in_batches_matches_one_document_at_a_time():
+    """Chain.run (every step over a batch in turn) keeps, rewrites, counts and reports drops exactly as
+    Chain.process one document at a time, in the same order."""
+    from groundup.curate.pii import PIIRedactor
+
+    def steps():
+        return [LengthFilter(min_chars=200), GopherRepetitionFilter(), GopherQualityFilter(),
+                C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(), PIIRedactor(["email"])]
+
+    rng = random.Random(2)
+    texts = []
+    for seed in range(60):
+        text = english_text(seed, sentences=rng.randint(1, 20))
+        kind = seed % 5
+        if kind == 1:
+            text += "\nWrite to someone@example.org today, please."
+        elif kind == 2:
+            text = (text.split("\n")[0] + "\n") * 4
+        elif kind == 3:
+            text += "\n{ curly }"
+        texts.append(text)
+
+    def drops_of(sink):
+        return lambda doc, step, reason: sink.append((doc.text, step, reason))
+
+    single, single_drops = Chain(steps()), []
+    kept = [d.text for d in map(Document, texts) if single.process(d, drops_of(single_drops))]
+    reference = {name: {k: v for k, v in st.items() if k != "seconds"} for name, st in single.stats.as_dict().items()}
+    assert 0 < len(kept) < len(texts) and len({r for _, _, r in single_drops}) >= 3
+    for batch in (1, 7, 64):
+        chain, drops = Chain(steps(), batch_documents=batch), []
+        assert [d.text for d in chain.run(map(Document, texts), drops_of(drops))] == kept
+        assert drops == single_drops
+        assert {name: {k: v for k, v in st.items() if k != "seconds"}
+                for name, st in chain.stats.as_dict().items()} == reference
+
+
 def test_words_split_punctuation():
     assert split_words("Hello, world... It's 3.14 (really)!") == \
         ["Hello", ",", "world", "...", "It's", "3.14", "(", "really", ")", "!"]
+
+
+def test_word_arrays_match_the_word_regex():
+    """Words (numpy and character tables; the regex beyond the Basic Multilingual Plane): the same words,
+    lengths, equal hashes for equal words only, and the counts the quality rules take from them."""
+    import re
+
+    symbols = frozenset(PUNCTUATION) | {"..."}
+    letter = re.compile(r"[^\W\d_]")
+    stop = frozenset(("the", "of", "and", "with"))
+    rng = random.Random(8)
+    ascii_pieces = [*"ab _.,'-#!$", "...", "..", "....", "\n", "\t", "\r", "\x1c", "\x0b", "\x00", "3", "the", " of ",
+                    "and", "with"]
+    other_pieces = ["\u00e9", "\u00bd", "\u00b2", "\u2026", "\u2019", "\u4e2d", "\u3000", "\u2028", "\U0001f600",
+                    "\uff11", "\ud800"]
+    for i in range(9000):
+        pool = (ascii_pieces, ascii_pieces + other_pieces, [*ascii_pieces, None])[i % 3]
+        # None: any character of the Basic Multilingual Plane (every script, marks, digits, surrogates)
+        text = "".join(rng.choice(pool) or chr(rng.randrange(0x10000)) for _ in range(rng.randint(0, 40)))
+        expected = WORD_RE.findall(text)
+        for words in (Words(text), Words(text, expected)):
+            assert words.strings() == expected and words.lengths.tolist() == [len(w) for w in expected], repr(text)
+            seen: dict[int, str] = {}
+            assert all(seen.setdefault(h, w) == w for h, w in zip(words.hashes.tolist(), expected, strict=True))
+            assert len(seen) == len(set(expected))
+            assert int(words.symbols().sum()) == sum(w in symbols for w in expected), repr(text)
+            assert words.with_letter() == sum(bool(letter.search(w)) for w in expected), repr(text)
+            assert words.count_distinct(stop) == len(stop.intersection(expected)), repr(text)
+    assert Document("the cat, the dog...").word_arrays.strings() == ["the", "cat", ",", "the", "dog", "..."]
+
+
+def test_fast_word_split_matches_the_word_regex():
+    """split_words (whitespace taken into the match, an ASCII-only pattern for ASCII text) finds WORD_RE's words."""
+    rng = random.Random(4)
+    pieces = [*"ab _.,'-", "...", "\u2019", "\n", "\t", "\x1c", "\x0b", "3", "\u00e9", "\u00bd", "\u00b2", "\u2026",
+              "\u4e2d", "\u3000", "\u2028", "\U0001f600", "don't", "e.g.", "1,000"]
+    for _ in range(4000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert split_words(text) == WORD_RE.findall(text), repr(text)

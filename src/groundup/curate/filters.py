@@ -3,11 +3,13 @@
 Each rule keeps the thresholds and the order of checks of its published form (Gopher:
 Rae et al. 2021, table A1; C4: Raffel et al. 2020; FineWeb: Penedo et al. 2024), and the
 drop reasons of the FineWeb reference implementation, so the two can be compared document
-by document. What makes them fast: words are cut once per document by one regular
-expression and shared by the rules (:class:`~groundup.curate.text.Document` caches them);
-duplicate lines and paragraphs are counted with sets in C; n-gram statistics are computed on
-integer hashes with numpy (a rolling polynomial hash of word hashes), and only the positions
-of repeated n-grams are walked in Python.
+by document. What makes them fast: words are found once per document, as arrays of lengths
+and hashes shared by the rules (:class:`~groundup.curate.text.Words`, cached by the
+:class:`~groundup.curate.text.Document`; no string per word on ASCII text); duplicate lines and
+paragraphs are counted with sets in C; n-gram statistics are computed on integer hashes with
+numpy (a rolling polynomial hash of word hashes); cheap upper bounds (a bucketed count, the
+words covered by repeats) settle most documents before any sort, and only the positions of
+repeated n-grams are walked in Python. Each shortcut is checked against plain loops in the tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from groundup.curate.steps import Filter
-from groundup.curate.text import PUNCTUATION, TERMINAL_PUNCTUATION, Document, duplicates
+from groundup.curate.text import TERMINAL_PUNCTUATION, Document, duplicates
 
 KEEP = (True, "")
 
@@ -188,8 +190,7 @@ def word_hashes(words: list[str]) -> np.ndarray:
 
 def next_ngram_hashes(previous: np.ndarray, hashes: np.ndarray, n: int) -> np.ndarray:
     """Hashes of n-grams from those of (n-1)-grams: ``h_n[i] = h_{n-1}[i] * M + w[i + n - 1]`` (mod 2**64)."""
-    with np.errstate(over="ignore"):
-        return previous[:-1] * _MULTIPLIER + hashes[n - 1:]
+    return previous[:-1] * _MULTIPLIER + hashes[n - 1:]  # array arithmetic wraps silently
 
 
 def top_ngram_characters(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> int:
@@ -207,19 +208,74 @@ def top_ngram_characters(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> i
     return int(ngram_chars[position]) * int(top)
 
 
-def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
-    """Sorted positions whose n-gram occurs more than once."""
+def _sorted_repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.zeros(0, dtype=np.int64)
     if len(ngram_hashes) < 2:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(ngram_hashes, kind="stable")
+        return empty, empty
+    order = np.argsort(ngram_hashes, kind="stable")  # equal n-grams in order of position
     ordered = ngram_hashes[order]
     same = ordered[1:] == ordered[:-1]
     if not same.any():
-        return np.zeros(0, dtype=np.int64)
+        return empty, empty
     repeated = np.zeros(len(ordered), dtype=bool)
     repeated[1:] |= same
     repeated[:-1] |= same
-    return np.sort(order[repeated])
+    return np.sort(order[repeated]), np.sort(order[1:][same])
+
+
+def repeats(ngram_hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positions whose n-gram occurs more than once, and those whose n-gram occurred before.
+
+    In ordinary text few longer n-grams repeat, so the sort is spared most of them: counted into
+    8-16 times as many buckets as n-grams, only those sharing a bucket can repeat (every
+    occurrence of a repeated n-gram lands in the same bucket, so the order of first and later
+    occurrences is kept among them).
+    """
+    m = len(ngram_hashes)
+    if m > 64:
+        buckets = ngram_hashes.view(np.int64) & ((1 << (8 * m).bit_length()) - 1)
+        candidates = np.flatnonzero(np.bincount(buckets)[buckets] > 1)
+        if len(candidates) < m // 2:
+            repeated, later = _sorted_repeats(ngram_hashes[candidates])
+            return candidates[repeated], candidates[later]
+    return _sorted_repeats(ngram_hashes)
+
+
+def repeated_positions(ngram_hashes: np.ndarray) -> np.ndarray:
+    """Sorted positions whose n-gram occurs more than once."""
+    return repeats(ngram_hashes)[0]
+
+
+def top_ngram_bound(ngram_hashes: np.ndarray, ngram_chars: np.ndarray) -> float:
+    """An upper bound on :func:`top_ngram_characters` from two linear passes instead of a sort.
+
+    The n-grams are counted into 2-4 times as many buckets as there are n-grams, each bucket
+    summing the characters of its n-grams: every occurrence of the most frequent n-gram falls
+    into the same bucket, so that bucket's sum is at least its characters times its count
+    (collisions only add). On ordinary text the bound is a fraction of the Gopher thresholds, so
+    the exact count is needed only for repetitive pages.
+    """
+    m = len(ngram_hashes)
+    if m == 0:
+        return 0.0
+    buckets = ngram_hashes.view(np.int64) & ((1 << (2 * m).bit_length()) - 1)
+    return float(np.bincount(buckets, weights=ngram_chars).max())
+
+
+def covered_characters(positions: np.ndarray, n: int, prefix: np.ndarray) -> int:
+    """Characters of the words that n-grams starting at sorted ``positions`` cover (their union).
+
+    Over the positions whose n-gram occurred before, an upper bound on
+    :func:`duplicate_ngram_characters`, which counts only such n-grams and never two that overlap.
+    It holds for every longer n too: an (n+1)-gram seen before at ``p`` makes the n-grams at ``p``
+    and ``p + 1`` seen before, so the words covered only shrink as n grows. ``prefix`` holds the
+    cumulative word lengths (``prefix[i]``: characters of the first i words).
+    """
+    if len(positions) == 0:
+        return 0
+    ends = positions + n
+    starts = np.maximum(positions, np.concatenate(([0], ends[:-1])))  # ends grow with the positions
+    return int((prefix[ends] - prefix[starts]).sum())
 
 
 def duplicate_ngram_characters(positions: np.ndarray, ngram_hashes: np.ndarray, ngram_chars: np.ndarray,
@@ -299,19 +355,19 @@ class GopherRepetitionFilter(Filter):
         if self.dup_line_char_frac and chars / size > self.dup_line_char_frac:
             return False, "dup_line_char_frac"
 
-        words = doc.words
+        words = doc.word_arrays
         if len(words) < 2:
             return KEEP
-        hashes = word_hashes(words)
+        hashes = words.hashes
         prefix = np.zeros(len(words) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=prefix[1:])
+        np.cumsum(words.lengths, out=prefix[1:])
         top = dict(self.top_n_grams)
         dup = dict(self.dup_n_grams)
         last_top = max(top, default=1)
-        largest = min(max([*top, *dup, 1]), len(words))
+        largest = min(max(last_top, max(dup, default=1)), len(words))
         ngrams = hashes
-        # Once past the top-n-gram sizes, only positions whose (n-1)-gram repeats can hold a repeated
-        # n-gram, so the arrays shrink to those positions (usually a handful).
+        # Past the top-n-gram sizes, from the first duplicated-n-gram size on, only positions whose
+        # (n-1)-gram repeats can hold a repeated n-gram, so the arrays shrink to those positions.
         positions: np.ndarray | None = None
         for n in range(2, largest + 1):
             if positions is None:
@@ -322,27 +378,31 @@ class GopherRepetitionFilter(Filter):
                 positions = positions[fits]
                 ngrams = ngrams[fits] * _MULTIPLIER + hashes[positions + n - 1]
                 chars = prefix[positions + n] - prefix[positions]
-            if n in top and top_ngram_characters(ngrams, chars + (n - 1)) / size > top[n]:
-                return False, f"top_{n}_gram"  # the n-gram as text: its words joined by single spaces
-            if n >= last_top and (n + 1 in dup or n in dup):
-                local = repeated_positions(ngrams)
+            if n in top:
+                spaced = chars + (n - 1)  # the n-gram as text: its words joined by single spaces
+                # the exact count (a sort) only when the cheap upper bound does not already pass
+                if top_ngram_bound(ngrams, spaced) / size > top[n] and \
+                        top_ngram_characters(ngrams, spaced) / size > top[n]:
+                    return False, f"top_{n}_gram"
+            if n in dup:
+                local, later = repeats(ngrams)
                 absolute = local if positions is None else positions[local]
-                if n in dup:
-                    repeated_chars = duplicate_ngram_characters(absolute, ngrams[local], chars[local], n)
-                    if repeated_chars / size > dup[n]:
-                        return False, f"duplicated_{n}_n_grams"
-                if len(local) == 0:
-                    break  # no n-gram repeats, so no longer one does: every later check passes
-                ngrams, positions = ngrams[local], absolute
+                covered = covered_characters(later if positions is None else positions[later], n, prefix) / size
+                if n >= last_top and all(covered <= f for m, f in dup.items() if m >= n):
+                    return KEEP  # no top-n-gram check left, and no duplicated n-gram check can fail
+                if covered > dup[n] and \
+                        duplicate_ngram_characters(absolute, ngrams[local], chars[local], n) / size > dup[n]:
+                    return False, f"duplicated_{n}_n_grams"
+                if n >= last_top:
+                    if len(local) == 0:
+                        break  # no n-gram repeats, so no longer one does: every later check passes
+                    ngrams, positions = ngrams[local], absolute
         return KEEP
 
 
 # ---------------------------------------------------------------------------- Gopher quality
 
 STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-_SYMBOL_WORDS = frozenset(PUNCTUATION) | {"..."}  # the words the tokenizer makes of punctuation alone
-_LETTER_TO_LINE_END = re.compile(r"[^\W\d_][^\n]*")  # one match per line that holds a letter
-_ASCII_LETTER_TO_LINE_END = re.compile(r"[A-Za-z][^\n]*")  # the same for ASCII text, where a letter is [A-Za-z]
 
 
 class GopherQualityFilter(Filter):
@@ -368,16 +428,17 @@ class GopherQualityFilter(Filter):
 
     def filter(self, doc: Document) -> tuple[bool, str]:
         text = doc.text
-        words = doc.words
+        words = doc.word_arrays
         n_words = len(words)
         # a "symbol word" is nothing but punctuation: with this tokenizer, a lone mark or "..."
-        real_words = [w for w in words if w not in _SYMBOL_WORDS]
-        n_real = len(real_words)
+        symbols = words.symbols()
+        n_real = n_words - int(np.count_nonzero(symbols))
         if self.min_doc_words and n_real < self.min_doc_words:
             return False, "gopher_short_doc"
         if self.max_doc_words and n_real > self.max_doc_words:
             return False, "gopher_long_doc"
-        mean_length = sum(map(len, real_words)) / n_real if n_real else float("nan")
+        real_chars = int(words.lengths.sum()) - int(words.lengths[symbols].sum())
+        mean_length = real_chars / n_real if n_real else float("nan")
         if self.min_avg_word_length and mean_length < self.min_avg_word_length:
             return False, "gopher_below_avg_threshold"
         if self.max_avg_word_length and mean_length > self.max_avg_word_length:
@@ -386,24 +447,24 @@ class GopherQualityFilter(Filter):
             return False, "gopher_short_doc"
         if self.max_symbol_word_ratio and text.count("#") / n_words > self.max_symbol_word_ratio:
             return False, "gopher_too_many_hashes"
-        if self.max_symbol_word_ratio and (text.count("...") + text.count("\u2026")) / n_words > \
-                self.max_symbol_word_ratio:
+        ellipses = text.count("...") + text.count("\u2026")
+        if self.max_symbol_word_ratio and ellipses / n_words > self.max_symbol_word_ratio:
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines() or [""]
-        if self.max_bullet_lines_ratio:
+        # A bullet line holds a bullet or a dash, an ellipsis line an ellipsis, so those counts bound the
+        # line counts: the lines are walked only when a bound does not already pass.
+        if self.max_bullet_lines_ratio and \
+                (text.count("-") + text.count("\u2022")) / len(lines) > self.max_bullet_lines_ratio:
             bullets = sum(1 for s in lines if s.lstrip().startswith(("\u2022", "-")))
             if bullets / len(lines) > self.max_bullet_lines_ratio:
                 return False, "gopher_too_many_bullets"
-        if self.max_ellipsis_lines_ratio:
-            ellipses = sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
-            if ellipses / len(lines) > self.max_ellipsis_lines_ratio:
+        if self.max_ellipsis_lines_ratio and ellipses / len(lines) > self.max_ellipsis_lines_ratio:
+            ellipsis_lines = sum(1 for s in lines if s.rstrip().endswith(("...", "\u2026")))
+            if ellipsis_lines / len(lines) > self.max_ellipsis_lines_ratio:
                 return False, "gopher_too_many_end_ellipsis"
-        # words with a letter, counted in one regex pass over the words one per line
-        letters = _ASCII_LETTER_TO_LINE_END if text.isascii() else _LETTER_TO_LINE_END  # ASCII: a cheaper class
-        if self.max_non_alpha_words_ratio and \
-                len(letters.findall("\n".join(words))) / n_words < self.max_non_alpha_words_ratio:
+        if self.max_non_alpha_words_ratio and words.with_letter() / n_words < self.max_non_alpha_words_ratio:
             return False, "gopher_below_alpha_threshold"
-        if self.min_stop_words and len(self.stop_words.intersection(words)) < self.min_stop_words:
+        if self.min_stop_words and words.count_distinct(self.stop_words) < self.min_stop_words:
             return False, "gopher_enough_stop_words"
         return KEEP
 
@@ -529,7 +590,7 @@ class FineWebQualityFilter(Filter):
         # every whitespace-separated chunk holds at least one word, so passing with the chunk count passes
         # with the word count too; the exact words are cut only when that quick check fails
         if newlines > self.new_line_ratio * len(text.split()) and \
-                newlines / max(len(doc.words), 1) > self.new_line_ratio:
+                newlines / max(len(doc.word_arrays), 1) > self.new_line_ratio:
             return False, "list_ratio"
         return KEEP
 
