@@ -142,6 +142,16 @@ def test_one_and_two_processes_write_identical_shards(crawl, tmp_path):
     assert shard_bytes(one) == shard_bytes(two)
 
 
+def test_ray_executor_writes_the_local_shards(crawl, tmp_path):
+    """The Ray executor on a local 2-CPU cluster writes byte-identical shards and the same funnel."""
+    pytest.importorskip("ray")
+    local = curate.run(config(crawl, tmp_path / "local", workers=2))
+    ray_out = curate.run(config(crawl, tmp_path / "ray", workers=2, executor="ray"))
+    assert shard_bytes(local) and shard_bytes(ray_out) == shard_bytes(local)
+    funnel = [json.loads((out / "stats.json").read_text())["funnel"] for out in (local, ray_out)]
+    assert funnel[0] == funnel[1]
+
+
 def test_nothing_readable_is_a_clear_error(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "empty.jsonl").write_bytes(b"")
