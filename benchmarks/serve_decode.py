@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from groundup.artifacts import load_model_dir
-from groundup.infer.batched import TransposedWeights
+from groundup.infer.batched import TransposedWeights, decode_weights
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -46,18 +46,34 @@ def main() -> None:
     n = args.tokens
     params = SamplingParams(temperature=0, max_new_tokens=n, stop_at_eos=False)
     limit = tokenizer.vocab_size  # the model's rows above the tokenizer's are padding, never sampled
-    engine = Engine(model, tokenizer, max_seqs=4)
-    engine_unpadded = Engine(model, tokenizer, max_seqs=4, min_rows=1)
-    engine_transposed = Engine(model, tokenizer, max_seqs=4, min_rows=4)
-    engine_transposed.weights = TransposedWeights(model)  # the layout used where oneDNN packing is unavailable
+
+    def transposed_engine() -> Engine:  # the layout used where oneDNN packing is unavailable
+        e = Engine(model, tokenizer, max_seqs=4, min_rows=4)
+        e.weights = TransposedWeights(model)
+        return e
+
+    # Each engine lives only for its own turn, as in a server, where one engine thread runs all the work:
+    # idle engine threads would keep OpenMP pools that slow the running one (see groundup.infer.engine).
+    engines = {"served": lambda: Engine(model, tokenizer, max_seqs=4),
+               "one row": lambda: Engine(model, tokenizer, max_seqs=4, min_rows=1),
+               "transposed": transposed_engine}
 
     class Padding(LogitsProcessor):  # the same masking for transformers (one slice assignment per step)
         def __call__(self, input_ids, scores):
             scores[:, limit:] = float("-inf")
             return scores
 
-    def run_engine(e: Engine) -> list[int]:
-        return e.generate(prompt, params)[0].token_ids
+    def engine_run(kind: str):
+        """Start the engine (untimed), return the timed call; the engine stops after it."""
+        e = engines[kind]()
+        e.generate(prompt, params)  # warm-up in the engine's own thread
+
+        def timed() -> list[int]:
+            try:
+                return e.generate(prompt, params)[0].token_ids
+            finally:
+                e.shutdown()
+        return timed
 
     def run_hf() -> list[int]:
         with torch.inference_mode():
@@ -66,23 +82,27 @@ def main() -> None:
                               logits_processor=LogitsProcessorList([Padding()]))
         return out[0, len(prompt):].tolist()
 
-    layout = type(engine.weights).__name__
-    contenders = {f"groundup engine ({layout})": lambda: run_engine(engine),
-                  "groundup engine, one row": lambda: run_engine(engine_unpadded),
-                  "groundup engine, transposed": lambda: run_engine(engine_transposed),
-                  "groundup generate_tokens": lambda: list(generate_tokens(model, prompt, params, vocab_limit=limit)),
-                  "transformers generate": run_hf}
-    for fn in contenders.values():  # warm-up
-        fn()
+    layout = type(decode_weights(model)).__name__
+
+    def direct(fn):  # the same shape as engine_run for the in-thread contenders
+        return lambda: fn
+
+    contenders = {f"groundup engine ({layout})": lambda: engine_run("served"),
+                  "groundup engine, one row": lambda: engine_run("one row"),
+                  "groundup engine, transposed": lambda: engine_run("transposed"),
+                  "groundup generate_tokens":
+                      direct(lambda: list(generate_tokens(model, prompt, params, vocab_limit=limit))),
+                  "transformers generate": direct(run_hf)}
+    for start in contenders.values():  # warm-up
+        start()()
     times: dict[str, list[float]] = {k: [] for k in contenders}
     outputs = {}
     for _ in range(args.rounds):
-        for name, fn in contenders.items():
+        for name, start in contenders.items():
+            fn = start()
             t0 = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    for e in (engine, engine_unpadded, engine_transposed):
-        e.shutdown()
     hf_rate = n / statistics.median(times["transformers generate"])
     print(f"\ndecode, batch 1, {n} new tokens from a 16-token prompt, {args.threads} threads, "
           f"median of {args.rounds} rounds (shared machine: timings are noisy)")
