@@ -21,7 +21,7 @@ def lines(run_dir):
 
 def spike_config(tokens, out):
     return make_config(tokens=tokens, out=out, max_steps=30, grad_accum=1, checkpoint_every=5, spike_window=16,
-                       spike_zscore=6.0, spike_lr_cooldown=0.5, spike_cooldown_steps=3,
+                       spike_zscore=10.0, spike_lr_cooldown=0.5, spike_cooldown_steps=3,
                        optim={"lr": 1e-2})
 
 
@@ -48,7 +48,7 @@ def test_an_injected_bad_batch_rolls_back_and_skips_its_data(spine_tokens, tmp_p
     event = events[0]
     assert event["step"] == BAD_BATCH and event["action"] == "rollback" and event["to_step"] == 20
     assert event["skipped_data"] == {"from": {"batches": 20, "seed": 7}, "to": {"batches": 23, "seed": 7}}
-    assert event["zscore"] > 6.0
+    assert event["zscore"] > 10.0
     # the bad batch (and the window since the checkpoint) is never trained on again: the stream goes on at 23
     assert asked.count(BAD_BATCH) == 1 and asked[asked.index(BAD_BATCH) + 1] == 23
     # the learning rate is cooled down for 3 steps after the rollback, then back on schedule
