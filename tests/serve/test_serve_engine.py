@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 
 import pytest
 import torch
 
 from groundup.artifacts import load_model_dir
 from groundup.infer.batched import PackedWeights, SlotKVCache, TransposedWeights, forward_rows
-from groundup.infer.engine import Engine, Event, Request
+from groundup.infer.engine import Engine, Event, Request, release_openmp_pool
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
 
@@ -170,3 +172,20 @@ def test_serve_engine_cancel_and_bad_requests(engine):
         engine.submit(Request(prompt_ids=[10_000], params=GREEDY))
     # the engine still serves
     assert engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=3))[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_release_openmp_pool_frees_the_idle_workers():
+    """The engine frees its creator's idle OpenMP workers (they would slow the engine thread's own)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.ones(10**7).add_(1)  # a parallel region: this thread gets a pool of workers
+        before = len(os.listdir("/proc/self/task"))
+        assert release_openmp_pool()
+        deadline = time.monotonic() + 2  # the freed workers exit on their own
+        while len(os.listdir("/proc/self/task")) >= before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(os.listdir("/proc/self/task")) < before
+    finally:
+        torch.set_num_threads(threads)

@@ -53,14 +53,15 @@ log = logging.getLogger(__name__)
 def release_openmp_pool() -> bool:
     """Free the calling thread's idle OpenMP worker threads (OpenMP 5.0 ``omp_pause_resource_all``).
 
-    Returns False where the runtime lacks the call (or is busy); the pool comes back if this thread runs
-    parallel work again."""
+    A soft pause: libgomp (PyTorch's runtime on Linux) frees the calling thread's pool for either kind;
+    LLVM's runtime only puts idle workers to sleep. Returns False where the runtime lacks the call or
+    refuses it (inside a parallel region); the pool comes back if this thread runs parallel work again."""
     try:
         pause = ctypes.CDLL(None).omp_pause_resource_all
     except (OSError, AttributeError):
         return False
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause(2) == 0  # omp_pause_hard
+    return pause(1) == 0  # omp_pause_soft
 
 
 @dataclass
