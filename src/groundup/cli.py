@@ -28,36 +28,45 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def usage() -> str:
-    width = max(len(name) for name in STAGES)
-    lines = ["usage: groundup <stage> [--config FILE] [--key value ...]", "", "stages:"]
-    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in STAGES.items()]
-    lines += ["", "`groundup <stage> --help` lists every setting of a stage with its meaning and default."]
-    return "\n".join(lines)
+def command_usage(prog: str, kind: str, commands: dict[str, tuple[str, str]], notes: list[str]) -> str:
+    """The help text of a command with sub-commands: ``commands`` maps a name to (module, one line)."""
+    width = max(len(name) for name in commands)
+    lines = [f"usage: {prog} <{kind}> [--config FILE] [--key value ...]", "", f"{kind}s:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in commands.items()]
+    return "\n".join(lines + ["", *notes])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(prog: str, kind: str, commands: dict[str, tuple[str, str]], argv: list[str], notes: list[str]) -> int:
+    """Run the sub-command ``argv[0]``: its module's ``main(rest)`` when it parses its own command line,
+    else ``run(Config)`` with the flags parsed from ``rest``."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    if argv[0] in ("-V", "--version"):
-        from groundup import __version__
-
-        print(__version__)
+        print(command_usage(prog, kind, commands, notes))
         return 0
     name, rest = argv[0], argv[1:]
-    if name not in STAGES:
-        print(f"groundup: unknown stage {name!r}\n\n{usage()}", file=sys.stderr)
+    if name not in commands:
+        print(f"{prog}: unknown {kind} {name!r}\n\n{command_usage(prog, kind, commands, notes)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(STAGES[name][0])
+    module = importlib.import_module(commands[name][0])
     if hasattr(module, "main"):  # a stage with positional arguments parses its own command line
         return int(module.main(rest) or 0)
     from groundup import config
 
-    cfg = config.parse(module.Config, rest, prog=f"groundup {name}")
+    cfg = config.parse(module.Config, rest, prog=f"{prog} {name}")
     module.run(cfg)
     return 0
+
+
+NOTES = ["`groundup <stage> --help` lists every setting of a stage with its meaning and default."]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        from groundup import __version__
+
+        print(__version__)
+        return 0
+    return dispatch("groundup", "stage", STAGES, argv, NOTES)
 
 
 if __name__ == "__main__":

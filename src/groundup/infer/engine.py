@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import itertools
 import logging
 import math
@@ -56,12 +57,18 @@ def release_openmp_pool() -> bool:
     A soft pause: libgomp (PyTorch's runtime on Linux) frees the calling thread's pool for either kind;
     LLVM's runtime only puts idle workers to sleep. Returns False where the runtime lacks the call or
     refuses it (inside a parallel region); the pool comes back if this thread runs parallel work again."""
+    pause = _omp_pause()
+    return pause is not None and pause(1) == 0  # omp_pause_soft
+
+
+@functools.cache
+def _omp_pause():
     try:
         pause = ctypes.CDLL(None).omp_pause_resource_all
     except (OSError, AttributeError):
-        return False
+        return None
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause(1) == 0  # omp_pause_soft
+    return pause
 
 
 @dataclass
@@ -88,6 +95,16 @@ class Event:
     finish_reason: str | None = None
     error: str | None = None
     stop_reason: str | int | None = None
+
+    def absorb(self, event: Event) -> bool:
+        """Append a later event of the same choice to this one; True when that event ends the choice."""
+        self.text += event.text
+        self.token_ids += event.token_ids
+        self.logprobs += event.logprobs
+        if event.finish_reason is None:
+            return False
+        self.finish_reason, self.error, self.stop_reason = event.finish_reason, event.error, event.stop_reason
+        return True
 
 
 @dataclass(kw_only=True)
@@ -243,13 +260,7 @@ class Engine:
         remaining = request.n
         while remaining:
             event = done.get()
-            m = merged[event.index]
-            m.text += event.text
-            m.token_ids += event.token_ids
-            m.logprobs += event.logprobs
-            if event.finish_reason is not None:
-                m.finish_reason, m.error, m.stop_reason = event.finish_reason, event.error, event.stop_reason
-                remaining -= 1
+            remaining -= merged[event.index].absorb(event)
         return [merged[i] for i in range(request.n)]
 
     def token_text(self, token_id: int) -> str:

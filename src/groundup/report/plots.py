@@ -361,8 +361,8 @@ def timings_figure(runs: Sequence[tuple[str, dict[str, float]]]) -> bytes | None
                         fontsize=7)
     ax.set_yticks(np.arange(len(stages)), stages)
     ax.invert_yaxis()
-    every = [v for _, t in runs for v in t.values() if v > 0]
-    if every and max(every) / max(min(every), 1e-3) > 50:
+    every = np.array([v for _, t in runs for v in t.values() if v > 0], dtype=float)
+    if wants_log([np.maximum(every, 1e-3)], ratio=50):  # stages under a millisecond count as one
         ax.set_xscale("log")
     ax.set(title="Wall-clock time of each stage", xlabel="seconds")
     if len(runs) > 1:

@@ -471,13 +471,7 @@ async def run_requests(state: ServerState, http: Request, reqs: list[EngineReque
                         if await http.is_disconnected():  # nobody reads the answer; the finally cancels
                             raise APIError(400, "client disconnected", code="client_disconnected") from None
                         continue
-                    m = merged[ev.index]
-                    m.text += ev.text
-                    m.token_ids += ev.token_ids
-                    m.logprobs += ev.logprobs
-                    if ev.finish_reason is not None:
-                        m.finish_reason, m.error, m.stop_reason = ev.finish_reason, ev.error, ev.stop_reason
-                        remaining -= 1
+                    remaining -= merged[ev.index].absorb(ev)
                 out.append(merged)
             return out
         finally:
