@@ -32,7 +32,7 @@ from pathlib import Path
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import torch
-    from groundup.artifacts import load_model_dir
+    from groundup.model.io import load_model_dir
     from groundup.finetune import sft
     from groundup.model.lora import LoRAConfig
     from groundup.train.loop import LoopConfig
@@ -65,8 +65,8 @@ CHILD = textwrap.dedent("""
 def make_inputs(root: Path, family: str, layers: int, width: int, vocab: int, block: int) -> tuple[Path, Path]:
     import torch
 
-    from groundup.artifacts import save_model_dir
     from groundup.model.config import ModelConfig
+    from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
     from groundup.tokenizer import train as tokenizer_stage
 

@@ -79,9 +79,9 @@ def small_model_dir(root: Path, family: str) -> Path:
 
     import torch
 
-    from groundup.artifacts import save_model_dir
     from groundup.corpus import stdlib_documents
     from groundup.model.config import ModelConfig
+    from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
     from groundup.tokenizer import train as tokenizer_stage
 
@@ -127,8 +127,8 @@ def main() -> None:
 
     import torch
 
-    from groundup.artifacts import load_model_dir
     from groundup.interop.gguf import export_gguf
+    from groundup.model.io import load_model_dir
 
     torch.set_num_threads(1)  # llama.cpp runs with one thread too
     llama_python = args.llama_python or default_llama_python()

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.batched import TransposedWeights, decode_weights
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 from serve_common import bench_model_dir, to_hf_gpt2
 
 

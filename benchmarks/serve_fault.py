@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from groundup.artifacts import save_model_dir
 from groundup.model.config import ModelConfig
+from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
 from serve_common import ServerProcess, bench_tokenizer
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine, GrammarFactory, Request
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 from serve_common import bench_model_dir
 
 SCHEMA = {"type": "object", "required": ["title", "body"], "additionalProperties": False,

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from groundup import cli, pipeline
-from groundup.artifacts import load_model_dir
+from groundup.model.io import load_model_dir
 
 TINY = [
     "--tokenizer.vocab_size", "320",

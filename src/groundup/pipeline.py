@@ -22,9 +22,10 @@ from importlib import resources
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import read_json, read_manifest, resolve_device, write_json
+from groundup.artifacts import read_json, read_manifest, write_json
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import resolve_device
 from groundup.tokenizer import train as tokenizer_stage
 from groundup.tokens import tokenize as tokenize_stage
 from groundup.train import pretrain as pretrain_stage
@@ -297,8 +298,8 @@ def hardware_info(device, peak_flops: float | None) -> dict:
 
 
 def write_samples(model_dir: Path, cfg: SamplesConfig, path: Path) -> list[dict]:
-    from groundup.artifacts import load_model_dir
     from groundup.infer.generate import generate
+    from groundup.model.io import load_model_dir
 
     model, tokenizer = load_model_dir(model_dir)
     samples = []

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from groundup.artifacts import load_model_dir, save_model_dir
 from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir, save_model_dir
 from groundup.model.transformer import Transformer
 
 EVAL_MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320,

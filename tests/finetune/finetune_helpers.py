@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from groundup.artifacts import save_model_dir
 from groundup.model.config import ModelConfig
+from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
 
 FRUITS = ["apple", "pear", "plum", "mango", "lemon", "grape", "melon", "peach"]

@@ -9,10 +9,10 @@ import pytest
 import torch
 from finetune_helpers import ANIMALS, FRUITS, assert_same_weights, interrupted_then_resumed, loop, write_jsonl
 
-from groundup.artifacts import load_model_dir
 from groundup.finetune import classify
 from groundup.finetune.data import DataError, ExampleBatches
 from groundup.infer import classify as classify_stage
+from groundup.model.io import load_model_dir
 from groundup.model.lora import LoRAConfig
 from groundup.train.optim import OptimConfig
 

@@ -16,9 +16,9 @@ from finetune_helpers import (
 )
 
 from groundup import cli
-from groundup.artifacts import load_model_dir
 from groundup.evaluate.perplexity import token_nll
 from groundup.finetune import continued
+from groundup.model.io import load_model_dir
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.optim import OptimConfig
 

@@ -17,9 +17,9 @@ from finetune_helpers import (
 )
 from safetensors.torch import load_file
 
-from groundup.artifacts import load_model_dir
 from groundup.finetune import dpo
 from groundup.finetune.data import DataError, ExampleBatches
+from groundup.model.io import load_model_dir
 from groundup.model.lora import LoRAConfig
 from groundup.tokenizer import Tokenizer
 from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE

@@ -17,10 +17,10 @@ from finetune_helpers import (
 )
 from safetensors.torch import load_file
 
-from groundup.artifacts import load_model_dir
 from groundup.finetune import sft
 from groundup.finetune.data import ExampleBatches
 from groundup.finetune.peft_format import PEFT_CONFIG, PEFT_WEIGHTS, hf_module_names, peft_state
+from groundup.model.io import load_model_dir
 from groundup.model.lora import LoRAConfig, LoRALinear, apply_lora, count_parameters, load_adapter, merge_lora
 from groundup.model.transformer import Transformer
 from groundup.train.optim import OptimConfig

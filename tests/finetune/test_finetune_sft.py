@@ -7,9 +7,9 @@ import json
 import torch
 from finetune_helpers import assert_same_weights, fruit_items, interrupted_then_resumed, loop, write_jsonl
 
-from groundup.artifacts import load_model_dir
 from groundup.finetune import sft
 from groundup.finetune.data import ExampleBatches, encode_with_specials
+from groundup.model.io import load_model_dir
 from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE, render_chat
 from groundup.train.optim import OptimConfig
 

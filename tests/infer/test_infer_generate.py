@@ -360,7 +360,7 @@ def test_run_end_to_end_with_a_real_model_dir(tmp_path, capsys):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from groundup.artifacts import save_model_dir
+    from groundup.model.io import save_model_dir
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

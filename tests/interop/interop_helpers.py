@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from groundup.artifacts import save_model_dir
 from groundup.model.config import ModelConfig
+from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
 
 MIXED_TEXT = (

@@ -10,7 +10,6 @@ import torch
 from interop_helpers import MIXED_TEXT
 
 from groundup import cli
-from groundup.artifacts import load_model_dir
 from groundup.interop.gguf import (
     config_from_gguf,
     export_gguf,
@@ -21,6 +20,7 @@ from groundup.interop.gguf import (
     unpermute_qk,
     verify_gguf,
 )
+from groundup.model.io import load_model_dir
 from groundup.model.transformer import apply_rope, rope_table
 
 gguf = pytest.importorskip("gguf")

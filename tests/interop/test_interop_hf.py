@@ -9,7 +9,6 @@ import pytest
 import torch
 from interop_helpers import CONFIGS, MIXED_TEXT, make_config, random_model
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
 from groundup.interop.hf import (
@@ -21,6 +20,7 @@ from groundup.interop.hf import (
     to_transformers,
 )
 from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir
 from groundup.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")

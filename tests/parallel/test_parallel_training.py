@@ -119,7 +119,7 @@ def test_a_rank_killed_while_writing_a_checkpoint_resumes_bitwise(runs, spine_to
 
 @pytest.mark.parametrize("name", ["fsdp", "tp"])
 def test_a_distributed_checkpoint_converts_to_the_model_dir(runs, name, tmp_path):
-    from groundup.artifacts import load_model_dir
+    from groundup.model.io import load_model_dir
     from groundup.train import consolidate
 
     out = consolidate.run(consolidate.Config(checkpoint=runs[name], out=tmp_path / "model"))

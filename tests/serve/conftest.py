@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from groundup.artifacts import load_model_dir, save_model_dir
 from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir, save_model_dir
 from groundup.model.transformer import Transformer
 
 

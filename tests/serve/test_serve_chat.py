@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 from groundup.serve.chat import ChatSession
 from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
 

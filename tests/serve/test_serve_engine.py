@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.batched import PackedWeights, SlotKVCache, TransposedWeights, forward_rows
 from groundup.infer.engine import Engine, Event, Request, release_openmp_pool
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24, stop_at_eos=False)
 TEXTS = ["def foo(x):", "import os\n", "class A:", "# hello world", "x = 1", "for i in range", "while True:",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
 from groundup.infer.speculative import speculative_generate
+from groundup.model.io import load_model_dir
 
 
 @pytest.mark.parametrize("k", [1, 4])

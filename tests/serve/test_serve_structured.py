@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine, GrammarFactory
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["id", "tags", "kind"],
           "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},

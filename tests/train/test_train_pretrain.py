@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from groundup.artifacts import load_model_dir, read_manifest
+from groundup.artifacts import read_manifest
 from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir
 from groundup.model.transformer import Transformer
 from groundup.tokens.datasets import RandomWindows
 from groundup.train import checkpoint as ckpt

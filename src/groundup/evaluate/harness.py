@@ -53,7 +53,7 @@ class GroundupLM(TemplateLM):
         if model is None:
             if path is None:
                 raise ValueError("groundup LM: give path=<model dir> (or model= and tokenizer= in Python)")
-            from groundup.artifacts import load_model_dir
+            from groundup.model.io import load_model_dir
 
             model, tokenizer = load_model_dir(Path(path), device=device)
         self.model = model.eval()

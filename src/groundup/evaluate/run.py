@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from groundup import config as configlib
-from groundup.artifacts import load_model_dir, write_json, write_manifest
+from groundup.artifacts import write_json, write_manifest
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
+from groundup.model.io import load_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groundup.artifacts import load_model_weights, read_json, read_model_config, require_files, write_json
+from groundup.artifacts import read_json, require_files, write_json
 from groundup.finetune import common
 from groundup.finetune.data import (
     DataError,
@@ -32,6 +32,7 @@ from groundup.finetune.data import (
     read_jsonl,
     train_val,
 )
+from groundup.model.io import load_model_weights, read_model_config
 from groundup.parallel.data import spread_batches
 from groundup.train.loop import train_loop
 

@@ -26,15 +26,9 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import (
-    load_model_dir,
-    read_model_config,
-    require_files,
-    resolve_device,
-    save_model_dir,
-    write_json,
-)
+from groundup.artifacts import require_files, write_json
 from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir, read_model_config, resolve_device, save_model_dir
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
 from groundup.model.transformer import Transformer
 from groundup.parallel.apply_ac import remove_ac

@@ -29,8 +29,8 @@ from typing import Literal, Protocol
 
 import torch
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.sampling import SamplingParams, make_generator, sample_next
+from groundup.model.io import load_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -310,8 +310,9 @@ def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
                 tokenizer_pre: str | None = None) -> Path:
     """Write ``model.gguf`` and an ollama ``Modelfile`` into the directory ``out`` (or the GGUF at ``out``
     when it ends in ``.gguf``, with the Modelfile beside it). Returns the GGUF file's path."""
-    from groundup.artifacts import load_model_dir, write_manifest
+    from groundup.artifacts import write_manifest
     from groundup.interop.hf import model_chat_template
+    from groundup.model.io import load_model_dir
     from groundup.tokenizer.chat import END_OF_TURN
 
     model_dir, out = Path(model_dir), Path(out)
@@ -389,7 +390,7 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     mismatch. The logit difference is against the source model, so f16/q8_0 show their rounding there; for
     them ``tolerance`` bounds the difference relative to the largest logit (f32: the absolute difference).
     """
-    from groundup.artifacts import load_model_dir
+    from groundup.model.io import load_model_dir
 
     model, tokenizer = load_model_dir(model_dir)
     config = model.config

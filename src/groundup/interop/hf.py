@@ -576,8 +576,9 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float
     """Write a transformers folder for the model dir ``model_dir``: config, safetensors (sharded above
     ``max_shard_size``), generation config, tokenizer files and chat template. Returns ``out_dir``.
     """
-    from groundup.artifacts import atomic_dir, load_model_dir, write_manifest
+    from groundup.artifacts import atomic_dir, write_manifest
     from groundup.interop import require
+    from groundup.model.io import load_model_dir
 
     transformers = require("transformers")
     if dtype not in DTYPES:
@@ -642,7 +643,8 @@ def _tokenizer_json(folder: Path, out: Path) -> Path:
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """A groundup model dir (weights, config, tokenizer.json, chat template) from a local HF folder."""
-    from groundup.artifacts import atomic_dir, save_model_dir
+    from groundup.artifacts import atomic_dir
+    from groundup.model.io import save_model_dir
     from groundup.tokenizer import Tokenizer
     from groundup.tokenizer.chat import write_chat_template
 
@@ -693,8 +695,8 @@ def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str
     exported tokenizer encodes ``texts`` differently. The groundup side runs with its weights rounded to
     ``dtype``, both sides compute in float32, so the difference measures the conversion, not the rounding.
     """
-    from groundup.artifacts import load_model_dir
     from groundup.interop import require
+    from groundup.model.io import load_model_dir
 
     transformers = require("transformers")
     model, tokenizer = load_model_dir(model_dir)
@@ -720,8 +722,8 @@ def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str
 def verify_import(hf_dir: str | Path, model_dir: str | Path, *, texts: Sequence[str],
                   tolerance: float = 1e-4) -> float:
     """Compare an imported model dir with transformers' own loading of the HF folder; largest logit difference."""
-    from groundup.artifacts import load_model_dir
     from groundup.interop import require
+    from groundup.model.io import load_model_dir
 
     transformers = require("transformers")
     model, tokenizer = load_model_dir(model_dir)

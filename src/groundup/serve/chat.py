@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine, Request
 from groundup.infer.sampling import SamplingParams
+from groundup.model.io import load_model_dir
 from groundup.tokenizer.chat import END_OF_TURN, read_chat_template, render_chat
 
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundup.artifacts import load_model_dir
 from groundup.infer.engine import Engine
+from groundup.model.io import load_model_dir
 from groundup.serve.app import Limits, ServerState, create_app
 from groundup.tokenizer.chat import read_chat_template
 

@@ -28,14 +28,8 @@ from typing import Any
 
 import torch
 
-from groundup.artifacts import (
-    _fsync_dir,
-    atomic_dir,
-    load_model_weights,
-    read_json,
-    save_model_weights,
-    write_json,
-)
+from groundup.artifacts import atomic_dir, fsync_dir, read_json, write_json
+from groundup.model.io import load_model_weights, save_model_weights
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +141,11 @@ def _save_distributed(root: Path, step: int, *, model, optimizer, state: dict[st
     if rank == 0:
         write_json(tmp / STATE_FILE, {"step": step, **state, "format": "dcp", "world_size": dist.get_world_size(),
                                       "tensor_parallel": _tensor_parallel(model)})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         _prune(root, keep_last)
     dist.barrier()  # no rank moves on (or reads the dir) before it is in place
     return final

@@ -12,8 +12,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundup.artifacts import read_json, save_model_dir
+from groundup.artifacts import read_json
 from groundup.model.config import ModelConfig
+from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
 from groundup.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
 

@@ -13,9 +13,10 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import find_tokenizer_file, read_json, require_files, resolve_device, save_model_dir
+from groundup.artifacts import find_tokenizer_file, read_json, require_files
 from groundup.evaluate.perplexity import token_nll
 from groundup.model.config import ModelConfig
+from groundup.model.io import resolve_device, save_model_dir
 from groundup.model.transformer import Transformer
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
