@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,61 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+@dataclass
+class JsonlStats:
+    """What :func:`read_jsonl` passed over: counted, with the first few places, so nothing is lost silently."""
+
+    lines: int = 0
+    """Non-blank lines read."""
+    records: int = 0
+    """Lines parsed and yielded."""
+    skipped: int = 0
+    """Lines skipped: not JSON, invalid UTF-8, or not the expected type."""
+    torn_tail: bool = False
+    """The file ended in an unfinished line (a writer stopped mid-line); it was skipped and counted."""
+    examples: list[str] = field(default_factory=list)
+    """``path:line: reason`` of the first skipped lines."""
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped += 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{where}: {reason}")
+
+
+def read_jsonl(path: str | Path, *, stats: JsonlStats | None = None, strict: bool = False,
+               objects: bool = True) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, value)`` for each non-blank line of a JSONL file.
+
+    A bad line (not JSON, invalid UTF-8, or not an object when ``objects``) is skipped and counted in
+    ``stats``, or with ``strict`` raises ValueError naming ``path:line``. An unfinished last line (no newline
+    and not JSON: a writer killed mid-line) is always skipped and counted, never raised: every reader of
+    files that a running or killed job appends to (metrics, samples) must survive it.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else JsonlStats()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            stats.lines += 1
+            try:
+                value = json.loads(raw.decode("utf-8"))
+                reason = None if not objects or isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+            except UnicodeDecodeError as e:
+                reason = f"invalid UTF-8 at byte {e.start}"
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = f"not JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else "nested too deep"
+            if reason is None:
+                stats.records += 1
+                yield lineno, value
+                continue
+            torn = not raw.endswith(b"\n")
+            if strict and not torn:
+                raise ValueError(f"{path}:{lineno}: {reason}")
+            stats.torn_tail = stats.torn_tail or torn
+            stats.skip(f"{path}:{lineno}", reason + (" (an unfinished last line)" if torn else ""))
 
 
 def write_manifest(out: str | Path, *, stage: str, config: dict, inputs: dict[str, str | Path] | None = None,
