@@ -25,6 +25,10 @@ BYTES_PER_TOKEN = 4
 """Tokens are estimated as UTF-8 bytes / 4 (about what a GPT-2-style BPE gives on English web text)."""
 
 
+KEEP = (True, "")
+"""What :meth:`Filter.filter` returns for a document it keeps."""
+
+
 class Filter:
     """Keep or drop a document, and say why."""
 
