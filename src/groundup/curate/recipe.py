@@ -179,6 +179,6 @@ def build_steps(cfg: RecipeConfig) -> list[Step]:
         (name, params), = item.items()
         try:
             steps.append(STEPS[name](**params))
-        except ValueError as e:
-            raise ValueError(f"recipe step {name!r}: {e}") from e
+        except (ValueError, OSError) as e:  # a bad value or a missing file: name the step, keep the type
+            raise type(e)(f"recipe step {name!r}: {e}") from e
     return steps

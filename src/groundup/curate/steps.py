@@ -1,6 +1,7 @@
 """Steps and their automatic statistics.
 
-A step is a small class with one method:
+A step is a small dataclass (its fields are its parameters; :mod:`groundup.curate.recipe` builds it
+by its ``name`` from a recipe) with one method:
 
 - a :class:`Filter` answers ``filter(doc) -> (keep, reason)`` (it may also rewrite ``doc.text``,
   as the C4 rules drop lines);

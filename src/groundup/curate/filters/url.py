@@ -60,8 +60,11 @@ class URLFilter(Filter):
         self._domains = {d.lower() for d in self.domains}
         self._urls = {u.lower() for u in self.urls}
         self._words = {w.lower() for w in self.words}
-        for path in self.files:
-            d, u, w = read_blocklist(DEFAULT_BLOCKLIST if path == SHIPPED else path)
+        for name in self.files:
+            path = DEFAULT_BLOCKLIST if name == SHIPPED else Path(name)
+            if not path.is_file():
+                raise FileNotFoundError(f"blocklist {path} not found")
+            d, u, w = read_blocklist(path)
             self._domains |= d
             self._urls |= u
             self._words |= w
