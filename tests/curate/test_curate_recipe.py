@@ -14,6 +14,7 @@ import pytest
 import yaml
 from curate_helpers import english_text
 
+from groundup import cli
 from groundup import config as configlib
 from groundup.curate import run as curate
 from groundup.curate.extract import Extractor
@@ -169,8 +170,8 @@ register_step(ShoutingFilter)
 
 
 def test_a_registered_filter_runs_in_the_curate_stage(tmp_path):
-    """A toy filter defined and registered here runs from a YAML recipe through the normal curate run, in
-    two worker processes: its parameter is applied, its statistics, funnel row and dropped rows appear."""
+    """A toy filter defined and registered here runs from a YAML recipe through `groundup curate`, in two worker
+    processes: its parameter is applied, its statistics, funnel row and dropped rows appear."""
     texts = [english_text(seed) for seed in range(4)]
     texts[1] = texts[1].upper()  # all capitals
     texts[2] = texts[2][:300].upper() + texts[2][300:]  # some capitals: under 0.5, over 0.05
@@ -182,10 +183,9 @@ def test_a_registered_filter_runs_in_the_curate_stage(tmp_path):
     recipe = tmp_path / "curate.yaml"
     recipe.write_text("recipe:\n  steps:\n    - url_filter\n    - shouting: {max_upper_ratio: 0.05}\n"
                       "    - gopher_quality\n")
-    cfg = configlib.parse(curate.Config, ["--config", str(recipe), "--input", str(tmp_path / "in"),
-                                          "--out", str(tmp_path / "out"), "--workers", "2", "--task_bytes", "1",
-                                          "--write_dropped", "true"])
-    out = curate.run(cfg)
+    out = tmp_path / "out"
+    assert cli.main(["curate", "--config", str(recipe), "--input", str(tmp_path / "in"), "--out", str(out),
+                     "--workers", "2", "--task_bytes", "1", "--write_dropped", "true"]) == 0
 
     stats = json.loads((out / "stats.json").read_text())
     assert list(stats["steps"]) == ["url_filter", "shouting", "gopher_quality"]
