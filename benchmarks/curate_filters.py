@@ -38,13 +38,10 @@ import time
 from pathlib import Path
 
 from groundup.corpus import stdlib_documents
-from groundup.curate.filters import (
-    C4QualityFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-    GopherRepetitionFilter,
-    LanguageFilter,
-)
+from groundup.curate.filters.c4 import C4QualityFilter
+from groundup.curate.filters.fineweb import FineWebQualityFilter
+from groundup.curate.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from groundup.curate.filters.language import LanguageFilter
 from groundup.curate.steps import Chain
 from groundup.curate.text import WORD_RE, Document
 

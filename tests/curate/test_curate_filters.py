@@ -8,26 +8,24 @@ from collections import Counter
 import pytest
 from curate_helpers import english_text
 
-from groundup.curate.filters import (
-    C4QualityFilter,
-    FineWebQualityFilter,
+from groundup.curate.filters.c4 import C4QualityFilter
+from groundup.curate.filters.fineweb import FineWebQualityFilter
+from groundup.curate.filters.gopher import (
     GopherQualityFilter,
     GopherRepetitionFilter,
-    LanguageFilter,
-    LengthFilter,
-    URLFilter,
     covered_characters,
     duplicate_ngram_characters,
-    language_sample,
-    next_ngram_hashes,
     repeated_positions,
     repeats,
     split_lines,
     split_paragraphs,
     top_ngram_bound,
     top_ngram_characters,
-    word_hashes,
 )
+from groundup.curate.filters.language import LanguageFilter, language_sample
+from groundup.curate.filters.length import LengthFilter
+from groundup.curate.filters.url import URLFilter
+from groundup.curate.hashing import next_ngram_hashes, word_hashes
 from groundup.curate.steps import Chain
 from groundup.curate.text import PUNCTUATION, WORD_RE, Document, Words, split_words
 

@@ -38,14 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from groundup.curate.hashing import GOLDEN, MASK64, fmix64, shingles_from_words
 
-_MASK64 = (1 << 64) - 1
-# Odd 64-bit multipliers: the golden ratio and the murmur3 / splitmix64 finalizer constants.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
-_FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
-_SHIFT = np.uint64(33)
+log = logging.getLogger(__name__)
 
 SIGNATURE_DTYPE = np.uint32
 """rensa's MinHash values are 32-bit."""
@@ -99,7 +94,7 @@ class DedupConfig:
         if self.bands * self.rows > 4096:
             raise ValueError(f"DedupConfig.bands × rows must be at most 4096 permutations, "
                              f"got {self.bands} × {self.rows} = {self.bands * self.rows}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= _MASK64:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MASK64:
             raise ValueError(f"DedupConfig.seed must be an integer in [0, 2**64), got {self.seed!r}")
 
     @property
@@ -147,21 +142,6 @@ def words_of(text: str) -> list[bytes]:
     return text.lower().encode("utf-8", "surrogatepass").translate(_WORD_TABLE).split()
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """murmur3's 64-bit finalizer, in place: every input bit affects every output bit."""
-    x ^= x >> _SHIFT
-    x *= _FMIX1
-    x ^= x >> _SHIFT
-    x *= _FMIX2
-    x ^= x >> _SHIFT
-    return x
-
-
-def _position_multipliers(n: int) -> np.ndarray:
-    # Fixed (not seeded): shingle hashes only need to tell word sequences apart; the seed goes to MinHash.
-    return np.random.default_rng(0x5EED).integers(0, 1 << 63, size=n, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-
 def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of every word n-gram of every text, flat, and row offsets into them.
 
@@ -172,7 +152,7 @@ def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray
     n-gram hashes are combined from word hashes with numpy: ``fmix64(sum_j word[i + j] * odd_j)``.
     """
     word_hash, counts, _ = _hash_words(texts, exact=False)
-    return _shingles_from_words(word_hash, counts, ngram)
+    return shingles_from_words(word_hash, counts, ngram)
 
 
 def _hash_words(texts: list[str], *, exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -201,42 +181,6 @@ def _hash_words(texts: list[str], *, exact: bool) -> tuple[np.ndarray, np.ndarra
     return word_hash, np.array(counts, dtype=np.int64), exact_hash
 
 
-def _shingles_from_words(word_hash: np.ndarray, counts: np.ndarray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    multipliers = _position_multipliers(ngram)
-    n_docs = len(counts)
-    word_end = np.cumsum(counts)
-    word_start = word_end - counts
-    long_doc = counts >= ngram
-    short_doc = (counts > 0) & ~long_doc
-    per_doc = np.where(long_doc, counts - ngram + 1, short_doc.astype(np.int64))
-    offsets = np.zeros(n_docs + 1, dtype=np.uint64)
-    np.cumsum(per_doc, out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype=np.uint64)
-    total = len(word_hash)
-    if long_doc.any():
-        windows = total - ngram + 1
-        h = word_hash[:windows] * multipliers[0]
-        for j in range(1, ngram):
-            h += word_hash[j:j + windows] * multipliers[j]
-        # A window is a shingle when it ends inside the document it starts in: drop the ngram - 1
-        # windows that start before each document's end and run past it.
-        valid = np.ones(windows, dtype=bool)
-        crossing = (word_end[:, None] - np.arange(1, ngram)).ravel()
-        valid[crossing[(crossing >= 0) & (crossing < windows)]] = False
-        if short_doc.any():
-            out[np.repeat(long_doc, per_doc)] = h[valid]
-        else:
-            out = h[valid]
-    if short_doc.any():
-        starts, lengths = word_start[short_doc], counts[short_doc]
-        j = np.arange(ngram)
-        index = np.minimum(starts[:, None] + j, total - 1)
-        present = j < lengths[:, None]
-        short = (np.where(present, word_hash[index], np.uint64(0)) * multipliers).sum(axis=1, dtype=np.uint64)
-        out[np.repeat(short_doc, per_doc)] = short
-    return _fmix64(out), offsets
-
-
 def _rensa_version() -> int:
     import rensa
 
@@ -256,7 +200,7 @@ def _signatures(texts: list[str], cfg: DedupConfig, *, exact: bool = False
     for lo in range(0, len(texts), _SIGNATURE_CHUNK):
         hi = min(lo + _SIGNATURE_CHUNK, len(texts))
         word_hash, counts, chunk_exact = _hash_words(texts[lo:hi], exact=exact)
-        hashes, offsets = _shingles_from_words(word_hash, counts, cfg.ngram)
+        hashes, offsets = shingles_from_words(word_hash, counts, cfg.ngram)
         # rensa computes all permutations of every row in Rust from one flat buffer: no Python per document.
         matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, cfg.permutations, cfg.seed)
         signatures[lo:hi] = np.array(matrix.to_rows(), dtype=SIGNATURE_DTYPE).reshape(hi - lo, cfg.permutations)
@@ -288,8 +232,8 @@ def band_hashes(signatures: np.ndarray, cfg: DedupConfig) -> np.ndarray:
     values = signatures.reshape(n, cfg.bands, cfg.rows).astype(np.uint64)
     key = np.full((n, cfg.bands), np.uint64(cfg.rows), dtype=np.uint64)
     for r in range(cfg.rows):
-        key ^= values[:, :, r] + np.uint64(((r + 1) * int(_GOLDEN)) & _MASK64)
-        _fmix64(key)
+        key ^= values[:, :, r] + np.uint64(((r + 1) * int(GOLDEN)) & MASK64)
+        fmix64(key)
     return key
 
 
@@ -564,6 +508,98 @@ def _links_of_slot(runs: list[_Run], slot: int, budget_bytes: int) -> tuple[tupl
 # The entry point.
 
 
+def _check_inputs(shards: list[Path], cfg: DedupConfig, workers: int) -> list[_Shard]:
+    """Every shard checked (a clear error naming a bad one), in order."""
+    if not isinstance(cfg, DedupConfig):
+        raise TypeError(f"cfg must be a DedupConfig, got {type(cfg).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    names: dict[str, Path] = {}
+    for path in shards:
+        if path.name in names:
+            raise ValueError(f"two shards share the file name {path.name!r}: {names[path.name]} and {path}")
+        names[path.name] = path
+    return [_check_shard(i, path) for i, path in enumerate(shards)]
+
+
+@dataclass
+class _Clusters:
+    nodes: np.ndarray  # every document linked to another, sorted (global ids)
+    roots: np.ndarray  # the first document of its cluster
+    exact_linked: np.ndarray  # documents linked by the exact key
+    buckets: int  # merge buckets read, over every slot
+
+    @property
+    def dropped(self) -> np.ndarray:
+        return self.nodes[self.nodes != self.roots]
+
+
+def _cluster(runs: list[_Run], slots: int, cfg: DedupConfig) -> _Clusters:
+    """Phase 2 and 3: each slot's links (slot 0 is the exact key when asked), folded into clusters."""
+    budget = cfg.merge_memory_mb << 20
+    clusters = _Clusters(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.uint64), 0)
+    for slot in range(slots):
+        (sources, targets), slot_buckets = _links_of_slot(runs, slot, budget)
+        clusters.buckets += slot_buckets
+        if cfg.exact and slot == 0:
+            clusters.exact_linked = np.unique(sources)
+        if len(sources):
+            # Fold this band's links into the clusters so far: memory stays one link per duplicate.
+            clusters.nodes, clusters.roots = connected_components(np.concatenate([clusters.nodes, sources]),
+                                                                  np.concatenate([clusters.roots, targets]))
+    return clusters
+
+
+def _drops_by_shard(shards: list[Path], dropped: np.ndarray, first_ids: np.ndarray) -> dict[str, set[int]]:
+    drop: dict[str, set[int]] = {path.name: set() for path in shards}
+    shard_of = np.searchsorted(first_ids, dropped.astype(np.int64), side="right") - 1
+    drop_rows = dropped.astype(np.int64) - first_ids[shard_of]
+    for index in np.unique(shard_of):
+        drop[shards[index].name] = set(drop_rows[shard_of == index].tolist())
+    return drop
+
+
+def _remove_runs(run_dir: Path, checked: list[_Shard], signed: list[dict]) -> None:
+    for result in signed:
+        for stem in result["runs"]:
+            for part in ("keys", "rows", "offsets"):
+                run_dir.joinpath(f"{stem}.{part}.npy").unlink(missing_ok=True)
+    for shard in checked:
+        _marker(run_dir, shard).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: other files the caller keeps there
+        run_dir.rmdir()
+
+
+def _stats(documents: int, clusters: _Clusters, signed: list[dict], cfg: DedupConfig, workers: int,
+           times: tuple[float, float, float]) -> dict:
+    """The result's statistics; ``times`` are the clock at the start, after signing and at the end."""
+    t0, t_signed, t_end = times
+    dropped = clusters.dropped
+    exact = int(np.isin(dropped, clusters.exact_linked, assume_unique=True).sum()) if len(clusters.exact_linked) \
+        else 0
+    sizes = np.unique(clusters.roots, return_counts=True)[1] if len(clusters.roots) else np.empty(0, np.int64)
+    seconds = t_end - t0
+    return {
+        "documents": documents,
+        "exact_duplicates": exact,
+        "near_duplicates": int(len(dropped)) - exact,
+        "removed": int(len(dropped)),
+        "kept": documents - int(len(dropped)),
+        "clusters": int(len(sizes)),
+        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+        "without_words": sum(r["without_words"] for r in signed),
+        "shards": len(signed),
+        "shards_reused": sum(bool(r["skipped"]) for r in signed),
+        "merge_buckets": clusters.buckets,
+        "signature_seconds": t_signed - t0,
+        "merge_seconds": t_end - t_signed,
+        "seconds": seconds,
+        "documents_per_second": documents / seconds if seconds > 0 else 0.0,
+        "workers": workers,
+        "config": asdict(cfg),
+    }
+
+
 def deduplicate(shards: list[Path], work_dir: Path, cfg: DedupConfig, workers: int = 1) -> DedupResult:
     """Find exact and near duplicates across ``shards`` (Parquet files with a ``text`` column).
 
@@ -576,20 +612,10 @@ def deduplicate(shards: list[Path], work_dir: Path, cfg: DedupConfig, workers: i
     the file; a valid shard with no rows simply contributes no documents.
     """
     t0 = time.perf_counter()
-    if not isinstance(cfg, DedupConfig):
-        raise TypeError(f"cfg must be a DedupConfig, got {type(cfg).__name__}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     shards = [Path(s) for s in shards]
-    names: dict[str, Path] = {}
-    for path in shards:
-        if path.name in names:
-            raise ValueError(f"two shards share the file name {path.name!r}: {names[path.name]} and {path}")
-        names[path.name] = path
-    checked = [_check_shard(i, path) for i, path in enumerate(shards)]
+    checked = _check_inputs(shards, cfg, workers)
     first_ids = np.zeros(len(checked) + 1, dtype=np.int64)
     np.cumsum([s.rows for s in checked], out=first_ids[1:])
-    documents = int(first_ids[-1])
 
     run_dir = Path(work_dir) / "dedup-runs"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -600,60 +626,12 @@ def deduplicate(shards: list[Path], work_dir: Path, cfg: DedupConfig, workers: i
         signed = [{"runs": [], "without_words": 0, "skipped": False} for _ in checked]
     t_signed = time.perf_counter()
 
-    runs = _open_runs(run_dir, checked, signed, first_ids)
-    budget = cfg.merge_memory_mb << 20
-    nodes = np.empty(0, np.uint64)
-    roots = np.empty(0, np.uint64)
-    exact_linked = np.empty(0, np.uint64)
-    buckets = 0
-    for slot in range(slots):
-        (sources, targets), slot_buckets = _links_of_slot(runs, slot, budget)
-        buckets += slot_buckets
-        if cfg.exact and slot == 0:
-            exact_linked = np.unique(sources)
-        if len(sources):
-            # Fold this band's links into the clusters so far: memory stays one link per duplicate.
-            nodes, roots = connected_components(np.concatenate([nodes, sources]), np.concatenate([roots, targets]))
-    del runs
-    dropped = nodes[nodes != roots]
-    exact_dropped = int(np.isin(dropped, exact_linked, assume_unique=True).sum()) if len(exact_linked) else 0
-    cluster_sizes = np.unique(roots, return_counts=True)[1] if len(roots) else np.empty(0, np.int64)
-
-    drop: dict[str, set[int]] = {path.name: set() for path in shards}
-    shard_of = np.searchsorted(first_ids, dropped.astype(np.int64), side="right") - 1
-    drop_rows = dropped.astype(np.int64) - first_ids[shard_of]
-    for index in np.unique(shard_of):
-        drop[shards[index].name] = set(drop_rows[shard_of == index].tolist())
-
+    clusters = _cluster(_open_runs(run_dir, checked, signed, first_ids), slots, cfg)
+    drop = _drops_by_shard(shards, clusters.dropped, first_ids)
     if not cfg.keep_work_files:
-        for result in signed:
-            for stem in result["runs"]:
-                for part in ("keys", "rows", "offsets"):
-                    run_dir.joinpath(f"{stem}.{part}.npy").unlink(missing_ok=True)
-        for shard in checked:
-            _marker(run_dir, shard).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # not empty: other files the caller keeps there
-            run_dir.rmdir()
-    seconds = time.perf_counter() - t0
-    stats = {
-        "documents": documents,
-        "exact_duplicates": exact_dropped,
-        "near_duplicates": int(len(dropped)) - exact_dropped,
-        "removed": int(len(dropped)),
-        "kept": documents - int(len(dropped)),
-        "clusters": int(len(cluster_sizes)),
-        "largest_cluster": int(cluster_sizes.max()) if len(cluster_sizes) else 0,
-        "without_words": sum(r["without_words"] for r in signed),
-        "shards": len(shards),
-        "shards_reused": sum(bool(r["skipped"]) for r in signed),
-        "merge_buckets": buckets,
-        "signature_seconds": t_signed - t0,
-        "merge_seconds": time.perf_counter() - t_signed,
-        "seconds": seconds,
-        "documents_per_second": documents / seconds if seconds > 0 else 0.0,
-        "workers": workers,
-        "config": asdict(cfg),
-    }
+        _remove_runs(run_dir, checked, signed)
+    stats = _stats(int(first_ids[-1]), clusters, signed, cfg, workers, (t0, t_signed, time.perf_counter()))
     log.info("dedup: %d documents, %d exact and %d near duplicates removed in %d clusters (%.1f s)",
-             documents, stats["exact_duplicates"], stats["near_duplicates"], stats["clusters"], seconds)
+             stats["documents"], stats["exact_duplicates"], stats["near_duplicates"], stats["clusters"],
+             stats["seconds"])
     return DedupResult(drop=drop, stats=stats)

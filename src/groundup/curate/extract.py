@@ -9,6 +9,7 @@ extraction of the FineWeb recipe, for runs that want to reproduce it.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from groundup.curate.steps import Filter
 from groundup.curate.text import Document
@@ -59,15 +60,18 @@ def extract_text(html: str, extractor: str = "resiliparse") -> str:
     raise ValueError(f"unknown extractor {extractor!r} (choose from {', '.join(EXTRACTORS)})")
 
 
+@dataclass
 class Extractor(Filter):
     """Turn HTML documents into their main text; drop pages with none. Text documents pass untouched."""
 
     name = "extract"
 
-    def __init__(self, extractor: str = "resiliparse"):
-        if extractor not in EXTRACTORS:
-            raise ValueError(f"unknown extractor {extractor!r} (choose from {', '.join(EXTRACTORS)})")
-        self.extractor = extractor
+    extractor: str = "resiliparse"
+    """Main-text extraction for HTML: 'resiliparse' (fast) or 'trafilatura' (as FineWeb did)."""
+
+    def __post_init__(self) -> None:
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f"unknown extractor {self.extractor!r} (choose from {', '.join(EXTRACTORS)})")
 
     def filter(self, doc: Document) -> tuple[bool, str]:
         if not doc.html:

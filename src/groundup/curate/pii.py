@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from groundup.curate.steps import Formatter
 from groundup.curate.text import Document
@@ -58,18 +58,23 @@ def _is_public(address: str) -> bool:
         return False
 
 
+@dataclass
 class PIIRedactor(Formatter):
     """Replace PII with placeholders (``<EMAIL>``, ``<IP_ADDRESS>``, ``<PHONE_NUMBER>``, ``<CREDIT_CARD>``)."""
 
     name = "pii"
 
-    def __init__(self, kinds: Iterable[str] = KINDS, *, phone_region: str = "US"):
-        self.kinds = frozenset(kinds)
-        unknown = self.kinds - set(KINDS)
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    """Which PII kinds to redact: email, ip_address, phone_number, credit_card."""
+    phone_region: str = "US"
+    """Region assumed for phone numbers written without a country code."""
+
+    def __post_init__(self) -> None:
+        self._kinds = frozenset(self.kinds)
+        unknown = self._kinds - set(KINDS)
         if unknown:
             raise ValueError(f"unknown PII kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
-        self.phone_region = phone_region
-        if "phone_number" in self.kinds:
+        if "phone_number" in self._kinds:
             try:
                 import phonenumbers  # noqa: F401
             except ImportError as e:
@@ -77,7 +82,7 @@ class PIIRedactor(Formatter):
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         counts: dict[str, int] = {}
-        kinds = self.kinds
+        kinds = self._kinds
         if "email" in kinds and "@" in text:
             text, n = EMAIL.subn(PLACEHOLDERS["email"], text)
             if n:

@@ -198,6 +198,18 @@ class _Record:
         self.charset, self.html, self.skip = charset, html, skip
 
 
+_DIGEST_MISMATCH = "block digest mismatch (wrong length or corrupt record)"
+
+
+def _header_skip(offset: int, url: str | None, declared: str | None, max_bytes: int) -> _Record | None:
+    """The skipped record for a WARC record its headers rule out (no URL or length, or too long), else None."""
+    if declared is None or url is None:
+        return _Record(offset, skip="truncated record header")
+    if int(declared) > max_bytes:
+        return _Record(offset, url, skip=f"record over max_document_bytes ({int(declared):,} bytes)")
+    return None
+
+
 def _fastwarc_records(f, base: int, wet: bool, verify: bool, max_bytes: int) -> Iterator[_Record]:
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -207,14 +219,11 @@ def _fastwarc_records(f, base: int, wet: bool, verify: bool, max_bytes: int) -> 
         headers = rec.headers
         declared = headers.get("Content-Length")
         url = headers.get("WARC-Target-URI")
-        if declared is None or url is None:
-            yield _Record(offset, skip="truncated record header")
-            continue
-        if int(declared) > max_bytes:
-            yield _Record(offset, url, skip=f"record over max_document_bytes ({int(declared):,} bytes)")
-            continue
-        if verify and headers.get("WARC-Block-Digest") and not rec.verify_block_digest(consume=False):
-            yield _Record(offset, url, skip="block digest mismatch (wrong length or corrupt record)")
+        skip = _header_skip(offset, url, declared, max_bytes)
+        if skip is None and verify and headers.get("WARC-Block-Digest") and not rec.verify_block_digest(consume=False):
+            skip = _Record(offset, url, skip=_DIGEST_MISMATCH)
+        if skip is not None:
+            yield skip
             continue
         date = headers.get("WARC-Date")
         if wet:
@@ -261,14 +270,11 @@ def _warcio_records(f, base: int, wet: bool, verify: bool, max_bytes: int) -> It
         offset = base + it.get_record_offset()
         url = rec.rec_headers.get_header("WARC-Target-URI")
         declared = rec.rec_headers.get_header("Content-Length")
-        if declared is None or url is None:
-            yield _Record(offset, skip="truncated record header")
-            continue
-        if int(declared) > max_bytes:
-            yield _Record(offset, url, skip=f"record over max_document_bytes ({int(declared):,} bytes)")
-            continue
-        if verify and rec.digest_checker.passed is False:
-            yield _Record(offset, url, skip="block digest mismatch (wrong length or corrupt record)")
+        skip = _header_skip(offset, url, declared, max_bytes)
+        if skip is None and verify and rec.digest_checker.passed is False:
+            skip = _Record(offset, url, skip=_DIGEST_MISMATCH)
+        if skip is not None:
+            yield skip
             continue
         date = rec.rec_headers.get_header("WARC-Date")
         charset = "utf-8" if wet else None

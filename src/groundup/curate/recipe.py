@@ -1,108 +1,184 @@
-"""The chain of steps a run applies, from one config section; defaults are a FineWeb-like recipe.
+"""The recipe: which steps a run applies, in order, each with its parameters; the default is FineWeb's.
 
-FineWeb (Penedo et al. 2024): URL blocklist -> main-text extraction -> English with fastText
-score >= 0.65 -> Gopher repetition -> Gopher quality -> C4 rules without the
-terminal-punctuation one -> FineWeb's custom rules -> (MinHash dedup) -> PII. Here Unicode
-fixing follows extraction, and PII redaction comes before deduplication, so duplicates are
-judged on the text that is written.
+A recipe is a list of steps in YAML (the ``recipe`` section of the curate config)::
 
-One threshold departs from the reference code on purpose: the fraction of characters in
-duplicated lines is 0.1, as the FineWeb paper gives it; datatrove's ``FineWebQualityFilter``
-defaults to 0.01, which drops every page with a single repeated line of some length.
+    recipe:
+      steps:
+        - url_filter                    # a name alone: the step with its default parameters
+        - extract: {extractor: trafilatura}
+        - language: {languages: [en, fr], threshold: 0.7}
+        - gopher_quality: {min_doc_words: 100}
+
+Every step type is a dataclass whose fields are its parameters (their defaults are the published
+thresholds) and whose one method filters or rewrites a document; :data:`STEPS` maps each name to
+its type, and :func:`register_step` adds one. A recipe is checked when it is made: an unknown step,
+an unknown parameter or a value of the wrong type is a one-line error naming the step. The saved
+``config.yaml`` holds every parameter of every step, defaults included, so it says exactly what ran.
+
+The default, :data:`FINEWEB_STEPS`, follows FineWeb (Penedo et al. 2024): URL blocklist -> main-text
+extraction -> English with fastText score >= 0.65 -> Gopher repetition -> Gopher quality -> C4
+rules without the terminal-punctuation one -> FineWeb's custom rules -> (MinHash dedup) -> PII.
+Here Unicode fixing follows extraction, and PII redaction comes before deduplication, so
+duplicates are judged on the text that is written. One threshold departs from the reference code
+on purpose: the fraction of characters in duplicated lines is 0.1, as the FineWeb paper gives it;
+datatrove's ``FineWebQualityFilter`` defaults to 0.01, which drops every page with a single
+repeated line of some length.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from argparse import ArgumentError
 from dataclasses import dataclass, field
+from typing import Any
 
-from groundup.curate.extract import EXTRACTORS, Extractor
-from groundup.curate.filters import (
-    DEFAULT_BLOCKLIST,
-    C4QualityFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-    GopherRepetitionFilter,
-    LanguageFilter,
-    LengthFilter,
-    URLFilter,
-)
-from groundup.curate.pii import KINDS, PIIRedactor
-from groundup.curate.steps import Filter, Formatter
+from groundup.curate.extract import Extractor
+from groundup.curate.filters.c4 import C4QualityFilter
+from groundup.curate.filters.fineweb import FineWebQualityFilter
+from groundup.curate.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from groundup.curate.filters.language import LanguageFilter
+from groundup.curate.filters.length import LengthFilter
+from groundup.curate.filters.url import URLFilter
+from groundup.curate.pii import PIIRedactor
+from groundup.curate.steps import Filter, Formatter, Step
 from groundup.curate.unicode import UnicodeFixer
+
+STEPS: dict[str, type[Step]] = {}
+"""Step name -> step type: the names a recipe may use (the built-in ones, and any :func:`register_step` added)."""
+
+
+def register_step(cls: type[Step]) -> type[Step]:
+    """Make ``cls`` usable in recipes under its ``name``; returns ``cls`` (so it also works as a decorator).
+
+    ``cls`` is a dataclass subclass of :class:`~groundup.curate.steps.Filter` or
+    :class:`~groundup.curate.steps.Formatter`, its fields are its parameters (each with a default
+    and a type hint), and its class attribute ``name`` is the step's name in recipes and in
+    ``stats.json``. Registering the same class again does nothing; another class under a taken name
+    is refused.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, (Filter, Formatter)) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"a recipe step must be a dataclass subclass of Filter or Formatter, got {cls!r}")
+    name = cls.name
+    if not isinstance(name, str) or not name.isidentifier() or name in ("filter", "formatter"):
+        raise ValueError(f"{cls.__qualname__}: set the class attribute `name` to the step's name (an identifier)")
+    for f in dataclasses.fields(cls):
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{cls.__qualname__}: parameter {f.name!r} needs a default")
+    if STEPS.get(name, cls) is not cls:
+        raise ValueError(f"recipe step {name!r} is already registered ({STEPS[name].__qualname__})")
+    STEPS[name] = cls
+    return cls
+
+
+for _builtin in (URLFilter, Extractor, UnicodeFixer, LengthFilter, LanguageFilter, GopherRepetitionFilter,
+                 GopherQualityFilter, C4QualityFilter, FineWebQualityFilter, PIIRedactor):
+    register_step(_builtin)
+
+FINEWEB_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("url_filter", {}),
+    ("extract", {}),
+    ("unicode_fix", {}),
+    ("language", {}),
+    ("gopher_repetition", {}),
+    ("gopher_quality", {}),
+    ("c4_quality", {"filter_no_terminal_punct": False}),  # FineWeb's setting: that rule alone removed 30% of tokens
+    ("fineweb_quality", {}),
+    ("pii", {}),
+)
+"""The default recipe: (step, parameters that differ from the step's defaults)."""
 
 
 @dataclass(kw_only=True)
 class RecipeConfig:
-    """Which steps run, in a fixed order, with their thresholds (defaults: the FineWeb recipe)."""
+    """The filtering and redaction steps, in order, with their parameters (defaults: FineWeb's recipe)."""
 
-    url_blocklist: bool = True
-    """Drop pages whose domain or URL is on the blocklist shipped with groundup (and url_blocklist_files)."""
-    url_blocklist_files: list[str] = field(default_factory=list)
-    """More blocklists: one domain, full URL, or `word:x` (a banned host-name word) per line."""
-    extractor: str = "resiliparse"
-    """Main-text extraction for HTML: 'resiliparse' (fast) or 'trafilatura' (as FineWeb did)."""
-    unicode_fix: bool = True
-    """Repair mojibake (ftfy when installed, else a built-in fixer), drop control characters, NFC."""
-    min_chars: int | None = None
-    """Drop documents shorter than this many characters (None: no length rule)."""
-    max_chars: int | None = None
-    """Drop documents longer than this many characters (None: no bound)."""
-    languages: list[str] | None = field(default_factory=lambda: ["en"])
-    """Languages to keep (fastText lid.176 codes); None keeps every language (and still records it)."""
-    language_threshold: float = 0.65
-    """Minimum language score (FineWeb: 0.65)."""
-    language_sample_chars: int | None = 3000
-    """Longer pages are identified from this many characters in 8 evenly spaced slices (None: the
-    whole text, as FineWeb; slower, and fastText's cost grows with the length)."""
-    gopher_repetition: bool = True
-    """Gopher's repetition rules (duplicated lines/paragraphs, top and duplicated n-grams)."""
-    gopher_quality: bool = True
-    """Gopher's quality rules (50-100k words, mean word length 3-10, symbols, bullets, ellipses, stop words)."""
-    c4_quality: bool = True
-    """C4's rules: line cleaning, lorem ipsum, curly brackets, at least 5 sentences."""
-    c4_terminal_punctuation: bool = False
-    """Also C4's "lines must end in terminal punctuation" (off in FineWeb: it removed 30% of tokens)."""
-    fineweb_quality: bool = True
-    """FineWeb's rules: punctuated lines, short lines, duplicated-line characters, newlines per word."""
-    fineweb_line_punct_thr: float = 0.12
-    """Minimum fraction of lines ending in terminal punctuation."""
-    fineweb_short_line_thr: float = 0.67
-    """Maximum fraction of lines of 30 characters or fewer."""
-    fineweb_char_duplicates_ratio: float = 0.1
-    """Maximum fraction of characters in duplicated lines (the paper's 0.1; datatrove's default is 0.01)."""
-    pii: bool = True
-    """Redact PII (placeholders <EMAIL>, <IP_ADDRESS>, <PHONE_NUMBER>, <CREDIT_CARD>)."""
-    pii_kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    """Which PII kinds to redact."""
-    phone_region: str = "US"
-    """Region assumed for phone numbers written without a country code."""
+    steps: list[str | dict[str, Any]] = field(
+        default_factory=lambda: [{name: dict(params)} for name, params in FINEWEB_STEPS])
+    """The steps in order, each `name` or `name: {parameter: value, ...}` (unnamed parameters keep their
+    defaults). Steps: url_filter, extract, unicode_fix, length, language, gopher_repetition, gopher_quality,
+    c4_quality, fineweb_quality, pii; docs/curate.md lists their parameters. Default: FineWeb's recipe."""
+
+    def __post_init__(self) -> None:
+        self.steps = resolve_steps(self.steps)
 
 
-def build_steps(cfg: RecipeConfig) -> list[Filter | Formatter]:
-    """The steps of ``cfg`` in order."""
-    if cfg.extractor not in EXTRACTORS:
-        raise ValueError(f"unknown extractor {cfg.extractor!r} (choose from {', '.join(EXTRACTORS)})")
-    steps: list[Filter | Formatter] = []
-    if cfg.url_blocklist or cfg.url_blocklist_files:
-        files = ([DEFAULT_BLOCKLIST] if cfg.url_blocklist else []) + list(cfg.url_blocklist_files)
-        steps.append(URLFilter(files))
-    steps.append(Extractor(cfg.extractor))
-    if cfg.unicode_fix:
-        steps.append(UnicodeFixer())
-    if cfg.min_chars is not None or cfg.max_chars is not None:
-        steps.append(LengthFilter(cfg.min_chars, cfg.max_chars))
-    steps.append(LanguageFilter(cfg.languages, 0.0 if cfg.languages is None else cfg.language_threshold,
-                                max_chars=cfg.language_sample_chars))
-    if cfg.gopher_repetition:
-        steps.append(GopherRepetitionFilter())
-    if cfg.gopher_quality:
-        steps.append(GopherQualityFilter())
-    if cfg.c4_quality:
-        steps.append(C4QualityFilter(filter_no_terminal_punct=cfg.c4_terminal_punctuation))
-    if cfg.fineweb_quality:
-        steps.append(FineWebQualityFilter(line_punct_thr=cfg.fineweb_line_punct_thr,
-                                          short_line_thr=cfg.fineweb_short_line_thr,
-                                          char_duplicates_ratio=cfg.fineweb_char_duplicates_ratio))
-    if cfg.pii:
-        steps.append(PIIRedactor(cfg.pii_kinds, phone_region=cfg.phone_region))
+def _step_and_parameters(item: Any, position: int) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        name, params = next(iter(item.items()))
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise ValueError(f"recipe step {name!r}: parameters must be a mapping like "
+                             f"{{threshold: 0.5}}, got {params!r}")
+        return str(name), params
+    raise ValueError(f"recipe step {position + 1}: write a step as `name` or `name: {{parameter: value}}`, "
+                     f"got {item!r}")
+
+
+_parsers: dict[type, Any] = {}
+
+
+def _parser(cls: type[Step]):
+    """A jsonargparse parser of the step's parameters (the same type checks as command-line flags), cached."""
+    parser = _parsers.get(cls)
+    if parser is None:
+        from jsonargparse import ArgumentParser
+
+        from groundup.config import add_config_arguments
+
+        parser = add_config_arguments(ArgumentParser(exit_on_error=False), cls)
+        _parsers[cls] = parser
+    return parser
+
+
+def resolve_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of step ``name``: the given ones checked against their types, the others' defaults."""
+    if name not in STEPS:
+        raise ValueError(f"recipe step {name!r} is unknown (known steps: {', '.join(STEPS)})")
+    cls = STEPS[name]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [key for key in params if key not in fields]
+    if unknown:
+        raise ValueError(f"recipe step {name!r}: unknown parameter {unknown[0]!r} "
+                         f"(its parameters: {', '.join(fields) or 'none'})")
+    parser = _parser(cls)
+    try:
+        resolved = parser.parse_object(params)
+    except ArgumentError:
+        for key, value in params.items():  # name the first parameter that does not check
+            try:
+                parser.parse_object({key: value})
+            except ArgumentError:
+                raise ValueError(f"recipe step {name!r}: {key}={value!r} is not a valid "
+                                 f"{fields[key].type}") from None
+        raise
+    return {key: resolved[key] for key in fields}
+
+
+def resolve_steps(steps: list[Any]) -> list[dict[str, dict[str, Any]]]:
+    """Steps as ``[{name: {every parameter: value}}, ...]``, checked (see :func:`resolve_parameters`)."""
+    if not isinstance(steps, (list, tuple)):
+        raise ValueError(f"recipe steps must be a list, got {steps!r}")
+    resolved: list[dict[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for position, item in enumerate(steps):
+        name, params = _step_and_parameters(item, position)
+        if name in seen:
+            raise ValueError(f"recipe step {name!r} appears twice (statistics are kept per step name)")
+        seen.add(name)
+        resolved.append({name: resolve_parameters(name, params)})
+    return resolved
+
+
+def build_steps(cfg: RecipeConfig) -> list[Step]:
+    """The steps of ``cfg``, in order, ready for a :class:`~groundup.curate.steps.Chain`."""
+    steps: list[Step] = []
+    for item in cfg.steps:
+        (name, params), = item.items()
+        try:
+            steps.append(STEPS[name](**params))
+        except (ValueError, OSError) as e:  # a bad value or a missing file: name the step, keep the type
+            raise type(e)(f"recipe step {name!r}: {e}") from e
     return steps

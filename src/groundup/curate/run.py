@@ -92,7 +92,7 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"unknown warc_backend {cfg.warc_backend!r} (fastwarc or warcio)")
     if cfg.max_document_bytes <= 0 or cfg.task_bytes <= 0:
         raise ValueError("max_document_bytes and task_bytes must be positive")
-    build_steps(cfg.recipe)  # raises on an unknown extractor or PII kind before any work starts
+    build_steps(cfg.recipe)  # a step's own checks (an unknown extractor or PII kind) fail before any work starts
 
 
 def merge_read_stats(results: list[dict]) -> dict:
@@ -126,6 +126,7 @@ def _filter_phase(cfg: Config, work: Path, files: list[Path]) -> list[dict]:
                                      warc_backend=cfg.warc_backend, verify_digests=cfg.verify_digests,
                                      max_document_bytes=cfg.max_document_bytes)
     dropped_dir = str(Path(cfg.out) / "dropped") if cfg.write_dropped else None
+    steps = tuple(build_steps(cfg.recipe))
     tasks, results = [], []
     for index, group in enumerate(shardlib.plan_tasks(files, cfg.task_bytes)):
         fp = shardlib.fingerprint(group, reader, cfg.recipe)
@@ -134,7 +135,7 @@ def _filter_phase(cfg: Config, work: Path, files: list[Path]) -> list[dict]:
             results.append(done)
             continue
         tasks.append(shardlib.ShardTask(index, tuple(str(p) for p in group), str(work), dropped_dir, reader,
-                                        cfg.recipe, fp))
+                                        steps, fp))
     if results:
         log.info("curate: %d of %d shard tasks already done, skipped", len(results), len(results) + len(tasks))
     if tasks:

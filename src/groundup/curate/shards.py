@@ -22,8 +22,8 @@ from groundup.artifacts import read_json, write_json
 from groundup.config import to_dict
 from groundup.corpus import ReadStats
 from groundup.curate.readers import read_file
-from groundup.curate.recipe import RecipeConfig, build_steps
-from groundup.curate.steps import Chain
+from groundup.curate.recipe import RecipeConfig
+from groundup.curate.steps import Chain, Step
 from groundup.curate.text import Document
 from groundup.curate.writers import DROPPED_COLUMNS, ParquetShardWriter, document_row
 
@@ -49,7 +49,9 @@ class ShardTask:
     work_dir: str
     dropped_dir: str | None
     reader: ReaderSettings
-    recipe: RecipeConfig
+    steps: tuple[Step, ...]
+    """The recipe's steps, built once by the caller: a task carries the step objects (not their names), so
+    a step registered in the calling process runs in any worker, spawned or on a Ray cluster."""
     fingerprint: str
 
     @property
@@ -112,7 +114,7 @@ def process_shard(task: ShardTask) -> dict:
     """Read, filter and redact one task's files; write its filtered shard and marker; return its statistics."""
     work_dir = Path(task.work_dir)
     read_stats = ReadStats()
-    chain = Chain(build_steps(task.recipe))
+    chain = Chain(task.steps)
     out = filtered_path(work_dir, task.index)
     dropped_writer = None
     if task.dropped_dir is not None:

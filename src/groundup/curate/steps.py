@@ -1,6 +1,7 @@
 """Steps and their automatic statistics.
 
-A step is a small class with one method:
+A step is a small dataclass (its fields are its parameters; :mod:`groundup.curate.recipe` builds it
+by its ``name`` from a recipe) with one method:
 
 - a :class:`Filter` answers ``filter(doc) -> (keep, reason)`` (it may also rewrite ``doc.text``,
   as the C4 rules drop lines);
@@ -23,6 +24,10 @@ from groundup.curate.text import Document
 
 BYTES_PER_TOKEN = 4
 """Tokens are estimated as UTF-8 bytes / 4 (about what a GPT-2-style BPE gives on English web text)."""
+
+
+KEEP = (True, "")
+"""What :meth:`Filter.filter` returns for a document it keeps."""
 
 
 class Filter:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from groundup.curate.hashing import word_hashes
+
 WORD_RE = re.compile(r"\w+(?:[.,'\u2019]\w+)*|\.\.\.|[^\w\s]")
 """A word: a run of word characters (with inner ``. , '``), ``...``, or any other single non-space character."""
 
@@ -240,7 +242,7 @@ class Words:
             self.hashes = _span_hashes(codes, starts, lengths)
         else:
             tokens = self.words if self.words is not None else self.strings()
-            self.hashes = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64)
+            self.hashes = word_hashes(tokens)
 
     def __len__(self) -> int:
         return len(self.starts)

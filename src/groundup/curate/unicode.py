@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 from groundup.curate.steps import Formatter
 from groundup.curate.text import Document
@@ -75,13 +76,14 @@ def fix_text(text: str, *, use_ftfy: bool = True) -> str:
     return text
 
 
+@dataclass
 class UnicodeFixer(Formatter):
     """Repair mojibake and normalize to NFC; counts the documents it changed."""
 
     name = "unicode_fix"
 
-    def __init__(self, use_ftfy: bool = True):
-        self.use_ftfy = use_ftfy
+    use_ftfy: bool = True
+    """Use ftfy when it is installed (else, or with false, the built-in mojibake fixer)."""
 
     def format(self, doc: Document) -> dict[str, int] | None:
         fixed = fix_text(doc.text, use_ftfy=self.use_ftfy)
