@@ -66,8 +66,8 @@ def build_parser(path):
     parser = config.Parser(prog="groundup", description="Develop a language model from scratch: plan, curate, "
                            "tokenize, pretrain, fine-tune, evaluate, serve, export.", epilog=NOTES)
     parser.add_argument("-V", "--version", action="version", version=__version__)
-    parser.add_argument("--log_level", choices=LOG_LEVELS, default="info",
-                        help="Messages at this level and above go to stderr (--log-level works too).")
+    parser.add_argument("--log-level", "--log_level", dest="log_level", choices=LOG_LEVELS, default="info",
+                        help="Messages at this level and above go to stderr.")
     parser.add_argument("--debug", action=_Debug, help="Show the traceback of an error (or GROUNDUP_DEBUG=1).")
     config.add_commands(parser, STAGES, "stage", path)
     return parser

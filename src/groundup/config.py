@@ -53,7 +53,7 @@ def one_line(text: str) -> str:
 class Parser(ArgumentParser):
     """jsonargparse's parser with groundup's conventions.
 
-    Option keys take dashes or underscores (:func:`normalize_flags`); a usage error is one line naming
+    A stage's option keys take dashes or underscores (:func:`normalize_flags`); a usage error is one line naming
     the option at fault and pointing at ``--help`` instead of the whole usage; a Config whose only field
     is a :func:`remainder` field takes the command line as it is (another program parses it)."""
 
@@ -63,9 +63,11 @@ class Parser(ArgumentParser):
     """(name, default) of a positional that names a config file (:func:`positional` with ``loads``)."""
 
     def parse_args(self, args=None, namespace=None, **kwargs):  # type: ignore[override]
-        args = normalize_flags(list(sys.argv[1:] if args is None else args))
+        args = list(sys.argv[1:] if args is None else args)
         if self.passthrough is not None:
             return jsonargparse.Namespace(**{self.passthrough: args})
+        if self._subcommands_action is None:  # a stage's own flags (a sub-command's reach its own parser)
+            args = normalize_flags(args)
         parsed = super().parse_args(args, namespace, **kwargs)
         if self.config_positional is not None and parsed.get(self.config_positional[0]) is None:
             # Left out, argparse would apply the positional after the flags (and its file would override
