@@ -191,3 +191,11 @@ def test_a_remainder_field_must_be_alone():
 def test_dashes_stop_at_the_double_dash():
     assert configlib.normalize_flags(["--max-minutes=1", "--", "--not-a-key"]) == [
         "--max_minutes=1", "--", "--not-a-key"]
+
+
+def test_classify_takes_one_text_or_several():
+    from groundup.infer import classify
+
+    assert configlib.parse(classify.Config, ["--text", "some text"]).text == "some text"
+    assert configlib.parse(classify.Config, ["--text", "[a b, c]"]).text == ["a b", "c"]
+    assert configlib.parse(classify.Config, ["--text+", "a b", "--text+", "c"]).text == ["a b", "c"]

@@ -1,7 +1,7 @@
 """The `groundup classify` stage: labels (and class probabilities) from a classifier dir.
 
 A classifier dir is what `groundup finetune classify` writes (see :mod:`groundup.model.classifier`).
-Texts come from ``--text`` (repeatable) or a JSONL file with a ``text`` field per line; results go
+Texts come from ``--text`` (one, a list ``'[a, b]'``, or ``--text+ a --text+ b``) or a JSONL file with a ``text`` field per line; results go
 to stdout as JSON lines, or to ``--out`` as JSONL (the input records with ``label`` and
 ``probabilities`` added).
 """
@@ -28,8 +28,8 @@ class Config:
 
     model: Path = Path("runs/classifier")
     """Classifier dir."""
-    text: list[str] | None = None
-    """Texts to classify."""
+    text: str | list[str] | None = None
+    """A text to classify, or a list of them ('[first, second]'; --text+ adds one more)."""
     input: Path | None = None
     """A JSONL file with a 'text' field on every line (instead of, or besides, --text)."""
     out: Path | None = None
@@ -69,7 +69,8 @@ def read_texts(path: Path) -> list[dict]:
 
 
 def run(cfg: Config) -> Path | None:
-    records = [{"text": t} for t in cfg.text or []]
+    texts = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text or [])
+    records = [{"text": t} for t in texts]
     if cfg.input:
         records += read_texts(cfg.input)
     if not records:
