@@ -68,12 +68,17 @@ class Parser(ArgumentParser):
             return jsonargparse.Namespace(**{self.passthrough: args})
         if self._subcommands_action is None:  # a stage's own flags (a sub-command's reach its own parser)
             args = normalize_flags(args)
-        parsed = super().parse_args(args, namespace, **kwargs)
-        if self.config_positional is not None and parsed.get(self.config_positional[0]) is None:
+        if self.config_positional is not None:
             # Left out, argparse would apply the positional after the flags (and its file would override
-            # them): read the command line again with the default in front.
-            parsed = super().parse_args([self.config_positional[1], *args], namespace, **kwargs)
-        return parsed
+            # them): a first reading finds out (printing nothing for --print_config), and the line is read
+            # again with the default in front.
+            from jsonargparse._actions import _ActionPrintConfig  # jsonargparse's own switch for this
+
+            with _ActionPrintConfig.skip_print_config():
+                first = super().parse_args(args, namespace, **kwargs)
+            if first.get(self.config_positional[0]) is None:
+                args = [self.config_positional[1], *args]
+        return super().parse_args(args, namespace, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
