@@ -11,6 +11,9 @@ import logging
 import os
 import sys
 
+from groundup import config
+from groundup.interop import VerificationError
+
 # sub-command -> (module holding `Config` and `run`, one line of help). Modules import lazily so that
 # `groundup --help` and light stages start fast.
 STAGES: dict[str, tuple[str, str]] = {
@@ -59,9 +62,9 @@ def debugging() -> bool:
     return os.environ.get("GROUNDUP_DEBUG", "").lower() not in ("", "0", "false", "no")
 
 
-def build_parser(path):
-    """``groundup``'s parser; ``path`` (a ``config.CommandPath``) is filled in with the stage named."""
-    from groundup import __version__, config
+def build_parser(path: config.CommandPath) -> config.Parser:
+    """``groundup``'s parser; ``path`` is filled in with the stage the command line names."""
+    from groundup import __version__
 
     parser = config.Parser(prog="groundup", description="Develop a language model from scratch: plan, curate, "
                            "tokenize, pretrain, fine-tune, evaluate, serve, export.", epilog=NOTES)
@@ -78,11 +81,9 @@ def configure_logging(level: str) -> None:
                         datefmt="%H:%M:%S")
 
 
-def main(argv: list[str] | None = None, path=None) -> int:
+def main(argv: list[str] | None = None, path: config.CommandPath | None = None) -> int:
     """Run the command line ``argv``; returns the exit status (an error the stage raises propagates).
-    ``path``, a ``config.CommandPath``, if given, tells the caller which stage ran."""
-    from groundup import config
-
+    ``path``, if given, tells the caller which stage the command line named."""
     path = config.CommandPath() if path is None else path
     parser = build_parser(path)
     try:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None, path=None) -> int:
     except SystemExit as e:
         if path.module is not None:  # a stage's own --help, or a bad flag of a stage
             raise
-        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2  # the list of stages or methods
+        return e.code if isinstance(e.code, int) else 0  # the list of stages or of methods, or a name not in it
     if path.module is None:  # no stage named, or a command with methods and no method named
         sub = parser
         for name in path.names:
@@ -99,8 +100,6 @@ def main(argv: list[str] | None = None, path=None) -> int:
         return 0
     configure_logging(namespace.log_level)
     cfg = path.config(namespace)
-    from groundup.interop import VerificationError
-
     try:
         path.module.run(cfg)
     except VerificationError as e:  # the stage's output exists; the check of it failed
@@ -112,25 +111,21 @@ def main(argv: list[str] | None = None, path=None) -> int:
 def describe(error: BaseException) -> str:
     """One line naming what failed and where: the error's own message, with its type where that message
     alone says little (a KeyError's key, an internal error)."""
-    from groundup import config
-
     message = config.one_line(str(error))
-    if isinstance(error, (OSError, ValueError, ImportError)) and not isinstance(error, KeyError) and message:
+    if isinstance(error, (OSError, ValueError, ImportError)) and message:
         return message
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def console(argv: list[str] | None = None) -> int:
     """The ``groundup`` script: ``main`` with each error as one line and an exit status."""
-    from groundup import config
-
     path = config.CommandPath()
     try:
         return main(argv, path)
     except KeyboardInterrupt:
         if debugging():
             raise
-        print("groundup: interrupted", file=sys.stderr)
+        print(f"{' '.join(['groundup', *path.names])}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 (the one place every error becomes one line)
         if debugging():

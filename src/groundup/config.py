@@ -53,9 +53,10 @@ def one_line(text: str) -> str:
 class Parser(ArgumentParser):
     """jsonargparse's parser with groundup's conventions.
 
-    A stage's option keys take dashes or underscores (:func:`normalize_flags`); a usage error is one line naming
-    the option at fault and pointing at ``--help`` instead of the whole usage; a Config whose only field
-    is a :func:`remainder` field takes the command line as it is (another program parses it)."""
+    A stage's option keys take dashes or underscores (:func:`normalize_flags`); a usage error is one
+    line naming the option at fault and pointing at ``--help``, instead of the whole usage; a Config
+    whose only field is a :func:`remainder` field takes the command line as it is (another program
+    parses it)."""
 
     passthrough: str | None = None
     """The remainder field's name, when this parser hands its command line on unparsed."""
@@ -270,11 +271,14 @@ class _LazySubCommands(ActionSubCommands):
 
     modules: dict[str, str]
     path: CommandPath
+    filled: set[str]
 
     def __call__(self, parser, namespace, values, option_string=None):
         name = values[0]
-        self.path.names.append(name)
-        fill_command(self._name_parser_map[name], importlib.import_module(self.modules[name]), self.path)
+        if name not in self.filled:
+            self.filled.add(name)
+            self.path.names.append(name)
+            fill_command(self._name_parser_map[name], importlib.import_module(self.modules[name]), self.path)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -286,7 +290,7 @@ def add_commands(parser: ArgumentParser, commands: dict[str, tuple[str, str]], d
     ``commands``) is a command with sub-commands of its own (``groundup finetune sft``)."""
     action = parser.add_subcommands(required=False, dest=dest, action=_LazySubCommands, metavar=f"<{dest}>",
                                     title=f"{dest}s", description=None)
-    action.modules, action.path = {name: module for name, (module, _) in commands.items()}, path
+    action.modules, action.path, action.filled = {name: module for name, (module, _) in commands.items()}, path, set()
     for name, (_, text) in commands.items():
         action.add_subcommand(name, Parser(description=text), help=text)
 
