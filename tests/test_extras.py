@@ -38,7 +38,8 @@ def test_a_missing_package_names_its_extra(monkeypatch):
 
 
 def test_import_extra_names_the_extra_and_keeps_other_errors(monkeypatch):
-    monkeypatch.setitem(sys.modules, "rouge_score", None)  # what an environment without the package looks like
+    for name in ("rouge_score", "rouge_score.rouge_scorer"):  # what an environment without the package looks like
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingExtraError, match=r"ROUGE needs rouge_score.*groundup\[eval\]"):
         import_extra("rouge_score.rouge_scorer", "eval", purpose="ROUGE")
     with pytest.raises(ValueError, match="not a package of the 'eval' extra"):
