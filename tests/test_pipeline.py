@@ -8,6 +8,7 @@ import os
 import pytest
 
 from groundup import cli, pipeline
+from groundup import config as configlib
 from groundup.model.io import load_model_dir
 
 TINY = [
@@ -79,13 +80,13 @@ def test_an_empty_corpus_is_a_clear_error(tmp_path):
 
 def test_unknown_recipe_names_the_known_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="tiny"):
-        pipeline.parse_args(["huge"])
+        configlib.parse(pipeline.Config, ["huge"])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        pipeline.parse_args([str(tmp_path / "nope.yaml")])
+        configlib.parse(pipeline.Config, [str(tmp_path / "nope.yaml")])
 
 
 def test_command_line_shape():
-    cfg = pipeline.parse_args(["--out", "somewhere", "--max-minutes", "2.5"])
+    cfg = configlib.parse(pipeline.Config, ["--out", "somewhere", "--max-minutes", "2.5"])
     assert cfg.recipe == "tiny" and str(cfg.out) == "somewhere" and cfg.max_minutes == 2.5
     # the built-in recipe is a time-budgeted run under 10 minutes
     assert cfg.pretrain.train.max_minutes is not None and cfg.pretrain.train.max_minutes < 10
@@ -93,6 +94,6 @@ def test_command_line_shape():
 
 @pytest.mark.parametrize("name", ["tiny", "gpt2-124m"])
 def test_built_in_recipes_parse_into_the_config(name):
-    cfg = pipeline.parse_args([name])
+    cfg = configlib.parse(pipeline.Config, [name])
     assert cfg.recipe == name
     assert cfg.pretrain.optim.lr > 0 and cfg.tokenizer.vocab_size >= 8192

@@ -1,11 +1,20 @@
-"""The ``groundup`` command: maps each subcommand to a stage's ``Config`` and ``run()``; nothing else."""
+"""The ``groundup`` command: maps each sub-command to a stage's ``Config`` and ``run()``; nothing else.
+
+``main`` is the command for Python callers (a stage's error propagates); ``console``, the installed
+``groundup`` script, turns an error into one line and an exit status.
+"""
 
 from __future__ import annotations
 
-import importlib
+import argparse
+import logging
+import os
 import sys
 
-# subcommand -> (module holding `Config` and `run`, one-line help). Modules import lazily so that
+from groundup import config
+from groundup.interop import VerificationError
+
+# sub-command -> (module holding `Config` and `run`, one line of help). Modules import lazily so that
 # `groundup --help` and light stages start fast.
 STAGES: dict[str, tuple[str, str]] = {
     "plan": ("groundup.plan.run", "Plan a model: parameters, FLOPs, memory, time, cost and inference speed."),
@@ -19,7 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("groundup.interop.export", "Export a model dir to a Hugging Face folder or a GGUF file (llama.cpp, ollama)."),
     "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),
     "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
-    "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's command line with groundup models registered (--model groundup)."),
+    "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's own command line with groundup models registered (--model groundup)."),
     "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
     "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
@@ -27,47 +36,104 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("groundup.report.run", "Write one HTML page with plots of every stage of a run (or several runs overlaid)."),
 }
 
+NOTES = """\
+`groundup <stage> --help` lists every setting of a stage with its meaning and default; every setting
+is a flag (--optim.lr 3e-4, dashes or underscores) and a key of the YAML file given by --config.
+--debug and --log-level go before the stage name. An error prints one line and exits non-zero
+(2: a bad command line, 1: the stage failed, 130: interrupted); --debug (or GROUNDUP_DEBUG=1)
+shows its traceback."""
 
-def command_usage(prog: str, kind: str, commands: dict[str, tuple[str, str]], notes: list[str]) -> str:
-    """The help text of a command with sub-commands: ``commands`` maps a name to (module, one line)."""
-    width = max(len(name) for name in commands)
-    lines = [f"usage: {prog} <{kind}> [--config FILE] [--key value ...]", "", f"{kind}s:"]
-    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in commands.items()]
-    return "\n".join(lines + ["", *notes])
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def dispatch(prog: str, kind: str, commands: dict[str, tuple[str, str]], argv: list[str], notes: list[str]) -> int:
-    """Run the sub-command ``argv[0]``: its module's ``main(rest)`` when it parses its own command line,
-    else ``run(Config)`` with the flags parsed from ``rest``."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(command_usage(prog, kind, commands, notes))
+class _Debug(argparse.Action):
+    """``--debug``: the same as GROUNDUP_DEBUG=1, set as soon as it is read (an error while reading the
+    rest of the command line shows its traceback too), and inherited by the processes a stage starts."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        os.environ["GROUNDUP_DEBUG"] = "1"
+        namespace[self.dest] = True
+
+
+def debugging() -> bool:
+    return os.environ.get("GROUNDUP_DEBUG", "").lower() not in ("", "0", "false", "no")
+
+
+def build_parser(path: config.CommandPath) -> config.Parser:
+    """``groundup``'s parser; ``path`` is filled in with the stage the command line names."""
+    from groundup import __version__
+
+    parser = config.Parser(prog="groundup", description="Develop a language model from scratch: plan, curate, "
+                           "tokenize, pretrain, fine-tune, evaluate, serve, export.", epilog=NOTES)
+    parser.add_argument("-V", "--version", action="version", version=__version__)
+    parser.add_argument("--log-level", "--log_level", dest="log_level", choices=LOG_LEVELS, default="info",
+                        help="Messages at this level and above go to stderr.")
+    parser.add_argument("--debug", action=_Debug, help="Show the traceback of an error (or GROUNDUP_DEBUG=1).")
+    config.add_commands(parser, STAGES, "stage", path)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def main(argv: list[str] | None = None, path: config.CommandPath | None = None) -> int:
+    """Run the command line ``argv``; returns the exit status (an error the stage raises propagates).
+    ``path``, if given, tells the caller which stage the command line named."""
+    path = config.CommandPath() if path is None else path
+    parser = build_parser(path)
+    try:
+        namespace = parser.parse_args(argv)
+    except SystemExit as e:
+        if path.module is not None:  # a stage's own --help, or a bad flag of a stage
+            raise
+        return e.code if isinstance(e.code, int) else 0  # the list of stages or of methods, or a name not in it
+    if path.module is None:  # no stage named, or a command with methods and no method named
+        sub = parser
+        for name in path.names:
+            sub = sub._subcommands_action._name_parser_map[name]
+        sub.print_help()
         return 0
-    name, rest = argv[0], argv[1:]
-    if name not in commands:
-        print(f"{prog}: unknown {kind} {name!r}\n\n{command_usage(prog, kind, commands, notes)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(commands[name][0])
-    if hasattr(module, "main"):  # a stage with positional arguments parses its own command line
-        return int(module.main(rest) or 0)
-    from groundup import config
-
-    cfg = config.parse(module.Config, rest, prog=f"{prog} {name}")
-    module.run(cfg)
+    configure_logging(namespace.log_level)
+    cfg = path.config(namespace)
+    try:
+        path.module.run(cfg)
+    except VerificationError as e:  # the stage's output exists; the check of it failed
+        print(f"groundup {' '.join(path.names)}: verification failed: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
-NOTES = ["`groundup <stage> --help` lists every setting of a stage with its meaning and default."]
+def describe(error: BaseException) -> str:
+    """One line naming what failed and where: the error's own message, with its type where that message
+    alone says little (a KeyError's key, an internal error)."""
+    message = config.one_line(str(error))
+    if isinstance(error, (OSError, ValueError, ImportError)) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-V", "--version"):
-        from groundup import __version__
-
-        print(__version__)
-        return 0
-    return dispatch("groundup", "stage", STAGES, argv, NOTES)
+def console(argv: list[str] | None = None) -> int:
+    """The ``groundup`` script: ``main`` with each error as one line and an exit status."""
+    path = config.CommandPath()
+    try:
+        return main(argv, path)
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print(f"{' '.join(['groundup', *path.names])}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 (the one place every error becomes one line)
+        if debugging():
+            raise
+        print(f"{' '.join(['groundup', *path.names])}: error: {describe(e)} "
+              f"(groundup --debug ... shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

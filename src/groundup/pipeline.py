@@ -33,6 +33,21 @@ from groundup.train import pretrain as pretrain_stage
 log = logging.getLogger(__name__)
 
 
+def recipe_path(recipe: str) -> Path:
+    """A built-in recipe's YAML (by name) or the given file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe not found: {path}")
+        return path
+    builtin = resources.files("groundup") / "recipes" / f"{recipe}.yaml"
+    if not builtin.is_file():
+        known = sorted(p.name.removesuffix(".yaml") for p in (resources.files("groundup") / "recipes").iterdir()
+                       if p.name.endswith(".yaml"))
+        raise FileNotFoundError(f"unknown recipe {recipe!r}: give a YAML file or one of {', '.join(known)}")
+    return Path(str(builtin))
+
+
 @dataclass(kw_only=True)
 class SamplesConfig:
     """Text generated from the trained model at the end of a run."""
@@ -48,8 +63,9 @@ class SamplesConfig:
 class Config:
     """Run every stage of a recipe in order: tokenizer, tokenize, pretrain, held-out scoring, samples."""
 
-    recipe: str = "tiny"
-    """A built-in recipe name (tiny) or a YAML file."""
+    recipe: str = field(default="tiny", metadata=configlib.positional(metavar="RECIPE", loads=recipe_path))
+    """A built-in recipe name (tiny, gpt2-124m) or a YAML file; its keys are applied where it stands on the
+    command line, so the flags after it override them (`groundup run [RECIPE] [--key value ...]`)."""
     out: Path | None = None
     """The run directory (default: runs/<recipe name>)."""
     max_minutes: float | None = None
@@ -66,41 +82,6 @@ class Config:
     """Pretrain stage settings (its tokens and out are set by the run)."""
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     """Samples written at the end."""
-
-
-def recipe_path(recipe: str) -> Path:
-    """A built-in recipe's YAML (by name) or the given file."""
-    path = Path(recipe)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise FileNotFoundError(f"recipe not found: {path}")
-        return path
-    builtin = resources.files("groundup") / "recipes" / f"{recipe}.yaml"
-    if not builtin.is_file():
-        known = sorted(p.name.removesuffix(".yaml") for p in (resources.files("groundup") / "recipes").iterdir()
-                       if p.name.endswith(".yaml"))
-        raise FileNotFoundError(f"unknown recipe {recipe!r}: give a YAML file or one of {', '.join(known)}")
-    return Path(str(builtin))
-
-
-def parse_args(argv: list[str]) -> Config:
-    """``groundup run [RECIPE] [--out DIR] [--max-minutes M] [--any.recipe.key value ...]``."""
-    argv = configlib.normalize_flags(argv)
-    recipe = "tiny"
-    if argv and not argv[0].startswith("-"):
-        recipe, argv = argv[0], argv[1:]
-    if any(a in ("-h", "--help") for a in argv):
-        configlib.build_parser(Config, prog="groundup run [RECIPE]").print_help()
-        raise SystemExit(0)
-    return configlib.parse(Config, ["--config", str(recipe_path(recipe)), "--recipe", recipe, *argv],
-                           prog="groundup run [RECIPE]")
-
-
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    run(parse_args(argv))
-    return 0
 
 
 # ---------------------------------------------------------------------------- pure helpers

@@ -119,8 +119,8 @@ def test_export_of_missing_model_dir(tmp_path):
 def test_missing_extra_names_it(monkeypatch):
     import sys
 
-    from groundup.interop import require
+    from groundup.extras import import_extra
 
     monkeypatch.setitem(sys.modules, "gguf", None)  # what an environment without the package looks like
     with pytest.raises(ImportError, match=r"groundup\[interop\]"):
-        require("gguf")
+        import_extra("gguf", "interop")

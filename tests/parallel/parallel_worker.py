@@ -24,9 +24,9 @@ from groundup.train import pretrain  # noqa: E402
 def main() -> None:
     for run in json.loads(sys.argv[1]):
         if "finetune" in run:
-            from groundup.finetune.stage import main as finetune
+            from groundup import cli
 
-            finetune(run["finetune"])
+            cli.main(["finetune", *run["finetune"]])
             continue
         nan_at = run.pop("nan_at_call", None)
         nan_rank = run.pop("nan_rank", 0)

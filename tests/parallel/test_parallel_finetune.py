@@ -19,10 +19,16 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "finetune"))
 
 from finetune_helpers import ANIMALS, fruit_items, make_base, write_jsonl  # noqa: E402
 
+from groundup import cli  # noqa: E402
 from groundup.finetune import common  # noqa: E402
-from groundup.finetune.stage import main as finetune  # noqa: E402
 from groundup.model.lora import LoRAConfig  # noqa: E402
 from groundup.parallel.config import ParallelConfig  # noqa: E402
+
+
+def finetune(argv: list[str]) -> int:
+    """`groundup finetune ARGV` in this process."""
+    return cli.main(["finetune", *argv])
+
 
 STEPS = 6
 LOOP = ["--device", "cpu", "--batch_size", "4", "--seed", "3", "--optim.lr", "3e-3", "--optim.warmup_steps", "2",

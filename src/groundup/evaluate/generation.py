@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from groundup.extras import import_extra
+
 # ---------------------------------------------------------------------------- generation
 
 
@@ -47,16 +49,6 @@ def generate_until(model, tokenizer, context: str, *, until: Sequence[str] = (),
 # ---------------------------------------------------------------------------- metrics
 
 
-def _need(module: str):
-    """Import an optional library, or say which extra brings it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is needed for this metric: pip install 'groundup[eval]'") from e
-
-
 def exact_match(prediction: str, references: Sequence[str]) -> float:
     """1 when the prediction, stripped of surrounding whitespace, equals one of the references."""
     return float(prediction.strip() in {r.strip() for r in references})
@@ -69,20 +61,20 @@ def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | No
 
 
 def bleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, str]:
-    metric = _need("sacrebleu.metrics").BLEU()
+    metric = import_extra("sacrebleu.metrics", "eval", purpose="BLEU").BLEU()
     score = metric.corpus_score(list(predictions), reference_streams(references))
     return score.score, str(metric.get_signature())
 
 
 def chrf(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, str]:
-    metric = _need("sacrebleu.metrics").CHRF()
+    metric = import_extra("sacrebleu.metrics", "eval", purpose="chrF").CHRF()
     score = metric.corpus_score(list(predictions), reference_streams(references))
     return score.score, str(metric.get_signature())
 
 
 def rouge(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, list[float]]:
     """Per-item ROUGE-1/2/L F-measure (the best over the item's references)."""
-    scorer = _need("rouge_score.rouge_scorer").RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = import_extra("rouge_score.rouge_scorer", "eval", purpose="ROUGE").RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
     for pred, refs in zip(predictions, references, strict=True):
         scores = [scorer.score(ref, pred) for ref in refs]

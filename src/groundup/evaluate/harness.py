@@ -23,18 +23,18 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-
-try:
-    import lm_eval.models  # noqa: F401  (fills lm-eval's registry first: it only loads it when empty)
-    from lm_eval.api.model import TemplateLM
-    from lm_eval.api.registry import register_model
-except ImportError as e:  # pragma: no cover - depends on the installed extras
-    raise ImportError("the lm-evaluation-harness adapter needs lm-eval: pip install 'groundup[eval]'") from e
 
 import torch
 
+from groundup import config as configlib
 from groundup.evaluate.lm import Request, rolling_windows, score_requests
+from groundup.extras import import_extra
+
+import_extra("lm_eval.models", "eval", purpose="the lm-evaluation-harness adapter")  # fills lm-eval's registry first
+from lm_eval.api.model import TemplateLM  # noqa: E402  (after the check that names the extra)
+from lm_eval.api.registry import register_model  # noqa: E402
 
 
 @register_model("groundup")
@@ -134,10 +134,18 @@ class GroundupLM(TemplateLM):
         return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``groundup lm-eval ...``: lm-eval's command line with the "groundup" model registered."""
+@dataclass(kw_only=True)
+class Config:
+    """lm-evaluation-harness's own command line, with groundup's model registered (--model groundup).
+    Everything after `groundup lm-eval` goes to lm-eval as it is; `groundup lm-eval --help` is lm-eval's help."""
+
+    args: list[str] = field(default_factory=list, metadata=configlib.remainder())
+    """lm-eval's options (--model groundup --model_args path=MODEL_DIR --tasks ...)."""
+
+
+def run(cfg: Config) -> None:
+    """Run lm-eval's command line ``cfg.args`` (it writes where its own --output_path says)."""
     from lm_eval.__main__ import cli_evaluate
 
-    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
+    sys.argv = ["lm_eval", *cfg.args]
     cli_evaluate()
-    return 0

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from groundup.extras import import_extra
+
 RUBRIC = ("Please act as an impartial judge and evaluate the quality of the response provided by an AI "
           "assistant to the user question displayed below. Your evaluation should consider factors such as the "
           "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response.")
@@ -49,8 +51,7 @@ class JudgeConfig:
 
 class Judge:
     def __init__(self, cfg: JudgeConfig, client=None) -> None:
-        import httpx
-
+        httpx = import_extra("httpx", "eval", purpose="the LLM judge")
         if not cfg.url:
             raise ValueError("judge: no URL given")
         self.cfg = cfg

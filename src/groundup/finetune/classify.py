@@ -6,23 +6,19 @@ its line. Texts longer than ``max_len`` tokens keep their first ``max_len`` toke
 ``truncated``). Sequences are right-padded and the class logits are read at each sequence's last
 real token, which has attended to the whole text (the causal model's summary position).
 
-A classifier dir is a model dir whose ``lm_head.weight`` has one row per class (``config.json`` has
-``tie_embeddings: false``) plus ``classifier.json``: ``{"labels": [...], "pooling": "last_token",
-"max_len": N, "pad_id": id}``. :func:`load_classifier_dir` reads it; ``groundup classify`` runs it.
+The result is a classifier dir (:mod:`groundup.model.classifier`); ``groundup classify`` runs it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from groundup.artifacts import read_json, require_files, write_json
+from groundup.artifacts import write_json
 from groundup.finetune import common
 from groundup.finetune.data import (
     DataError,
@@ -32,14 +28,18 @@ from groundup.finetune.data import (
     read_jsonl,
     train_val,
 )
-from groundup.model.io import load_model_weights, read_model_config
+from groundup.model.classifier import (
+    CLASSIFIER_FILE,
+    HEAD,
+    add_class_head,
+    class_logits,
+    encode_texts,
+    pad_texts,
+)
 from groundup.parallel.data import spread_batches
 from groundup.train.loop import train_loop
 
 log = logging.getLogger(__name__)
-
-CLASSIFIER_FILE = "classifier.json"
-HEAD = "lm_head.weight"
 
 
 @dataclass(kw_only=True)
@@ -48,43 +48,6 @@ class Config(common.JsonlConfig):
 
     labels: list[str] | None = None
     """The class names in order (default: the sorted distinct labels of the training data)."""
-
-
-def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
-    """Replace the vocabulary head by a fresh (n_classes, C) head; the embedding is no longer tied to it."""
-    head = nn.Linear(model.config.n_embd, n_classes, bias=False)
-    nn.init.normal_(head.weight, std=model.config.init_std)
-    model.lm_head = head
-    model.config = dataclasses.replace(model.config, tie_embeddings=False)
-    return model
-
-
-def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,).
-
-    Through the model's ``forward`` (the head on every position, K wide: cheap), so that a DDP wrapper or
-    FSDP2's hooks see the call as they must under torchrun."""
-    logits = model(x)  # (B, T, K)
-    return logits[torch.arange(x.shape[0], device=x.device), lengths - 1]
-
-
-def pad_texts(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = torch.tensor(s)
-    return x, torch.tensor([len(s) for s in seqs])
-
-
-def encode_texts(tokenizer, texts: list[str], max_len: int, stats: DataStats | None = None) -> list[list[int]]:
-    """Token ids of each text, cut to its first ``max_len`` tokens; an empty text becomes the EOS token."""
-    out = []
-    for ids in tokenizer.encode_batch(texts):
-        if len(ids) > max_len:
-            ids = ids[:max_len]
-            if stats is not None:
-                stats.truncated += 1
-        out.append(ids or [tokenizer.eos_id or 0])
-    return out
 
 
 @torch.no_grad()
@@ -168,31 +131,3 @@ def run(cfg: Config) -> Path:
                        inputs={"data": cfg.data}, peft_task="SEQ_CLS",
                        write_more=lambda out: write_json(out / CLASSIFIER_FILE, meta))
     return out
-
-
-def load_classifier_dir(path: str | Path, *, device: str = "cpu"):
-    """``(model, tokenizer, meta)`` of a classifier dir; ``meta`` is its classifier.json."""
-    from groundup.model.transformer import Transformer
-    from groundup.tokenizer import Tokenizer
-
-    path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json", CLASSIFIER_FILE},
-                         "classifier dir")
-    meta = read_json(path / CLASSIFIER_FILE)
-    model = add_class_head(Transformer(read_model_config(path)), len(meta["labels"]))
-    load_model_weights(model, path / "model.safetensors")
-    return model.to(device).eval(), Tokenizer.from_file(path / "tokenizer.json"), meta
-
-
-@torch.no_grad()
-def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """For each text: ``{"label", "probabilities": {label: p}}``."""
-    device = next(model.parameters()).device
-    seqs = encode_texts(tokenizer, texts, meta["max_len"])
-    results = []
-    for i in range(0, len(seqs), batch_size):
-        x, lengths = pad_texts(seqs[i : i + batch_size], meta["pad_id"])
-        probs = class_logits(model, x.to(device), lengths.to(device)).float().softmax(-1).cpu()
-        for row in probs:
-            results.append({"label": meta["labels"][int(row.argmax())],
-                            "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row, strict=True)}})
-    return results

@@ -1,8 +1,8 @@
-"""`groundup finetune METHOD [flags]`: one command, one module per method, each with its own Config."""
+"""`groundup finetune METHOD [flags]`: one command, one module per method, each with its own Config.
+
+The command line lists ``METHODS`` as sub-commands of ``groundup finetune`` (see :mod:`groundup.cli`)."""
 
 from __future__ import annotations
-
-import sys
 
 METHODS: dict[str, tuple[str, str]] = {
     "sft": ("groundup.finetune.sft", "Instruction fine-tuning on chat or Alpaca JSONL (loss on answers only)."),
@@ -14,9 +14,3 @@ METHODS: dict[str, tuple[str, str]] = {
 
 NOTES = ["Every method takes --lora.enabled true to train LoRA adapters on a frozen base instead of every weight.",
          "`groundup finetune <method> --help` lists its settings."]
-
-
-def main(argv: list[str] | None = None) -> int:
-    from groundup.cli import dispatch
-
-    return dispatch("groundup finetune", "method", METHODS, list(sys.argv[1:] if argv is None else argv), NOTES)

@@ -1,7 +1,7 @@
 """The `groundup classify` stage: labels (and class probabilities) from a classifier dir.
 
-A classifier dir is what `groundup finetune classify` writes (see :mod:`groundup.finetune.classify`).
-Texts come from ``--text`` (repeatable) or a JSONL file with a ``text`` field per line; results go
+A classifier dir is what `groundup finetune classify` writes (see :mod:`groundup.model.classifier`).
+Texts come from ``--text`` (one, a list ``'[a, b]'``, or ``--text+ a --text+ b``) or a JSONL file with a ``text`` field per line; results go
 to stdout as JSON lines, or to ``--out`` as JSONL (the input records with ``label`` and
 ``probabilities`` added).
 """
@@ -9,12 +9,17 @@ to stdout as JSON lines, or to ``--out`` as JSONL (the input records with ``labe
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundup.finetune.classify import classify_texts, load_classifier_dir
-from groundup.finetune.data import DataStats, read_jsonl
+import torch
+
+from groundup.artifacts import JsonlStats, read_jsonl
+from groundup.model.classifier import class_logits, encode_texts, load_classifier_dir, pad_texts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -23,8 +28,8 @@ class Config:
 
     model: Path = Path("runs/classifier")
     """Classifier dir."""
-    text: list[str] | None = None
-    """Texts to classify."""
+    text: str | list[str] | None = None
+    """A text to classify, or a list of them ('[first, second]'; --text+ adds one more)."""
     input: Path | None = None
     """A JSONL file with a 'text' field on every line (instead of, or besides, --text)."""
     out: Path | None = None
@@ -35,16 +40,39 @@ class Config:
     """'cpu', 'cuda' or 'cuda:N'."""
 
 
-def _text_record(obj: dict) -> dict:
-    if not isinstance(obj.get("text"), str):
-        raise ValueError("expected a string field 'text'")
-    return obj
+@torch.no_grad()
+def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[dict]:
+    """For each text: ``{"label", "probabilities": {label: p}}``."""
+    device = next(model.parameters()).device
+    seqs = encode_texts(tokenizer, texts, meta["max_len"])
+    results = []
+    for i in range(0, len(seqs), batch_size):
+        x, lengths = pad_texts(seqs[i : i + batch_size], meta["pad_id"])
+        probs = class_logits(model, x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+        for row in probs:
+            results.append({"label": meta["labels"][int(row.argmax())],
+                            "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row, strict=True)}})
+    return results
+
+
+def read_texts(path: Path) -> list[dict]:
+    """The records of a JSONL file with a string ``text`` on every line; a bad line is an error naming it
+    (an unfinished last line, from a writer that stopped, is skipped with a warning)."""
+    records, stats = [], JsonlStats()
+    for lineno, obj in read_jsonl(path, stats=stats, strict=True):
+        if not isinstance(obj.get("text"), str):
+            raise ValueError(f"{path}:{lineno}: expected a string field 'text'")
+        records.append(obj)
+    for example in stats.examples:
+        log.warning("skipped %s", example)
+    return records
 
 
 def run(cfg: Config) -> Path | None:
-    records = [{"text": t} for t in cfg.text or []]
+    texts = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text or [])
+    records = [{"text": t} for t in texts]
     if cfg.input:
-        records += read_jsonl(cfg.input, _text_record, DataStats())
+        records += read_texts(cfg.input)
     if not records:
         raise ValueError("nothing to classify: pass --text or --input")
     model, tokenizer, meta = load_classifier_dir(cfg.model, device=cfg.device)

@@ -1,18 +1,11 @@
 """Interop with the ecosystem: Hugging Face transformers folders in and out (``hf``), GGUF out (``gguf``).
 
-``transformers`` and ``gguf`` are the ``interop`` extra; they are imported only where needed, with a
-message naming the extra when they are missing.
+``transformers`` and ``gguf`` are the ``interop`` extra; they are imported only where needed, through
+:func:`groundup.extras.import_extra` (a missing one is a message naming the extra).
 """
 
 from __future__ import annotations
 
 
-def require(module: str):
-    """Import ``module`` (``transformers``, ``gguf``) or say which extra provides it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is needed for this (install groundup's interop extra: "
-                          f"pip install 'groundup[interop]'): {e}") from e
+class VerificationError(Exception):
+    """An export or import read back does not compute what the model dir computes (``--verify``)."""

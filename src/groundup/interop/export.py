@@ -3,7 +3,7 @@
 ``--format hf`` writes a folder ``AutoModelForCausalLM`` / ``AutoTokenizer`` (and vLLM) load with no custom
 code; ``--format gguf`` writes ``model.gguf`` and an ollama ``Modelfile`` for llama.cpp and ollama.
 ``--verify`` loads the export back (transformers, or the gguf reader) and compares logits on a few
-prompts; the stage exits non-zero when they differ.
+prompts; a difference raises :class:`groundup.interop.VerificationError` (``groundup export`` exits 1).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from groundup import config as configlib
 
 VERIFY_TEXTS = [
     "def mean(xs):\n    return sum(xs) / len(xs)  # average\n",
@@ -27,10 +29,6 @@ _GGUF_DTYPES = {"f32": "f32", "float32": "f32", "fp32": "f32", "f16": "f16", "fl
                 "q8_0": "q8_0"}
 
 
-class VerificationError(AssertionError):
-    """The export read back does not compute what the model dir computes."""
-
-
 @dataclass(kw_only=True)
 class Config:
     """Export a model dir to a Hugging Face transformers folder or a GGUF file (llama.cpp, ollama)."""
@@ -39,8 +37,8 @@ class Config:
     """Model dir to export."""
     out: Path = Path("exported")
     """Output: the HF folder; for GGUF a folder (model.gguf + Modelfile) or a path ending in .gguf."""
-    format: Literal["hf", "gguf"] = "hf"
-    """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama). Also --to."""
+    format: Literal["hf", "gguf"] = field(default="hf", metadata=configlib.aliases("--to"))
+    """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama)."""
     dtype: str | None = None
     """Weight type: hf float32 (default) | float16 | bfloat16; gguf f32 | f16 (default) | q8_0."""
     max_shard_size: str = "5GB"
@@ -79,10 +77,7 @@ def run(cfg: Config) -> Path:
         print(f"wrote Hugging Face folder {out}", file=sys.stderr)
         if cfg.verify:
             tolerance = cfg.tolerance if cfg.tolerance is not None else (1e-4 if dtype == "float32" else 1e-3)
-            try:
-                diff = verify_hf(model_dir, out, texts=cfg.verify_texts, dtype=dtype, tolerance=tolerance)
-            except AssertionError as e:
-                raise VerificationError(str(e)) from e
+            diff = verify_hf(model_dir, out, texts=cfg.verify_texts, dtype=dtype, tolerance=tolerance)
             print(f"verify: transformers logits match groundup's, max abs diff {diff:.3g} "
                   f"(tolerance {tolerance:g}); tokenizer ids identical", file=sys.stderr)
         return out
@@ -92,45 +87,10 @@ def run(cfg: Config) -> Path:
         path = export_gguf(model_dir, cfg.out, dtype=dtype, tokenizer_pre=cfg.tokenizer_pre)
         print(f"wrote {path} and {path.parent / 'Modelfile'}", file=sys.stderr)
         if cfg.verify:
-            try:
-                result = verify_gguf(model_dir, path, texts=cfg.verify_texts, dtype=dtype, tolerance=cfg.tolerance)
-            except AssertionError as e:
-                raise VerificationError(str(e)) from e
+            result = verify_gguf(model_dir, path, texts=cfg.verify_texts, dtype=dtype, tolerance=cfg.tolerance)
             print(f"verify: every tensor reads back as written (max diff {result['max_tensor_diff']:.3g}); "
                   f"logits of the model read back vs groundup's: max abs diff {result['max_logit_diff']:.3g} "
                   f"({result['relative_logit_diff']:.3g} of the largest)",
                   file=sys.stderr)
         return path
     raise ValueError(f"format must be 'hf' or 'gguf', got {cfg.format!r}")
-
-
-def bare_flag(argv: list[str], flag: str) -> list[str]:
-    """Let a boolean ``flag`` stand alone (``--verify``) as well as take a value (``--verify true``)."""
-    out = []
-    for i, arg in enumerate(argv):
-        out.append(arg)
-        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
-        if arg == flag and following not in ("true", "false", "1", "0", "yes", "no"):
-            out.append("true")
-    return out
-
-
-def verified_main(config_cls, run_fn, argv: list[str], prog: str, alias: tuple[str, str]) -> int:
-    """A stage's command line where ``alias`` = (short flag, field) renames a flag, ``--verify`` may stand
-    bare, and a failed verification exits 1 with one line, not a traceback."""
-    from groundup import config
-
-    short, long = alias
-    argv = [long + a[len(short):] if a == short or a.startswith(short + "=") else a for a in argv]
-    cfg = config.parse(config_cls, bare_flag(argv, "--verify"), prog=prog)
-    try:
-        run_fn(cfg)
-    except VerificationError as e:
-        print(f"{prog}: verification failed: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    """`groundup export ...` (``--to`` is ``--format``)."""
-    return verified_main(Config, run, argv, "groundup export", ("--to", "--format"))

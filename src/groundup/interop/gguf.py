@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from groundup.extras import import_extra
+from groundup.interop import VerificationError
 from groundup.interop.hf import (
     UnsupportedModelError,
     export_layout,
@@ -57,9 +59,7 @@ _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c
 
 
 def _gguf():
-    from groundup.interop import require
-
-    return require("gguf")
+    return import_extra("gguf", "interop")
 
 
 # ---------------------------------------------------------------------------- tensors
@@ -386,7 +386,7 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     """Read the GGUF back and check it: metadata, every tensor against the source (exactly, after undoing the
     q/k permutation and applying the same rounding), and logits of a model rebuilt from the file.
 
-    Returns ``{"max_tensor_diff", "max_logit_diff", "relative_logit_diff"}``; raises AssertionError on any
+    Returns ``{"max_tensor_diff", "max_logit_diff", "relative_logit_diff"}``; raises VerificationError on any
     mismatch. The logit difference is against the source model, so f16/q8_0 show their rounding there; for
     them ``tolerance`` bounds the difference relative to the largest logit (f32: the absolute difference).
     """
@@ -429,7 +429,7 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
         if diff != 0.0:
             problems.append(f"tensor {name}: differs from the source by {diff:.3g}")
     if problems:
-        raise AssertionError(f"{path}: " + "; ".join(problems[:8]))
+        raise VerificationError(f"{path}: " + "; ".join(problems[:8]))
 
     rebuilt = model_from_gguf_state({k: torch.from_numpy(v.copy()) for k, v in tensors.items()}, config)
     worst, scale = 0.0, 0.0
@@ -447,6 +447,6 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     measured = worst if dtype == "f32" else relative
     if not measured <= tolerance:
         kind = "" if dtype == "f32" else f" ({relative:.3g} of the largest logit {scale:.3g})"
-        raise AssertionError(f"{path}: logits of the model read back differ by {worst:.3g}{kind}, "
+        raise VerificationError(f"{path}: logits of the model read back differ by {worst:.3g}{kind}, "
                              f"more than the tolerance {tolerance:g}")
     return {"max_tensor_diff": max_tensor_diff, "max_logit_diff": worst, "relative_logit_diff": relative}

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from groundup.extras import import_extra
+from groundup.interop import VerificationError
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
 
@@ -397,9 +399,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
 
 def to_transformers(model: Transformer):
     """A transformers ``PreTrainedModel`` (GPT2LMHeadModel or LlamaForCausalLM) with ``model``'s weights, eval mode."""
-    from groundup.interop import require
-
-    transformers = require("transformers")
+    transformers = import_extra("transformers", "interop")
     config = model.config
     fields = hf_config_dict(config)
     hf_config = transformers.AutoConfig.for_model(
@@ -577,10 +577,9 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float
     ``max_shard_size``), generation config, tokenizer files and chat template. Returns ``out_dir``.
     """
     from groundup.artifacts import atomic_dir, write_manifest
-    from groundup.interop import require
     from groundup.model.io import load_model_dir
 
-    transformers = require("transformers")
+    transformers = import_extra("transformers", "interop")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     model_dir = Path(model_dir)
@@ -631,9 +630,7 @@ def _tokenizer_json(folder: Path, out: Path) -> Path:
         shutil.copyfile(folder / "tokenizer.json", out)
         return out
     try:
-        from groundup.interop import require
-
-        fast = require("transformers").AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        fast = import_extra("transformers", "interop").AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         fast.backend_tokenizer.save(str(out))
         return out
     except Exception as e:
@@ -691,14 +688,13 @@ def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str
               tolerance: float | None = None) -> float:
     """Load the export back with transformers (AutoModelForCausalLM, AutoTokenizer) and compare with groundup.
 
-    Returns the largest logit difference; raises AssertionError when it exceeds ``tolerance`` or when the
+    Returns the largest logit difference; raises VerificationError when it exceeds ``tolerance`` or when the
     exported tokenizer encodes ``texts`` differently. The groundup side runs with its weights rounded to
     ``dtype``, both sides compute in float32, so the difference measures the conversion, not the rounding.
     """
-    from groundup.interop import require
     from groundup.model.io import load_model_dir
 
-    transformers = require("transformers")
+    transformers = import_extra("transformers", "interop")
     model, tokenizer = load_model_dir(model_dir)
     if dtype != "float32":
         model = model.to(DTYPES[dtype]).float()
@@ -710,27 +706,26 @@ def verify_hf(model_dir: str | Path, out_dir: str | Path, *, texts: Sequence[str
         ours = tokenizer.encode(text)
         theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
         if ours != theirs:
-            raise AssertionError(f"exported tokenizer encodes {text[:40]!r} differently from groundup's")
+            raise VerificationError(f"exported tokenizer encodes {text[:40]!r} differently from groundup's")
         prompts.append(ours[: model.config.block_size] or [tokenizer.eos_id or 0])
     diff = max_logit_diff(model, hf_model, prompts)
     tolerance = 1e-4 if tolerance is None else tolerance
     if not diff <= tolerance:
-        raise AssertionError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and the export")
+        raise VerificationError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and the export")
     return diff
 
 
 def verify_import(hf_dir: str | Path, model_dir: str | Path, *, texts: Sequence[str],
                   tolerance: float = 1e-4) -> float:
     """Compare an imported model dir with transformers' own loading of the HF folder; largest logit difference."""
-    from groundup.interop import require
     from groundup.model.io import load_model_dir
 
-    transformers = require("transformers")
+    transformers = import_extra("transformers", "interop")
     model, tokenizer = load_model_dir(model_dir)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
                                                                  local_files_only=True).eval()
     prompts = [tokenizer.encode(t)[: model.config.block_size] or [tokenizer.eos_id or 0] for t in texts]
     diff = max_logit_diff(model, hf_model, prompts)
     if not diff <= tolerance:
-        raise AssertionError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and transformers")
+        raise VerificationError(f"logits differ by up to {diff:.3g} (> {tolerance:g}) between groundup and transformers")
     return diff

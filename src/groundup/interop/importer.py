@@ -11,15 +11,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from groundup.interop.export import VERIFY_TEXTS, VerificationError, verified_main
+from groundup import config as configlib
+from groundup.interop.export import VERIFY_TEXTS
 
 
 @dataclass(kw_only=True)
 class Config:
     """Import a local Hugging Face model folder as a groundup model dir."""
 
-    model: Path = Path("hf-model")
-    """Local Hugging Face folder (config.json, safetensors or pytorch_model.bin, tokenizer.json). Also --from."""
+    model: Path = field(default=Path("hf-model"), metadata=configlib.aliases("--from"))
+    """Local Hugging Face folder (config.json, safetensors or pytorch_model.bin, tokenizer.json)."""
     out: Path = Path("runs/imported/model")
     """Model dir to write."""
     verify: bool = False
@@ -36,14 +37,6 @@ def run(cfg: Config) -> Path:
     out = import_hf(cfg.model, cfg.out)
     print(f"wrote model dir {out}", file=sys.stderr)
     if cfg.verify:
-        try:
-            diff = verify_import(cfg.model, out, texts=cfg.verify_texts, tolerance=cfg.tolerance)
-        except AssertionError as e:
-            raise VerificationError(str(e)) from e
+        diff = verify_import(cfg.model, out, texts=cfg.verify_texts, tolerance=cfg.tolerance)
         print(f"verify: groundup logits match transformers', max abs diff {diff:.3g}", file=sys.stderr)
     return out
-
-
-def main(argv: list[str]) -> int:
-    """`groundup import --from DIR --out DIR` (``--from`` is ``--model``); a failed --verify exits 1."""
-    return verified_main(Config, run, argv, "groundup import", ("--from", "--model"))

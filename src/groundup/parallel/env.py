@@ -110,10 +110,6 @@ def _collective_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def single_process(device: torch.device) -> ParallelState:
-    return ParallelState(env=DistEnv(device=device))
-
-
 def build_mesh(env: DistEnv, tensor_parallel: int):
     """A DeviceMesh of world_size ranks: 1-D ('dp',), or 2-D ('dp', 'tp') with tp innermost, so the ranks
     of a tensor-parallel group are neighbours (the same node under torchrun's rank order)."""

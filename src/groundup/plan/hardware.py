@@ -264,14 +264,6 @@ def cuda_peak_flops(device_name: str) -> float | None:
     return None
 
 
-def hardware_table(*, include_cpu: bool = True, measure_size: int = 2048) -> list[Accelerator]:
-    """Every entry of the table, plus the measured CPU."""
-    rows = list(HARDWARE.values())
-    if include_cpu:
-        rows.append(cpu_accelerator(measure_size=measure_size))
-    return rows
-
-
 def with_overrides(acc: Accelerator, *, peak_flops: float | None = None, bandwidth: float | None = None,
                    memory_bytes: float | None = None, power_watts: float | None = None) -> Accelerator:
     """A copy of ``acc`` with measured or quoted figures in place of the datasheet's."""

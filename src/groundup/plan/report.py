@@ -51,91 +51,124 @@ def fmt_money(x: float | None) -> str:
     return "n/a" if x is None else f"${x:,.0f}" if x >= 100 else f"${x:,.2f}"
 
 
-def rows(plan: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+Rows = list[tuple[str, str]]
+
+
+def rows(plan: dict[str, Any]) -> list[tuple[str, Rows]]:
     """The table's sections, as (title, [(label, value)])."""
-    m, p, c, hw = plan["model"], plan["parameters"], plan["compute"], plan["hardware"]
-    t, mem, net, inf = plan["time_cost"], plan["memory"]["chosen"], plan["interconnect"], plan["inference"]
-    decode, prefill = inf["decode"], inf["prefill"]
-    gpu = f"{hw['description']}"
+    mem, inf = plan["memory"]["chosen"], plan["inference"]
     return [
-        ("model", [
-            ("name", f"{m['name']} ({m['family']}): {m['n_layer']} layers, width {m['n_embd']}, "
+        ("model", model_rows(plan)),
+        ("parameters", parameter_rows(plan)),
+        ("compute", compute_rows(plan)),
+        ("time and cost", time_cost_rows(plan)),
+        (f"training memory per device ({mem['precision']}, {mem['sharding']}, {mem['gpus']} device(s))",
+         memory_rows(plan)),
+        ("interconnect", interconnect_rows(plan)),
+        (f"inference ({inf['precision']}, batch {inf['batch']}, context {inf['context']})", inference_rows(plan)),
+    ]
+
+
+def model_rows(plan: dict[str, Any]) -> Rows:
+    m = plan["model"]
+    return [("name", f"{m['name']} ({m['family']}): {m['n_layer']} layers, width {m['n_embd']}, "
                      f"{m['n_head']} heads ({m['n_kv_head'] or m['n_head']} kv), vocab {m['vocab_size']}, "
-                     f"context {m['block_size']}"),
-        ]),
-        ("parameters", [
-            ("total", f"{p['total']:,} ({fmt_count(p['total'])})"),
-            ("token embeddings", f"{p['token_embeddings']:,}"),
-            ("position embeddings", f"{p['position_embeddings']:,}"),
-            ("attention", f"{p['attention']:,}"),
-            ("mlp", f"{p['mlp']:,}"),
-            ("norms", f"{p['norms']:,}"),
-            ("lm head", f"{p['lm_head']:,}" + (" (tied)" if m["tie_embeddings"] else "")),
-            ("biases (included above)", f"{p['biases']:,}"),
-            ("non-embedding", f"{p['non_embedding']:,}"),
-        ]),
-        ("compute", [
-            ("training tokens", f"{fmt_count(c['tokens'])} ({c['tokens_per_param']:.1f} per parameter, "
-                                f"{c['tokens_source']})"),
-            ("6·N·D", f"{c['flops_6nd']:.3e} FLOPs (N = all {fmt_count(p['total'])} parameters)"),
-            ("model FLOPs", f"{c['training_flops']:.3e} = (6·N_matmul + 12·l·s·d_attn)·D, N_matmul "
-                            f"{fmt_count(c['matmul_params'])}, s={c['seq_len']}; attention "
-                            f"{c['attention_flops']:.2e}"),
-            ("per token (train / forward)", f"{c['flops_per_token']:.3e} / {c['forward_flops_per_token']:.3e}"),
-            ("Megatron per step", f"{c['megatron_step_flops']:.3e} ({c['megatron_flops_per_token']:.3e} per token, "
-                                  f"{c['sequences_per_step']} sequences, with recomputation)"),
-            ("steps", f"{c['steps']:,.0f} of {c['tokens_per_step']:,} tokens"),
-            ("Chinchilla tokens (20/param)", fmt_count(c["chinchilla_tokens"])),
-            ("optimal for this compute", f"{fmt_count(c['optimal_20_tokens_per_param']['n_params'])} params on "
-                                         f"{fmt_count(c['optimal_20_tokens_per_param']['tokens'])} tokens "
-                                         f"(20/param); {fmt_count(c['optimal_chinchilla_fit']['n_params'])} on "
-                                         f"{fmt_count(c['optimal_chinchilla_fit']['tokens'])} (parametric fit)"),
-            ("fit loss L(N, D)", f"{c['predicted_loss']:.3f} nats/token (Chinchilla fit, indicative)"),
-        ]),
-        ("time and cost", [
-            ("device", f"{gpu}: {fmt_rate(hw['peak_used'])} peak" + (" (measured)" if hw["measured"] else "")),
-            ("GPU-hours", f"{t['gpu_hours']:,.2f} at MFU {t['mfu']:.0%}"),
-            ("wall clock", f"{fmt_seconds(t['wall_clock_hours'] * 3600)} on {t['gpus']} device(s); "
-                           f"{fmt_seconds(t['wall_clock_hours_no_overlap'] * 3600)} if communication is exposed"
-                           if t["wall_clock_hours_no_overlap"] is not None else ""),
-            ("throughput", f"{t['tokens_per_s']:,.0f} tokens/s"),
-            ("cost", f"{fmt_money(t['cost'])} at {fmt_money(t['price_per_gpu_hour'])}/GPU-hour"),
-            ("energy", "n/a (no power figure; pass --power_watts)" if t["energy_kwh"] is None else
-             f"{t['energy_kwh']:,.1f} kWh at {t['power_watts']:.0f} W, {fmt_money(t['energy_cost'])}"),
-        ]),
-        (f"training memory per device ({mem['precision']}, {mem['sharding']}, {mem['gpus']} device(s))", [
-            ("bytes per parameter", f"{mem['bytes_per_param']} before sharding"),
-            ("weights", fmt_bytes(mem["weights"])),
-            ("gradients", fmt_bytes(mem["gradients"])),
-            ("master weights", fmt_bytes(mem["master_weights"])),
-            ("optimizer states", fmt_bytes(mem["optimizer_states"])),
-            ("activations", fmt_bytes(mem["activations"]) + (" (checkpointed)"
-                                                             if plan["memory"]["activation_checkpointing"] else "")),
-            ("gathered weights (ZeRO-3)", fmt_bytes(mem["gathered_weights"])),
-            ("total", f"{fmt_bytes(mem['total'])} of {fmt_bytes(mem['device_memory'])}: "
-                      f"{'fits' if mem['fits'] else 'DOES NOT FIT'}"),
-        ]),
-        ("interconnect", [
-            ("gradient sync", f"{fmt_bytes(net['bytes_communicated'])} per step over {net['link']}"
-                              + (f" and {net['network']}" if net["network"] else "")
-                              + f" at {net['bus_bandwidth'] / 1e9:,.1f} GB/s bus bandwidth"),
-            ("time", f"{fmt_seconds(net['seconds'])} against {fmt_seconds(net['compute_seconds'])} of compute: "
-                     f"{net['share']:.1%} of the step if not overlapped"),
-        ]),
-        (f"inference ({inf['precision']}, batch {inf['batch']}, context {inf['context']})", [
-            *[(f"weights {name}", f"{fmt_bytes(w['exact'])}; ×1.2 rule {fmt_bytes(w['rule_of_thumb'])}")
-              for name, w in inf["weights"].items()],
-            ("KV cache per token", fmt_bytes(inf["kv_cache_bytes_per_token"])),
-            ("KV cache", fmt_bytes(inf["kv_cache_bytes"])),
-            ("decode bound (empty cache)", f"{inf['decode_empty_cache']['tokens_per_s']:,.1f} tokens/s "
-                                           f"({inf['decode_empty_cache']['bound']} bound)"),
-            ("decode bound (full context)", f"{decode['tokens_per_s']:,.1f} tokens/s per sequence, "
-                                            f"{decode['aggregate_tokens_per_s']:,.1f} in all ({decode['bound']} "
-                                            f"bound)"),
-            ("prefill bound", f"{prefill['tokens_per_s']:,.0f} tokens/s, {fmt_seconds(prefill['seconds'])} for "
-                              f"{inf['context']} tokens ({prefill['bound']} bound)"),
-            ("max batch at this context", f"{inf['max_batch']:,}"),
-        ]),
+                     f"context {m['block_size']}")]
+
+
+def parameter_rows(plan: dict[str, Any]) -> Rows:
+    p = plan["parameters"]
+    return [
+        ("total", f"{p['total']:,} ({fmt_count(p['total'])})"),
+        ("token embeddings", f"{p['token_embeddings']:,}"),
+        ("position embeddings", f"{p['position_embeddings']:,}"),
+        ("attention", f"{p['attention']:,}"),
+        ("mlp", f"{p['mlp']:,}"),
+        ("norms", f"{p['norms']:,}"),
+        ("lm head", f"{p['lm_head']:,}" + (" (tied)" if plan["model"]["tie_embeddings"] else "")),
+        ("biases (included above)", f"{p['biases']:,}"),
+        ("non-embedding", f"{p['non_embedding']:,}"),
+    ]
+
+
+def compute_rows(plan: dict[str, Any]) -> Rows:
+    c, total = plan["compute"], plan["parameters"]["total"]
+    by_rule, by_fit = c["optimal_20_tokens_per_param"], c["optimal_chinchilla_fit"]
+    return [
+        ("training tokens", f"{fmt_count(c['tokens'])} ({c['tokens_per_param']:.1f} per parameter, "
+                            f"{c['tokens_source']})"),
+        ("6·N·D", f"{c['flops_6nd']:.3e} FLOPs (N = all {fmt_count(total)} parameters)"),
+        ("model FLOPs", f"{c['training_flops']:.3e} = (6·N_matmul + 12·l·s·d_attn)·D, N_matmul "
+                        f"{fmt_count(c['matmul_params'])}, s={c['seq_len']}; attention "
+                        f"{c['attention_flops']:.2e}"),
+        ("per token (train / forward)", f"{c['flops_per_token']:.3e} / {c['forward_flops_per_token']:.3e}"),
+        ("Megatron per step", f"{c['megatron_step_flops']:.3e} ({c['megatron_flops_per_token']:.3e} per token, "
+                              f"{c['sequences_per_step']} sequences, with recomputation)"),
+        ("steps", f"{c['steps']:,.0f} of {c['tokens_per_step']:,} tokens"),
+        ("Chinchilla tokens (20/param)", fmt_count(c["chinchilla_tokens"])),
+        ("optimal for this compute", f"{fmt_count(by_rule['n_params'])} params on {fmt_count(by_rule['tokens'])} "
+                                     f"tokens (20/param); {fmt_count(by_fit['n_params'])} on "
+                                     f"{fmt_count(by_fit['tokens'])} (parametric fit)"),
+        ("fit loss L(N, D)", f"{c['predicted_loss']:.3f} nats/token (Chinchilla fit, indicative)"),
+    ]
+
+
+def time_cost_rows(plan: dict[str, Any]) -> Rows:
+    t, hw = plan["time_cost"], plan["hardware"]
+    return [
+        ("device", f"{hw['description']}: {fmt_rate(hw['peak_used'])} peak" + (" (measured)" if hw["measured"] else "")),
+        ("GPU-hours", f"{t['gpu_hours']:,.2f} at MFU {t['mfu']:.0%}"),
+        ("wall clock", f"{fmt_seconds(t['wall_clock_hours'] * 3600)} on {t['gpus']} device(s); "
+                       f"{fmt_seconds(t['wall_clock_hours_no_overlap'] * 3600)} if communication is exposed"
+                       if t["wall_clock_hours_no_overlap"] is not None else ""),
+        ("throughput", f"{t['tokens_per_s']:,.0f} tokens/s"),
+        ("cost", f"{fmt_money(t['cost'])} at {fmt_money(t['price_per_gpu_hour'])}/GPU-hour"),
+        ("energy", "n/a (no power figure; pass --power_watts)" if t["energy_kwh"] is None else
+         f"{t['energy_kwh']:,.1f} kWh at {t['power_watts']:.0f} W, {fmt_money(t['energy_cost'])}"),
+    ]
+
+
+def memory_rows(plan: dict[str, Any]) -> Rows:
+    mem = plan["memory"]["chosen"]
+    return [
+        ("bytes per parameter", f"{mem['bytes_per_param']} before sharding"),
+        ("weights", fmt_bytes(mem["weights"])),
+        ("gradients", fmt_bytes(mem["gradients"])),
+        ("master weights", fmt_bytes(mem["master_weights"])),
+        ("optimizer states", fmt_bytes(mem["optimizer_states"])),
+        ("activations", fmt_bytes(mem["activations"]) + (" (checkpointed)"
+                                                         if plan["memory"]["activation_checkpointing"] else "")),
+        ("gathered weights (ZeRO-3)", fmt_bytes(mem["gathered_weights"])),
+        ("total", f"{fmt_bytes(mem['total'])} of {fmt_bytes(mem['device_memory'])}: "
+                  f"{'fits' if mem['fits'] else 'DOES NOT FIT'}"),
+    ]
+
+
+def interconnect_rows(plan: dict[str, Any]) -> Rows:
+    net = plan["interconnect"]
+    return [
+        ("gradient sync", f"{fmt_bytes(net['bytes_communicated'])} per step over {net['link']}"
+                          + (f" and {net['network']}" if net["network"] else "")
+                          + f" at {net['bus_bandwidth'] / 1e9:,.1f} GB/s bus bandwidth"),
+        ("time", f"{fmt_seconds(net['seconds'])} against {fmt_seconds(net['compute_seconds'])} of compute: "
+                 f"{net['share']:.1%} of the step if not overlapped"),
+    ]
+
+
+def inference_rows(plan: dict[str, Any]) -> Rows:
+    inf = plan["inference"]
+    decode, empty, prefill = inf["decode"], inf["decode_empty_cache"], inf["prefill"]
+    return [
+        *[(f"weights {name}", f"{fmt_bytes(w['exact'])}; ×1.2 rule {fmt_bytes(w['rule_of_thumb'])}")
+          for name, w in inf["weights"].items()],
+        ("KV cache per token", fmt_bytes(inf["kv_cache_bytes_per_token"])),
+        ("KV cache", fmt_bytes(inf["kv_cache_bytes"])),
+        ("decode bound (empty cache)", f"{empty['tokens_per_s']:,.1f} tokens/s ({empty['bound']} bound)"),
+        ("decode bound (full context)", f"{decode['tokens_per_s']:,.1f} tokens/s per sequence, "
+                                        f"{decode['aggregate_tokens_per_s']:,.1f} in all ({decode['bound']} bound)"),
+        ("prefill bound", f"{prefill['tokens_per_s']:,.0f} tokens/s, {fmt_seconds(prefill['seconds'])} for "
+                          f"{inf['context']} tokens ({prefill['bound']} bound)"),
+        ("max batch at this context", f"{inf['max_batch']:,}"),
     ]
 
 

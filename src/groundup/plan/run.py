@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from groundup.model.config import PRESETS, ModelConfig
 from groundup.plan import compute, hardware, inference, interconnect, memory
-from groundup.plan.params import count_parameters
+from groundup.plan.params import ParameterCount, count_parameters
 
 
 @dataclass(kw_only=True)
@@ -152,51 +152,112 @@ def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> di
     """Every figure of the plan, as plain data (what plan.json holds)."""
     check_config(cfg, model)
     count = count_parameters(model)
-    n = count.total
     seq_len = cfg.seq_len or model.block_size
-    context = cfg.context or model.block_size
-    tokens = cfg.tokens if cfg.tokens is not None else compute.chinchilla_tokens(n)
+    tokens = cfg.tokens if cfg.tokens is not None else compute.chinchilla_tokens(count.total)
     peak = peak_for(acc, cfg.precision)
+    compute_figures = plan_compute(cfg, model, count, tokens, seq_len)
+    sync = plan_gradient_sync(cfg, model, acc, count.total, seq_len, peak, compute_figures["tokens_per_step"])
+    return {
+        "model": {**dataclasses.asdict(model), "family": model.family},
+        "parameters": count.as_dict(),
+        "compute": compute_figures,
+        "hardware": {**acc.as_dict(), "peak_used": peak},
+        "time_cost": plan_time_cost(cfg, acc, compute_figures["training_flops"], tokens, peak, sync),
+        "memory": plan_memory(cfg, model, acc, seq_len),
+        "interconnect": {
+            "link": cfg.interconnect or acc.link,
+            "network": cfg.network if cfg.gpus > cfg.gpus_per_node else None,
+            **dataclasses.asdict(sync),
+        },
+        "inference": plan_inference(cfg, model, acc, cfg.context or model.block_size),
+    }
 
-    # Compute.
+
+def plan_compute(cfg: Config, model: ModelConfig, count: ParameterCount, tokens: float, seq_len: int) -> dict[str, Any]:
+    """FLOPs of the whole training (6ND and the exact count), per token and per step, and the loss-optimal size."""
+    n = count.total
     flops_6nd = compute.training_flops(None, tokens, n_params=n)
-    total_flops = compute.training_flops(model, tokens, seq_len=seq_len)
     sequences_per_step = cfg.micro_batch * cfg.grad_accum * cfg.gpus
     tokens_per_step = sequences_per_step * seq_len
     megatron = compute.megatron_step_flops(model, sequences_per_step, seq_len)
-    by_rule = compute.loss_optimal(flops_6nd, rule="tokens_per_param")
-    by_fit = compute.loss_optimal(flops_6nd, rule="fit")
+    return {
+        "tokens": tokens,
+        "tokens_source": "given" if cfg.tokens is not None else "chinchilla (20 per parameter)",
+        "tokens_per_param": tokens / n,
+        "seq_len": seq_len,
+        "flops_6nd": flops_6nd,
+        "training_flops": compute.training_flops(model, tokens, seq_len=seq_len),
+        "formula": "(6*N_matmul + 12*n_layer*seq_len*n_head*head_dim)*D",
+        "matmul_params": count.matmul,
+        "attention_flops": compute.attention_flops_per_token(model, seq_len) * 3 * tokens,
+        "flops_per_token": compute.flops_per_token(model, seq_len),
+        "forward_flops_per_token": compute.forward_flops_per_token(model, seq_len),
+        "megatron_step_flops": megatron,
+        "megatron_flops_per_token": megatron / tokens_per_step,
+        "megatron_formula": "96*B*s*l*h^2*(1 + s/(6h) + V/(16*l*h)), with recomputation",
+        "sequences_per_step": sequences_per_step,
+        "tokens_per_step": tokens_per_step,
+        "steps": tokens / tokens_per_step,
+        "chinchilla_tokens": compute.chinchilla_tokens(n),
+        "optimal_20_tokens_per_param": dataclasses.asdict(compute.loss_optimal(flops_6nd, rule="tokens_per_param")),
+        "optimal_chinchilla_fit": dataclasses.asdict(compute.loss_optimal(flops_6nd, rule="fit")),
+        "predicted_loss": compute.CHINCHILLA_FIT.loss(n, tokens),
+    }
 
-    # Time, cost, energy.
-    gpu_seconds = compute.gpu_seconds(total_flops, peak, cfg.mfu)
-    gpu_hours = gpu_seconds / 3600
+
+def plan_gradient_sync(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, n_params: int, seq_len: int,
+                       peak: float, tokens_per_step: int) -> interconnect.GradientSync:
+    """The gradient all-reduce of one step over the node's links and the network, against the step's compute."""
+    intra = hardware.get_link(cfg.interconnect or acc.link).bandwidth
+    inter = hardware.get_link(cfg.network).bandwidth
+    busbw = interconnect.effective_bus_bandwidth(cfg.gpus, cfg.gpus_per_node, intra, inter)
+    step_flops_per_device = compute.flops_per_token(model, seq_len) * tokens_per_step / cfg.gpus
+    return interconnect.gradient_sync(n_params, gradient_bytes=memory.get_precision(cfg.precision).gradients,
+                                      gpus=cfg.gpus, bus_bandwidth_bytes_per_s=busbw,
+                                      step_flops_per_device=step_flops_per_device, peak_flops=peak, mfu=cfg.mfu,
+                                      sharding=cfg.sharding)
+
+
+def plan_time_cost(cfg: Config, acc: hardware.Accelerator, training_flops: float, tokens: float, peak: float,
+                   sync: interconnect.GradientSync) -> dict[str, Any]:
+    """Device hours, wall-clock time, rental cost and energy."""
+    gpu_hours = compute.gpu_seconds(training_flops, peak, cfg.mfu) / 3600
+    wall_hours = gpu_hours / cfg.gpus
     power = cfg.power_watts or acc.power_watts
     energy_kwh = gpu_hours * power / 1000 if power else None
+    return {
+        "mfu": cfg.mfu,
+        "gpus": cfg.gpus,
+        "gpu_hours": gpu_hours,
+        "wall_clock_hours": wall_hours,
+        # JSON has no infinity: None when communication alone would take forever.
+        "wall_clock_hours_no_overlap": wall_hours / (1 - sync.share) if sync.share < 1 else None,
+        "tokens_per_s": tokens / (wall_hours * 3600),
+        "price_per_gpu_hour": cfg.price_per_gpu_hour,
+        "cost": gpu_hours * cfg.price_per_gpu_hour,
+        "power_watts": power,
+        "energy_kwh": energy_kwh,
+        "energy_cost": energy_kwh * cfg.price_per_kwh if energy_kwh is not None else None,
+    }
 
-    # Memory: the chosen layout, and every layout with and without checkpointing for comparison.
+
+def plan_memory(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, seq_len: int) -> dict[str, Any]:
+    """Training memory per device: the chosen layout, and every layout with and without checkpointing."""
+
     def mem(sharding: str, checkpointing: bool) -> memory.TrainingMemory:
         return memory.training_memory(model, precision=cfg.precision, sharding=sharding, gpus=cfg.gpus,
                                       micro_batch=cfg.micro_batch, seq_len=seq_len,
                                       activation_checkpointing=checkpointing,
                                       flash_attention=cfg.flash_attention, device_memory=acc.memory_bytes)
 
-    chosen = mem(cfg.sharding, cfg.activation_checkpointing)
     layouts = {f"{s}{'+ckpt' if ckpt else ''}": mem(s, ckpt).as_dict()
                for s in ("ddp", "zero1", "zero2", "zero3") for ckpt in (False, True)}
+    return {"chosen": mem(cfg.sharding, cfg.activation_checkpointing).as_dict(),
+            "activation_checkpointing": cfg.activation_checkpointing, "layouts": layouts}
 
-    # Interconnect.
-    intra = hardware.get_link(cfg.interconnect or acc.link).bandwidth
-    inter = hardware.get_link(cfg.network).bandwidth
-    busbw = interconnect.effective_bus_bandwidth(cfg.gpus, cfg.gpus_per_node, intra, inter)
-    precision = memory.get_precision(cfg.precision)
-    step_flops_per_device = compute.flops_per_token(model, seq_len) * tokens_per_step / cfg.gpus
-    sync = interconnect.gradient_sync(n, gradient_bytes=precision.gradients, gpus=cfg.gpus,
-                                      bus_bandwidth_bytes_per_s=busbw,
-                                      step_flops_per_device=step_flops_per_device, peak_flops=peak, mfu=cfg.mfu,
-                                      sharding=cfg.sharding)
-    wall_hours = gpu_hours / cfg.gpus
 
-    # Inference.
+def plan_inference(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, context: int) -> dict[str, Any]:
+    """Weights and KV cache in memory, decode and prefill bounds, and the largest batch that fits."""
     ip = cfg.inference_precision
     kv_value = inference.kv_bytes_per_value(ip)
     decode = inference.decode_bound(model, bandwidth=acc.bandwidth, peak_flops=acc.peak_flops, precision=ip,
@@ -205,68 +266,18 @@ def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> di
                                           precision=ip, batch=1, context=0)
     prefill = inference.prefill_bound(model, prompt_tokens=context, peak_flops=acc.peak_flops,
                                       bandwidth=acc.bandwidth, precision=ip)
-
     return {
-        "model": {**dataclasses.asdict(model), "family": model.family},
-        "parameters": count.as_dict(),
-        "compute": {
-            "tokens": tokens,
-            "tokens_source": "given" if cfg.tokens is not None else "chinchilla (20 per parameter)",
-            "tokens_per_param": tokens / n,
-            "seq_len": seq_len,
-            "flops_6nd": flops_6nd,
-            "training_flops": total_flops,
-            "formula": "(6*N_matmul + 12*n_layer*seq_len*n_head*head_dim)*D",
-            "matmul_params": count.matmul,
-            "attention_flops": compute.attention_flops_per_token(model, seq_len) * 3 * tokens,
-            "flops_per_token": compute.flops_per_token(model, seq_len),
-            "forward_flops_per_token": compute.forward_flops_per_token(model, seq_len),
-            "megatron_step_flops": megatron,
-            "megatron_flops_per_token": megatron / tokens_per_step,
-            "megatron_formula": "96*B*s*l*h^2*(1 + s/(6h) + V/(16*l*h)), with recomputation",
-            "sequences_per_step": sequences_per_step,
-            "tokens_per_step": tokens_per_step,
-            "steps": tokens / tokens_per_step,
-            "chinchilla_tokens": compute.chinchilla_tokens(n),
-            "optimal_20_tokens_per_param": dataclasses.asdict(by_rule),
-            "optimal_chinchilla_fit": dataclasses.asdict(by_fit),
-            "predicted_loss": compute.CHINCHILLA_FIT.loss(n, tokens),
-        },
-        "hardware": {**acc.as_dict(), "peak_used": peak},
-        "time_cost": {
-            "mfu": cfg.mfu,
-            "gpus": cfg.gpus,
-            "gpu_hours": gpu_hours,
-            "wall_clock_hours": wall_hours,
-            # JSON has no infinity: None when communication alone would take forever.
-            "wall_clock_hours_no_overlap": wall_hours / (1 - sync.share) if sync.share < 1 else None,
-            "tokens_per_s": tokens / (wall_hours * 3600),
-            "price_per_gpu_hour": cfg.price_per_gpu_hour,
-            "cost": gpu_hours * cfg.price_per_gpu_hour,
-            "power_watts": power,
-            "energy_kwh": energy_kwh,
-            "energy_cost": energy_kwh * cfg.price_per_kwh if energy_kwh is not None else None,
-        },
-        "memory": {"chosen": chosen.as_dict(), "activation_checkpointing": cfg.activation_checkpointing,
-                   "layouts": layouts},
-        "interconnect": {
-            "link": cfg.interconnect or acc.link,
-            "network": cfg.network if cfg.gpus > cfg.gpus_per_node else None,
-            **dataclasses.asdict(sync),
-        },
-        "inference": {
-            "precision": ip,
-            "weights": {p: dataclasses.asdict(inference.weight_memory(model, p)) for p in inference.WEIGHT_BYTES},
-            "kv_cache_bytes_per_token": inference.kv_cache_bytes_per_token(model, kv_value),
-            "context": context,
-            "batch": cfg.inference_batch,
-            "kv_cache_bytes": inference.kv_cache_bytes(model, batch=cfg.inference_batch, context=context,
-                                                       bytes_per_value=kv_value),
-            "decode": dataclasses.asdict(decode),
-            "decode_empty_cache": dataclasses.asdict(decode_empty),
-            "prefill": dataclasses.asdict(prefill),
-            "max_batch": inference.max_batch(model, device_memory=acc.memory_bytes, context=context, precision=ip),
-        },
+        "precision": ip,
+        "weights": {p: dataclasses.asdict(inference.weight_memory(model, p)) for p in inference.WEIGHT_BYTES},
+        "kv_cache_bytes_per_token": inference.kv_cache_bytes_per_token(model, kv_value),
+        "context": context,
+        "batch": cfg.inference_batch,
+        "kv_cache_bytes": inference.kv_cache_bytes(model, batch=cfg.inference_batch, context=context,
+                                                   bytes_per_value=kv_value),
+        "decode": dataclasses.asdict(decode),
+        "decode_empty_cache": dataclasses.asdict(decode_empty),
+        "prefill": dataclasses.asdict(prefill),
+        "max_batch": inference.max_batch(model, device_memory=acc.memory_bytes, context=context, precision=ip),
     }
 
 

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class Config:
     """Write one HTML page with plots of every stage of one run, or of several runs overlaid for comparison."""
 
-    runs: list[Path] = field(default_factory=list)
-    """Run dirs (a `groundup run` output, a model dir, or any stage output); given as positional arguments."""
+    runs: list[Path] = field(default_factory=list, metadata=configlib.positional(nargs="*", metavar="RUN_DIR"))
+    """Run dirs (a `groundup run` output, a model dir, or any stage output)."""
     out: Path | None = None
     """The HTML file to write (default: RUN_DIR/report.html for one run, report.html here for several)."""
     title: str | None = None
@@ -53,34 +53,3 @@ def run(cfg: Config) -> Path:
     out = page.write(default_out(cfg), page.render(runs, title=cfg.title, samples=cfg.samples))
     log.info("report written to %s (%.1f s, %s)", out, time.perf_counter() - t0, page.human_bytes(out.stat().st_size))
     return out
-
-
-def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Positional run dirs apart from ``--key value`` / ``--key=value`` flags."""
-    positional, flags = [], []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("-"):
-            flags.append(arg)
-            if "=" not in arg and arg not in ("-h", "--help") and i + 1 < len(argv):
-                flags.append(argv[i + 1])
-                i += 1
-        else:
-            positional.append(arg)
-        i += 1
-    return positional, flags
-
-
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    positional, flags = split_argv(list(argv))
-    if positional:
-        import json
-
-        flags += ["--runs", json.dumps(positional)]
-    cfg = configlib.parse(Config, flags, prog="groundup report RUN_DIR [RUN_DIR ...]")
-    out = run(cfg)
-    print(out)
-    return 0
