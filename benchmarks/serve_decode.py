@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from groundup.infer.batched import TransposedWeights, decode_weights
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from groundup.infer.batched import TransposedWeights, decode_weights
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
