@@ -96,8 +96,23 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
 # ---------------------------------------------------------------------------- the layers
 
 
+KERNEL_ROWS = 256
+"""Products of up to this many rows (decode steps, speculative verification) run in the weight-only kernels;
+longer ones (prefill, scoring) multiply by dequantized slices of the weight, where the arithmetic, not the
+reading of the weight, decides the time."""
+
+CHUNK_ROWS = 4096
+"""Output rows of the weight dequantized at a time for a long product (a bounded temporary)."""
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
+
+
+def _dequantized_product(x: torch.Tensor, dequantize, out_features: int) -> torch.Tensor:
+    """x (M, K) times the weight's dequantized rows, CHUNK_ROWS output rows at a time: (M, N)."""
+    return torch.cat([x @ dequantize(n, min(n + CHUNK_ROWS, out_features)).t()
+                      for n in range(0, out_features, CHUNK_ROWS)], dim=1)
 
 
 class Int8Linear(nn.Module):
@@ -120,11 +135,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.float32:
-            kernels = woq()
-            if kernels is not None:
-                y = kernels.int8_mm(_rows(x), self.weight, self.weight_scale)
+            rows, kernels = _rows(x), woq()
+            if rows.shape[0] > KERNEL_ROWS:
+                y = _dequantized_product(rows, lambda a, b: dequantize_int8(self.weight[a:b], self.weight_scale[a:b]),
+                                         self.out_features)
+            elif kernels is not None:
+                y = kernels.int8_mm(rows, self.weight, self.weight_scale)
             else:
-                y = torch.ops.aten._weight_int8pack_mm(_rows(x), self.weight, self.weight_scale)
+                y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale)
             y = y.view(*x.shape[:-1], self.out_features)
         else:
             y = F.linear(x, dequantize_int8(self.weight, self.weight_scale).to(x.dtype))
@@ -169,12 +187,15 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dtype == torch.float32:
-            kernels = woq()
-            if kernels is not None:
-                y = kernels.int4_mm(_rows(x), self.weight, self.weight_scale, self.weight_zero, self.group_size)
+            rows, kernels = _rows(x), woq()
+            if rows.shape[0] > KERNEL_ROWS:
+                y = _dequantized_product(rows, lambda a, b: dequantize_int4(
+                    self.weight[a:b], self.weight_scale[a:b], self.weight_zero[a:b]), self.out_features)
+            elif kernels is not None:
+                y = kernels.int4_mm(rows, self.weight, self.weight_scale, self.weight_zero, self.group_size)
             else:
                 packed, scales_zeros = self._cpu_kernel_operands()
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x), packed, self.group_size, scales_zeros)
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, self.group_size, scales_zeros)
             y = y.view(*x.shape[:-1], self.out_features)
         else:
             w = dequantize_int4(self.weight, self.weight_scale, self.weight_zero).to(x.dtype)
