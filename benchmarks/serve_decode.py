@@ -1,11 +1,11 @@
-"""Decode speed at batch 1: groundup's serving engine against transformers' `generate` (KV cache on).
+"""Decode speed at batch 1: groundup's `generate` and serving engine against transformers' `generate`.
 
 Same weights (a GPT-2-shaped model, 6 layers, 384 wide, vocabulary 50304, fp32, random init, copied into
 a GPT2LMHeadModel), same 16-token prompt, 128 new greedy tokens, end-of-text ignored. Rounds alternate
-the implementations; the table gives medians of the rounds. The engine is measured as served (weights
-packed once for oneDNN, a decode batch of one run as two rows for batch invariance), with one row
-(`--batch_invariant false`), and with the fallback layout (transposed weight copies, batches padded to
-four rows); the spine's single-sequence `generate_tokens` is shown for reference.
+the implementations; the table gives medians of the rounds. groundup is measured as `groundup generate`
+runs it (`generate_tokens`: the engine in the caller's thread), as the server runs it (the engine in its
+own thread; weights packed once for oneDNN, a decode batch of one run as two rows for batch invariance),
+with one row (`--batch_invariant false`), and with the fallback layout (transposed weight copies).
 
     PYTHONPATH=src python benchmarks/serve_decode.py [--rounds 3] [--tokens 128] [--threads 2]
 """
@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from groundup.infer.batched import TransposedWeights, decode_weights
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -47,16 +46,11 @@ def main() -> None:
     params = SamplingParams(temperature=0, max_new_tokens=n, stop_at_eos=False)
     limit = tokenizer.vocab_size  # the model's rows above the tokenizer's are padding, never sampled
 
-    def transposed_engine() -> Engine:  # the layout used where oneDNN packing is unavailable
-        e = Engine(model, tokenizer, max_seqs=4, min_rows=4)
-        e.weights = TransposedWeights(model)
-        return e
-
     # Each engine lives only for its own turn, as in a server, where one engine thread runs all the work:
     # idle engine threads would keep OpenMP pools that slow the running one (see groundup.infer.engine).
     engines = {"served": lambda: Engine(model, tokenizer, max_seqs=4),
                "one row": lambda: Engine(model, tokenizer, max_seqs=4, min_rows=1),
-               "transposed": transposed_engine}
+               "transposed": lambda: Engine(model, tokenizer, max_seqs=4, layout="transposed")}
 
     class Padding(LogitsProcessor):  # the same masking for transformers (one slice assignment per step)
         def __call__(self, input_ids, scores):
@@ -82,16 +76,13 @@ def main() -> None:
                               logits_processor=LogitsProcessorList([Padding()]))
         return out[0, len(prompt):].tolist()
 
-    layout = type(decode_weights(model)).__name__
-
     def direct(fn):  # the same shape as engine_run for the in-thread contenders
         return lambda: fn
 
-    contenders = {f"groundup engine ({layout})": lambda: engine_run("served"),
+    contenders = {"groundup generate": direct(lambda: list(generate_tokens(model, prompt, params, vocab_limit=limit))),
+                  "groundup engine (served)": lambda: engine_run("served"),
                   "groundup engine, one row": lambda: engine_run("one row"),
                   "groundup engine, transposed": lambda: engine_run("transposed"),
-                  "groundup generate_tokens":
-                      direct(lambda: list(generate_tokens(model, prompt, params, vocab_limit=limit))),
                   "transformers generate": direct(run_hf)}
     for start in contenders.values():  # warm-up
         start()()

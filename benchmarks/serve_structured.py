@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from groundup.infer.engine import Engine, GrammarFactory, Request
+from groundup.infer.engine import Engine, Request
 from groundup.infer.sampling import SamplingParams
+from groundup.infer.structured import GrammarFactory
 from groundup.model.io import load_model_dir
 from serve_common import bench_model_dir
 

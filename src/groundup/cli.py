@@ -30,6 +30,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
     "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's own command line with groundup models registered (--model groundup)."),
     "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
+    "quantize": ("groundup.infer.quantize", "Quantize a model dir's weights to int8 or int4 for faster CPU decoding."),
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
     "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
     "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),

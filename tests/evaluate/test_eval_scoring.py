@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -124,3 +125,23 @@ def test_token_shard_perplexity_equals_text_perplexity(eval_model, tmp_path):
     (ma,), (mb,) = a.values(), b.values()
     assert ma["n"] == 3
     assert ma["bits_per_byte"] == pytest.approx(mb["bits_per_byte"], rel=1e-12)
+
+
+def test_pretraining_and_evaluate_give_the_same_held_out_bits_per_byte(spine_tokens, tmp_path):
+    """The one scorer: a pretraining run's held_out_bits_per_byte is `groundup evaluate`'s bits_per_byte on
+    the same held-out shard, to the last bit."""
+    from groundup.evaluate import run as evaluate_stage
+    from groundup.model.config import ModelConfig
+    from groundup.train import pretrain
+    from groundup.train.loop import LoopConfig
+
+    cfg = pretrain.Config(tokens=spine_tokens, out=tmp_path / "model", device="cpu", batch_size=4,
+                          model=ModelConfig(vocab_size=320, block_size=64, n_layer=1, n_head=2, n_embd=32),
+                          train=LoopConfig(max_steps=3, eval_every=0, checkpoint_every=0, progress_bar=False))
+    out = pretrain.run(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    held_out = manifest["result"]["held_out_bits_per_byte"]
+    results = evaluate_stage.run(evaluate_stage.Config(model=out, tasks=[str(spine_tokens / "val.bin")],
+                                                       out=tmp_path / "eval"))
+    (metrics,) = json.loads((results / "results.json").read_text())["results"].values()
+    assert metrics["bits_per_byte"] == held_out

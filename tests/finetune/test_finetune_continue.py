@@ -16,7 +16,7 @@ from finetune_helpers import (
 )
 
 from groundup import cli
-from groundup.evaluate.perplexity import token_nll
+from groundup.evaluate.lm import score_shard
 from groundup.finetune import continued
 from groundup.model.io import load_model_dir
 from groundup.tokens.datasets import RandomWindows, load_tokens
@@ -41,9 +41,11 @@ def test_continued_pretraining_lowers_held_out_loss_with_a_rewarmed_schedule(spi
     assert lrs[:4] == pytest.approx([3e-3 * k / 4 for k in (1, 2, 3, 4)])  # warmup from zero again
     assert lrs[-1] < lrs[4]  # then decay
     model, _ = load_model_dir(spine_base)
-    base = token_nll(model, load_tokens(spine_tokens, "val"), seq_len=32, batch_size=4, max_windows=4)
+    eos_id = json.loads((spine_tokens / "meta.json").read_text())["eos_id"]
+    sample = score_shard(model, load_tokens(spine_tokens, "val"), eos_id, batch_size=4, max_windows=4)
+    base_loss = -sample.loglikelihood / sample.tokens
     result = json.loads((out / "result.json").read_text())
-    assert result["val_loss"] < base.loss - 0.3  # the same held-out windows, scored before and after
+    assert result["val_loss"] < base_loss - 0.3  # the same held-out windows, scored before and after
     assert json.loads((out / "manifest.json").read_text())["stage"] == "finetune-continue"
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from groundup import config as configlib
+from groundup.infer import engine as engine_module
 from groundup.infer import generate as generate_module
 from groundup.infer.generate import Config, TextStream, generate, generate_tokens, run
 from groundup.infer.sampling import SamplingParams
@@ -72,8 +73,9 @@ def greedy_reference(model: Transformer, prompt: list[int], n: int, *, keep_on_s
     return out
 
 
-def caches(model: Transformer) -> list:
-    return [block.attn.kv_cache for block in model.blocks]
+def module_state(model: Transformer) -> dict:
+    """Every module's attributes and mode: generation must leave the model exactly as it found it."""
+    return {name: (sorted(vars(m)), m.training) for name, m in model.named_modules()}
 
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
@@ -85,11 +87,12 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_cached_greedy_equals_recomputed_greedy(family):
     model = tiny_model(family)
+    before = module_state(model)
     prompt = [11, 42, 7, 99, 3, 250]
     tokens = list(generate_tokens(model, prompt, GREEDY))
     assert len(set(tokens)) > 5  # a varied sequence, so that a cache bug would show
     assert tokens == greedy_reference(model, prompt, GREEDY.max_new_tokens)
-    assert caches(model) == [None, None]
+    assert module_state(model) == before
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -151,16 +154,22 @@ def test_vocab_limit_never_samples_padding_rows(gpt2):
         generate_tokens(gpt2, [1], params, vocab_limit=301)
 
 
-def test_early_exit_clears_the_cache_and_restores_the_mode():
-    model = tiny_model()
+def test_early_exit_leaves_the_model_as_it_was_and_decodes_in_eval_mode():
+    """Generation decodes with an eval-mode view of the model (no dropout), never touching the model itself:
+    in train mode with dropout it gives the eval-mode greedy tokens, before and after an early exit."""
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("tiny-gpt2", n_layer=2, n_embd=64, n_head=4, vocab_size=300, block_size=64,
+                                   init_std=0.2, dropout=0.5)
+    model = Transformer(config).eval()
+    expected = greedy_reference(model, [1, 2, 3], 3)
     model.train()
+    before = module_state(model)
     tokens = generate_tokens(model, [1, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=50))
     first = list(itertools.islice(tokens, 3))
-    assert len(first) == 3
-    assert all(c is not None for c in caches(model)) and not model.training  # mid-generation
+    assert first == expected
+    assert module_state(model) == before  # mid-generation
     tokens.close()
-    assert caches(model) == [None, None]
-    assert model.training
+    assert module_state(model) == before and model.training
 
 
 def test_penalties_change_greedy_output(gpt2):
@@ -243,18 +252,12 @@ def test_earliest_stop_string_wins():
 
 
 def scripted(ids: list[int], log: list[str]):
-    """A stand-in for generate_tokens that yields fixed ids and records whether it was closed."""
+    """A stand-in for the engine's draw from the sampled distribution: the fixed ``ids`` in turn, each draw logged."""
+    script = iter(ids)
 
-    def fake(model, prompt_ids, params, *, eos_id=None, vocab_limit=None):
-        try:
-            for step, i in enumerate(ids):
-                if step == params.max_new_tokens:
-                    return
-                yield i
-                if (params.stop_at_eos and i == eos_id) or i in params.stop_token_ids:
-                    return
-        finally:
-            log.append("closed")
+    def fake(processed, params, generator=None):
+        log.append("draw")
+        return torch.tensor([next(script)])
 
     return fake
 
@@ -262,25 +265,32 @@ def scripted(ids: list[int], log: list[str]):
 def test_generate_cuts_at_stop_strings_and_streams_the_same_text(gpt2, monkeypatch):
     log: list[str] = []
     ids = list("Hi → 世界 END more".encode())
-    monkeypatch.setattr(generate_module, "generate_tokens", scripted(ids, log))
+    monkeypatch.setattr(engine_module, "draw", scripted(ids, log))
     pieces: list[str] = []
     result = generate(gpt2, ByteTokenizer(), "prompt", SamplingParams(stop=["END"]), on_text=pieces.append)
     assert result.text == "".join(pieces) == "Hi → 世界 "
     assert result.finish_reason == "stop"
     assert result.token_ids == ids[: len("Hi → 世界 END".encode())]
     assert result.completion_tokens == len(result.token_ids) and result.prompt_tokens == 6
-    assert log == ["closed"]  # stopping early closed the token generator (which frees the KV cache)
+    assert log == ["draw"] * len(result.token_ids)  # generation stopped at the stop string
 
 
 def test_generate_finish_reasons(gpt2, monkeypatch):
     tok = ByteTokenizer()
-    monkeypatch.setattr(generate_module, "generate_tokens", scripted([*b"ab", EOS, *b"cd"], []))
+
+    def script() -> None:  # each generation draws the same ids from the start
+        monkeypatch.setattr(engine_module, "draw", scripted([*b"ab", EOS, *b"cd"], []))
+
+    script()
     result = generate(gpt2, tok, "x", SamplingParams())
     assert (result.text, result.finish_reason, result.token_ids) == ("ab", "eos", [97, 98, EOS])
+    script()
     result = generate(gpt2, tok, "x", SamplingParams(max_new_tokens=2))
     assert (result.text, result.finish_reason) == ("ab", "length")
-    result = generate(gpt2, tok, "x", SamplingParams(stop_at_eos=False))
+    script()
+    result = generate(gpt2, tok, "x", SamplingParams(stop_at_eos=False, max_new_tokens=5))
     assert (result.text, result.finish_reason) == ("abcd", "length")  # the EOS token decodes to no text
+    script()
     result = generate(gpt2, tok, "x", SamplingParams(stop_token_ids=[98]))
     assert (result.text, result.finish_reason, result.token_ids) == ("a", "stop", [97, 98])
 

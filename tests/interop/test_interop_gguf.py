@@ -130,6 +130,31 @@ def test_f16_and_q8_0_read_back_as_rounded(interop_model_dirs, tmp_path):
         assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 2e-1
 
 
+def test_q4_0_reads_back_within_its_bound_with_a_q8_0_head(interop_model_dirs, tmp_path):
+    """q4_0: blocks of 32 values, one f16 scale d = max / -8 (the signed extreme) and q in 0..15, so a value
+    is off by at most |d| / 2, or |d| at the far end (q clamped to 15); the embedding and output head are
+    q8_0, as llama.cpp's quantizer keeps them."""
+    model_dir = interop_model_dirs["llama"]
+    model, _ = load_model_dir(model_dir)
+    source = gguf_state_dict(model)
+    path = export_gguf(model_dir, tmp_path / "model-q4_0.gguf", dtype="q4_0")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q4_0
+    assert types["output.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    _, tensors = read_gguf(path)
+    for name, tensor in source.items():
+        if types[name] != gguf.GGMLQuantizationType.Q4_0:
+            continue
+        blocks = tensor.numpy().reshape(-1, 32)
+        amax = np.abs(blocks).max(axis=1, keepdims=True)
+        err = np.abs(tensors[name].reshape(-1, 32) - blocks)
+        assert (err <= amax / 8 * (1 + 2.0**-9) + 1e-8).all(), name  # one step of d at most, plus the f16 scale
+        assert np.median(err / amax) <= 1 / 16  # most values within half a step
+    result = verify_gguf(model_dir, path, texts=[MIXED_TEXT], dtype="q4_0")
+    assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 5e-1
+
+
 def test_export_cli_verify_passes_and_fails(interop_model_dirs, tmp_path, capsys):
     model_dir = str(interop_model_dirs["llama"])
     assert cli.main(["export", "--model", model_dir, "--out", str(tmp_path / "g"), "--to", "gguf",

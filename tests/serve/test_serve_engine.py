@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from groundup.infer.batched import PackedWeights, SlotKVCache, TransposedWeights, forward_rows
+from groundup.infer.decode import Decoder
 from groundup.infer.engine import Engine, Event, Request, release_openmp_pool
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -21,49 +21,49 @@ TEXTS = ["def foo(x):", "import os\n", "class A:", "# hello world", "x = 1", "fo
          "return None", "print(", "if __name__"]
 
 
-@pytest.mark.parametrize("layout", [None, TransposedWeights, PackedWeights])
+@pytest.mark.parametrize("layout", ["plain", "transposed", "packed"])
 @pytest.mark.parametrize("which", ["serve_model_dir", "serve_llama_dir"])
-def test_serve_forward_rows_matches_model(which, layout, request):
+def test_serve_decoder_rows_match_model(which, layout, request):
     """Per-row positions into slots give the model's own logits (GPT-2 and Llama shapes, GQA), with the
     model's linear layers, transposed weight copies or oneDNN-packed weights."""
     model, _ = load_model_dir(request.getfixturevalue(which))
-    if layout is PackedWeights and not torch.backends.mkldnn.is_available():
+    if layout == "packed" and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    weights = layout(model) if layout is not None else None
     ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    decoder = Decoder(model, num_slots=6, layout=layout)
     with torch.inference_mode():
         reference = model(ids)[0]  # (T, V)
-        cache = SlotKVCache(model, 6)
-        prefill = forward_rows(model, cache, ids[:, :12], 3, torch.tensor([0]), all_positions=True, weights=weights)[0]
-        torch.testing.assert_close(prefill, reference[:12], atol=1e-5, rtol=1e-5)
-        for t in range(12, 20):  # decode in slot 3 among five dummy rows
-            idx = torch.zeros(6, 1, dtype=torch.long)
-            idx[3, 0] = ids[0, t]
-            starts = torch.zeros(6, dtype=torch.long)
-            starts[3] = t
-            torch.testing.assert_close(forward_rows(model, cache, idx, 0, starts, weights=weights)[3], reference[t],
-                                       atol=1e-5, rtol=1e-5)
+    prefill = decoder.prefill(3, ids[0, :12].tolist(), all_positions=True)
+    torch.testing.assert_close(prefill, reference[:12], atol=1e-5, rtol=1e-5)
+    for t in range(12, 20):  # decode in slot 3 among five dummy rows
+        logits = decoder.rows([0, 1, 2, 3, 4, 5], [0, 0, 0, t, 0, 0], [0, 0, 0, int(ids[0, t]), 0, 0])
+        torch.testing.assert_close(logits[3], reference[t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layout", [TransposedWeights, PackedWeights])
+@pytest.mark.parametrize("layout", ["transposed", "packed"])
 def test_serve_decode_rows_are_alike_at_any_batch(layout, serve_llama_dir):
-    """A row's logits are bit-identical whatever the other rows, from pad_rows(1) rows up: the property the
-    engine's batch invariance rests on (checked on this machine's kernels)."""
-    if layout is PackedWeights and not torch.backends.mkldnn.is_available():
+    """A row's logits are bit-identical whatever the other rows, from the padded row count up, and whether
+    it runs as a decode row or as one of several rows of its slot (a speculative verification): the
+    property the engine's batch invariance and speculative decoding rest on (checked on this machine's kernels)."""
+    if layout == "packed" and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     model, _ = load_model_dir(serve_llama_dir)
-    weights = layout(model)
+    decoder = Decoder(model, num_slots=12, layout=layout)
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 300, (12, 1), generator=gen)
-    starts = torch.randint(0, 40, (12,), generator=gen)
-    with torch.inference_mode():
-        prefix = torch.randint(0, 300, (12, 40), generator=gen)
-        cache = SlotKVCache(model, 12)
-        forward_rows(model, cache, prefix, 0, torch.zeros(12, dtype=torch.long), weights=weights)
-        full = forward_rows(model, cache, ids, 0, starts, weights=weights)
-        for n in sorted({weights.pad_rows(k) for k in range(1, 12)}):
-            part = forward_rows(model, cache, ids[:n], 0, starts[:n], weights=weights)
-            assert torch.equal(part, full[:n]), f"{layout.__name__}: rows differ at a batch of {n}"
+    ids = torch.randint(0, 300, (12,), generator=gen).tolist()
+    starts = torch.randint(0, 40, (12,), generator=gen).tolist()
+    for slot in range(12):
+        decoder.prefill(slot, torch.randint(0, 300, (40,), generator=gen).tolist())
+    full = decoder.rows(list(range(12)), starts, ids)
+    for n in sorted({decoder.pad_rows(k) for k in range(1, 12)}):
+        part = decoder.rows(list(range(n)), starts[:n], ids[:n])
+        assert torch.equal(part, full[:n]), f"{layout}: rows differ at a batch of {n}"
+    # Slot 5 verifies three positions in one forward; each equals a decode step of that position.
+    verify = decoder.rows([5, 5, 5, 7], [starts[5], starts[5] + 1, starts[5] + 2, starts[7]], [ids[5], 11, 12, ids[7]])
+    assert torch.equal(verify[0], full[5]) and torch.equal(verify[3], full[7])
+    step = decoder.rows(list(range(12)), [starts[5] + 1 if s == 5 else starts[s] for s in range(12)],
+                        [11 if s == 5 else ids[s] for s in range(12)])
+    assert torch.equal(verify[1], step[5])
 
 
 @pytest.fixture(scope="module")

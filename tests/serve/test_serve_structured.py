@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from groundup.infer.engine import Engine, GrammarFactory
+from groundup.infer.engine import Engine
 from groundup.infer.sampling import SamplingParams
+from groundup.infer.structured import GrammarFactory
 from groundup.model.io import load_model_dir
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["id", "tags", "kind"],
@@ -74,7 +75,7 @@ def test_banned_tokens_pack_into_xgrammar_bitmask_words():
     """A banned set (bit 31 of a word included, where int32 turns negative) masks exactly those tokens."""
     import xgrammar
 
-    from groundup.infer.engine import StructuredOutput
+    from groundup.infer.structured import StructuredOutput
 
     vocab = 70
     banned = torch.zeros(vocab, dtype=torch.bool)

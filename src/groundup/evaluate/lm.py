@@ -1,8 +1,11 @@
-"""Log-likelihood scoring of (context, continuation) token pairs, and language-modelling metrics.
+"""The one scorer: log-likelihood of (context, continuation) token pairs, and language-modelling metrics.
 
 Everything that scores text by likelihood goes through :func:`score_requests`: multiple choice,
-rolling perplexity, the lm-evaluation-harness adapter. The requests and the metrics follow
-lm-evaluation-harness exactly, so our numbers and theirs agree on the same model:
+rolling perplexity, the lm-evaluation-harness adapter, and pretraining's held-out loss and bits per
+byte (:func:`score_shard`, the same function `groundup evaluate` runs on a token shard, so a run's
+``held_out_bits_per_byte`` and `groundup evaluate --tasks <tokens>/val.bin` are the same number).
+The requests and the metrics follow lm-evaluation-harness exactly, so our numbers and theirs agree
+on the same model:
 
 - a request ``(context, continuation)`` is run as ``(context + continuation)[-(max_length + 1):][:-1]``
   and the log-probabilities of the continuation tokens are summed (``HFLM._loglikelihood_tokens``);
@@ -35,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from groundup.model.transformer import Transformer
+
 PAD_MULTIPLE = 32
 """Sequences are right-padded to a multiple of this many tokens; equal padded lengths share a batch."""
 HEAD_ROWS = 64
@@ -64,7 +69,8 @@ def padded_length(n: int, max_length: int) -> int:
 
 
 def model_max_length(model: nn.Module) -> int:
-    return int(model.config.block_size)
+    config = getattr(model, "config", None) or model.module.config  # a DDP wrapper holds the model
+    return int(config.block_size)
 
 
 @torch.no_grad()
@@ -138,7 +144,7 @@ def score_requests(model: nn.Module, requests: Sequence[Request], *, batch_size:
 
 def _target_logprobs(model: nn.Module, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary at the (row, col) positions only: the head is the costly part."""
-    if hasattr(model, "hidden_states") and hasattr(model, "lm_head"):
+    if type(model) is Transformer:  # not wrapped or sharded (FSDP's hooks run on forward only)
         h = model.hidden_states(x)  # (B, T, C)
         picked = h[rows.to(h.device), cols.to(h.device)]  # (N, C)
         # The head runs on fixed blocks of HEAD_ROWS rows (the last one zero-padded): how many rows a
@@ -229,9 +235,11 @@ def score_documents(model: nn.Module, tokenizer, texts: Sequence[str], *, stride
                                  max_length=max_length, batch_size=batch_size, device=device, progress=progress)
 
 
-def score_token_documents(model: nn.Module, token_lists: Sequence[Sequence[int]], *, texts: Sequence[str],
-                          prefix_token: int, stride: int | None = None, max_length: int | None = None,
-                          batch_size: int = 16, device=None, progress: bool = False) -> list[LMScore]:
+def score_token_documents(model: nn.Module, token_lists: Sequence[Sequence[int]], *,
+                          texts: Sequence[str] | None = None, prefix_token: int, stride: int | None = None,
+                          max_length: int | None = None, batch_size: int = 16, device=None,
+                          progress: bool = False) -> list[LMScore]:
+    """Rolling log-likelihood of each tokenized document; bytes and words come from ``texts`` when given."""
     max_length = max_length or model_max_length(model)
     requests, owner = [], []
     for d, tokens in enumerate(token_lists):
@@ -243,9 +251,42 @@ def score_token_documents(model: nn.Module, token_lists: Sequence[Sequence[int]]
     per_doc = [[] for _ in token_lists]
     for d, s in zip(owner, scores, strict=True):
         per_doc[d].append(s.loglikelihood)
-    return [LMScore(loglikelihood=math.fsum(lls), tokens=len(tokens), bytes=len(text.encode("utf-8")),
-                    words=count_words(text), documents=1)
+    texts = texts if texts is not None else [None] * len(token_lists)
+    return [LMScore(loglikelihood=math.fsum(lls), tokens=len(tokens), documents=1,
+                    bytes=len(text.encode("utf-8")) if text is not None else 0,
+                    words=count_words(text) if text is not None else 0)
             for lls, tokens, text in zip(per_doc, token_lists, texts, strict=True)]
+
+
+def score_shard(model: nn.Module, tokens: np.ndarray, eos_id: int, *, n_bytes: int = 0, stride: int | None = None,
+                max_length: int | None = None, batch_size: int = 16, device=None, max_windows: int | None = None,
+                progress: bool = False) -> LMScore:
+    """Rolling log-likelihood of the documents of a token shard (EOS-separated, as `groundup tokenize` writes
+    them), summed in document order: pretraining's held-out score, and what `groundup evaluate` gives for the
+    same shard. ``n_bytes``: the documents' UTF-8 bytes (the shard's meta.json), for bits per byte.
+
+    ``max_windows``: score only the first windows of the first documents (a quick estimate during training).
+    """
+    max_length = max_length or model_max_length(model)
+    docs = [d.tolist() for d in split_token_shard(np.asarray(tokens), eos_id)]
+    if max_windows is None:
+        total = LMScore()
+        for score in score_token_documents(model, docs, prefix_token=eos_id, stride=stride, max_length=max_length,
+                                           batch_size=batch_size, device=device, progress=progress):
+            total.add(score)
+        total.bytes = n_bytes
+        return total
+    requests, used = [], 0
+    for doc in docs:
+        if len(requests) >= max_windows:
+            break
+        used += 1
+        for ctx, cont in rolling_windows(doc, prefix_token=eos_id, max_length=max_length, stride=stride):
+            requests.append(Request(tuple(ctx), tuple(cont)))
+    scores = score_requests(model, requests[:max_windows], batch_size=batch_size, max_length=max_length,
+                            device=device)
+    return LMScore(loglikelihood=math.fsum(s.loglikelihood for s in scores), tokens=sum(s.tokens for s in scores),
+                   bytes=n_bytes, documents=used)
 
 
 # ---------------------------------------------------------------------------- inputs

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from groundup.artifacts import find_tokenizer_file, read_json, require_files
-from groundup.evaluate.perplexity import token_nll
+from groundup.evaluate.lm import score_shard
 from groundup.finetune import common
 from groundup.tokens.datasets import RandomWindows, load_tokens
 from groundup.train.loop import train_loop
@@ -87,11 +87,12 @@ def run(cfg: Config) -> Path:
         return _model(x.to(device), targets=y.to(device))
 
     def evaluate(_model) -> dict[str, float]:
-        nll = token_nll(_model, val_tokens, seq_len=seq_len, batch_size=cfg.batch_size,
-                        max_windows=cfg.eval_windows or None, device=device)
-        result = {"val_loss": round(nll.loss, 6)}
+        sample = score_shard(_model, val_tokens, int(meta["eos_id"]), batch_size=cfg.batch_size,
+                             max_windows=cfg.eval_windows or None, device=device)
+        loss = -sample.loglikelihood / max(sample.tokens, 1)
+        result = {"val_loss": round(loss, 6)}
         if val_bytes:
-            result["val_bits_per_byte"] = round(nll.loss / math.log(2) * len(val_tokens) / val_bytes, 6)
+            result["val_bits_per_byte"] = round(loss / math.log(2) * len(val_tokens) / val_bytes, 6)
         return result
 
     has_val = len(val_tokens) > seq_len

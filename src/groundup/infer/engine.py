@@ -1,28 +1,32 @@
-"""The serving engine: continuous batching of many requests over one model, in a background thread.
+"""The inference engine: continuous batching of many requests over one model, with speculative decoding.
 
-A request (a prompt, sampling parameters, ``n`` choices) becomes ``n`` sequences. The engine thread
-loops: take new requests and cancellations from a queue; give waiting sequences a free slot of the KV
-cache and prefill their prompt (alone, one sequence per forward, so a prompt's result never depends on
-its neighbours); run one decode step for every running sequence together, each at its own position
-(:func:`groundup.infer.batched.forward_rows`); sample each row with its own parameters, grammar mask,
-seed and penalties; send each new token to its request; free the slots of sequences that ended. New
-sequences join and finished ones leave between two decode steps (continuous batching, as in Orca and
-vLLM).
+A request (a prompt, sampling parameters, ``n`` choices) becomes ``n`` sequences. Each engine step takes
+new requests and cancellations from a queue; gives waiting sequences a free slot of the KV cache and
+prefills their prompt (alone, one sequence per forward, so a prompt's result never depends on its
+neighbours); runs one decode step for every running sequence together, each at its own position
+(:class:`~groundup.infer.decode.Decoder`); samples each row with its own parameters, grammar mask, seed
+and penalties; sends each new token to its request; frees the slots of sequences that ended. New
+sequences join and finished ones leave between two steps (continuous batching, as in Orca and vLLM).
 
-Greedy output is batch-invariant: decode batches are padded to as many rows as the weights' kernels
-need for every row to be computed alike (two for weights packed for oneDNN, a multiple of four for the
-transposed fallback) and attention masks the padding (see ``batched.py``), so a request gives the same
-tokens and log-probabilities, bit for bit, alone or among others.
+With a ``draft`` model, each step is a speculative round for every sequence that can take one (no
+grammar, room left): the draft guesses ``draft_tokens`` tokens, the target checks them all in the same
+forward as the other sequences' decode rows, and :mod:`groundup.infer.speculative` decides what is kept.
+Greedy output is the target's own; sampled output follows the target's distribution.
 
-On the CPU the engine thread should be the only one running OpenMP work: an idle OpenMP pool left by
+Greedy output is batch-invariant: rows are padded to what the weights' kernels need for every row to be
+computed alike, and attention is per row (see ``decode.py`` and ``weights.py``), so a request gives the
+same tokens and log-probabilities, bit for bit, alone or among others, with or without a draft.
+
+An engine runs in a background thread (``threaded=True``, the server and ``groundup chat``), or is
+driven by its caller's thread (``threaded=False``: ``groundup generate``, evaluation, rollouts), through
+:meth:`Engine.stream` and :meth:`Engine.generate`. Results go back through a callback per request;
+:meth:`Request.async_events` wraps it for asyncio. A failure while handling one request ends that request
+with an error; a failure of a whole step ends the requests in it; the engine itself keeps running.
+
+On the CPU the engine's thread should be the only one running OpenMP work: an idle OpenMP pool left by
 the thread that loaded the model makes the runtime count more threads than cores, and its workers then
-stop spinning between parallel regions; a decode step took 10.5 ms instead of 7 ms that way. The
-engine releases the creating thread's pool when it starts (:func:`release_openmp_pool`).
-
-Results go back through a callback per request, called on the engine thread; :meth:`Request.async_events`
-wraps it for asyncio (``loop.call_soon_threadsafe`` into an ``asyncio.Queue``), which is how the HTTP
-server streams. A failure while handling one request ends that request with an error; a failure of a
-whole batched step ends the requests in it; the thread itself keeps running.
+stop spinning between parallel regions, which slows every decode step. A threaded engine releases the
+creating thread's pool when it starts (:func:`release_openmp_pool`).
 """
 
 from __future__ import annotations
@@ -38,15 +42,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from groundup.infer.batched import SlotKVCache, TransposedWeights, decode_weights, forward_rows
-from groundup.infer.generate import TextStream
-from groundup.infer.sampling import SamplingParams, make_generator, process_logits
+from groundup.infer.decode import Decoder
+from groundup.infer.sampling import SamplingParams, draw, make_generator, process_logits
+from groundup.infer.speculative import accept_greedy, accept_sampled
+from groundup.infer.structured import StructuredOutput, apply_grammars, make_matcher
+from groundup.infer.text import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,12 @@ class Request:
     """Return each generated token's log-probability and this many top alternatives (0: just the token's)."""
     prompt_logprobs: int | None = None
     """Also score the prompt: each prompt token's log-probability (and top alternatives) given its prefix."""
+    score_only: bool = False
+    """Score the prompt and generate nothing (the request ends with finish reason 'length' after its prefill)."""
+    truncate_prompt: bool = False
+    """A prompt longer than the context keeps its newest tokens (with a warning) instead of being refused."""
     grammar: StructuredOutput | None = None
-    """A grammar constraining every choice (structured output, from :class:`GrammarFactory`), or None."""
+    """A grammar constraining every choice (structured output, from ``GrammarFactory``), or None."""
     on_event: Callable[[Event], None] | None = None
     """Called on the engine thread with each event; must be quick and must not raise."""
     request_id: int = -1
@@ -147,13 +157,27 @@ class _Sequence:
     index: int
     params: SamplingParams
     generator: torch.Generator
-    stream: TextStream
+    stream: TextStream | None
+    stop_ids: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    """The tokens of the slot in position order; ``tokens[position]`` (the newest) is not in the cache yet."""
     slot: int = -1
-    position: int = 0  # tokens held in the slot's cache
-    last_token: int = -1
+    position: int = 0
+    """Tokens the target's cache holds for this sequence."""
+    draft_position: int = 0
+    """Tokens the draft's cache holds."""
     output_ids: list[int] = field(default_factory=list)
     matcher: Any = None
     finished: bool = False
+    prompt_logits: torch.Tensor | None = None
+    """The logits after the prompt (V,), while the slot still holds the prompt: later choices of the same
+    request copy the slot instead of prefilling again."""
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that depends on the row: its token is the argmax of its logits."""
+        p = self.params
+        return p.greedy and not p.logit_bias and not p.uses_history and self.matcher is None
 
 
 @dataclass
@@ -169,36 +193,83 @@ class EngineStats:
     decode_steps: int = 0
     running: int = 0
     waiting: int = 0
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
     ttft_seconds: deque = field(default_factory=lambda: deque(maxlen=4096))
     busy_seconds: float = 0.0
     started: float = field(default_factory=time.time)
 
+    @property
+    def draft_acceptance_rate(self) -> float | None:
+        """Share of the draft's guesses the target kept (None without a draft or before any guess)."""
+        return self.draft_tokens_accepted / self.draft_tokens_proposed if self.draft_tokens_proposed else None
+
+
+def check_request(request: Request, *, vocab_size: int, max_len: int, block_size: int, max_seqs: int,
+                  has_tokenizer: bool) -> None:
+    """Raise ValueError naming what a request asks that this model and engine cannot do (the one request
+    validation: the CLI, the engine and the server all get it through :meth:`Engine.submit`)."""
+    ids, params = request.prompt_ids, request.params
+    if not ids:
+        raise ValueError("the prompt is empty: the model needs at least one token of context "
+                         "(start a new document with the EOS token)")
+    if any(not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"the prompt holds token ids outside the vocabulary of {vocab_size}")
+    if len(ids) > max_len and (not request.truncate_prompt or request.score_only
+                               or request.prompt_logprobs is not None):
+        raise ValueError(f"the prompt has {len(ids)} tokens, more than the context of {max_len} (prompt and "
+                         f"completion together; the model's block_size {block_size})")
+    bad = [i for i in [*params.logit_bias, *params.stop_token_ids] if i >= vocab_size]
+    if bad:
+        raise ValueError(f"logit_bias or stop_token_ids name token ids outside the vocabulary of {vocab_size}: "
+                         f"{bad[:5]}")
+    if params.stop and not has_tokenizer:
+        raise ValueError("stop strings need a tokenizer (give the engine one, or use stop_token_ids)")
+    if request.n < 1 or request.n > max_seqs:
+        raise ValueError(f"n must be in 1..{max_seqs}, got {request.n}")
+
 
 class Engine:
-    """Continuous-batching generation over ``model`` in a background thread. Thread-safe ``submit``/``cancel``."""
+    """Continuous-batching generation over ``model``. Thread-safe ``submit``/``cancel``.
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, max_seqs: int = 16, max_len: int | None = None,
+    ``tokenizer`` gives the EOS token, stop strings and text; without one (token ids in, token ids out),
+    ``eos_id`` names the end-of-sequence token. ``min_rows``: pad decode batches to a multiple of this
+    many rows (1: no padding, not batch-invariant); None probes the kernels (see ``weights.py``).
+    ``draft``: a smaller model on the same tokenizer for speculative decoding, ``draft_tokens`` guesses a round.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, max_seqs: int = 16, max_len: int | None = None,
                  min_rows: int | None = None, max_prefill_tokens: int = 2048, vocab_limit: int | None = None,
-                 cpu_weights: bool | None = None) -> None:
-        self.model = model.eval()
+                 layout: str = "auto", draft: torch.nn.Module | None = None, draft_tokens: int = 4,
+                 eos_id: int | None = None, threaded: bool = True) -> None:
+        if max_seqs < 1:
+            raise ValueError(f"max_seqs must be >= 1, got {max_seqs}")
+        if draft_tokens < 1:
+            raise ValueError(f"draft_tokens must be >= 1, got {draft_tokens}")
+        self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_seqs = max_seqs
         self.max_prefill_tokens = max_prefill_tokens
-        self.vocab_limit = vocab_limit if vocab_limit is not None else min(tokenizer.vocab_size, self.config.vocab_size)
-        self.device = model.lm_head.weight.device
-        if cpu_weights is None:
-            cpu_weights = self.device.type == "cpu"
-        # On the CPU, weights packed for oneDNN (or transposed copies where packing is unavailable); on a GPU
-        # the model's own layers.
-        self.weights = decode_weights(model) if cpu_weights else None
-        if min_rows is None:  # batch invariance: as many rows as the weights' kernels need
-            self.pad_rows = self.weights.pad_rows if self.weights is not None else TransposedWeights.pad_rows
-        else:
-            self.pad_rows = lambda n: -(-n // min_rows) * min_rows
-        self.cache = SlotKVCache(model, self.pad_rows(max_seqs), max_len)
-        self.max_len = self.cache.max_len
-        self.eos_id = tokenizer.eos_id
+        vocab = self.config.vocab_size
+        if vocab_limit is not None and not 1 <= vocab_limit <= vocab:
+            raise ValueError(f"vocab_limit must be in 1..{vocab} (the model's vocabulary), got {vocab_limit}")
+        self.vocab_limit = min(vocab_limit or (tokenizer.vocab_size if tokenizer is not None else vocab), vocab)
+        padding = None if min_rows is None else "none"
+        self.decoder = Decoder(model, num_slots=max_seqs, max_len=max_len, layout=layout, padding=padding)
+        if min_rows is not None and min_rows > 1:
+            self.decoder.pad_rows = lambda n: -(-n // min_rows) * min_rows
+        self.draft: Decoder | None = None
+        if draft is not None:
+            if draft.config.vocab_size < self.vocab_limit:
+                raise ValueError(f"the draft model's vocabulary ({draft.config.vocab_size}) does not cover the "
+                                 f"tokenizer's ({self.vocab_limit})")
+            self.draft = Decoder(draft, num_slots=max_seqs, max_len=self.decoder.max_len, layout=layout,
+                                 padding=padding)
+        self.draft_tokens = draft_tokens
+        self.max_len = min(self.decoder.max_len, self.draft.max_len) if self.draft else self.decoder.max_len
+        self.device = self.decoder.device
+        self.eos_id = tokenizer.eos_id if tokenizer is not None else eos_id
         self.stats = EngineStats()
         self._inbox: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
@@ -206,10 +277,12 @@ class Engine:
         self._slots: list[_Sequence | None] = [None] * max_seqs
         self._token_text: dict[int, str] = {}
         self._stop = threading.Event()
-        if self.device.type == "cpu":
-            release_openmp_pool()  # see the module docstring
-        self._thread = threading.Thread(target=self._loop, name="groundup-engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            if self.device.type == "cpu":
+                release_openmp_pool()  # see the module docstring
+            self._thread = threading.Thread(target=self._loop, name="groundup-engine", daemon=True)
+            self._thread.start()
 
     # ------------------------------------------------------------------ public API (any thread)
 
@@ -226,41 +299,52 @@ class Engine:
 
     def check(self, request: Request) -> None:
         """Raise ValueError when the request does not fit this model (the server answers 400)."""
-        ids = request.prompt_ids
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) >= self.max_len:
-            raise ValueError(f"the prompt has {len(ids)} tokens; this model's context holds {self.max_len} "
-                             f"(prompt and completion together)")
-        vocab = self.config.vocab_size
-        if any(not 0 <= i < vocab for i in ids):
-            raise ValueError(f"the prompt holds token ids outside the vocabulary of {vocab}")
-        if any(i >= vocab for i in request.params.logit_bias):
-            raise ValueError(f"logit_bias names token ids outside the vocabulary of {vocab}")
-        if request.n < 1 or request.n > self.max_seqs:
-            raise ValueError(f"n must be in 1..{self.max_seqs}, got {request.n}")
+        check_request(request, vocab_size=self.config.vocab_size, max_len=self.max_len,
+                      block_size=self.config.block_size, max_seqs=self.max_seqs,
+                      has_tokenizer=self.tokenizer is not None)
 
     def shutdown(self) -> None:
         self._stop.set()
         self._inbox.put(("wake", None))
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is None or self._thread.is_alive()
+
+    def stream(self, request: Request) -> Iterator[Event]:
+        """Submit ``request`` and yield its events as they come (every choice's, interleaved); on a threaded
+        engine the caller waits for them, otherwise its own thread runs the engine's steps. Leaving the
+        iteration early cancels the request."""
+        events: deque[Event] | queue.Queue = deque() if self._thread is None else queue.Queue()
+        request.on_event = events.append if isinstance(events, deque) else events.put
+        self.submit(request)
+        remaining = request.n
+        try:
+            if self._thread is not None and self.device.type == "cpu":
+                release_openmp_pool()  # this thread waits; its idle OpenMP workers would slow the engine's
+            while remaining:
+                if isinstance(events, deque):
+                    while not events:
+                        self.step()
+                    event = events.popleft()
+                else:
+                    event = events.get()
+                remaining -= event.finish_reason is not None
+                yield event
+        finally:
+            if remaining:
+                self.cancel(request.request_id)
+                if self._thread is None:
+                    self._drain_inbox(block=False)  # free the slots now
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams, **kwargs) -> list[Event]:
-        """Blocking convenience: run one request and return one merged event per choice (for tests and tools)."""
-        done: queue.Queue = queue.Queue()
-        request = Request(prompt_ids=list(prompt_ids), params=params, on_event=done.put, **kwargs)
-        self.submit(request)
-        if self.device.type == "cpu":
-            release_openmp_pool()  # this thread waits; its idle OpenMP workers would slow the engine's
+        """Run one request to its end and return one merged event per choice."""
+        request = Request(prompt_ids=list(prompt_ids), params=params, **kwargs)
         merged = {i: Event(index=i) for i in range(request.n)}
-        remaining = request.n
-        while remaining:
-            event = done.get()
-            remaining -= merged[event.index].absorb(event)
+        for event in self.stream(request):
+            merged[event.index].absorb(event)
         return [merged[i] for i in range(request.n)]
 
     def token_text(self, token_id: int) -> str:
@@ -270,26 +354,31 @@ class Engine:
             self._token_text[token_id] = text
         return text
 
-    # ------------------------------------------------------------------ the engine thread
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> None:
+        """Take new requests, prefill what fits, decode one token (or one speculative round) for every sequence."""
+        self._drain_inbox(block=False)
+        started = time.perf_counter()
+        try:
+            self._admit()
+            self._decode_step()
+        except Exception as e:  # a bug in a batched step: end what was in it, keep serving
+            log.exception("engine step failed")
+            for seq in list(self._waiting) + [s for s in self._slots if s is not None]:
+                self._finish(seq, "error", error=f"engine error: {e}")
+            self._waiting.clear()
+        self.stats.busy_seconds += time.perf_counter() - started
+        self.stats.running = sum(s is not None for s in self._slots)
+        self.stats.waiting = len(self._waiting)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             idle = not self._waiting and not any(self._slots)
-            self._drain_inbox(block=idle)
-            if self._stop.is_set():
-                break
-            started = time.perf_counter()
-            try:
-                self._admit()
-                self._decode_step()
-            except Exception as e:  # a bug in a batched step: end what was in it, keep serving
-                log.exception("engine step failed")
-                for seq in list(self._waiting) + [s for s in self._slots if s is not None]:
-                    self._finish(seq, "error", error=f"engine error: {e}")
-                self._waiting.clear()
-            self.stats.busy_seconds += time.perf_counter() - started
-            self.stats.running = sum(s is not None for s in self._slots)
-            self.stats.waiting = len(self._waiting)
+            if idle:
+                self._drain_inbox(block=True)
+            if not self._stop.is_set():
+                self.step()
 
     def _drain_inbox(self, *, block: bool) -> None:
         while True:
@@ -309,12 +398,15 @@ class Engine:
             params = request.params
             if params.seed is not None and i > 0:
                 params = replace(params, seed=params.seed + i)
-            seq = _Sequence(request=request, index=i, params=params,
-                            generator=make_generator(params.seed, self.device),
-                            stream=TextStream(self.tokenizer, params.stop))
+            stop_ids = set(params.stop_token_ids)
+            if params.stop_at_eos and self.eos_id is not None:
+                stop_ids.add(self.eos_id)
+            stream = TextStream(self.tokenizer, params.stop) if self.tokenizer is not None else None
+            seq = _Sequence(request=request, index=i, params=params, generator=make_generator(params.seed, self.device),
+                            stream=stream, stop_ids=frozenset(stop_ids))
             if request.grammar is not None:
                 try:
-                    seq.matcher = _make_matcher(request.grammar.compiled, self._stop_ids(params))
+                    seq.matcher = make_matcher(request.grammar.compiled, stop_ids)
                 except Exception as e:
                     self._finish(seq, "error", error=f"grammar: {e}")
                     continue
@@ -333,11 +425,7 @@ class Engine:
         if hit:
             self.stats.requests_cancelled += 1
 
-    def _stop_ids(self, params: SamplingParams) -> set[int]:
-        ids = set(params.stop_token_ids)
-        if params.stop_at_eos and self.eos_id is not None:
-            ids.add(self.eos_id)
-        return ids
+    # ------------------------------------------------------------------ prefill
 
     def _admit(self) -> None:
         """Prefill waiting sequences into free slots (lowest first, keeping the decode range compact)."""
@@ -349,9 +437,8 @@ class Engine:
                 break  # this step's prefill budget is spent; running sequences decode first
             self._waiting.popleft()
             budget -= cost
-            slot = self._slots.index(None)
-            seq.slot = slot
-            self._slots[slot] = seq
+            seq.slot = self._slots.index(None)
+            self._slots[seq.slot] = seq
             try:
                 self._prefill(seq)
             except Exception as e:
@@ -360,44 +447,104 @@ class Engine:
 
     def _prefill(self, seq: _Sequence) -> None:
         request = seq.request
-        ids = request.prompt_ids
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        sibling = next((s for s in self._slots if s is not None and s is not seq and s.request is request
+                        and s.prompt_logits is not None), None)
+        if sibling is not None:  # another choice of this request holds the prompt: copy its keys and values
+            self._copy_prompt(sibling, seq)
+            return
+        ids = list(request.prompt_ids)
+        if len(ids) > self.max_len:  # only with truncate_prompt: keep the newest tokens
+            log.warning("prompt of %d tokens is longer than the context (%d): keeping its last %d",
+                        len(ids), self.max_len, self.max_len)
+            ids = ids[-self.max_len:]
         want_prompt = request.prompt_logprobs is not None and seq.index == 0
-        logits = forward_rows(self.model, self.cache, idx, seq.slot, torch.zeros(1, dtype=torch.long),
-                              all_positions=want_prompt, weights=self.weights)[0]  # (V,) or (T, V)
+        logits = self.decoder.prefill(seq.slot, ids, all_positions=want_prompt)  # (V,) or (T, V)
         if want_prompt:
-            logprobs = self._mask_vocab(logits[:-1]).float().log_softmax(-1)  # (T-1, V)
-            chosen = logprobs.gather(1, idx[0, 1:, None])[:, 0].tolist()
-            k = request.prompt_logprobs
-            top = logprobs.topk(k, dim=-1) if k else None
-            out: list[TokenLogprob | None] = [None]
-            for t, token in enumerate(ids[1:]):
-                alts = list(zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)) if top is not None else []
-                out.append(TokenLogprob(token, chosen[t], alts))
-            request.prompt_token_logprobs = out
+            request.prompt_token_logprobs = self._prompt_logprobs(ids, logits, request.prompt_logprobs)
             logits = logits[-1]
-        seq.position = len(ids)
+        seq.tokens, seq.position = ids, len(ids)
         if seq.index == 0:
             self.stats.prompt_tokens_total += len(ids)
+        if request.score_only:
+            self._finish(seq, "length")
+            return
+        if self.draft is not None:
+            self.draft.prefill(seq.slot, ids)
+            seq.draft_position = len(ids)
+        if request.n > 1:
+            seq.prompt_logits = logits
         self._sample_and_emit([seq], logits[None])
 
+    def _copy_prompt(self, source: _Sequence, seq: _Sequence) -> None:
+        n = len(source.tokens) - len(source.output_ids)  # the prompt (as prefilled) precedes the output
+        for decoder in (self.decoder, self.draft):
+            if decoder is not None:
+                decoder.cache.copy(source.slot, seq.slot, n)
+        seq.tokens, seq.position, seq.draft_position = source.tokens[:n], n, n if self.draft is not None else 0
+        seq.prompt_logits = source.prompt_logits
+        self._sample_and_emit([seq], source.prompt_logits[None])
+
+    def _prompt_logprobs(self, ids: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob | None]:
+        logprobs = self._mask_vocab(logits[:-1]).float().log_softmax(-1)  # (T-1, V)
+        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
+        top = logprobs.topk(k, dim=-1) if k else None
+        out: list[TokenLogprob | None] = [None]
+        for t, token in enumerate(ids[1:]):
+            alts = list(zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)) if top is not None else []
+            out.append(TokenLogprob(token, chosen[t], alts))
+        return out
+
+    def _slide(self, seq: _Sequence) -> None:
+        """The context is full and the request slides: keep the newer half and recompute it from position 0."""
+        keep = max(self.max_len // 2, 1)
+        seq.tokens, seq.prompt_logits = seq.tokens[-keep:], None
+        logits = self.decoder.prefill(seq.slot, seq.tokens)
+        seq.position, seq.draft_position = keep, 0
+        self._sample_and_emit([seq], logits[None])
+
+    # ------------------------------------------------------------------ decode
+
     def _decode_step(self) -> None:
-        running = [s for s in self._slots if s is not None and s.last_token >= 0]
+        running = [s for s in self._slots if s is not None and not s.finished]
         if not running:
             return
-        # Slots 0..rows-1, free ones as dummy rows, as many as batch invariance needs: see batched.py.
-        rows = self.pad_rows(max(s.slot for s in running) + 1)
-        idx = torch.zeros(rows, 1, dtype=torch.long)
-        starts = torch.zeros(rows, dtype=torch.long)
-        for s in running:
-            idx[s.slot, 0] = s.last_token
-            starts[s.slot] = s.position
-        logits = forward_rows(self.model, self.cache, idx.to(self.device), 0, starts.to(self.device),
-                              weights=self.weights)
-        for s in running:
-            s.position += 1
+        for seq in [s for s in running if s.position >= self.max_len]:
+            self._slide(seq)  # only sliding requests get here: the others ended at 'length'
+        running = [s for s in running if not s.finished and s.position < self.max_len]
+        if not running:
+            return
+        rounds = self._propose([s for s in running if self._can_speculate(s)])
+        slots, positions, tokens = [], [], []
+        for seq in running:
+            new = [seq.tokens[seq.position]] + rounds.get(seq.slot, ([], None))[0]
+            slots += [seq.slot] * len(new)
+            positions += range(seq.position, seq.position + len(new))
+            tokens += new
+        if not rounds:  # plain decode: rows in slot order, free slots as dummy rows (see decode.py)
+            slots, positions, tokens = self._with_free_slots(slots, positions, tokens)
+        logits = self.decoder.rows(slots, positions, tokens)
         self.stats.decode_steps += 1
-        self._sample_and_emit(running, logits[[s.slot for s in running]])
+        at = {}
+        for i, slot in enumerate(slots):
+            at.setdefault(slot, i)
+        plain = [s for s in running if s.slot not in rounds]
+        for seq in plain:
+            seq.position += 1
+        self._sample_and_emit(plain, logits[[at[s.slot] for s in plain]])
+        for seq in running:
+            if seq.slot in rounds:
+                guesses, draft_probs = rounds[seq.slot]
+                self._finish_round(seq, guesses, draft_probs, logits[at[seq.slot]: at[seq.slot] + len(guesses) + 1])
+
+    def _with_free_slots(self, slots: list[int], positions: list[int], tokens: list[int]):
+        """Rows 0..R-1 for the running slots, with R what batch invariance asks for the highest slot; a free
+        slot's row is a dummy (token 0 at position 0, written into its own free slot)."""
+        rows = self.decoder.pad_rows(max(slots) + 1)
+        if rows > self.max_seqs:
+            return slots, positions, tokens  # the decoder pads with its scratch slot
+        by_slot = {s: (p, t) for s, p, t in zip(slots, positions, tokens, strict=True)}
+        full = [by_slot.get(s, (0, 0)) for s in range(rows)]
+        return list(range(rows)), [p for p, _ in full], [t for _, t in full]
 
     def _mask_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         if self.vocab_limit < logits.shape[-1]:
@@ -405,61 +552,122 @@ class Engine:
             logits[..., self.vocab_limit:] = float("-inf")  # padding rows of the model's vocabulary
         return logits
 
+    def _history(self, seq: _Sequence, extra: Sequence[int] = ()) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not seq.params.uses_history:
+            return None, None
+        prompt = torch.tensor([seq.request.prompt_ids], dtype=torch.long)
+        return prompt, torch.tensor([seq.output_ids + list(extra)], dtype=torch.long)
+
+    def _process(self, seq: _Sequence, logits: torch.Tensor, extra: Sequence[int] = ()) -> torch.Tensor:
+        """The sequence's sampling processors on one row of logits (1, V), its output followed by ``extra``."""
+        prompt_t, output_t = self._history(seq, extra)
+        return process_logits(logits, seq.params, prompt_ids=prompt_t, output_ids=output_t)
+
     def _sample_and_emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Pick each sequence's next token from its row of ``logits`` (B, V) and send it on."""
+        if not seqs:
+            return
         logits = self._mask_vocab(logits.float())
-        raw_logprobs = None
-        if any(s.request.logprobs is not None for s in seqs):
-            raw_logprobs = logits.log_softmax(-1)
+        raw_logprobs = logits.log_softmax(-1) if any(s.request.logprobs is not None for s in seqs) else None
         constrained = [b for b, s in enumerate(seqs) if s.matcher is not None]
         if constrained:
-            self._apply_grammars(seqs, logits, constrained)
+            apply_grammars(logits, [seqs[b].matcher for b in constrained],
+                           [seqs[b].request.grammar for b in constrained], constrained)
+        fast = [b for b, s in enumerate(seqs) if s.plain_greedy]
+        argmax = dict(zip(fast, logits[fast].argmax(-1).tolist(), strict=True)) if fast else {}
         for b, seq in enumerate(seqs):
             try:
-                token = self._pick(seq, logits[b : b + 1])
-                logprob = None
-                if seq.request.logprobs is not None:
-                    row = raw_logprobs[b]
-                    k = seq.request.logprobs
-                    top = []
-                    if k:
-                        values, indices = row.topk(k)
-                        top = list(zip(indices.tolist(), values.tolist(), strict=True))
-                    logprob = TokenLogprob(token, float(row[token]), top)
-                self._advance(seq, token, logprob)
+                if b in argmax:
+                    token = argmax[b]
+                else:
+                    processed = self._process(seq, logits[b: b + 1])
+                    if seq.matcher is not None and not torch.isfinite(processed).any():
+                        # A ban (logit_bias -100 is finite, but -inf from a filter is not) left nothing allowed.
+                        raise RuntimeError("no token is allowed by both the grammar and the sampling settings")
+                    token = int(draw(processed, seq.params, seq.generator))
+                self._advance(seq, token, self._logprob(seq, raw_logprobs, b, token))
             except Exception as e:
                 log.exception("sampling failed")
                 self._finish(seq, "error", error=f"sampling: {e}")
 
-    def _apply_grammars(self, seqs: list[_Sequence], logits: torch.Tensor, rows: list[int]) -> None:
-        """Mask, in place, the tokens each constrained row's grammar (and its banned set) forbids: one
-        bitmask for the batch, one masking call."""
-        import xgrammar
+    def _logprob(self, seq: _Sequence, raw_logprobs: torch.Tensor | None, row: int, token: int) -> TokenLogprob | None:
+        k = seq.request.logprobs
+        if k is None or raw_logprobs is None:
+            return None
+        values = raw_logprobs[row]
+        top = []
+        if k:
+            best = values.topk(k)
+            top = list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+        return TokenLogprob(token, float(values[token]), top)
 
-        bitmask = xgrammar.allocate_token_bitmask(logits.shape[0], logits.shape[-1])
-        for b in rows:
-            seq = seqs[b]
-            seq.matcher.fill_next_token_bitmask(bitmask, b)
-            allowed = seq.request.grammar.allowed_words(logits.shape[-1])
-            if allowed is not None:
-                bitmask[b] &= allowed
-        xgrammar.apply_token_bitmask_inplace(logits, bitmask, indices=rows)
+    # ------------------------------------------------------------------ speculative rounds
 
-    def _pick(self, seq: _Sequence, logits: torch.Tensor) -> int:
-        """The next token from a row of logits (grammar masks already applied) under the request's sampling."""
-        params = seq.params
-        prompt_t = output_t = None
-        if params.uses_history:
-            prompt_t = torch.tensor([seq.request.prompt_ids], dtype=torch.long)
-            output_t = torch.tensor([seq.output_ids], dtype=torch.long)
-        processed = process_logits(logits, params, prompt_ids=prompt_t, output_ids=output_t)
-        if seq.matcher is not None and not torch.isfinite(processed).any():
-            # A ban (logit_bias -100 is finite, but -inf from a filter is not) left nothing the grammar allows.
-            raise RuntimeError("no token is allowed by both the grammar and the sampling settings")
-        if params.greedy:
-            return int(processed.argmax(-1))
-        probs = processed.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=seq.generator))
+    def _can_speculate(self, seq: _Sequence) -> bool:
+        room = min(seq.params.max_new_tokens - len(seq.output_ids), self.max_len - seq.position)
+        return self.draft is not None and seq.matcher is None and room >= 2
+
+    def _propose(self, seqs: list[_Sequence]) -> dict[int, tuple[list[int], torch.Tensor | None]]:
+        """The draft's guesses for each sequence (by slot), and for sampled sequences the distributions
+        they were drawn from (k, V)."""
+        if not seqs:
+            return {}
+        draft = self.draft
+        k_of = {s.slot: min(self.draft_tokens, s.params.max_new_tokens - len(s.output_ids) - 1,
+                            self.max_len - s.position - 1) for s in seqs}
+        guesses: dict[int, list[int]] = {s.slot: [] for s in seqs}
+        dists: dict[int, list[torch.Tensor]] = {s.slot: [] for s in seqs}
+        active = list(seqs)
+        while active:
+            slots, positions, tokens, last_row = [], [], [], []
+            for seq in active:
+                pending = seq.tokens[seq.draft_position:] + guesses[seq.slot][-1:]
+                if len(pending) > self.draft_tokens + 2:  # after a slide: refill the draft's cache at once
+                    draft.prefill(seq.slot, pending[:-1], seq.draft_position)
+                    seq.draft_position += len(pending) - 1
+                    pending = pending[-1:]
+                slots += [seq.slot] * len(pending)
+                positions += range(seq.draft_position, seq.draft_position + len(pending))
+                tokens += pending
+                last_row.append(len(tokens) - 1)
+                seq.draft_position += len(pending)
+            logits = self._mask_vocab(draft.rows(slots, positions, tokens).float())[last_row]
+            for seq, row in zip(active, logits, strict=True):
+                processed = self._process(seq, row[None], guesses[seq.slot])
+                guess = int(draw(processed, seq.params, seq.generator))
+                guesses[seq.slot].append(guess)
+                if not seq.params.greedy:
+                    dists[seq.slot].append(processed.softmax(-1)[0])
+            active = [s for s in active if len(guesses[s.slot]) < k_of[s.slot]]
+        return {slot: (g, torch.stack(dists[slot]) if dists[slot] else None) for slot, g in guesses.items()}
+
+    def _finish_round(self, seq: _Sequence, guesses: list[int], draft_probs: torch.Tensor | None,
+                      logits: torch.Tensor) -> None:
+        """Keep what the target accepts of ``guesses`` given its ``logits`` (k + 1, V) and send the tokens on."""
+        try:
+            logits = self._mask_vocab(logits.float())
+            raw_logprobs = logits.log_softmax(-1) if seq.request.logprobs is not None else None
+            processed = torch.cat([self._process(seq, logits[i: i + 1], guesses[:i]) for i in range(len(guesses) + 1)])
+            if seq.params.greedy:
+                new = accept_greedy(guesses, processed.argmax(-1).tolist())
+            else:
+                new = accept_sampled(guesses, draft_probs, processed.softmax(-1), seq.generator)
+        except Exception as e:
+            log.exception("speculative round failed")
+            self._finish(seq, "error", error=f"sampling: {e}")
+            return
+        self.stats.draft_tokens_proposed += len(guesses)
+        self.stats.draft_tokens_accepted += len(new) - 1
+        start = seq.position
+        # The target's cache now holds the pending token and the accepted guesses; the draft's, what it ran.
+        seq.draft_position = min(seq.draft_position, start + len(new))
+        for i, token in enumerate(new):
+            seq.position = start + i + 1
+            self._advance(seq, token, self._logprob(seq, raw_logprobs, i, token))
+            if seq.finished:
+                return
+
+    # ------------------------------------------------------------------ tokens out
 
     def _advance(self, seq: _Sequence, token: int, logprob: TokenLogprob | None) -> None:
         request = seq.request
@@ -469,31 +677,32 @@ class Engine:
             self.stats.ttft_seconds.append(now - request.arrival)
         self.stats.generation_tokens_total += 1
         seq.output_ids.append(token)
-        seq.last_token = token
+        seq.tokens.append(token)
         if seq.matcher is not None and not seq.matcher.accept_token(token):
             raise RuntimeError(f"the grammar rejected token {token}")
-        params = seq.params
         logprobs = [logprob] if logprob is not None else []
-        if token in self._stop_ids(params):
-            self._emit(seq, Event(index=seq.index, text=seq.stream.finish(), token_ids=[token], logprobs=logprobs))
+        stream = seq.stream
+        if token in seq.stop_ids:
+            self._emit(seq, Event(index=seq.index, text=stream.finish() if stream else "", token_ids=[token],
+                                  logprobs=logprobs))
             self._finish(seq, "stop", stop_reason=token if token != self.eos_id else None)
             return
-        text = seq.stream.push(token)
-        if seq.stream.stopped:
+        text = stream.push(token) if stream else ""
+        if stream is not None and stream.stopped:
             self._emit(seq, Event(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
-            self._finish(seq, "stop", stop_reason=seq.stream.stop_string)
+            self._finish(seq, "stop", stop_reason=stream.stop_string)
             return
+        ended = None
         if seq.matcher is not None and seq.matcher.is_terminated():
-            self._emit(seq, Event(index=seq.index, text=text + seq.stream.finish(), token_ids=[token],
-                                  logprobs=logprobs))
-            self._finish(seq, "stop")
-            return
-        if len(seq.output_ids) >= params.max_new_tokens or seq.position >= self.max_len:
-            self._emit(seq, Event(index=seq.index, text=text + seq.stream.finish(), token_ids=[token],
-                                  logprobs=logprobs))
-            self._finish(seq, "length")
-            return
+            ended = "stop"
+        elif len(seq.output_ids) >= seq.params.max_new_tokens or (
+                seq.position >= self.max_len and seq.params.context_overflow == "stop"):
+            ended = "length"
+        if ended is not None:
+            text += stream.finish() if stream else ""
         self._emit(seq, Event(index=seq.index, text=text, token_ids=[token], logprobs=logprobs))
+        if ended is not None:
+            self._finish(seq, ended)
 
     def _emit(self, seq: _Sequence, event: Event) -> None:
         callback = seq.request.on_event
@@ -516,82 +725,6 @@ class Engine:
         elif reason != "cancelled" and seq.index == 0:
             self.stats.requests_finished += 1
         self._emit(seq, Event(index=seq.index, finish_reason=reason, error=error, stop_reason=stop_reason))
-
-
-# ---------------------------------------------------------------------------- structured output
-
-
-@dataclass
-class StructuredOutput:
-    """A compiled xgrammar grammar, and tokens banned on top of it (a bool mask over the vocabulary)."""
-
-    compiled: Any
-    banned: torch.Tensor | None = None
-    _allowed: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def allowed_words(self, vocab_size: int) -> torch.Tensor | None:
-        """``~banned`` as xgrammar's bitmask words (int32, bit ``i % 32`` of word ``i // 32``), or None."""
-        if self.banned is None:
-            return None
-        if vocab_size not in self._allowed:
-            words = -(-vocab_size // 32)
-            allowed = torch.ones(words * 32, dtype=torch.int64)
-            n = min(vocab_size, self.banned.numel())
-            allowed[:n] = (~self.banned[:n]).long()
-            packed = (allowed.view(words, 32) << torch.arange(32)).sum(-1)
-            self._allowed[vocab_size] = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-        return self._allowed[vocab_size]
-
-
-def _make_matcher(compiled, stop_ids: set[int]):
-    import xgrammar
-
-    return xgrammar.GrammarMatcher(compiled, override_stop_tokens=sorted(stop_ids) or None)
-
-
-class GrammarFactory:
-    """Compiles response formats into xgrammar grammars for one tokenizer (compilations are cached).
-
-    The vocabulary is given to xgrammar as the raw bytes of each token (groundup's tokenizers are
-    byte-level BPE). Special tokens are given as empty strings, which xgrammar never allows inside
-    structured text; the end-of-text token is the grammar's stop token, allowed only once the text is
-    complete. JSON formats also ban tokens with raw control characters (see ``__init__``).
-    """
-
-    def __init__(self, tokenizer, model_vocab_size: int) -> None:
-        import xgrammar
-
-        special = set(tokenizer.special_tokens.values())
-        vocab = [b"" if i in special else tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
-        stop = [tokenizer.eos_id] if tokenizer.eos_id is not None else None
-        info = xgrammar.TokenizerInfo(vocab, xgrammar.VocabType.RAW, vocab_size=model_vocab_size,
-                                      stop_token_ids=stop)
-        self.compiler = xgrammar.GrammarCompiler(info, max_threads=2)
-        # xgrammar's JSON strings admit raw control characters, which JSON (RFC 8259) does not; the JSON
-        # formats ban every token holding a byte below 0x20 (whitespace between values is spaces then).
-        control = torch.zeros(model_vocab_size, dtype=torch.bool)
-        for i, data in enumerate(vocab):
-            if any(b < 0x20 for b in data):
-                control[i] = True
-        self.control_tokens = control
-
-    def json_schema(self, schema: dict | str) -> StructuredOutput:
-        import json
-
-        # Compact JSON (no free whitespace between tokens), as OpenAI's structured outputs write it: a
-        # weak model cannot then spend its whole budget on whitespace.
-        text = schema if isinstance(schema, str) else json.dumps(schema)
-        return StructuredOutput(self.compiler.compile_json_schema(text, any_whitespace=False), self.control_tokens)
-
-    def json_object(self) -> StructuredOutput:
-        """Any JSON object (OpenAI's ``json_object`` mode; xgrammar's built-in JSON grammar admits any value)."""
-        return self.json_schema({"type": "object"})
-
-    def regex(self, pattern: str) -> StructuredOutput:
-        return StructuredOutput(self.compiler.compile_regex(pattern))
-
-    def grammar(self, ebnf: str) -> StructuredOutput:
-        return StructuredOutput(self.compiler.compile_grammar(ebnf))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -207,12 +207,15 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, *, prompt_ids: 
     return apply_min_p(logits, params.min_p)
 
 
+def draw(processed: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Token ids (B,) from processed logits (B, V): their argmax when greedy, else a draw from their softmax."""
+    if params.greedy:
+        return processed.argmax(dim=-1)
+    return torch.multinomial(processed.softmax(dim=-1), num_samples=1, generator=generator).squeeze(1)
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None, *,
                 prompt_ids: torch.Tensor | None = None, output_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids (B,) from logits (B, V): greedy when ``params.temperature == 0``, else a draw from
     the processed distribution using ``generator`` (which makes a seeded run reproducible)."""
-    logits = process_logits(logits, params, prompt_ids=prompt_ids, output_ids=output_ids)  # (B, V)
-    if params.greedy:
-        return logits.argmax(dim=-1)
-    probs = logits.softmax(dim=-1)  # (B, V)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return draw(process_logits(logits, params, prompt_ids=prompt_ids, output_ids=output_ids), params, generator)

@@ -1,97 +1,70 @@
-"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023), greedy: a small draft model proposes,
-the target model checks every proposal in one forward.
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): the acceptance rules.
 
-Each round the draft model (sharing the target's tokenizer) guesses ``k`` tokens one at a time, which
-is cheap; the target then runs those ``k`` tokens in a single forward, which costs about what one
-token does on a memory-bound machine, and gets its own greedy choice after each. The guesses are kept
-up to the first one the target would not have made, and the target's own token is added after them,
-so every round yields between 1 and ``k + 1`` tokens and the output is the target's greedy output.
-Rejected guesses need no cache rollback: positions past the accepted ones are masked and overwritten.
+A small draft model on the same tokenizer guesses ``k`` tokens one at a time; the target model scores
+the pending token and every guess in one forward (k + 1 positions, each computed as a decode step
+computes it: see ``kv_cache.py``), and keeps a prefix of the guesses plus one token of its own, so a
+round yields between 1 and k + 1 tokens for the price of about one target step on a memory-bound machine.
+The engine runs the rounds (:class:`~groundup.infer.engine.Engine` with a ``draft``); these functions
+decide which tokens a round keeps.
 
-Identity with the target alone holds as long as no two candidate logits tie within float rounding:
-the target scores ``k + 1`` positions in one matrix product instead of one at a time, which can change
-the last bit of a logit (see ``batched.py``).
+- Greedy: the guesses are kept up to the first one the target's argmax differs from, then the target's
+  own choice. The output is the target's greedy output, bit for bit (every verified position gets the
+  logits a plain decode step would give it).
+- Sampled: guess ``x`` drawn from the draft's distribution ``q`` is kept with probability
+  ``min(1, p(x) / q(x))`` under the target's ``p``; at the first rejection a token is drawn from
+  ``max(0, p - q)`` renormalised, and after k acceptances one more from ``p``. The tokens are then
+  distributed exactly as the target's own samples (both ``p`` and ``q`` are the distributions after the
+  request's temperature, penalties and filters).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 
-from groundup.infer.batched import SlotKVCache, forward_rows
+
+def accept_greedy(guesses: list[int], choices: list[int]) -> list[int]:
+    """The tokens a greedy round yields: ``choices[i]`` is the target's argmax after the pending token and
+    ``guesses[:i]`` (``len(choices) == len(guesses) + 1``)."""
+    n = 0
+    while n < len(guesses) and guesses[n] == choices[n]:
+        n += 1
+    return guesses[:n] + [choices[n]]
 
 
-@dataclass
-class SpeculativeResult:
-    token_ids: list[int]
-    rounds: int
-    proposed: int
-    accepted: int
-    seconds: float
+def accept_sampled(guesses: list[int], draft_probs: torch.Tensor, target_probs: torch.Tensor,
+                   generator: torch.Generator | None) -> list[int]:
+    """The tokens a sampled round yields: ``draft_probs`` (k, V) are the distributions each guess was drawn
+    from, ``target_probs`` (k + 1, V) the target's after the pending token and each guess."""
+    kept: list[int] = []
+    for i, guess in enumerate(guesses):
+        p, q = float(target_probs[i, guess]), float(draft_probs[i, guess])
+        draw = float(torch.rand(1, generator=generator, device=target_probs.device))
+        if q > 0 and draw * q < p:  # draw < p / q without dividing
+            kept.append(guess)
+            continue
+        residual = (target_probs[i] - draft_probs[i]).clamp_(min=0)
+        if float(residual.sum()) <= 0:  # p <= q everywhere only when p == q: any draw from p is right
+            residual = target_probs[i]
+        kept.append(int(torch.multinomial(residual, 1, generator=generator)))
+        return kept
+    kept.append(int(torch.multinomial(target_probs[len(guesses)], 1, generator=generator)))
+    return kept
 
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
+
+def _tokenizer_spec(tokenizer) -> dict:
+    import json
+
+    spec = json.loads(tokenizer.hf.to_str())
+    return {key: spec.get(key) for key in ("model", "added_tokens", "pre_tokenizer", "normalizer")}
 
 
-@torch.inference_mode()
-def speculative_generate(target: torch.nn.Module, draft: torch.nn.Module, prompt_ids: Sequence[int], *,
-                         max_new_tokens: int, k: int = 4, eos_id: int | None = None,
-                         vocab_limit: int | None = None) -> SpeculativeResult:
-    """Greedy continuation of ``prompt_ids`` by ``target``, sped up by ``draft``'s guesses (``k`` per round)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if draft.config.vocab_size < (vocab_limit or 0) or not prompt_ids:
-        raise ValueError("the draft model must cover the tokenizer's vocabulary, and the prompt must not be empty")
-    started = time.perf_counter()
-    device = target.lm_head.weight.device
-    limit = vocab_limit or min(target.config.vocab_size, draft.config.vocab_size)
-    t_cache, d_cache = SlotKVCache(target, 1), SlotKVCache(draft, 1)
-    max_len = min(t_cache.max_len, d_cache.max_len)
-    tokens = [int(i) for i in prompt_ids]
-    n_prompt = len(tokens)
-    if n_prompt >= max_len:
-        raise ValueError(f"prompt of {n_prompt} tokens leaves no room in a context of {max_len}")
+def load_draft(path, tokenizer, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A draft model dir for a target whose tokenizer is ``tokenizer``: refused, naming the dir, when its
+    tokenizer differs (its guesses would be token ids of another vocabulary)."""
+    from groundup.model.io import load_model_dir
 
-    def run(model, cache, ids: list[int], start: int, all_positions: bool = False) -> torch.Tensor:
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        logits = forward_rows(model, cache, idx, 0, torch.tensor([start], device=device), all_positions=all_positions)
-        return logits[0, ..., :limit]
-
-    t_pos = d_pos = 0  # positions each cache holds; the tokens after them are still to be fed
-    rounds = proposed = accepted = 0
-    while len(tokens) - n_prompt < max_new_tokens:
-        room = min(max_len - len(tokens), max_new_tokens - (len(tokens) - n_prompt))
-        kk = min(k, room - 1) if room > 1 else 0
-        guesses: list[int] = []
-        if kk > 0:  # the draft guesses kk tokens
-            logits = run(draft, d_cache, tokens[d_pos:], d_pos)
-            d_pos = len(tokens)
-            guesses.append(int(logits.argmax()))
-            while len(guesses) < kk:
-                logits = run(draft, d_cache, [guesses[-1]], d_pos)
-                d_pos += 1
-                guesses.append(int(logits.argmax()))
-        # the target scores the pending tokens and every guess in one forward
-        base = len(tokens)
-        logits = run(target, t_cache, tokens[t_pos:] + guesses, t_pos, all_positions=True)  # (T, V)
-        choices = logits[base - 1 - t_pos :].argmax(-1).tolist()  # target's token after each prefix
-        n_ok = 0
-        while n_ok < len(guesses) and guesses[n_ok] == choices[n_ok]:
-            n_ok += 1
-        new = guesses[:n_ok] + [choices[n_ok]]
-        rounds += 1
-        proposed += len(guesses)
-        accepted += n_ok
-        t_pos = base + n_ok
-        d_pos = min(d_pos, base + n_ok)
-        for token in new:
-            tokens.append(token)
-            if token == eos_id or len(tokens) - n_prompt >= max_new_tokens:
-                return SpeculativeResult(tokens[n_prompt:], rounds, proposed, accepted, time.perf_counter() - started)
-        if len(tokens) >= max_len:
-            break
-    return SpeculativeResult(tokens[n_prompt:], rounds, proposed, accepted, time.perf_counter() - started)
+    draft, draft_tokenizer = load_model_dir(path, device=device)
+    if _tokenizer_spec(draft_tokenizer) != _tokenizer_spec(tokenizer):
+        raise ValueError(f"draft model {path} does not share the target's tokenizer (its tokenizer.json differs): "
+                         f"speculative decoding needs the same vocabulary")
+    return draft

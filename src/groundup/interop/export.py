@@ -26,7 +26,7 @@ VERIFY_TEXTS = [
 _HF_DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "float16": "float16", "fp16": "float16",
               "f16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _GGUF_DTYPES = {"f32": "f32", "float32": "f32", "fp32": "f32", "f16": "f16", "float16": "f16", "fp16": "f16",
-                "q8_0": "q8_0"}
+                "q8_0": "q8_0", "q4_0": "q4_0"}
 
 
 @dataclass(kw_only=True)

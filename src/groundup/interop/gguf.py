@@ -10,7 +10,8 @@ through ``gguf``'s own HF -> GGUF name map, the route llama.cpp's ``convert_hf_t
   groundup has none; grouped k/v heads repeated, as for HF).
 
 1-D tensors (norms, biases) stay float32, as in the converter; 2-D ones take the chosen type: f32, f16,
-or q8_0 (quantized by ``gguf.quants``; a tensor whose rows are not a multiple of 32 stays f16).
+q8_0 or q4_0 (quantized by ``gguf.quants``; a tensor whose rows are not a multiple of 32 stays f16). With
+q4_0 the embedding and the output head are q8_0, as llama.cpp's own quantizer keeps them at a higher type.
 
 The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model = "gpt2"``) with an
 explicit pre-tokenizer type naming the split regex, the tokens by id (padding rows of a model vocabulary
@@ -43,7 +44,7 @@ from groundup.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-GGUF_DTYPES = ("f32", "f16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
 # Split regexes llama.cpp knows by name (its LLAMA_VOCAB_PRE_TYPE_*): groundup's two named patterns.
 # groundup's gpt4 pattern (cl100k without its `\s++$` branch) splits as Llama 3's ("llama-bpe") does.
 _PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
@@ -150,14 +151,20 @@ def model_from_gguf_state(tensors: dict[str, torch.Tensor], config: ModelConfig)
     return model.eval()
 
 
-def _encode_tensor(tensor: torch.Tensor, dtype: str):
-    """numpy data and GGML type for one tensor: 1-D stays f32; q8_0 needs rows divisible by its block (32)."""
+_HIGHER_TYPE = ("token_embd.weight", "output.weight")
+"""Tensors a q4_0 file keeps at q8_0."""
+
+
+def _encode_tensor(tensor: torch.Tensor, dtype: str, name: str = ""):
+    """numpy data and GGML type for one tensor: 1-D stays f32; q8_0 and q4_0 need rows divisible by their
+    block (32)."""
     gguf = _gguf()
     array = tensor.numpy().astype(np.float32)
     if array.ndim == 1 or dtype == "f32":
         return array, gguf.GGMLQuantizationType.F32
-    if dtype == "q8_0":
-        qtype = gguf.GGMLQuantizationType.Q8_0
+    if dtype in ("q8_0", "q4_0"):
+        quantized = dtype == "q8_0" or name in _HIGHER_TYPE
+        qtype = gguf.GGMLQuantizationType.Q8_0 if quantized else gguf.GGMLQuantizationType.Q4_0
         block = gguf.GGML_QUANT_SIZES[qtype][0]
         if array.shape[-1] % block == 0:
             return gguf.quants.quantize(array, qtype), qtype
@@ -165,11 +172,11 @@ def _encode_tensor(tensor: torch.Tensor, dtype: str):
     return array.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
-def expected_readback(tensor: torch.Tensor, dtype: str) -> np.ndarray:
-    """What a tensor written at ``dtype`` reads back as (f32 / f16 rounding / q8_0 round trip), as float32."""
+def expected_readback(tensor: torch.Tensor, dtype: str, name: str = "") -> np.ndarray:
+    """What a tensor written at ``dtype`` reads back as (f32 / f16 rounding / q8_0, q4_0 round trip), as float32."""
     gguf = _gguf()
-    data, qtype = _encode_tensor(tensor, dtype)
-    if qtype == gguf.GGMLQuantizationType.Q8_0:
+    data, qtype = _encode_tensor(tensor, dtype, name)
+    if qtype in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
         return gguf.quants.dequantize(data, qtype)
     return data.astype(np.float32)
 
@@ -242,7 +249,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype])
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
     writer.add_block_count(config.n_layer)
@@ -256,7 +263,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
         writer.add_layer_norm_rms_eps(config.norm_eps)
     else:
         writer.add_layer_norm_eps(config.norm_eps)
-    if dtype == "q8_0":
+    if dtype in ("q8_0", "q4_0"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     writer.add_tokenizer_model("gpt2")
@@ -278,7 +285,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
         writer.add_chat_template(chat_template)
 
     for tensor_name, tensor in gguf_state_dict(model).items():
-        data, qtype = _encode_tensor(tensor, dtype)
+        data, qtype = _encode_tensor(tensor, dtype, tensor_name)
         writer.add_tensor(tensor_name, data, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -419,7 +426,7 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     for name, tensor in source.items():
         if name not in tensors:
             continue
-        want = expected_readback(tensor, dtype)
+        want = expected_readback(tensor, dtype, name)
         got = tensors[name]
         if got.shape != want.shape:
             problems.append(f"tensor {name}: shape {got.shape}, expected {want.shape}")
@@ -442,7 +449,7 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
             scale = max(scale, reference.abs().max().item())
     # 16-bit and 8-bit weights shift logits in proportion to their size: judge those relative to the largest.
     relative = worst / max(scale, 1.0)
-    default_tolerance = {"f32": 1e-4, "f16": 2e-2, "q8_0": 2e-1}[dtype]
+    default_tolerance = {"f32": 1e-4, "f16": 2e-2, "q8_0": 2e-1, "q4_0": 5e-1}[dtype]
     tolerance = default_tolerance if tolerance is None else tolerance
     measured = worst if dtype == "f32" else relative
     if not measured <= tolerance:

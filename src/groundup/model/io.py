@@ -27,6 +27,7 @@ from groundup.artifacts import (
     write_manifest,
 )
 from groundup.model.config import ModelConfig
+from groundup.model.quant import QUANT_FILE, QuantConfig, quantized_layers, tie_quantized_head
 from groundup.model.transformer import Transformer, finish_meta_load
 
 
@@ -67,8 +68,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
 def save_model_weights(model, path: str | Path) -> Path:
     """Write a model's weights as safetensors; a tied output head is stored once (as the embedding)."""
     state = model.state_dict()
-    if getattr(model.config, "tie_embeddings", False):
-        state.pop("lm_head.weight", None)
+    if getattr(model.config, "tie_embeddings", False):  # the head's tensors are the embedding's
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     return save_safetensors(state, path, metadata={"format": "pt", "groundup_version": __version__})
 
 
@@ -83,7 +84,7 @@ def load_model_weights(model, path: str | Path) -> None:
         raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
     expected = model.state_dict()
     if getattr(model.config, "tie_embeddings", False):
-        expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
+        expected = {k: v for k, v in expected.items() if not k.startswith("lm_head.")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -97,10 +98,11 @@ def load_model_weights(model, path: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected {unexpected[:5]}")
         raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts))
-    if model.lm_head.weight.is_meta:  # built on the meta device: take the file's tensors, no copy
-        dtype = model.lm_head.weight.dtype  # as a model built for real would hold them (float32)
+    if model.final_norm.weight.is_meta:  # built on the meta device: take the file's tensors, no copy
+        dtype = model.final_norm.weight.dtype  # as a model built for real would hold them (float32)
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
+        tie_quantized_head(model)
         finish_meta_load(model, str(path))
     else:
         model.load_state_dict(state, strict=False)
@@ -130,6 +132,9 @@ def save_model_dir(out: str | Path, model, *, tokenizer_file: str | Path, stage:
             shutil.copyfile(template, out / "chat_template.jinja")
     with open(out / "train.yaml", "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f, sort_keys=False)
+    quant = getattr(model, "quantization", None)
+    if quant is not None:
+        write_json(out / QUANT_FILE, quant.as_dict())
     (out / "metrics.jsonl").touch()
     write_manifest(out, stage=stage, config=config, inputs=inputs, extra=extra)
     return out
@@ -144,12 +149,29 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise ValueError(f"{path / 'config.json'}: not a groundup model config ({e})") from e
 
 
+def read_quantization(path: str | Path) -> QuantConfig | None:
+    """The model dir's quantization (its quantization.json), or None for full-precision weights."""
+    file = Path(path) / QUANT_FILE
+    if not file.is_file():
+        return None
+    try:
+        return QuantConfig(**read_json(file))
+    except TypeError as e:
+        raise ValueError(f"{file}: not a groundup quantization file ({e})") from e
+
+
 def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu"):
-    """Load a model dir: returns ``(model, tokenizer)``, the model in eval mode on ``device`` ('auto' allowed)."""
+    """Load a model dir: returns ``(model, tokenizer)``, the model in eval mode on ``device`` ('auto' allowed).
+
+    A quantized dir (``quantization.json``) gives a model whose linear layers are int8 or int4 (inference
+    only; ``model.quantization`` says how)."""
     from groundup.tokenizer import Tokenizer
 
     path = require_files(path, {"model.safetensors", "config.json", "tokenizer.json"}, "model dir")
     with torch.device("meta"):  # no random initialization: every weight comes from the file
         model = Transformer(read_model_config(path))
+    quant = read_quantization(path)
+    if quant is not None:
+        quantized_layers(model, quant)
     load_model_weights(model, path / "model.safetensors")
     return model.to(resolve_device(device)).eval(), Tokenizer.from_file(path / "tokenizer.json")

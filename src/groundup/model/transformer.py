@@ -8,6 +8,7 @@ activation checkpointing and compilation are applied from outside.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -50,29 +51,42 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-class KVCache(nn.Module):
-    """Keys and values of past positions for one layer, preallocated to ``max_len``: (B, nkv, max_len, hd)."""
+class KVCacheStep(Protocol):
+    """The KV cache as one forward sees it (``groundup.infer`` keeps the storage and schedules the slots).
 
-    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | None = None) -> None:
-        super().__init__()
-        shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    ``positions`` (B, T) is each token's position in its sequence. ``update(layer, k, v)`` stores this
+    forward's keys and values (B, nkv, T, hd) for ``layer`` and returns the keys and values each row may
+    attend to, (B, nkv, L, hd), with the mask (B, 1, T, L) of the ones each query sees.
+    """
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``, ``v`` (B, nkv, T, hd) at positions ``start..start+T`` and return everything up to there."""
-        end = start + k.shape[2]
-        if end > self.k.shape[2]:
-            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked to write up to {end}")
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    positions: torch.Tensor
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd), masked) v for q (B, nh, T, hd), k and v (B, nkv, L, hd), mask (B, 1, T, L).
+
+    Written out rather than ``scaled_dot_product_attention``, whose CPU kernel splits its work by batch
+    size: here every (row, key/value head) pair is its own matrix product, so a row's result does not depend
+    on the other rows of the batch, and a query scored alone or beside others gets the same bits. The
+    query heads that share a key/value head are stacked as rows of one product instead of copying the keys.
+    """
+    B, nh, T, hd = q.shape
+    nkv = k.shape[1]
+    g = nh // nkv
+    q = q.reshape(B, nkv, g * T, hd)  # rows (group, t) of each key/value head
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # (B, nkv, g*T, L)
+    if g > 1:
+        mask = mask.repeat(1, 1, g, 1)  # (B, 1, g*T, L), rows in (group, t) order
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).view(B, nh, T, hd)
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         # One fused projection: a single matmul for queries, keys and values.
@@ -80,9 +94,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCacheStep | None = None) -> torch.Tensor:
         B, T, C = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split((nh * hd, nkv * hd, nkv * hd), dim=-1)
@@ -90,26 +104,18 @@ class Attention(nn.Module):
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
-            cos, sin = rope[0][start : start + T], rope[1][start : start + T]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-
-        mask, is_causal = None, T > 1
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T, hd)
-            if start > 0 and T > 1:
-                # A chunk after a cached prefix: query i (at start+i) sees keys 0..start+i.
-                is_causal = False
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            elif T == 1:
-                is_causal = False  # one new token attends to every cached position
-        if nkv != nh:
-            # Grouped-query attention: each key/value head serves nh // nkv query heads.
-            k = k.repeat_interleave(nh // nkv, dim=1)
-            v = v.repeat_interleave(nh // nkv, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, nh, T, hd)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v, mask = cache.update(self.layer, k, v)  # (B, nkv, L, hd), (B, 1, T, L)
+            y = masked_attention(q, k, v, mask)
+        else:
+            if nkv != nh:
+                # Grouped-query attention: each key/value head serves nh // nkv query heads.
+                k = k.repeat_interleave(nh // nkv, dim=1)
+                v = v.repeat_interleave(nh // nkv, dim=1)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=T > 1, dropout_p=self.attention_dropout if self.training else 0.0,
+            )  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)
         return self.resid_dropout(self.proj(y))
 
@@ -135,15 +141,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = make_norm(config)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer)
         self.mlp_norm = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, start)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCacheStep | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache)
         x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -155,7 +162,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -191,41 +198,38 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Final-normalized hidden states (B, T, C) for token ids ``idx`` (B, T) at positions start..start+T."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCacheStep | None = None) -> torch.Tensor:
+        """Final-normalized hidden states (B, T, C) for token ids ``idx`` (B, T).
+
+        Without ``cache`` the tokens are positions 0..T-1 of each sequence (training, scoring). With one,
+        each token is at its own position ``cache.positions`` (B, T), and attends to the keys and values the
+        cache holds for its sequence (prefill, decoding, speculative verification).
+        """
         B, T = idx.shape
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} positions exceeds block_size {self.config.block_size}")
+        positions = None if cache is None else cache.positions  # (B, T)
+        if cache is None and idx.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of {T} positions exceeds block_size {self.config.block_size}")
         x = self.tok_embeddings(idx)  # (B, T, C)
         if self.pos_embeddings is not None:
-            x = x + self.pos_embeddings(torch.arange(start, start + T, device=idx.device))
+            x = x + self.pos_embeddings(torch.arange(T, device=idx.device) if positions is None else positions)
         x = self.dropout(x)
-        rope = (self.rope_cos, self.rope_sin) if self.config.position == "rope" else None
+        rope = None
+        if self.config.position == "rope":
+            if positions is None:
+                rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, hd)
+            else:
+                rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
         for block in self.blocks:
-            x = block(x, rope, start)
+            x = block(x, rope, cache)
         return self.final_norm(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCacheStep | None = None) -> torch.Tensor:
         """Logits (B, T, V) or, given ``targets`` (B, T) with -100 for ignored positions, the mean loss."""
-        h = self.hidden_states(idx, start)  # (B, T, C)
+        h = self.hidden_states(idx, cache)  # (B, T, C)
         if targets is None:
             return self.lm_head(h)
         return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
-
-    # ------------------------------------------------------------------ inference helpers
-
-    def setup_kv_cache(self, batch_size: int, max_len: int | None = None,
-                       dtype: torch.dtype | None = None) -> None:
-        """Give every attention layer a fresh cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
-        max_len = min(max_len or self.config.block_size, self.config.block_size)
-        ref = self.lm_head.weight
-        for block in self.blocks:
-            block.attn.kv_cache = KVCache(batch_size, self.config.kv_heads, max_len, self.config.head_dim,
-                                          dtype or ref.dtype, ref.device)
-
-    def clear_kv_cache(self) -> None:
-        for block in self.blocks:
-            block.attn.kv_cache = None
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once

@@ -31,9 +31,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from groundup.infer.engine import Engine, Event, GrammarFactory, TokenLogprob, percentile
+from groundup.infer.engine import Engine, Event, TokenLogprob, percentile
 from groundup.infer.engine import Request as EngineRequest
 from groundup.infer.sampling import SamplingParams
+from groundup.infer.structured import GrammarFactory
 from groundup.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

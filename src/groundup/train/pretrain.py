@@ -14,7 +14,7 @@ import torch
 
 from groundup import config as configlib
 from groundup.artifacts import find_tokenizer_file, read_json, require_files
-from groundup.evaluate.perplexity import token_nll
+from groundup.evaluate.lm import score_shard
 from groundup.model.config import ModelConfig
 from groundup.model.io import resolve_device, save_model_dir
 from groundup.model.transformer import Transformer
@@ -72,7 +72,8 @@ class Config:
     eval_windows: int = 32
     """Held-out windows scored at each periodic evaluation (the final evaluation scores all of val.bin)."""
     final_eval_stride: int | None = None
-    """Stride of the final held-out evaluation's sliding windows (default: half the sequence length)."""
+    """Tokens predicted per rolling window of the final held-out evaluation after the first (default: the
+    model's block_size, lm-evaluation-harness's disjoint windows; `groundup evaluate`'s --stride)."""
     eval_tasks: list[str] | str = field(default_factory=list)
     """Task files scored at each periodic evaluation (`groundup evaluate`'s formats, a list or comma-separated),
     logged in metrics.jsonl as eval/<task>/<metric>."""
@@ -174,6 +175,10 @@ def run(cfg: Config) -> Path:
         return _model(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
 
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
+    eos_id = meta.get("eos_id")
+    if eos_id is None:
+        raise ValueError(f"{tokens_dir / 'meta.json'}: no eos_id (documents cannot be told apart for scoring); "
+                         f"re-run `groundup tokenize`")
     val_token_count = len(val_tokens)
 
     task_eval = None
@@ -185,12 +190,13 @@ def run(cfg: Config) -> Path:
 
     def evaluate(_model) -> dict[str, float]:
         # Every rank scores the same windows: FSDP and TP need all ranks in each forward.
-        nll = token_nll(_model, val_tokens, seq_len=seq_len, batch_size=cfg.batch_size,
-                        max_windows=cfg.eval_windows or None, device=device)
-        result = {"val_loss": round(nll.loss, 6)}
+        sample = score_shard(_model, val_tokens, eos_id, batch_size=cfg.batch_size,
+                             max_windows=cfg.eval_windows or None, device=device)
+        loss = -sample.loglikelihood / max(sample.tokens, 1)
+        result = {"val_loss": round(loss, 6)}
         if val_bytes:
             # Bytes per token of the whole held-out split converts the sample's loss into bits per byte.
-            result["val_bits_per_byte"] = round(nll.loss / math.log(2) * val_token_count / val_bytes, 6)
+            result["val_bits_per_byte"] = round(loss / math.log(2) * val_token_count / val_bytes, 6)
         if task_eval is not None:
             result.update(task_eval(_model))
         return result
@@ -208,14 +214,14 @@ def run(cfg: Config) -> Path:
 
     model.eval()
     with torch.no_grad(), autocast_for(device, cfg.precision)():
-        final = token_nll(model, val_tokens, seq_len=seq_len, stride=cfg.final_eval_stride or max(seq_len // 2, 1),
-                          batch_size=cfg.batch_size, device=device)
+        final = score_shard(model, val_tokens, eos_id, n_bytes=val_bytes, stride=cfg.final_eval_stride,
+                            batch_size=cfg.batch_size, device=device)
     summary = {
         "steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
         "stopped_by": result.stopped_by, "parameters": n_params, "peak_flops": peak_flops,
         "flops_per_token": token_flops,
-        "held_out_loss": final.loss, "held_out_tokens": final.tokens,
-        "held_out_bits_per_byte": final.bits_per_byte(val_bytes) if val_bytes else None,
+        "held_out_loss": -final.loglikelihood / max(final.tokens, 1), "held_out_tokens": final.tokens,
+        "held_out_bits_per_byte": final.metrics()["bits_per_byte"] if val_bytes else None,
     }
     log.info("pretrain done: %s", summary)
     final_model = gather_full_model(model, model_cfg) if parallel.distributed else base.cpu()

@@ -1,0 +1,97 @@
+"""The one decode step: the model's own forward over rows of a slot KV cache.
+
+Every inference path runs through :class:`Decoder`: ``groundup generate`` and ``chat``, the server's
+engine, speculative decoding (draft guesses and target verification), evaluation's generation tasks.
+The model computes (``Transformer.hidden_states`` with a ``KVCacheStep``); this module decides the
+weights' layout on the device, keeps the cache, and pads batches so that rows are computed alike.
+
+- :meth:`Decoder.prefill` runs one sequence's tokens into its slot, from a position on.
+- :meth:`Decoder.rows` runs single tokens of many sequences, each at its own position in its own slot:
+  a decode step, or a speculative verification (several rows of one slot).
+
+Rows of a step are padded to what :func:`~groundup.infer.weights.row_padding` found the weights' kernels
+need (padding rows write into the cache's scratch slot), so a row's logits do not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from groundup.infer.kv_cache import SlotKVCache
+from groundup.infer.weights import PADDINGS, decode_view, default_layout, row_padding
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced or modified in place (an optimizer step, a load)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def cached_view(model: nn.Module, layout: str = "auto") -> tuple[nn.Module, str]:
+    """``(decode_view(model, layout), row_padding(view))``, reused while the model's weights stay the same.
+
+    Packing the weights and probing the kernels cost more than a short generation: a caller that generates
+    many times from one model (samples after training, an evaluation's generation tasks) pays once.
+    """
+    layout = default_layout(model) if layout == "auto" else layout
+    key = (layout, _weights_key(model))
+    entry = _VIEWS.get(model, {}).get(key[0])
+    if entry is not None and entry[0] == key:
+        return entry[1], entry[2]
+    view = decode_view(model, layout)
+    padding = row_padding(view)
+    _VIEWS.setdefault(model, {})[layout] = (key, view, padding)
+    return view, padding
+
+
+class Decoder:
+    """A model ready to decode: its weights in the device's layout and a KV cache of ``num_slots`` sequences.
+
+    ``padding`` overrides the probed row padding ('none' gives up batch invariance for a single row's speed).
+    """
+
+    def __init__(self, model: nn.Module, *, num_slots: int, max_len: int | None = None, layout: str = "auto",
+                 padding: str | None = None) -> None:
+        self.model = model
+        self.config = model.config
+        self.view, probed = cached_view(model, layout)
+        self.padding = padding or probed
+        if self.padding not in PADDINGS:
+            raise ValueError(f"unknown row padding {self.padding!r}; known: {', '.join(PADDINGS)}")
+        self.pad_rows = PADDINGS[self.padding]
+        ref = next(model.parameters())
+        self.device = ref.device
+        with torch.inference_mode():
+            self.cache = SlotKVCache(self.config, num_slots, max_len, dtype=ref.dtype if ref.is_floating_point()
+                                     else torch.float32, device=self.device)
+        self.max_len = self.cache.max_len
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, *,
+                all_positions: bool = False) -> torch.Tensor:
+        """Logits of the last position of each row (B, V), or of every position (B, T, V)."""
+        step = self.cache.step(slots, positions)
+        h = self.view.hidden_states(tokens, step)  # (B, T, C)
+        return self.view.lm_head(h if all_positions else h[:, -1])
+
+    def prefill(self, slot: int, ids: list[int], start: int = 0, *, all_positions: bool = False) -> torch.Tensor:
+        """Run ``ids`` at positions ``start..`` of ``slot``: logits of the last token (V,), or of each (T, V)."""
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + len(ids), device=self.device)[None]
+        slots = torch.tensor([slot], device=self.device)
+        return self.forward(tokens, slots, positions, all_positions=all_positions)[0]
+
+    def rows(self, slots: list[int], positions: list[int], tokens: list[int]) -> torch.Tensor:
+        """One token per row at its own (slot, position); logits (n, V). Rows of one slot are consecutive
+        positions of one sequence (speculative verification): each sees the keys of those before it."""
+        n = len(tokens)
+        padded = self.pad_rows(n)
+        scratch = self.cache.scratch
+        slot_t = torch.tensor(slots + [scratch] * (padded - n), device=self.device)
+        position_t = torch.tensor(positions + [0] * (padded - n), device=self.device)[:, None]
+        token_t = torch.tensor(tokens + [0] * (padded - n), dtype=torch.long, device=self.device)[:, None]
+        return self.forward(token_t, slot_t, position_t)[:n]

@@ -1,0 +1,95 @@
+"""The KV cache of the inference engine: one preallocated slot per sequence, rows at their own positions.
+
+A forward pass (prefill, a decode step, a speculative verification) runs rows of tokens; each row names
+the slot of its sequence and each token its position there. :meth:`SlotKVCache.step` gives the model a
+view of the cache for that forward (:class:`CacheStep`, the ``KVCacheStep`` the model's attention
+calls): per layer it writes every row's keys and values at their positions, then hands each row the keys
+of its own slot up to the longest row's length, with a mask of the ones each query may see (its own
+sequence up to its own position).
+
+Several rows may name one slot: a speculative verification runs the k + 1 positions it checks as k + 1
+rows of one token each, so that each is computed exactly as a decode step computes it (every write of a
+layer lands before that layer's reads, so a row sees the keys of the rows before it). Positions past a
+sequence's length hold stale values of an earlier owner; the mask never lets them in.
+
+Keys are read up to a length rounded up to a multiple of ``KEY_BLOCK``: a masked key contributes an exact
+zero, so the rounding does not change a row's result, and the shapes a decode step sees change only every
+``KEY_BLOCK`` tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from groundup.model.config import ModelConfig
+
+KEY_BLOCK = 64
+"""Keys are read up to the longest row's length rounded up to this multiple."""
+
+
+class SlotKVCache:
+    """Keys and values of ``num_slots`` sequences, plus one scratch slot: (n_layer, slots + 1, nkv, max_len, hd).
+
+    The scratch slot (index ``num_slots``) takes the writes of padding rows (see the engine's batch
+    invariance), so that they never touch a sequence's keys.
+    """
+
+    def __init__(self, config: ModelConfig, num_slots: int, max_len: int | None = None, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        if num_slots < 1:
+            raise ValueError(f"a KV cache needs at least one slot, got {num_slots}")
+        self.max_len = min(max_len or config.block_size, config.block_size)
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.num_slots = num_slots
+        self.scratch = num_slots
+        shape = (config.n_layer, num_slots + 1, config.kv_heads, self.max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` positions of slot ``source`` into slot ``target`` (a shared prompt)."""
+        with torch.inference_mode():
+            self.k[:, target, :, :length] = self.k[:, source, :, :length]
+            self.v[:, target, :, :length] = self.v[:, source, :, :length]
+
+    def step(self, slots: torch.Tensor, positions: torch.Tensor) -> CacheStep:
+        """The cache as a forward of tokens at ``positions`` (B, T) in ``slots`` (B,) sees it."""
+        top = int(positions.max())
+        if top >= self.max_len:
+            raise ValueError(f"position {top} is past the KV cache's {self.max_len} positions")
+        return CacheStep(self, slots, positions, min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.max_len))
+
+
+class CacheStep:
+    """One forward's view of a :class:`SlotKVCache` (the model's ``KVCacheStep``)."""
+
+    def __init__(self, cache: SlotKVCache, slots: torch.Tensor, positions: torch.Tensor, key_len: int) -> None:
+        self.cache = cache
+        self.positions = positions  # (B, T)
+        self.key_len = key_len
+        B = slots.shape[0]
+        first = int(slots[0])
+        # Rows in consecutive slots read their keys through a view; otherwise (rows sharing a slot, or slots
+        # out of order) through a gather.
+        self._range = (first, first + B) if torch.equal(slots, torch.arange(first, first + B, device=slots.device)) \
+            else None
+        self._slots = slots
+        self._write_rows = slots[:, None]  # (B, 1), broadcast against positions (B, T)
+        keys = torch.arange(key_len, device=positions.device)
+        self.mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, L)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (S, nkv, max_len, hd)
+        # (B, T) index pairs select (B, T, nkv, hd) places: the new keys in (B, T, nkv, hd) layout
+        cache_k[self._write_rows, :, self.positions] = k.transpose(1, 2)
+        cache_v[self._write_rows, :, self.positions] = v.transpose(1, 2)
+        L = self.key_len
+        if self._range is not None:
+            lo, hi = self._range
+            return cache_k[lo:hi, :, :L], cache_v[lo:hi, :, :L], self.mask
+        return cache_k[self._slots, :, :L], cache_v[self._slots, :, :L], self.mask

@@ -1,0 +1,44 @@
+"""Weight-only quantized products on the CPU: groundup's AVX2 kernels (``csrc/woq.cpp``), built on first use.
+
+PyTorch's own CPU kernels for weight-only int8 and int4 (``_weight_int8pack_mm``,
+``_weight_int4pack_mm_for_cpu``) run slower than a float32 product on the AVX2 and AVX-512 machines
+these were measured on (``benchmarks/quantize_decode.py``), which defeats their purpose. The kernels here
+read each weight byte once and convert it in registers, which is what a memory-bound decode step needs.
+
+They are compiled with ``torch.utils.cpp_extension`` the first time a quantized model runs on the CPU
+(a C++ compiler and ninja are needed; about half a minute, cached afterwards in torch's extension
+folder). Where that fails, or the CPU lacks AVX2, :func:`woq` returns None and the quantized layers use
+PyTorch's kernels, with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "woq.cpp"
+
+
+@functools.cache
+def woq():
+    """The compiled kernels module (``int8_mm``, ``int4_mm``), or None where they cannot be built here."""
+    if os.environ.get("GROUNDUP_WOQ_KERNELS", "1") == "0":
+        return None
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        log.warning("this CPU has no AVX2: quantized layers use PyTorch's slower weight-only kernels")
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(name="groundup_woq", sources=[str(SOURCE)], verbose=False,
+                    extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"])
+    except Exception as e:  # no compiler, no ninja, a failed build
+        log.warning("could not build groundup's quantized CPU kernels (%s): using PyTorch's slower ones",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
