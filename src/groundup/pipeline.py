@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import read_json, read_manifest, write_json
+from groundup.artifacts import prepare_out, read_json, read_manifest, write_json
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
 from groundup.model.io import resolve_device
@@ -66,6 +66,14 @@ class Config:
     """Pretrain stage settings (its tokens and out are set by the run)."""
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     """Samples written at the end."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier run (entries with a run dir's names are replaced,
+    nothing else is removed; `out` may never hold or lie inside `data`)."""
+
+
+RUN_DIR_NAMES = ("recipe.yaml", "tokenizer", "tokens", "model", "samples.jsonl", "loss.png", "summary.json",
+                 "report.html", ".*.tmp")
+"""What ``groundup run`` writes into its run dir (which has no manifest of its own)."""
 
 
 def recipe_path(recipe: str) -> Path:
@@ -182,6 +190,8 @@ def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, flo
 
 def run(cfg: Config) -> Path:
     out = Path(cfg.out or Path("runs") / Path(cfg.recipe).stem)
+    prepare_out(out, stage="run", inputs=[None if cfg.data == STDLIB else cfg.data], overwrite=cfg.overwrite,
+                unfinished=RUN_DIR_NAMES)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     tokenizer_cfg = dataclasses.replace(cfg.tokenizer, data=cfg.data, out=out / "tokenizer",

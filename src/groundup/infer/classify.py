@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from groundup.artifacts import first_record_has, prepare_out
 from groundup.finetune.classify import classify_texts, load_classifier_dir
 from groundup.finetune.data import DataStats, read_jsonl
 
@@ -33,6 +34,8 @@ class Config:
     """Texts per forward pass."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'cuda:N'."""
+    overwrite: bool = False
+    """Replace an existing `out` file that is not an earlier output of this command (never an input file)."""
 
 
 def _text_record(obj: dict) -> dict:
@@ -42,6 +45,9 @@ def _text_record(obj: dict) -> dict:
 
 
 def run(cfg: Config) -> Path | None:
+    if cfg.out:
+        prepare_out(cfg.out, stage="classify", inputs=[cfg.model, cfg.input], overwrite=cfg.overwrite,
+                    written_by=lambda path: first_record_has(path, {"label", "probabilities"}))
     records = [{"text": t} for t in cfg.text or []]
     if cfg.input:
         records += read_jsonl(cfg.input, _text_record, DataStats())
