@@ -12,6 +12,7 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -84,45 +85,129 @@ class JsonlStats:
     """The file ended in an unfinished line (a writer stopped mid-line); it was skipped and counted."""
     examples: list[str] = field(default_factory=list)
     """``path:line: reason`` of the first skipped lines."""
+    on_skip: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
+    """Called with ``(path:line, reason)`` of each skipped line as it is met (a stage's own counts)."""
 
     def skip(self, where: str, reason: str) -> None:
         self.skipped += 1
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {reason}")
+        if self.on_skip is not None:
+            self.on_skip(where, reason)
+
+    def warn(self, log: logging.Logger) -> None:
+        """Log what was skipped, for a reader whose output has no place to count it."""
+        if self.skipped:
+            log.warning("%d bad JSONL line(s) skipped: %s%s", self.skipped, "; ".join(self.examples[:3]),
+                        " ..." if self.skipped > 3 else "")
+
+
+class JsonlError(ValueError):
+    """A bad line of a JSONL file read strictly; the message is ``path:line: reason``."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+def parse_jsonl_line(raw: bytes, *, objects: bool = True) -> tuple[Any, str | None]:
+    """``(value, None)`` for a good JSONL line, ``(None, reason)`` for a bad one: the rules of every reader."""
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "invalid UTF-8"
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg})"  # no column: reasons are counted by their text
+    except RecursionError:
+        return None, "nested too deep"
+    if objects and not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def _open_jsonl(path: Path):
+    """The file's bytes; ``.gz`` files decompressed."""
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+
+
+def _skip_line(stats: JsonlStats, where: str, reason: str, raw: bytes) -> None:
+    torn = not raw.endswith(b"\n")  # only the last line can lack its newline
+    stats.torn_tail = stats.torn_tail or torn
+    stats.skip(where, reason + (" (an unfinished last line)" if torn else ""))
 
 
 def read_jsonl(path: str | Path, *, stats: JsonlStats | None = None, strict: bool = False,
                objects: bool = True) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line number, value)`` for each non-blank line of a JSONL file.
+    """Yield ``(line number, value)`` for each non-blank line of a JSONL file (``.gz`` too).
 
     A bad line (not JSON, invalid UTF-8, or not an object when ``objects``) is skipped and counted in
-    ``stats``, or with ``strict`` raises ValueError naming ``path:line``. An unfinished last line (no newline
-    and not JSON: a writer killed mid-line) is always skipped and counted, never raised: every reader of
-    files that a running or killed job appends to (metrics, samples) must survive it.
+    ``stats``, or with ``strict`` raises :class:`JsonlError` naming ``path:line``. An unfinished last line (no
+    newline and not JSON: a writer killed mid-line) is always skipped and counted, never raised: every reader
+    of files that a running or killed job appends to (metrics, samples) must survive it.
     """
     path = Path(path)
     stats = stats if stats is not None else JsonlStats()
-    with open(path, "rb") as f:
+    with _open_jsonl(path) as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             stats.lines += 1
-            try:
-                value = json.loads(raw.decode("utf-8"))
-                reason = None if not objects or isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
-            except UnicodeDecodeError as e:
-                reason = f"invalid UTF-8 at byte {e.start}"
-            except (json.JSONDecodeError, RecursionError) as e:
-                reason = f"not JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else "nested too deep"
+            value, reason = parse_jsonl_line(raw, objects=objects)
             if reason is None:
                 stats.records += 1
                 yield lineno, value
-                continue
-            torn = not raw.endswith(b"\n")
-            if strict and not torn:
-                raise ValueError(f"{path}:{lineno}: {reason}")
-            stats.torn_tail = stats.torn_tail or torn
-            stats.skip(f"{path}:{lineno}", reason + (" (an unfinished last line)" if torn else ""))
+            elif strict and raw.endswith(b"\n"):
+                raise JsonlError(f"{path}:{lineno}", reason)
+            else:
+                _skip_line(stats, f"{path}:{lineno}", reason, raw)
+
+
+def read_jsonl_batches(path: str | Path, *, stats: JsonlStats | None = None, objects: bool = True,
+                       batch_bytes: int = 8 << 20) -> Iterator[list[Any]]:
+    """The values of a JSONL file in lists of about ``batch_bytes`` of lines, by :func:`read_jsonl`'s rules
+    (bad lines skipped and counted in ``stats``, an unfinished last line too), for files of millions of
+    lines: a batch of good lines is parsed by one ``json.loads``, and only a batch holding a bad line is
+    parsed line by line."""
+    path = Path(path)
+    stats = stats if stats is not None else JsonlStats()
+    first = 1
+    with _open_jsonl(path) as f:
+        while lines := f.readlines(batch_bytes):
+            body = [raw for raw in lines if raw.strip()]
+            stats.lines += len(body)
+            values = _parse_batch(body, objects)
+            if values is None:
+                values = []
+                for offset, raw in enumerate(lines):
+                    if not raw.strip():
+                        continue
+                    value, reason = parse_jsonl_line(raw, objects=objects)
+                    if reason is None:
+                        values.append(value)
+                    else:
+                        _skip_line(stats, f"{path}:{first + offset}", reason, raw)
+            stats.records += len(values)
+            first += len(lines)
+            yield values
+
+
+def _parse_batch(body: list[bytes], objects: bool) -> list[Any] | None:
+    """Every line of ``body`` parsed by one ``json.loads``; None when some line is bad (or two halves of broken
+    lines joined into one value: the count of values must be the count of lines)."""
+    if not body:
+        return []
+    try:
+        values = json.loads(b"[" + b",".join(body) + b"]")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if len(values) != len(body) or (objects and not all(type(v) is dict for v in values)):
+        return None
+    return values
 
 
 def first_record_has(path: str | Path, keys: Collection[str]) -> bool:

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import prepare_out, read_json, read_manifest, write_json
+from groundup.artifacts import JsonlStats, prepare_out, read_json, read_jsonl, read_manifest, write_json
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
 from groundup.model.io import resolve_device
@@ -141,11 +141,10 @@ def is_up_to_date(out: Path, stage_config: dict) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
+    """The records of a ``metrics.jsonl``; bad lines (a torn last one) are skipped, counted and logged."""
+    stats = JsonlStats()
+    records = [record for _, record in read_jsonl(path, stats=stats)]
+    stats.warn(log)
     return records
 
 

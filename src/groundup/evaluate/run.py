@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from groundup import config as configlib
-from groundup.artifacts import prepare_out, write_json, write_manifest
+from groundup.artifacts import JsonlStats, prepare_out, read_jsonl, write_json, write_manifest
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
@@ -112,11 +112,11 @@ def _judge(cfg: Config, samples: list[dict], results: dict[str, dict[str, Any]])
     if cfg.judge.mode == "pairwise":
         if cfg.against is None:
             raise ValueError("pairwise judging needs `against`: the samples.jsonl of the other model")
-        with open(cfg.against, encoding="utf-8") as f:
-            for line in f:
-                s = json.loads(line)
-                if "prediction" in s and isinstance(s["prediction"], str):
-                    others[(s["task"], s["index"])] = s["prediction"]
+        stats = JsonlStats()
+        for _, s in read_jsonl(cfg.against, stats=stats, strict=True):
+            if "prediction" in s and isinstance(s["prediction"], str):
+                others[(s["task"], s["index"])] = s["prediction"]
+        stats.warn(log)
     by_task: dict[str, list[float]] = {}
     for s in samples:
         if not isinstance(s.get("prediction"), str) or "references" not in s:
