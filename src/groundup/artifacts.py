@@ -212,12 +212,14 @@ def _parse_batch(body: list[bytes], objects: bool) -> list[Any] | None:
 
 def first_record_has(path: str | Path, keys: Collection[str]) -> bool:
     """Whether the first record of the JSONL file ``path`` is an object holding ``keys`` (how a stage that
-    writes one JSONL file recognizes its earlier output)."""
+    writes one JSONL file recognizes its earlier output). Only the first line is read: the file may be large
+    and not JSONL at all."""
     try:
-        first = next(read_jsonl(path), None)
+        with _open_jsonl(Path(path)) as f:
+            value, reason = parse_jsonl_line(f.readline(1 << 20))
     except OSError:
         return False
-    return first is not None and set(keys) <= first[1].keys()
+    return reason is None and set(keys) <= value.keys()
 
 
 def write_manifest(out: str | Path, *, stage: str, config: dict, inputs: dict[str, str | Path] | None = None,

@@ -187,11 +187,17 @@ def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, flo
 # ---------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config) -> Path:
+def run_dir(cfg: Config) -> Path:
+    """The run dir, created once :func:`groundup.artifacts.prepare_out` allows it (an earlier run's is resumed)."""
     out = Path(cfg.out or Path("runs") / Path(cfg.recipe).stem)
     prepare_out(out, stage="run", inputs=[None if cfg.data == STDLIB else cfg.data], overwrite=cfg.overwrite,
                 unfinished=RUN_DIR_NAMES)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(cfg: Config) -> Path:
+    out = run_dir(cfg)
     timings: dict[str, float] = {}
     tokenizer_cfg = dataclasses.replace(cfg.tokenizer, data=cfg.data, out=out / "tokenizer",
                                         val_fraction=cfg.val_fraction)
