@@ -39,3 +39,19 @@ def spine_tokens(spine_corpus, spine_tokenizer, tmp_path_factory) -> Path:
     cfg = tokenize_stage.Config(data=str(spine_corpus), tokenizer=spine_tokenizer, workers=1,
                                 out=tmp_path_factory.mktemp("spine") / "tokens", val_fraction=SPINE_VAL_FRACTION)
     return tokenize_stage.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def spine_model(spine_tokenizer, tmp_path_factory) -> Path:
+    """A tiny random Llama-style model dir over the spine tokenizer."""
+    import torch
+
+    from groundup.model.config import ModelConfig
+    from groundup.model.io import save_model_dir
+    from groundup.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny-llama", n_layer=1, n_embd=32, n_head=4, n_kv_head=2,
+                                              vocab_size=320, block_size=64))
+    return save_model_dir(tmp_path_factory.mktemp("spine") / "model", model, tokenizer_file=spine_tokenizer,
+                          stage="test", config={})

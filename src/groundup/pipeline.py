@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import read_json, read_manifest, write_json
+from groundup.artifacts import JsonlStats, prepare_out, read_json, read_jsonl, read_manifest, write_json
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
 from groundup.model.io import resolve_device
@@ -82,6 +82,14 @@ class Config:
     """Pretrain stage settings (its tokens and out are set by the run)."""
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     """Samples written at the end."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier run (entries with a run dir's names are replaced,
+    nothing else is removed; `out` may never hold or lie inside `data`)."""
+
+
+RUN_DIR_NAMES = ("recipe.yaml", "tokenizer", "tokens", "model", "samples.jsonl", "loss.png", "summary.json",
+                 "report.html", ".*.tmp")
+"""What ``groundup run`` writes into its run dir (which has no manifest of its own)."""
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -114,11 +122,10 @@ def is_up_to_date(out: Path, stage_config: dict) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                records.append(json.loads(line))
+    """The records of a ``metrics.jsonl``; bad lines (a torn last one) are skipped, counted and logged."""
+    stats = JsonlStats()
+    records = [record for _, record in read_jsonl(path, stats=stats)]
+    stats.warn(log)
     return records
 
 
@@ -161,9 +168,17 @@ def plot_loss_curve(metrics: list[dict], path: Path, *, baselines: dict[str, flo
 # ---------------------------------------------------------------------------- the run
 
 
-def run(cfg: Config) -> Path:
+def run_dir(cfg: Config) -> Path:
+    """The run dir, created once :func:`groundup.artifacts.prepare_out` allows it (an earlier run's is resumed)."""
     out = Path(cfg.out or Path("runs") / Path(cfg.recipe).stem)
+    prepare_out(out, stage="run", inputs=[None if cfg.data == STDLIB else cfg.data], overwrite=cfg.overwrite,
+                unfinished=RUN_DIR_NAMES)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(cfg: Config) -> Path:
+    out = run_dir(cfg)
     timings: dict[str, float] = {}
     tokenizer_cfg = dataclasses.replace(cfg.tokenizer, data=cfg.data, out=out / "tokenizer",
                                         val_fraction=cfg.val_fraction)

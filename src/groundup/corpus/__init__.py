@@ -14,7 +14,6 @@ files. Unreadable records are skipped, counted and reported, never silently lost
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import sys
@@ -23,6 +22,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from groundup.artifacts import JsonlStats, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +140,18 @@ def parse_json_line(raw: bytes, text_field: str, stats: ReadStats, where: str) -
 
 
 def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            if not raw.strip():
-                continue
-            parsed = parse_json_line(raw, text_field, stats, where)
-            if parsed is None:
-                continue
-            stats.documents += 1
-            stats.bytes += len(raw)
-            yield Document(where, parsed[1])
+    """Documents of a JSONL(.gz) shard, read by :func:`groundup.artifacts.read_jsonl` (bad lines and an
+    unfinished last one skipped and counted in ``stats``)."""
+    lines = JsonlStats(on_skip=lambda where, reason: stats.skip(reason, where))
+    for lineno, record in read_jsonl(path, stats=lines):
+        where = f"{path}:{lineno}"
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            stats.skip(f"no string field {text_field!r}", where)
+            continue
+        stats.documents += 1
+        stats.bytes += len(text.encode("utf-8"))
+        yield Document(where, text)
 
 
 def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundup import config as configlib
-from groundup.artifacts import read_json, write_json, write_manifest
+from groundup.artifacts import prepare_out, read_json, write_json, write_manifest
 from groundup.curate import shards as shardlib
 from groundup.curate.dedup import DedupConfig, deduplicate
 from groundup.curate.executors import EXECUTORS, make_executor
@@ -79,6 +79,9 @@ class Config:
     """Write dropped documents with the step and reason that dropped them to dropped/."""
     keep_work: bool = False
     """Keep work/ (filtered shards, done-markers, duplicate lists) after a successful run."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier curate output (entries with this stage's names are
+    replaced, nothing else is removed; `out` may never hold or lie inside an input)."""
 
 
 def _check(cfg: Config) -> None:
@@ -214,9 +217,12 @@ def run(cfg: Config) -> Path:
     _check(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    files = list_inputs([cfg.input] if isinstance(cfg.input, str) else list(cfg.input), cfg.format)
+    specs = [cfg.input] if isinstance(cfg.input, str) else list(cfg.input)
+    files = list_inputs(specs, cfg.format)
     if not files:
         raise FileNotFoundError(f"no input files found in {cfg.input}")
+    prepare_out(out, stage="curate", inputs=[*specs, *files], overwrite=cfg.overwrite,
+                unfinished=("work", "shards", "dropped", "jsonl", "stats.json", "config.yaml", ".*.tmp"))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
 

@@ -27,6 +27,7 @@ reduction order along the hidden dimension. Tests check equality at batch sizes 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -295,7 +296,7 @@ def score_shard(model: nn.Module, tokens: np.ndarray, eos_id: int, *, n_bytes: i
 def read_documents(path: str | Path, *, text_field: str = "text") -> list[str]:
     """Documents of a text file (the whole file is one document), a JSONL file (one per line, its
     ``text_field``) or a folder of such files (sorted)."""
-    import json
+    from groundup.artifacts import JsonlStats, read_jsonl
 
     path = Path(path)
     if path.is_dir():
@@ -305,17 +306,12 @@ def read_documents(path: str | Path, *, text_field: str = "text") -> list[str]:
         return [doc for f in files for doc in read_documents(f, text_field=text_field)]
     if path.suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"{path}:{lineno}: no string field {text_field!r}")
-                docs.append(record[text_field])
+        stats = JsonlStats()
+        for lineno, record in read_jsonl(path, stats=stats, strict=True):
+            if not isinstance(record.get(text_field), str):
+                raise ValueError(f"{path}:{lineno}: no string field {text_field!r}")
+            docs.append(record[text_field])
+        stats.warn(logging.getLogger(__name__))
         return docs
     return [path.read_text(encoding="utf-8")]
 

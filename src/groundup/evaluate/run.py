@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from groundup import config as configlib
-from groundup.artifacts import write_json, write_manifest
+from groundup.artifacts import JsonlStats, prepare_out, read_jsonl, write_json, write_manifest
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
@@ -63,6 +63,9 @@ class Config(TaskSettings):
     """Pairwise judging: the samples.jsonl of another evaluation on the same generation tasks."""
     progress: bool = True
     """Show progress bars."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier evaluation (results.json, samples.jsonl and
+    manifest.json are replaced, nothing else is removed; `out` may never hold or lie inside an input)."""
     def settings(self) -> TaskSettings:
         return TaskSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TaskSettings)})
 
@@ -109,11 +112,11 @@ def _judge(cfg: Config, samples: list[dict], results: dict[str, dict[str, Any]])
     if cfg.judge.mode == "pairwise":
         if cfg.against is None:
             raise ValueError("pairwise judging needs `against`: the samples.jsonl of the other model")
-        with open(cfg.against, encoding="utf-8") as f:
-            for line in f:
-                s = json.loads(line)
-                if "prediction" in s and isinstance(s["prediction"], str):
-                    others[(s["task"], s["index"])] = s["prediction"]
+        stats = JsonlStats()
+        for _, s in read_jsonl(cfg.against, stats=stats, strict=True):
+            if "prediction" in s and isinstance(s["prediction"], str):
+                others[(s["task"], s["index"])] = s["prediction"]
+        stats.warn(log)
     by_task: dict[str, list[float]] = {}
     for s in samples:
         if not isinstance(s.get("prediction"), str) or "references" not in s:
@@ -139,8 +142,17 @@ def _judge(cfg: Config, samples: list[dict], results: dict[str, dict[str, Any]])
         results[task][key + "_stderr"] = mean_stderr(values)
 
 
+def inputs_of(cfg: Config) -> list[str | Path | None]:
+    """Every path the evaluation reads (a task given as ``name=path`` counts both ways)."""
+    specs = [str(s) for s in split_specs(cfg.tasks)]
+    return [cfg.model, cfg.against, *specs, *(s.split("=", 1)[-1] for s in specs), *cfg.tokenizers,
+            *cfg.tokenizer_texts, *cfg.parallel]
+
+
 def run(cfg: Config) -> Path:
     out = Path(cfg.out)
+    prepare_out(out, stage="evaluate", inputs=inputs_of(cfg), overwrite=cfg.overwrite,
+                unfinished=("results.json", "samples.jsonl", ".*.tmp"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import logging
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from groundup.artifacts import JsonlError, JsonlStats, read_jsonl
 
 TaskKind = Literal["multiple_choice", "generation", "code", "perplexity"]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -222,16 +224,16 @@ def parse_record(record: dict, source: str) -> tuple[str, Item]:
                         f"'question', 'choices', 'answer'")
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[dict, str]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            source = f"{path}:{lineno}"
-            try:
-                yield json.loads(line), source
-            except json.JSONDecodeError as e:
-                raise _fail(source, f"malformed JSON ({e.msg} at column {e.colno})") from e
+def iter_jsonl(path: Path) -> Iterator[tuple[Any, str]]:
+    """Each value of a task file and its ``path:line``; a bad line is a TaskFileError, an unfinished last line is
+    skipped (and logged)."""
+    stats = JsonlStats()
+    try:
+        for lineno, value in read_jsonl(path, stats=stats, strict=True, objects=False):
+            yield value, f"{path}:{lineno}"
+    except JsonlError as e:
+        raise _fail(e.where, f"malformed JSON: {e.reason}") from None
+    stats.warn(logging.getLogger(__name__))
 
 
 def read_jsonl_items(path: Path) -> tuple[str, list[Item]]:

@@ -96,7 +96,7 @@ def run(cfg: Config) -> Path:
     majority = max(counts.values()) / len(train_y)
     log.info("classifier: %d classes %s; %d training, %d held-out texts", len(names), counts, len(train), len(val))
 
-    out = common.prepare_out(cfg, s)
+    out = common.prepare_out(cfg, s, stage="finetune-classify", inputs=(cfg.data, cfg.val_data))
     if s.is_main:
         write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0

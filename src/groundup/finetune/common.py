@@ -26,7 +26,8 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import require_files, write_json
+from groundup.artifacts import TRAINING_RUN_NAMES, require_files, write_json
+from groundup.artifacts import prepare_out as prepare_out_dir
 from groundup.model.config import ModelConfig
 from groundup.model.io import load_model_dir, read_model_config, resolve_device, save_model_dir
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
@@ -81,6 +82,9 @@ class BaseConfig:
     """'auto': bf16 autocast on CUDA, fp32 on CPU."""
     threads: int | None = None
     """CPU threads for torch (default: torch's choice)."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier run of this method (entries with a training run's
+    names are replaced, nothing else is removed; `out` may never hold or lie inside the base model or data)."""
 
 
 @dataclass(kw_only=True)
@@ -187,11 +191,13 @@ def rank_sampler(sampler, s: Setup):
     return RankBatches(sampler, s.parallel.dp_rank, s.parallel.dp_size)
 
 
-def prepare_out(cfg: BaseConfig, s: Setup) -> Path:
-    """The output dir, created, with the run's train.yaml (written by rank 0 alone under torchrun)."""
+def prepare_out(cfg: BaseConfig, s: Setup, *, stage: str, inputs: tuple = ()) -> Path:
+    """The output dir, checked (:func:`groundup.artifacts.prepare_out`: never over the base model or ``inputs``,
+    a non-empty one only when an earlier ``stage`` run or with ``overwrite``) and created, with the run's
+    train.yaml (written by rank 0 alone under torchrun)."""
     out = Path(cfg.out)
-    if out.resolve() == Path(cfg.model).resolve():
-        raise ValueError(f"out ({out}) must differ from the base model dir")
+    prepare_out_dir(out, stage=stage, inputs=[cfg.model, *inputs], overwrite=cfg.overwrite,
+                    unfinished=TRAINING_RUN_NAMES)
     out.mkdir(parents=True, exist_ok=True)
     if s.is_main:
         configlib.save(cfg, out / "train.yaml")

@@ -79,7 +79,7 @@ def run(cfg: Config) -> Path:
         raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {s.config.block_size}")
     train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
     sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
-    out = common.prepare_out(cfg, s)
+    out = common.prepare_out(cfg, s, stage="finetune-continue", inputs=(tokens_dir,))
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
 
     def loss_fn(_model, batch) -> torch.Tensor:

@@ -25,7 +25,6 @@ dropped and counted as ``dropped_no_target``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from groundup.artifacts import JsonlError, JsonlStats
+from groundup.artifacts import read_jsonl as read_jsonl_lines
 from groundup.tokenizer.chat import ChatFormatError, render_chat, validate_messages
 
 IGNORE_INDEX = -100
@@ -62,30 +63,33 @@ class DataStats:
 
 
 def read_jsonl(path: str | Path, parse, stats: DataStats, *, skip_bad_lines: bool = False) -> list[Any]:
-    """Parse every non-blank line of ``path`` with ``parse(obj) -> record``; errors name ``path:line``."""
+    """Parse every non-blank line of ``path`` with ``parse(obj) -> record``; errors name ``path:line``.
+
+    Lines are read by :func:`groundup.artifacts.read_jsonl`; an unfinished last line (a writer stopped mid-line)
+    is skipped and counted even without ``skip_bad_lines``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset not found: {path}")
+    hint = " (pass --skip_bad_lines true to skip and count bad lines)"
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            stats.lines += 1
+
+    def skipped(where: str, reason: str) -> None:
+        stats.skipped += 1
+        stats.errors.append(f"{where}: {reason}")
+
+    lines = JsonlStats(on_skip=skipped)
+    try:
+        for lineno, obj in read_jsonl_lines(path, stats=lines, strict=not skip_bad_lines):
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
                 records.append(parse(obj))
             except (ValueError, KeyError, TypeError) as e:
-                message = f"{path}:{lineno}: {e}"
                 if not skip_bad_lines:
-                    raise DataError(message + " (pass --skip_bad_lines true to skip and count bad lines)") from None
-                stats.skipped += 1
-                stats.errors.append(message)
+                    raise DataError(f"{path}:{lineno}: {e}{hint}") from None
+                lines.skip(f"{path}:{lineno}", str(e))
+    except JsonlError as e:
+        raise DataError(f"{e}{hint}") from None
+    stats.lines += lines.lines
     if not records:
         raise DataError(f"{path}: no usable records ({stats.lines} lines, {stats.skipped} skipped)")
     return records

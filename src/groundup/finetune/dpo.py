@@ -140,7 +140,7 @@ def run(cfg: Config) -> Path:
     stats = DataStats()
     train, val = train_val(lambda path: load_pairs(path, s.tokenizer, template, max_len, stats, cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
-    out = common.prepare_out(cfg, s)
+    out = common.prepare_out(cfg, s, stage="finetune-dpo", inputs=(cfg.data, cfg.val_data))
     if s.is_main:
         write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0

@@ -102,7 +102,7 @@ def run(cfg: Config) -> Path:
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
     log.info("SFT: %d training and %d held-out conversations; %s", len(train), len(val), stats.as_dict())
 
-    out = common.prepare_out(cfg, s)
+    out = common.prepare_out(cfg, s, stage="finetune-sft", inputs=(cfg.data, cfg.val_data, cfg.chat_template))
     if s.is_main:
         write_json(out / "data_stats.json", stats.as_dict())
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0

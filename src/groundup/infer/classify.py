@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from groundup.artifacts import JsonlStats, read_jsonl
+from groundup.artifacts import JsonlStats, first_record_has, prepare_out, read_jsonl
 from groundup.model.classifier import class_logits, encode_texts, load_classifier_dir, pad_texts
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class Config:
     """Texts per forward pass."""
     device: str = "cpu"
     """'cpu', 'cuda' or 'cuda:N'."""
+    overwrite: bool = False
+    """Replace an existing `out` file that is not an earlier output of this command (never an input file)."""
 
 
 @torch.no_grad()
@@ -69,6 +71,9 @@ def read_texts(path: Path) -> list[dict]:
 
 
 def run(cfg: Config) -> Path | None:
+    if cfg.out:
+        prepare_out(cfg.out, stage="classify", inputs=[cfg.model, cfg.input], overwrite=cfg.overwrite,
+                    written_by=lambda path: first_record_has(path, {"label", "probabilities"}))
     texts = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text or [])
     records = [{"text": t} for t in texts]
     if cfg.input:

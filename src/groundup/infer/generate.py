@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from groundup.artifacts import first_record_has, prepare_out
 from groundup.infer.engine import Engine, Event, Request
 from groundup.infer.sampling import SamplingParams
 from groundup.infer.speculative import load_draft
@@ -215,6 +216,8 @@ class Config:
     sampled output follows the model's distribution; faster when the draft guesses well."""
     draft_tokens: int = 4
     """Tokens the draft model guesses per round."""
+    overwrite: bool = False
+    """Replace an existing `out` file that is not an earlier output of this command (never an input file)."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -235,6 +238,9 @@ def run(cfg: Config) -> Path:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model dir not found: {model_dir} "
                                 f"(make one with `groundup run` or `groundup pretrain`)")
+    if cfg.out is not None:
+        prepare_out(cfg.out, stage="generate", inputs=[model_dir, cfg.draft], overwrite=cfg.overwrite,
+                    written_by=lambda path: first_record_has(path, {"sample", "prompt", "sampling"}))
     model, tokenizer = load_model_dir(model_dir, device=cfg.device)
     draft = load_draft(cfg.draft, tokenizer, device=cfg.device) if cfg.draft is not None else None
 

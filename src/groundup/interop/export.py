@@ -52,6 +52,9 @@ class Config:
     relative to the largest logit, 2e-2 / 2e-1)."""
     verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
     """Prompts --verify runs."""
+    overwrite: bool = False
+    """Write into a non-empty `out` (or over a file) that is not an earlier export (entries with the export's
+    names are replaced, nothing else is removed; `out` may never hold or lie inside the model dir)."""
 
 
 def resolve_dtype(fmt: str, dtype: str | None) -> str:
@@ -64,16 +67,44 @@ def resolve_dtype(fmt: str, dtype: str | None) -> str:
     return table[dtype.lower()]
 
 
+def modelfile_target(folder: Path) -> str | None:
+    """The GGUF an export's ollama ``Modelfile`` in ``folder`` loads (its first line, ``FROM ./NAME.gguf``)."""
+    try:
+        with open(folder / "Modelfile", encoding="utf-8") as f:
+            first = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    name = first.removeprefix("FROM ./")
+    return name if first.startswith("FROM ./") and name.endswith(".gguf") and "/" not in name else None
+
+
+def prepare_export_out(cfg: Config) -> bool:
+    """:func:`groundup.artifacts.prepare_out` for the export's folder, or for a ``.gguf`` file and the ollama
+    ``Modelfile`` beside it. True when ``out`` is an earlier export."""
+    from groundup.artifacts import prepare_out
+
+    if cfg.format == "gguf" and Path(cfg.out).suffix == ".gguf":
+        gguf = Path(cfg.out)
+        previous = prepare_out(gguf, stage="export", inputs=[cfg.model], overwrite=cfg.overwrite,
+                               written_by=lambda path: modelfile_target(path.parent) == path.name)
+        prepare_out(gguf.parent / "Modelfile", stage="export", inputs=[cfg.model], overwrite=cfg.overwrite,
+                    written_by=lambda path: modelfile_target(path.parent) is not None)
+        return previous
+    unfinished = ("model.gguf", "Modelfile", ".model.gguf.tmp") if cfg.format == "gguf" else ()
+    return prepare_out(cfg.out, stage="export", inputs=[cfg.model], overwrite=cfg.overwrite, unfinished=unfinished)
+
+
 def run(cfg: Config) -> Path:
     """Write the export; with ``verify``, read it back and compare. Returns the folder or the .gguf file."""
     dtype = resolve_dtype(cfg.format, cfg.dtype)
     model_dir = Path(cfg.model)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model dir not found: {model_dir}")
+    previous = prepare_export_out(cfg)
     if cfg.format == "hf":
         from groundup.interop.hf import export_hf, verify_hf
 
-        out = export_hf(model_dir, cfg.out, dtype=dtype, max_shard_size=cfg.max_shard_size)
+        out = export_hf(model_dir, cfg.out, dtype=dtype, max_shard_size=cfg.max_shard_size, previous=previous)
         print(f"wrote Hugging Face folder {out}", file=sys.stderr)
         if cfg.verify:
             tolerance = cfg.tolerance if cfg.tolerance is not None else (1e-4 if dtype == "float32" else 1e-3)

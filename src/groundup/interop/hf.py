@@ -571,10 +571,18 @@ def _stop_ids(tokenizer) -> list[int]:
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+HF_FOLDER_NAMES = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
+                   "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "manifest.json")
+"""Entries of the Hugging Face folder :func:`export_hf` writes."""
+
+
 def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32",
-              max_shard_size: str | int = "5GB") -> Path:
+              max_shard_size: str | int = "5GB", previous: bool = False) -> Path:
     """Write a transformers folder for the model dir ``model_dir``: config, safetensors (sharded above
     ``max_shard_size``), generation config, tokenizer files and chat template. Returns ``out_dir``.
+
+    ``previous``: ``out_dir`` is an earlier export (see :func:`groundup.artifacts.prepare_out`), replaced whole;
+    otherwise whatever else ``out_dir`` holds stays.
     """
     from groundup.artifacts import atomic_dir, write_manifest
     from groundup.model.io import load_model_dir
@@ -593,7 +601,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float
     hf_model.generation_config = transformers.GenerationConfig(
         bos_token_id=ids["bos_token_id"], eos_token_id=stops if len(stops) > 1 else ids["eos_token_id"],
         pad_token_id=ids["pad_token_id"])
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, previous=previous, names=HF_FOLDER_NAMES) as tmp:
         hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
         config_path = tmp / "config.json"
         fields = json.loads(config_path.read_text(encoding="utf-8"))
@@ -638,16 +646,20 @@ def _tokenizer_json(folder: Path, out: Path) -> Path:
                                 f"folder's tokenizer files ({e})") from e
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path) -> Path:
-    """A groundup model dir (weights, config, tokenizer.json, chat template) from a local HF folder."""
-    from groundup.artifacts import atomic_dir
+def import_hf(hf_dir: str | Path, out_dir: str | Path, *, previous: bool = False) -> Path:
+    """A groundup model dir (weights, config, tokenizer.json, chat template) from a local HF folder.
+
+    ``previous``: ``out_dir`` is an earlier import (see :func:`groundup.artifacts.prepare_out`), replaced whole;
+    otherwise whatever else ``out_dir`` holds stays.
+    """
+    from groundup.artifacts import MODEL_DIR_NAMES, atomic_dir
     from groundup.model.io import save_model_dir
     from groundup.tokenizer import Tokenizer
     from groundup.tokenizer.chat import write_chat_template
 
     hf_dir = Path(hf_dir)
     model = load_hf_folder(hf_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, previous=previous, names=MODEL_DIR_NAMES) as tmp:
         staging = tmp / ".hf-tokenizer"
         staging.mkdir()
         tokenizer_file = _tokenizer_json(hf_dir, staging / "tokenizer.json")

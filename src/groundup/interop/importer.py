@@ -29,12 +29,17 @@ class Config:
     """Largest logit difference --verify accepts (the comparison runs in float32)."""
     verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
     """Prompts --verify runs."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier import (entries with a model dir's names are
+    replaced, nothing else is removed; `out` may never hold or lie inside the Hugging Face folder)."""
 
 
 def run(cfg: Config) -> Path:
+    from groundup.artifacts import prepare_out
     from groundup.interop.hf import import_hf, verify_import
 
-    out = import_hf(cfg.model, cfg.out)
+    previous = prepare_out(cfg.out, stage="import", inputs=[cfg.model], overwrite=cfg.overwrite)
+    out = import_hf(cfg.model, cfg.out, previous=previous)
     print(f"wrote model dir {out}", file=sys.stderr)
     if cfg.verify:
         diff = verify_import(cfg.model, out, texts=cfg.verify_texts, tolerance=cfg.tolerance)

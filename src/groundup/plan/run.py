@@ -93,10 +93,19 @@ class Config:
     """Where to draw the plot; None: plan.png in out."""
     out: Path = Path("runs/plan")
     """Directory for plan.json, plan.png, config.yaml and manifest.json."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier plan (plan.json, plan.png, config.yaml and
+    manifest.json are replaced, nothing else is removed; `out` may never hold or lie inside the model's config)."""
 
 
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "block_size", "intermediate_size",
                    "tie_embeddings")
+
+
+def model_config_file(model: str) -> Path | None:
+    """The config.json a plan reads: ``model`` itself, or the one in a model dir or a run dir's model/."""
+    path = Path(model)
+    return next((p for p in (path, path / "config.json", path / "model" / "config.json") if p.is_file()), None)
 
 
 def resolve_model(cfg: Config) -> ModelConfig:
@@ -105,9 +114,7 @@ def resolve_model(cfg: Config) -> ModelConfig:
     if cfg.model in PRESETS:
         base = ModelConfig.from_name(cfg.model)
     else:
-        path = Path(cfg.model)
-        candidates = [path, path / "config.json", path / "model" / "config.json"]
-        found = next((p for p in candidates if p.is_file()), None)
+        found = model_config_file(cfg.model)
         if found is None:
             raise ValueError(f"unknown model {cfg.model!r}: not a preset ({', '.join(sorted(PRESETS))}) "
                              f"nor a config.json, model dir or run dir")
@@ -287,6 +294,8 @@ def run(cfg: Config) -> Path:
     from groundup import config as config_io
     from groundup.plan import report
 
+    artifacts.prepare_out(cfg.out, stage="plan", inputs=[None if cfg.model in PRESETS else model_config_file(cfg.model)],
+                          overwrite=cfg.overwrite, unfinished=("plan.json", "plan.png", "config.yaml", ".*.tmp"))
     model = resolve_model(cfg)
     acc = hardware.with_overrides(hardware.get_accelerator(cfg.gpu), peak_flops=cfg.peak_flops,
                                   bandwidth=cfg.bandwidth)

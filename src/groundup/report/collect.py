@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from groundup.artifacts import JsonlStats, read_jsonl
 from groundup.report.metrics import Metrics, load_metrics
 
 SKIP_DIRS = {"checkpoints", "tensorboard", "shards", "work", "dropped", "jsonl", "__pycache__"}
@@ -127,23 +128,19 @@ def _checkpoints(path: Path, problems: list[str]) -> list[Checkpoint]:
 
 def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
     """Prompt/completion pairs of a ``samples.jsonl`` (other shapes, e.g. evaluation samples, are left out)."""
-    out = []
+    out: list[dict] = []
+    stats = JsonlStats()
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
+        for _, record in read_jsonl(path, stats=stats):
+            if "prompt" in record and "completion" in record:
+                out.append(record)
                 if len(out) >= limit:
                     break
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    problems.append(f"{path}:{n}: not JSON, skipped")
-                    continue
-                if isinstance(record, dict) and "prompt" in record and "completion" in record:
-                    out.append(record)
     except OSError as e:
         problems.append(f"{path}: unreadable ({e})")
+    problems.extend(f"{example}, skipped" for example in stats.examples)
+    if stats.skipped > len(stats.examples):
+        problems.append(f"{path}: {stats.skipped - len(stats.examples)} more bad lines skipped")
     return out
 
 

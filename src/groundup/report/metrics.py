@@ -15,12 +15,13 @@ counted by event name.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from groundup.artifacts import JsonlStats, read_jsonl_batches
 
 AXES = ("step", "tokens", "elapsed_s")
 """The keys every record may carry that are x-axes of the curves, not curves themselves."""
@@ -127,36 +128,6 @@ def compact(data: np.ndarray, buckets: int) -> np.ndarray:
     return data[:, keep]
 
 
-def _chunk_records(lines: list[str], first_line: int, path: Path, out: Metrics) -> list[dict]:
-    """Parse a chunk of lines; one ``json.loads`` for the whole chunk when every line is well formed."""
-    body = [s for s in lines if s.strip()]
-    if not body:
-        return []
-    try:
-        records = json.loads("[" + ",".join(body) + "]")
-        # as many objects as lines: two broken halves can join into one valid object
-        if len(records) == len(body) and all(type(r) is dict for r in records):
-            return records
-    except (json.JSONDecodeError, RecursionError):
-        pass
-    records = []  # some line is bad: parse one by one to find and count it
-    for offset, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            reason = None if type(record) is dict else f"a JSON {type(record).__name__}, not an object"
-        except (json.JSONDecodeError, RecursionError) as e:
-            reason = f"not JSON ({e.msg} at column {e.colno})" if isinstance(e, json.JSONDecodeError) else "too deep"
-        if reason is None:
-            records.append(record)
-            continue
-        out.bad_lines += 1
-        if len(out.bad_examples) < 5:
-            out.bad_examples.append(f"{path}:{first_line + offset}: {reason}")
-    return records
-
-
 def _numbers(values: list) -> tuple[np.ndarray, np.ndarray]:
     """(positions, float values) of the plain numbers in ``values`` (bools, strings, None left out)."""
     array = np.asarray(values) if values else np.zeros(0)
@@ -240,16 +211,11 @@ def load_metrics(path: str | Path, *, max_points: int = 2000, chunk_lines: int =
     out = Metrics(path=path)
     builders: dict[str, _Builder] = {}
     counters: Counter = Counter()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        line_no = 1
-        while True:
-            lines = f.readlines(chunk_lines * 160)  # about chunk_lines lines of a typical record
-            if not lines:
-                break
-            records = _chunk_records(lines, line_no, path, out)
-            line_no += len(lines)
-            out.lines += len(records)
-            _add_records(records, builders, counters, out, max_points)
+    stats = JsonlStats()
+    for records in read_jsonl_batches(path, stats=stats, batch_bytes=chunk_lines * 160):  # ~chunk_lines lines
+        out.lines += len(records)
+        _add_records(records, builders, counters, out, max_points)
+    out.bad_lines, out.bad_examples = stats.skipped, stats.examples[:5]
     for key, builder in builders.items():
         series = builder.finish()
         missing = np.isnan(series.step)

@@ -644,7 +644,7 @@ def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="groundup {esc(__version__)}">
+{GENERATOR} {esc(__version__)}">
 <link rel="icon" href="data:,">
 <title>{esc(title)}</title>
 <style>{CSS}</style>
@@ -658,6 +658,19 @@ def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -
 </body>
 </html>
 """
+
+
+GENERATOR = '<meta name="generator" content="groundup'
+
+
+def is_report(path: Path) -> bool:
+    """Whether the file ``path`` is a page :func:`render` wrote (its head names groundup as the generator)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    return GENERATOR.encode() in head
 
 
 def write(path: Path, text: str) -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundup import config as configlib
+from groundup.artifacts import prepare_out
 from groundup.report import page
 from groundup.report.collect import collect, label_runs
 
@@ -34,6 +35,8 @@ class Config:
     """Buckets per curve when a metrics file is long: each keeps its first, last, min and max point."""
     samples: int = 8
     """Generated samples shown per samples file."""
+    overwrite: bool = False
+    """Replace an existing `out` file that is not an earlier groundup report (never a file of a run)."""
 
 
 def default_out(cfg: Config) -> Path:
@@ -47,9 +50,11 @@ def run(cfg: Config) -> Path:
         raise ValueError("no run dir given: `groundup report RUN_DIR [RUN_DIR ...]`")
     if cfg.max_points < 10:
         raise ValueError(f"max_points must be at least 10, got {cfg.max_points}")
+    out = default_out(cfg)
+    prepare_out(out, stage="report", inputs=cfg.runs, overwrite=cfg.overwrite, written_by=page.is_report)
     t0 = time.perf_counter()
     runs = [collect(path, max_points=cfg.max_points) for path in cfg.runs]
     label_runs(runs)
-    out = page.write(default_out(cfg), page.render(runs, title=cfg.title, samples=cfg.samples))
+    out = page.write(out, page.render(runs, title=cfg.title, samples=cfg.samples))
     log.info("report written to %s (%.1f s, %s)", out, time.perf_counter() - t0, page.human_bytes(out.stat().st_size))
     return out

@@ -17,7 +17,7 @@ import tokenizers
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 
 from groundup import config as configlib
-from groundup.artifacts import atomic_dir, write_json, write_manifest
+from groundup.artifacts import TOKENIZER_FILES, atomic_dir, prepare_out, write_json, write_manifest
 from groundup.corpus import STDLIB, Document, ReadStats, describe_stdlib, load_documents, split_of
 from groundup.tokenizer import SPECIAL_TOKENS, Tokenizer, build_tiktoken, bytes_to_unicode, resolve_pattern
 from groundup.tokenizer.metrics import tokenizer_stats
@@ -45,6 +45,9 @@ class Config:
     """A pair must occur at least this often to be merged."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) that holds the text."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier output of this stage (entries with this stage's names
+    are replaced, nothing else is removed; `out` may never hold or lie inside the stage's input)."""
 
 
 def build_tokenizer(pattern: str) -> tokenizers.Tokenizer:
@@ -134,6 +137,8 @@ def training_texts(documents: Iterator[Document], *, val_fraction: float, max_by
 
 def run(cfg: Config) -> Path:
     pattern = check_config(cfg)
+    previous = prepare_out(cfg.out, stage="tokenizer", inputs=[None if cfg.data == STDLIB else cfg.data],
+                           overwrite=cfg.overwrite)
     read_stats = ReadStats()
     held_out: list[str] = []
     counts = {"documents": 0, "bytes": 0}
@@ -159,7 +164,7 @@ def run(cfg: Config) -> Path:
     if tokenizer.backend != "tiktoken":
         log.warning("the fast encoder could not be built; encoding will use tokenizers")
 
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, previous=previous, names=TOKENIZER_FILES) as tmp:
         hf.save(str(tmp / "tokenizer.json"))
         write_json(tmp / "stats.json", stats)
         configlib.save(cfg, tmp / "config.yaml")

@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from groundup import config as configlib
-from groundup.artifacts import atomic_dir, find_tokenizer_file, write_json, write_manifest
+from groundup.artifacts import (
+    TOKENS_FILES,
+    atomic_dir,
+    find_tokenizer_file,
+    prepare_out,
+    write_json,
+    write_manifest,
+)
 from groundup.corpus import STDLIB, Document, ReadStats, load_documents, split_of
 from groundup.tokenizer import Tokenizer
 
@@ -54,6 +61,9 @@ class Config:
     """Documents are handed to workers in chunks of about this many characters."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) that holds the text."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier output of this stage (entries with this stage's names
+    are replaced, nothing else is removed; `out` may never hold or lie inside the stage's input)."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -153,6 +163,8 @@ def file_sha256(path: Path) -> str:
 
 def run(cfg: Config) -> Path:
     tokenizer_file = find_tokenizer_file(cfg.tokenizer)
+    previous = prepare_out(cfg.out, stage="tokenize", overwrite=cfg.overwrite,
+                           inputs=[cfg.tokenizer, None if cfg.data == STDLIB else cfg.data])
     tokenizer = Tokenizer.from_file(tokenizer_file)
     eos_id = tokenizer.eos_id
     if eos_id is None:
@@ -175,7 +187,7 @@ def run(cfg: Config) -> Path:
     documents = dict.fromkeys(SPLITS, 0)
     n_bytes = dict.fromkeys(SPLITS, 0)
     t0 = time.perf_counter()
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, previous=previous, names=TOKENS_FILES) as tmp:
         files = {split: open(tmp / f"{split}.bin", "wb") for split in SPLITS}  # noqa: SIM115 (closed below)
         try:
             with tqdm(desc="tokenize", unit="B", unit_scale=True, unit_divisor=1024, disable=None) as bar:

@@ -104,7 +104,7 @@ def save_checkpoint(root: str | Path, step: int, *, model: torch.nn.Module, opti
         return _save_distributed(Path(root), step, model=model, optimizer=optimizer, state=state, keep_last=keep_last)
     root = Path(root)
     final = root / f"step-{step:06d}"
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, previous=True) as tmp:  # step-N of this run's own checkpoints: replaced whole
         save_model_weights(model, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")

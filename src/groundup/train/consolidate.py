@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from groundup.artifacts import read_json
+from groundup.artifacts import MODEL_DIR_NAMES, prepare_out, read_json
 from groundup.model.config import ModelConfig
 from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
@@ -29,6 +29,9 @@ class Config:
     """The model dir to write."""
     tokenizer: Path | None = None
     """Tokenizer dir or tokenizer.json (default: the one the checkpoint records)."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier consolidate output (entries with a model dir's names
+    are replaced, nothing else is removed; `out` may never hold or lie inside the checkpoint)."""
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -44,6 +47,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def run(cfg: Config) -> Path:
     path = resolve_checkpoint(cfg.checkpoint)
+    prepare_out(cfg.out, stage="consolidate", inputs=[path, cfg.tokenizer], overwrite=cfg.overwrite,
+                unfinished=MODEL_DIR_NAMES)
     state = read_json(path / STATE_FILE)
     if "model_config" not in state:
         raise ValueError(f"{path / STATE_FILE}: no model_config recorded (a checkpoint of an older groundup?)")

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from groundup import config as configlib
-from groundup.artifacts import find_tokenizer_file, read_json, require_files
+from groundup.artifacts import TRAINING_RUN_NAMES, find_tokenizer_file, prepare_out, read_json, require_files
 from groundup.evaluate.lm import score_shard
 from groundup.model.config import ModelConfig
 from groundup.model.io import resolve_device, save_model_dir
@@ -79,6 +79,9 @@ class Config:
     logged in metrics.jsonl as eval/<task>/<metric>."""
     eval_tasks_limit: int | None = 200
     """Items scored per task at each periodic evaluation (None: all)."""
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier pretrain run (entries with a training run's names are
+    replaced, nothing else is removed; `out` may never hold or lie inside the tokens or tokenizer)."""
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -130,6 +133,8 @@ def gather_full_model(model: torch.nn.Module, model_cfg: ModelConfig, build=None
 
 
 def run(cfg: Config) -> Path:
+    prepare_out(cfg.out, stage="pretrain", inputs=[cfg.tokens, cfg.tokenizer], overwrite=cfg.overwrite,
+                unfinished=TRAINING_RUN_NAMES)
     tokens_dir = require_files(cfg.tokens, {"train.bin", "val.bin", "meta.json"}, "tokens dir")
     meta = read_json(tokens_dir / "meta.json")
     tokenizer_file = find_tokenizer_file(cfg.tokenizer or meta.get("tokenizer") or "")
