@@ -116,6 +116,12 @@ def export(fmt: str) -> Callable:
     return run
 
 
+def quantize(out, home, fx, overwrite):
+    from groundup.infer import quantize as stage
+
+    stage.run(stage.Config(model=place(fx["model"], home, "model"), to="int8", out=out, overwrite=overwrite))
+
+
 def import_hf(out, home, fx, overwrite):
     from groundup.interop import importer as stage
 
@@ -148,6 +154,7 @@ DIR_STAGES = {
     "finetune-classify": finetune("classify", [{"text": q["instruction"], "label": i % 2} for i, q in enumerate(QA)]),
     "finetune-continue": finetune("continued", []),
     "evaluate": evaluate, "export-hf": export("hf"), "export-gguf": export("gguf"), "import": import_hf,
+    "quantize": quantize,
     "run": pipeline, "plan": plan,
 }
 

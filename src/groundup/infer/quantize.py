@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from groundup.artifacts import read_manifest
+from groundup.artifacts import prepare_out, read_manifest
 from groundup.model.io import load_model_dir, read_quantization, save_model_dir
 from groundup.model.quant import QuantConfig, quantize_model
 
@@ -35,17 +35,8 @@ class Config:
     """int4: inputs per group (32, 64 or 128); smaller groups are more accurate and a little slower."""
     out: Path = Path("runs/tiny/model-int8")
     """Output model dir (a new folder, or an earlier output of this stage)."""
-
-
-def _check_out(out: Path, model_dir: Path) -> None:
-    source, target = model_dir.resolve(), out.resolve()
-    if target == source or source in target.parents or target in source.parents:
-        raise ValueError(f"--out {out} overlaps the model dir {model_dir}: write the quantized copy elsewhere")
-    if out.exists() and any(out.iterdir()):
-        stage = read_manifest(out).get("stage") if (out / "manifest.json").is_file() else None
-        if stage != STAGE:
-            raise FileExistsError(f"--out {out} is not empty and not an earlier `groundup quantize` output: "
-                                  f"choose a new folder")
+    overwrite: bool = False
+    """Write into a non-empty `out` that is not an earlier output of this stage (never over the model dir)."""
 
 
 def run(cfg: Config) -> Path:
@@ -55,7 +46,7 @@ def run(cfg: Config) -> Path:
     if existing is not None:
         raise ValueError(f"{model_dir} is already quantized ({existing.method}): quantize the full-precision "
                          f"model dir it came from")
-    _check_out(out, model_dir)
+    prepare_out(out, stage=STAGE, inputs=[model_dir], overwrite=cfg.overwrite)
     model, _ = load_model_dir(model_dir)
     with torch.no_grad():
         quantize_model(model, quant)
