@@ -107,7 +107,9 @@ def test_code_task_counts_passing_samples(eval_model, tmp_path, monkeypatch):
         {"prompt": "def neg(a):\n", "test": "def check(f):\n    assert f(4) == -4\n", "entry_point": "neg"}]))
     answers = iter(["    return a + b\n", "    return a - b\n", "    while True: pass\n", "    return b + a\n",
                     "    return -a\n", "    return a\n", "    return 0 - a\n", "    x = [0] * 10**10\n"])
-    monkeypatch.setattr(gen, "generate_until", lambda *args, **kwargs: next(answers))
+    # The completions in order (the code path generates every problem's samples in one batched call).
+    monkeypatch.setattr(gen, "generate_until", lambda model, tokenizer, contexts, **kwargs: [next(answers)
+                                                                                          for _ in contexts])
     settings = TaskSettings(code_samples=4, pass_k=[1, 2], code_limits=gen.Limits(timeout_s=2, cpu_s=1))
     results, samples = evaluate_task(*eval_model, load_tasks([path])[0], settings)
     scores = results["humaneval"]

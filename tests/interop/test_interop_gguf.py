@@ -152,7 +152,7 @@ def test_q4_0_reads_back_within_its_bound_with_a_q8_0_head(interop_model_dirs, t
         assert (err <= amax / 8 * (1 + 2.0**-9) + 1e-8).all(), name  # one step of d at most, plus the f16 scale
         assert np.median(err / amax) <= 1 / 16  # most values within half a step
     result = verify_gguf(model_dir, path, texts=[MIXED_TEXT], dtype="q4_0")
-    assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 5e-1
+    assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 1.0
 
 
 def test_export_cli_verify_passes_and_fails(interop_model_dirs, tmp_path, capsys):

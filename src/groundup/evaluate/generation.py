@@ -35,15 +35,23 @@ from groundup.extras import import_extra
 # ---------------------------------------------------------------------------- generation
 
 
-def generate_until(model, tokenizer, context: str, *, until: Sequence[str] = (), max_new_tokens: int = 256,
-                   temperature: float = 0.0, seed: int | None = 0) -> str:
-    """Continue ``context``; the text is cut before the first stop sequence (greedy unless temperature > 0)."""
-    from groundup.infer.generate import generate
+def generate_until(model, tokenizer, contexts: str | Sequence[str], *, until: Sequence[str] = (),
+                   max_new_tokens: int = 256, temperature: float = 0.0,
+                   seeds: Sequence[int | None] | None = None) -> str | list[str]:
+    """Continue each context, all through one inference engine (continuous batching); each text is cut before
+    the first stop sequence. Greedy unless temperature > 0; ``seeds[i]`` seeds context i's draws. Greedy
+    results equal one generation per context, bit for bit (the engine is batch-invariant). One context (a
+    string) gives one text."""
+    from groundup.infer.generate import generate_batch
     from groundup.infer.sampling import SamplingParams
 
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop=list(until),
-                            seed=seed)
-    return generate(model, tokenizer, context, params).text
+    single = isinstance(contexts, str)
+    contexts = [contexts] if single else list(contexts)
+    seeds = list(seeds) if seeds is not None else [0] * len(contexts)
+    params = [SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop=list(until), seed=seed)
+              for seed in seeds]
+    texts = [result.text for result in generate_batch(model, tokenizer, contexts, params)]
+    return texts[0] if single else texts
 
 
 # ---------------------------------------------------------------------------- metrics

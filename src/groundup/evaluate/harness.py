@@ -119,18 +119,23 @@ class GroundupLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from groundup.evaluate.generation import generate_until
 
-        out = []
-        for req in requests:
-            context, gen_kwargs = req.args
+        # Requests with the same settings are generated together, through one engine.
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            _, gen_kwargs = req.args
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.pop("until", None) or []
-            if isinstance(until, str):
-                until = [until]
-            text = generate_until(self.model, self.tok, context, until=until,
-                                  max_new_tokens=int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks)),
-                                  temperature=float(gen_kwargs.pop("temperature", 0.0)))
-            self.cache_hook.add_partial("generate_until", req.args, text)
-            out.append(text)
+            until = (until,) if isinstance(until, str) else tuple(until)
+            key = (until, int(gen_kwargs.pop("max_gen_toks", self.max_gen_toks)),
+                   float(gen_kwargs.pop("temperature", 0.0)))
+            groups.setdefault(key, []).append(i)
+        out: list[str] = [""] * len(requests)
+        for (until, max_new_tokens, temperature), members in groups.items():
+            texts = generate_until(self.model, self.tok, [requests[i].args[0] for i in members], until=until,
+                                   max_new_tokens=max_new_tokens, temperature=temperature)
+            for i, text in zip(members, texts, strict=True):
+                out[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return out
 
 

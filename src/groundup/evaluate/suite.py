@@ -126,15 +126,13 @@ def _perplexity(model, tokenizer, task: Task, settings: TaskSettings, *, device=
 
 def _generation(model, tokenizer, task: Task, settings: TaskSettings):
     items = task.items[: settings.limit] if settings.limit else task.items
-    predictions, samples = [], []
-    for i, item in enumerate(items):
-        prompt = task.context(item, index=i, num_fewshot=settings.num_fewshot, seed=settings.seed)
-        text = gen.generate_until(model, tokenizer, prompt, until=settings.until,
-                                  max_new_tokens=settings.max_new_tokens)
-        predictions.append(text)
-        samples.append({"task": task.name, "index": i, "source": item.source, "prompt": prompt,
-                        "references": item.references, "prediction": text,
-                        "exact_match": gen.exact_match(text, item.references)})
+    prompts = [task.context(item, index=i, num_fewshot=settings.num_fewshot, seed=settings.seed)
+               for i, item in enumerate(items)]
+    predictions = gen.generate_until(model, tokenizer, prompts, until=settings.until,
+                                     max_new_tokens=settings.max_new_tokens)
+    samples = [{"task": task.name, "index": i, "source": item.source, "prompt": prompt,
+                "references": item.references, "prediction": text, "exact_match": gen.exact_match(text, item.references)}
+               for i, (item, prompt, text) in enumerate(zip(items, prompts, predictions, strict=True))]
     references = [item.references for item in items]
     per_item = {"exact_match": [s["exact_match"] for s in samples], **gen.rouge(predictions, references)}
     metrics: dict[str, Any] = summarize(per_item)
@@ -147,15 +145,12 @@ def _code(model, tokenizer, task: Task, settings: TaskSettings):
     items = task.items[: settings.limit] if settings.limit else task.items
     n = settings.code_samples
     temperature = settings.code_temperature if n > 1 else 0.0
-    programs, completions = [], []
-    for i, item in enumerate(items):
-        for j in range(n):
-            text = gen.generate_until(model, tokenizer, item.query, until=["\ndef ", "\nclass ", "\nif __name__",
-                                                                            "\nprint("],
-                                      max_new_tokens=settings.max_new_tokens, temperature=temperature,
-                                      seed=settings.seed + 1000 * i + j)
-            completions.append(text)
-            programs.append(gen.code_program(item.query, text, item.test, item.entry_point))
+    completions = gen.generate_until(model, tokenizer, [item.query for item in items for _ in range(n)],
+                                     until=["\ndef ", "\nclass ", "\nif __name__", "\nprint("],
+                                     max_new_tokens=settings.max_new_tokens, temperature=temperature,
+                                     seeds=[settings.seed + 1000 * i + j for i in range(len(items)) for j in range(n)])
+    programs = [gen.code_program(item.query, completions[i * n + j], item.test, item.entry_point)
+                for i, item in enumerate(items) for j in range(n)]
     outcomes = gen.run_programs(programs, settings.code_limits)
     passed, samples = [], []
     for i, item in enumerate(items):
