@@ -84,3 +84,10 @@ def main(argv: list[str]) -> int:
     out = run(cfg)
     print(out)
     return 0
+
+
+if __name__ == "__main__":  # `python -m groundup.report.run RUN_DIR ...`: what a training run's report refresher starts
+    import json
+    import sys
+
+    run(configlib.parse(Config, ["--runs", json.dumps(sys.argv[1:])], prog="python -m groundup.report.run RUN_DIR ..."))
