@@ -126,7 +126,7 @@ class Setup:
 
     @property
     def loop_parallel(self) -> ParallelState | None:
-        """``train_loop``'s ``parallel=`` argument: the layout under torchrun, None for one process."""
+        """The layout under torchrun (:class:`groundup.train.step.StepSpec`'s ``parallel``), None for one process."""
         return self.parallel if self.parallel.distributed else None
 
 
