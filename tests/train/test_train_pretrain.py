@@ -108,7 +108,7 @@ def test_model_dir_metrics_and_result(spine_tokens, tmp_path):
     assert model.config == MODEL and tokenizer.vocab_size == 320
 
 
-def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_path):
+def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_path, monkeypatch):
     out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=10**6, max_minutes=1e-4,
                               schedule_clock="time"))
     result = read_manifest(out)["result"]
@@ -119,8 +119,10 @@ def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_p
     pretrain.run(config(spine_tokens, out, max_steps=10**6, max_minutes=1e-4, schedule_clock="time", resume="auto"))
     assert file_digests(out) == before
     # another config resumes, but the checkpoint has spent the budget: no step more
-    pretrain.run(config(spine_tokens, out, max_steps=10**6, max_minutes=1e-4, schedule_clock="time", resume="auto",
-                        log_every=2))
+    monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
+    changed = config(spine_tokens, out, max_steps=10**6, max_minutes=1e-4, schedule_clock="time", resume="auto")
+    changed.final_eval_stride = 32
+    pretrain.run(changed)
     again = read_manifest(out)["result"]
     assert again["steps"] == result["steps"] and again["stopped_by"] == "max_minutes"
     assert sum("val_loss" in r for r in rows(out)) == 1  # the final evaluation's row, once
@@ -128,7 +130,13 @@ def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_p
 
 def test_a_finished_run_is_left_alone_and_a_longer_one_resumes(spine_tokens, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
-    out = pretrain.run(config(spine_tokens, tmp_path / "run"))
+
+    def quick(out, **train):  # a final evaluation of half the windows
+        cfg = config(spine_tokens, out, **train)
+        cfg.final_eval_stride = 32
+        return cfg
+
+    out = pretrain.run(quick(tmp_path / "run"))
     before = file_digests(out)
 
     def no_training(*args, **kwargs):
@@ -137,11 +145,11 @@ def test_a_finished_run_is_left_alone_and_a_longer_one_resumes(spine_tokens, tmp
     with monkeypatch.context() as m:
         m.setattr(pretrain, "train_loop", no_training)
         m.setattr(pretrain, "token_nll", no_training)
-        assert pretrain.run(config(spine_tokens, out, resume="auto", progress_bar=True)) == out
-        pretrain.run(config(spine_tokens, out))
+        assert pretrain.run(quick(out, resume="auto", progress_bar=True)) == out
+        pretrain.run(quick(out))
     assert file_digests(out) == before  # model.safetensors, metrics, checkpoints: every byte
 
-    longer = pretrain.run(config(spine_tokens, out, resume="auto", max_steps=10))
+    longer = pretrain.run(quick(out, resume="auto", max_steps=10))
     assert read_manifest(longer)["result"]["steps"] == 10
     train_steps = [r["step"] for r in rows(longer) if "loss" in r]
     eval_steps = [r["step"] for r in rows(longer) if "val_loss" in r]
