@@ -71,3 +71,20 @@ def test_sft_resume_is_exact(base_gpt2, tmp_path, monkeypatch):
     assert_same_weights(straight, resumed)
     lines = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 7))
+    timing = {"elapsed_s", "tokens_per_s"}
+
+    def rows(run_dir):
+        return [{k: v for k, v in json.loads(x).items() if k not in timing}
+                for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(resumed) == rows(straight)  # the final evaluation's row once, as in the straight run
+
+    # the finished dir again, with the same config: nothing is loaded, trained or written
+    before = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("a finished run was set up again")
+
+    monkeypatch.setattr(sft.common, "setup", no_setup)
+    assert sft.run(make(straight, "auto")) == straight
+    assert {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()} == before

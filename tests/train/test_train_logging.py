@@ -42,7 +42,7 @@ def test_tensorboard_gets_every_metric_and_refresh_writes_the_report(spine_token
     assert [round(v, 4) for _, v in events["train/loss"]] == [round(r["loss"], 4) for r in train]
     assert {"train/lr", "train/grad_norm", "train/tokens_per_s", "val/loss", "val/bits_per_byte"} <= set(events)
     assert len(events["val/loss"]) == len([r for r in records if "val_loss" in r])
-    # the refresher ran `groundup report` on the model dir in a child process (waited for at the end)
+    # the refresher drew the report of the model dir in a child process (waited for at the end)
     report = (out / "report.html").read_text()
     assert "loss curves" in report and "<title>groundup run: model</title>" in report
 
@@ -103,4 +103,4 @@ def test_tags_and_refresh_interval(tmp_path, monkeypatch):
     for step in range(1, 31):
         refresher.write({"step": step})
     assert len(started) == 1  # step 10 started one; at 20 and 30 it was still drawing, so those were skipped
-    assert started[0][-2:] == ["report", str(tmp_path)]
+    assert started[0][-3:] == ["-m", "groundup.report.run", str(tmp_path)]  # the report stage, not the CLI

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -38,6 +40,20 @@ def weights(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
+TIMING = {"elapsed_s", "tokens_per_s", "mfu"}
+
+
+def rows(run_dir) -> list[dict]:
+    """metrics.jsonl's rows without the keys that measure time."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def file_digests(run_dir) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
 def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatch):
     straight = pretrain.run(config(spine_tokens, tmp_path / "straight"))
 
@@ -52,6 +68,8 @@ def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         pretrain.run(config(spine_tokens, tmp_path / "stopped"))
     assert ckpt.latest_checkpoint(tmp_path / "stopped" / "checkpoints").name == "step-000004"
+    with open(tmp_path / "stopped" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "tokens": 89')  # and the writer was killed mid-line
     monkeypatch.setattr(RandomWindows, "next_batch", original)
     resumed = pretrain.run(config(spine_tokens, tmp_path / "stopped", resume="auto"))
 
@@ -66,6 +84,7 @@ def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatc
     resumed_loss = [r["loss"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
                     if "loss" in r]
     assert straight_loss == resumed_loss
+    assert rows(resumed) == rows(straight)  # every row once, the evaluations' too, and nothing of the torn line
 
 
 def test_model_dir_metrics_and_result(spine_tokens, tmp_path):
@@ -89,12 +108,53 @@ def test_model_dir_metrics_and_result(spine_tokens, tmp_path):
     assert model.config == MODEL and tokenizer.vocab_size == 320
 
 
-def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_path):
+def test_a_wall_clock_budget_stops_the_run_with_a_checkpoint(spine_tokens, tmp_path, monkeypatch):
     out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=10**6, max_minutes=1e-4,
                               schedule_clock="time"))
     result = read_manifest(out)["result"]
     assert result["stopped_by"] == "max_minutes" and result["steps"] >= 1
     assert ckpt.latest_checkpoint(out / "checkpoints") is not None
+    # `groundup run` again: the same config with resume=auto finds the run finished and leaves it be
+    before = file_digests(out)
+    pretrain.run(config(spine_tokens, out, max_steps=10**6, max_minutes=1e-4, schedule_clock="time", resume="auto"))
+    assert file_digests(out) == before
+    # another config resumes, but the checkpoint has spent the budget: no step more
+    monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
+    changed = config(spine_tokens, out, max_steps=10**6, max_minutes=1e-4, schedule_clock="time", resume="auto")
+    changed.final_eval_stride = 32
+    pretrain.run(changed)
+    again = read_manifest(out)["result"]
+    assert again["steps"] == result["steps"] and again["stopped_by"] == "max_minutes"
+    assert sum("val_loss" in r for r in rows(out)) == 1  # the final evaluation's row, once
+
+
+def test_a_finished_run_is_left_alone_and_a_longer_one_resumes(spine_tokens, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
+
+    def quick(out, **train):  # a final evaluation of half the windows
+        cfg = config(spine_tokens, out, **train)
+        cfg.final_eval_stride = 32
+        return cfg
+
+    out = pretrain.run(quick(tmp_path / "run"))
+    before = file_digests(out)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(pretrain, "train_loop", no_training)
+        m.setattr(pretrain, "score_shard", no_training)
+        assert pretrain.run(quick(out, resume="auto", progress_bar=True)) == out
+        pretrain.run(quick(out))
+    assert file_digests(out) == before  # model.safetensors, metrics, checkpoints: every byte
+
+    longer = pretrain.run(quick(out, resume="auto", max_steps=10))
+    assert read_manifest(longer)["result"]["steps"] == 10
+    train_steps = [r["step"] for r in rows(longer) if "loss" in r]
+    eval_steps = [r["step"] for r in rows(longer) if "val_loss" in r]
+    assert train_steps == list(range(1, 11))
+    assert eval_steps == [4, 10]  # the first run's final row at step 8 went with it: no row twice
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
@@ -190,15 +250,15 @@ def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = loop.train_loop
 
-    def wrapped(**kwargs):
-        inner = kwargs["loss_fn"]
+    def wrapped(state, spec, **kwargs):
+        inner = spec.loss_fn
 
         def loss_fn(model, batch):
             calls["n"] += 1
             loss = inner(model, batch)
             return loss * float("nan") if calls["n"] == 2 else loss
 
-        return real(**{**kwargs, "loss_fn": loss_fn})
+        return real(state, dataclasses.replace(spec, loss_fn=loss_fn), **kwargs)
 
     monkeypatch.setattr(pretrain, "train_loop", wrapped)
     out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=3, eval_every=0))

@@ -37,9 +37,10 @@ from groundup.model.classifier import (
     pad_texts,
 )
 from groundup.parallel.data import spread_batches
-from groundup.train.loop import train_loop
 
 log = logging.getLogger(__name__)
+
+STAGE = "finetune-classify"
 
 
 @dataclass(kw_only=True)
@@ -71,6 +72,8 @@ def evaluate_classifier(model, seqs: list[list[int]], labels: list[int], pad_id:
 
 
 def run(cfg: Config) -> Path:
+    if common.finished(cfg, STAGE):
+        return Path(cfg.out)
     stats = DataStats()
     train, val = train_val(lambda path: read_jsonl(path, parse_labeled, stats, skip_bad_lines=cfg.skip_bad_lines),
                            cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed)
@@ -100,7 +103,7 @@ def run(cfg: Config) -> Path:
     if s.is_main:
         write_json(out / "data_stats.json", {**stats.as_dict(), "class_counts": counts})
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
-    model, device = s.model, s.device
+    device = s.device
 
     def collate(indices: list[int]):
         x, lengths = pad_texts([train_seqs[i] for i in indices], pad_id)
@@ -118,16 +121,12 @@ def run(cfg: Config) -> Path:
     def evaluate(_model) -> dict[str, float]:
         return evaluate_classifier(_model, val_seqs, val_y, pad_id, cfg.batch_size, device, s.loop_parallel)
 
-    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
-                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
-                        tokens_per_micro_batch=0, batch_tokens=lambda batch: int(batch[1].sum()),
-                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
-                        parallel=s.loop_parallel)
-    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
-               "stopped_by": result.stopped_by, **result.last_eval, "majority_accuracy": round(majority, 6),
+    result = common.train(cfg, s, out, sampler, loss_fn, evaluate=evaluate if val else None,
+                          batch_tokens=lambda batch: int(batch[1].sum()))
+    summary = {**result.summary(), **result.last_eval, "majority_accuracy": round(majority, 6),
                "labels": names, "data": stats.as_dict()}
     meta = {"labels": names, "pooling": "last_token", "max_len": max_len, "pad_id": pad_id}
-    common.save_result(cfg, s, stage="finetune-classify", summary=summary, keep_trainable=keep,
+    common.save_result(cfg, s, stage=STAGE, summary=summary, keep_trainable=keep,
                        inputs={"data": cfg.data}, peft_task="SEQ_CLS",
                        write_more=lambda out: write_json(out / CLASSIFIER_FILE, meta))
     return out

@@ -29,18 +29,20 @@ from groundup import config as configlib
 from groundup.artifacts import TRAINING_RUN_NAMES, require_files, write_json
 from groundup.artifacts import prepare_out as prepare_out_dir
 from groundup.model.config import ModelConfig
-from groundup.model.io import load_model_dir, read_model_config, resolve_device, save_model_dir
+from groundup.model.io import load_model_dir, read_model_config, save_model_dir
 from groundup.model.lora import LoRAConfig, apply_lora, count_parameters, merge_lora, save_adapter
 from groundup.model.transformer import Transformer
 from groundup.parallel.apply_ac import remove_ac
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
-from groundup.parallel.env import ParallelState, init_distributed
-from groundup.parallel.parallelize import parallelize
+from groundup.parallel.env import ParallelState
+from groundup.train import runtime
 from groundup.train.logging import LogConfig
-from groundup.train.loop import LoopConfig
-from groundup.train.optim import OptimConfig, build_optimizer
-from groundup.train.pretrain import autocast_for, gather_full_model
+from groundup.train.loop import LoopConfig, LoopResult, train_loop
+from groundup.train.optim import OptimConfig
+from groundup.train.resume import is_finished
+from groundup.train.stability import SpikeGuard
+from groundup.train.step import LossFn, StepSpec, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class Setup:
 
     @property
     def loop_parallel(self) -> ParallelState | None:
-        """``train_loop``'s ``parallel=`` argument: the layout under torchrun, None for one process."""
+        """The layout under torchrun (:class:`groundup.train.step.StepSpec`'s ``parallel``), None for one process."""
         return self.parallel if self.parallel.distributed else None
 
 
@@ -147,10 +149,9 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
     if cfg.lora.enabled and cfg.parallel.tensor_parallel > 1:
         raise ValueError("LoRA does not compose with parallel.tensor_parallel > 1 (the adapters' rows would have "
                          "to follow the sharded fused layers); use data parallelism: parallel.data_parallel=fsdp")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = init_distributed(resolve_device(cfg.device), cfg.parallel.backend)
-    device = env.device
+    rt = runtime.init_runtime(device=cfg.device, precision=cfg.precision, threads=cfg.threads,
+                              backend=cfg.parallel.backend)
+    device = rt.device
     torch.manual_seed(cfg.seed)  # the same classifier head and adapters on every rank
     model, tokenizer = load_model_dir(cfg.model)
     if adapt is not None:
@@ -159,12 +160,10 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
     model = model.to(device)
     model_cfg = model.config
     trainable, total = count_parameters(model)
-    if env.is_main:
+    if rt.is_main:
         log.info("%s: %s trainable of %s parameters (%.2f%%)%s", cfg.model, f"{trainable:,}", f"{total:,}",
                  100 * trainable / total, f", LoRA on {len(names)} layers" if names else "")
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    fsdp_bf16 = cfg.parallel.mixed_precision == "bf16" or (cfg.parallel.mixed_precision == "auto" and bf16)
-    model, parallel = parallelize(model, cfg.parallel, env, param_dtype=torch.bfloat16 if fsdp_bf16 else None)
+    model, parallel = runtime.parallelize_model(model, rt, cfg.parallel)
 
     def rebuild() -> torch.nn.Module:
         plain = Transformer(read_model_config(cfg.model))
@@ -174,14 +173,18 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
             apply_lora(plain, cfg.lora, trainable=keep_trainable)
         return plain
 
-    return Setup(model, model_cfg, tokenizer, device, autocast_for(device, cfg.precision), names, trainable, total,
-                 parallel, rebuild)
+    return Setup(model, model_cfg, tokenizer, device, rt.autocast, names, trainable, total, parallel, rebuild)
+
+
+def finished(cfg: BaseConfig, stage: str) -> bool:
+    """Whether ``cfg.out`` already holds this run's finished output (:func:`groundup.train.resume.is_finished`):
+    then the method does nothing."""
+    return is_finished(cfg.out, stage, configlib.to_dict(cfg))
 
 
 def optimizer_for(cfg: BaseConfig, s: Setup) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (foreach, not fused, under tensor parallelism: no DTensor kernel)."""
-    optim_cfg = cfg.optim if s.parallel.tp_size == 1 else dataclasses.replace(cfg.optim, fused=False)
-    return build_optimizer(s.model, optim_cfg, s.device.type)
+    """AdamW over the trainable parameters (:func:`groundup.train.runtime.optimizer_for`)."""
+    return runtime.optimizer_for(s.model, cfg.optim, s.parallel)
 
 
 def rank_sampler(sampler, s: Setup):
@@ -212,7 +215,7 @@ def final_model(s: Setup) -> torch.nn.Module | None:
     model, adapters included, so the files written are those of one process.
     """
     if s.parallel.distributed:
-        return gather_full_model(s.model, s.config, build=s.rebuild)
+        return runtime.gather_full_model(s.model, s.config, build=s.rebuild)
     return remove_ac(s.model).cpu()
 
 
@@ -247,6 +250,17 @@ def save_result(cfg: BaseConfig, s: Setup, *, stage: str, summary: dict, keep_tr
     return out
 
 
-def loop_config(cfg: BaseConfig, has_eval: bool) -> LoopConfig:
-    """The loop settings, with periodic evaluation off when there is nothing held out."""
-    return cfg.train if has_eval else dataclasses.replace(cfg.train, eval_every=0)
+def train(cfg: BaseConfig, s: Setup, out: Path, sampler, loss_fn: LossFn, *,
+          evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, tokens_per_micro_batch: int = 0,
+          batch_tokens: Callable[[object], int] | None = None) -> LoopResult:
+    """The shared loop over a method's loss function, on this rank's share of ``sampler``'s batches.
+
+    ``evaluate`` scores the held-out data (periodic evaluation is off without it); ``optimizer`` defaults to
+    :func:`optimizer_for`'s; a batch counts ``batch_tokens(batch)`` tokens, else ``tokens_per_micro_batch``."""
+    loop_cfg = cfg.train if evaluate is not None else dataclasses.replace(cfg.train, eval_every=0)
+    optimizer = optimizer if optimizer is not None else optimizer_for(cfg, s)
+    state = TrainState(model=s.model, optimizer=optimizer, sampler=rank_sampler(sampler, s), guard=SpikeGuard(loop_cfg))
+    spec = StepSpec(loss_fn=loss_fn, autocast=s.autocast, tokens_per_micro_batch=tokens_per_micro_batch,
+                    batch_tokens=batch_tokens, parallel=s.loop_parallel)
+    return train_loop(state, spec, cfg=loop_cfg, optim_cfg=cfg.optim, out=out, evaluate=evaluate, log_cfg=cfg.log)

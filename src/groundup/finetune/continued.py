@@ -21,10 +21,11 @@ from groundup.artifacts import find_tokenizer_file, read_json, require_files
 from groundup.evaluate.lm import score_shard
 from groundup.finetune import common
 from groundup.tokens.datasets import RandomWindows, load_tokens
-from groundup.train.loop import train_loop
 from groundup.train.optim import OptimConfig
 
 log = logging.getLogger(__name__)
+
+STAGE = "finetune-continue"
 
 
 def continue_optim() -> OptimConfig:
@@ -67,11 +68,13 @@ def check_tokenizer(tokens_dir: Path, meta: dict, model_dir: Path) -> None:
 
 
 def run(cfg: Config) -> Path:
+    if common.finished(cfg, STAGE):
+        return Path(cfg.out)
     tokens_dir = require_files(cfg.tokens, {"train.bin", "val.bin", "meta.json"}, "tokens dir")
     meta = read_json(tokens_dir / "meta.json")
     check_tokenizer(tokens_dir, meta, cfg.model)
     s = common.setup(cfg)
-    model, device = s.model, s.device
+    device = s.device
     if int(meta["vocab_size"]) > s.config.vocab_size:
         raise ValueError(f"{tokens_dir} has {meta['vocab_size']} token ids, the model only {s.config.vocab_size}")
     seq_len = cfg.seq_len or s.config.block_size
@@ -96,11 +99,8 @@ def run(cfg: Config) -> Path:
         return result
 
     has_val = len(val_tokens) > seq_len
-    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
-                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, has_val), out=out,
-                        tokens_per_micro_batch=cfg.batch_size * seq_len, evaluate=evaluate if has_val else None,
-                        autocast=s.autocast, log_cfg=cfg.log, parallel=s.loop_parallel)
-    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
-               "stopped_by": result.stopped_by, **result.last_eval}
-    common.save_result(cfg, s, stage="finetune-continue", summary=summary, inputs={"tokens": tokens_dir})
+    result = common.train(cfg, s, out, sampler, loss_fn, evaluate=evaluate if has_val else None,
+                          tokens_per_micro_batch=cfg.batch_size * seq_len)
+    summary = {**result.summary(), **result.last_eval}
+    common.save_result(cfg, s, stage=STAGE, summary=summary, inputs={"tokens": tokens_dir})
     return out

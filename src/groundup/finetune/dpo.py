@@ -42,11 +42,11 @@ from groundup.finetune.data import (
 )
 from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
-from groundup.train.loop import train_loop
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "reference_logps.safetensors"
+STAGE = "finetune-dpo"
 
 
 @dataclass(kw_only=True)
@@ -134,6 +134,8 @@ def all_logps(model, pairs, pad_id: int, batch_size: int, device, parallel=None)
 
 
 def run(cfg: Config) -> Path:
+    if common.finished(cfg, STAGE):
+        return Path(cfg.out)
     s = common.setup(cfg)
     template = read_chat_template(cfg.model)
     max_len = cfg.max_len or s.config.block_size
@@ -182,14 +184,10 @@ def run(cfg: Config) -> Path:
         loss, metrics = dpo_loss(pol_c, pol_r, ref_val[0], ref_val[1], cfg.beta, cfg.label_smoothing)
         return {"val_loss": round(float(loss), 6), **{f"val_{k}": round(v, 6) for k, v in metrics.items()}}
 
-    result = train_loop(model=model, optimizer=optimizer, sampler=common.rank_sampler(sampler, s),
-                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
-                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[4],
-                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
-                        parallel=s.loop_parallel)
-    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
-               "stopped_by": result.stopped_by, "beta": cfg.beta, **result.last_eval, "data": stats.as_dict()}
+    result = common.train(cfg, s, out, sampler, loss_fn, evaluate=evaluate if val else None, optimizer=optimizer,
+                          batch_tokens=lambda batch: batch[4])
+    summary = {**result.summary(), "beta": cfg.beta, **result.last_eval, "data": stats.as_dict()}
     # the template the pairs were rendered with travels with the model
-    common.save_result(cfg, s, stage="finetune-dpo", summary=summary, inputs={"data": cfg.data},
+    common.save_result(cfg, s, stage=STAGE, summary=summary, inputs={"data": cfg.data},
                        write_more=lambda out: write_chat_template(out, template))
     return out

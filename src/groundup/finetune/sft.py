@@ -34,9 +34,10 @@ from groundup.finetune.data import (
 )
 from groundup.parallel.data import spread_batches
 from groundup.tokenizer.chat import read_chat_template, write_chat_template
-from groundup.train.loop import train_loop
 
 log = logging.getLogger(__name__)
+
+STAGE = "finetune-sft"
 
 
 @dataclass(kw_only=True)
@@ -92,6 +93,8 @@ def sequence_loss(model, examples: list[Example], pad_id: int, batch_size: int, 
 
 
 def run(cfg: Config) -> Path:
+    if common.finished(cfg, STAGE):
+        return Path(cfg.out)
     s = common.setup(cfg)
     template = cfg.chat_template.read_text(encoding="utf-8") if cfg.chat_template else read_chat_template(cfg.model)
     max_len = cfg.max_len or s.config.block_size
@@ -108,7 +111,7 @@ def run(cfg: Config) -> Path:
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     sampler = ExampleBatches([len(e) for e in train], cfg.batch_size, collate(train, pad_id), seed=cfg.seed,
                              group_by_length=cfg.group_by_length)
-    model, device = s.model, s.device
+    device = s.device
 
     def loss_fn(_model, batch) -> torch.Tensor:
         x, y, _ = batch
@@ -118,14 +121,10 @@ def run(cfg: Config) -> Path:
         loss, _ = sequence_loss(_model, val, pad_id, cfg.batch_size, device, s.loop_parallel)
         return {"val_loss": round(loss, 6), "val_perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
-    result = train_loop(model=model, optimizer=common.optimizer_for(cfg, s), sampler=common.rank_sampler(sampler, s),
-                        loss_fn=loss_fn, optim_cfg=cfg.optim, cfg=common.loop_config(cfg, bool(val)), out=out,
-                        tokens_per_micro_batch=0, batch_tokens=lambda batch: batch[2],
-                        evaluate=evaluate if val else None, autocast=s.autocast, log_cfg=cfg.log,
-                        parallel=s.loop_parallel)
-    summary = {"steps": result.step, "tokens_seen": result.tokens_seen, "train_seconds": round(result.train_seconds, 2),
-               "stopped_by": result.stopped_by, **result.last_eval, "data": stats.as_dict()}
+    result = common.train(cfg, s, out, sampler, loss_fn, evaluate=evaluate if val else None,
+                          batch_tokens=lambda batch: batch[2])
+    summary = {**result.summary(), **result.last_eval, "data": stats.as_dict()}
     # the template the conversations were rendered with travels with the model
-    common.save_result(cfg, s, stage="finetune-sft", summary=summary, inputs={"data": cfg.data},
+    common.save_result(cfg, s, stage=STAGE, summary=summary, inputs={"data": cfg.data},
                        write_more=lambda out: write_chat_template(out, template))
     return out

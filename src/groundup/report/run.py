@@ -58,3 +58,9 @@ def run(cfg: Config) -> Path:
     out = page.write(out, page.render(runs, title=cfg.title, samples=cfg.samples))
     log.info("report written to %s (%.1f s, %s)", out, time.perf_counter() - t0, page.human_bytes(out.stat().st_size))
     return out
+
+
+if __name__ == "__main__":  # `python -m groundup.report.run RUN_DIR ...`: what a training run's report refresher starts
+    import sys
+
+    run(configlib.parse(Config, sys.argv[1:], prog="python -m groundup.report.run"))

@@ -78,9 +78,11 @@ class TensorBoardWriter:
 
 
 class ReportRefresher:
-    """Every ``every`` steps, start ``groundup report DIR`` in a child process unless the last one still runs.
+    """Every ``every`` steps, draw ``DIR/report.html`` in a child process unless the last one still runs.
 
-    A separate process, so drawing never holds up a training step (and a report error cannot crash it).
+    A separate process, so drawing never holds up a training step (and a report error cannot crash it). The
+    child runs the report stage's module (:mod:`groundup.report.run`), not the command line: no stage
+    reaches the CLI.
     """
 
     def __init__(self, run_dir: Path, every: int) -> None:
@@ -95,7 +97,7 @@ class ReportRefresher:
         if self.child is not None and self.child.poll() is None:
             return  # the previous refresh is still drawing: skip this one
         self.last_step = step
-        self.child = subprocess.Popen([sys.executable, "-m", "groundup.cli", "report", str(self.run_dir)],
+        self.child = subprocess.Popen([sys.executable, "-m", "groundup.report.run", str(self.run_dir)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:

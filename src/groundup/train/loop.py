@@ -1,41 +1,39 @@
-"""The training loop every method shares: accumulation, clipping, schedule, metrics, checkpoints, resume, budget.
+"""The training loop every method shares: budget, schedule, logging, evaluation, checkpoints, resume, rollback.
 
-A method (pretraining, fine-tuning) supplies a model, a sampler of batches with
-``next_batch()`` / ``state_dict()`` / ``load_state_dict()``, and a loss function; the loop
-does the rest. On CPU a run is bitwise reproducible: N steps straight give the same weights
-as k steps, a stop, ``resume``, and N - k steps.
+A method (pretraining, fine-tuning) supplies a :class:`~groundup.train.step.TrainState` (its model,
+optimizer and a sampler of batches with ``next_batch()`` / ``state_dict()`` / ``load_state_dict()``)
+and a :class:`~groundup.train.step.StepSpec` (its loss function, autocast, token count, parallel layout);
+every step is :func:`groundup.train.step.train_step`, and the loop does the rest. On CPU a run is bitwise
+reproducible: N steps straight give the same weights as k steps, a stop, ``resume``, and N - k steps,
+and the same metrics rows (see :mod:`groundup.train.resume`).
 
-A loss function may return ``(loss, extras)``: the float ``extras`` (a DPO reward margin, say)
-are averaged like the loss and written on each metrics line. When batches hold a varying number
-of tokens (padded fine-tuning batches), ``batch_tokens(batch)`` counts them.
+Each metrics line holds the mean loss (and the loss function's extras) of the steps since the line before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 import torch
 from torch import nn
 
+from groundup.artifacts import JsonlStats, read_jsonl
+from groundup.parallel.env import ParallelState
 from groundup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from groundup.train.logging import LogConfig, Observer, open_observers
-from groundup.train.optim import OptimConfig, lr_at, set_lr
+from groundup.train.optim import OptimConfig, lr_at
+from groundup.train.resume import restore, resume_path
+from groundup.train.step import StepResult, StepSpec, TrainState, micro_batches, train_step
 
 log = logging.getLogger(__name__)
-
-
-class Sampler(Protocol):
-    def next_batch(self) -> Any: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass(kw_only=True)
@@ -99,66 +97,56 @@ class LoopResult:
     last_eval: dict[str, float]
     checkpoint: Path | None
 
-
-class SpikeGuard:
-    """Loss-spike detection by z-score against a window of recent step losses (its state is checkpointed)."""
-
-    def __init__(self, cfg: LoopConfig) -> None:
-        self.cfg = cfg
-        self.history: list[float] = []
-        self.rollbacks = 0
-        self.cooldown_until = -1
-
-    def is_spike(self, loss: float) -> tuple[bool, float]:
-        """(spike?, z-score) for a finite step loss; a normal loss joins the window."""
-        z = 0.0
-        if self.cfg.spike_zscore is not None and len(self.history) >= self.cfg.spike_window:
-            mean = sum(self.history) / len(self.history)
-            std = math.sqrt(sum((h - mean) ** 2 for h in self.history) / (len(self.history) - 1))
-            z = (loss - mean) / max(std, 1e-8)
-            if z > self.cfg.spike_zscore:
-                return True, z
-        self.history = (self.history + [loss])[-self.cfg.spike_window:]
-        return False, z
-
-    def lr_factor(self, step: int) -> float:
-        return self.cfg.spike_lr_cooldown if step < self.cooldown_until else 1.0
-
-    def state_dict(self) -> dict:
-        return {"history": self.history, "rollbacks": self.rollbacks, "cooldown_until": self.cooldown_until}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history = [float(h) for h in state.get("history", [])]
-        self.rollbacks = int(state.get("rollbacks", 0))
-        self.cooldown_until = int(state.get("cooldown_until", -1))
+    def summary(self) -> dict:
+        """The run's figures every training stage records in its manifest's result."""
+        return {"steps": self.step, "tokens_seen": self.tokens_seen, "train_seconds": round(self.train_seconds, 2),
+                "stopped_by": self.stopped_by}
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, lines past the resumed step are dropped.
+    """Append-only ``metrics.jsonl``; a resumed run keeps the rows written before its checkpoint, and no more.
 
-    Under several processes only rank 0 writes (``enabled=False`` elsewhere). ``observers`` (TensorBoard,
-    a report refresher: :mod:`groundup.train.logging`) see every record too."""
+    ``rows`` counts the records in the file: a checkpoint records it as ``metrics_rows``, and a run resumed
+    from it (``resume_step``) keeps that many (``keep_rows``; a checkpoint without it keeps the rows up to
+    its step). Under several processes only rank 0 writes (``enabled=False`` elsewhere). ``observers``
+    (TensorBoard, a report refresher: :mod:`groundup.train.logging`) see every record too."""
 
     def __init__(self, path: Path, resume_step: int | None, observers: list[Observer] | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, keep_rows: int | None = None) -> None:
         self.path = path
         self._f = None
+        self.rows = 0
         self.observers = list(observers or []) if enabled else []
         if not enabled:
             return
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        elif resume_step is None:
+        if resume_step is None:
             path.write_text("", encoding="utf-8")
+        elif path.exists():
+            self.rows = self._cut_back(resume_step, keep_rows)
         self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
+
+    def _cut_back(self, resume_step: int, keep_rows: int | None) -> int:
+        """Rewrite the file with the rows it held at the checkpoint resumed from; returns how many."""
+        stats = JsonlStats()
+        records = [record for _, record in read_jsonl(self.path, stats=stats)]
+        if stats.skipped:  # a torn last line from a killed run, most likely
+            log.warning("%s: %d unreadable line(s) dropped on resume: %s", self.path, stats.skipped,
+                        "; ".join(stats.examples[:3]))
+        if keep_rows is not None:
+            kept = records[:keep_rows]
+        else:
+            kept = [record for record in records if record.get("step", 0) <= resume_step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        os.replace(tmp, self.path)  # a kill now leaves the old file or the new one, never half of it
+        return len(kept)
 
     def write(self, record: dict) -> None:
         if self._f is None:
             return
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
+        self.rows += 1
         for observer in self.observers:
             observer.write(record)
 
@@ -167,6 +155,47 @@ class MetricsLog:
             self._f.close()
         for observer in self.observers:
             observer.close()
+
+
+class MetricsWindow:
+    """The steps since the last metrics line: their mean loss and extras, tokens, and the clock of throughput."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the steps so far (a rollback); the throughput clock goes on."""
+        self.loss, self.steps, self.tokens, self.extras = 0.0, 0, 0, {}
+
+    def restart_clock(self) -> None:
+        """Evaluation and checkpoint time is not training throughput."""
+        self.started = time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        self.tokens += result.tokens
+        if math.isfinite(result.loss_sum) and not result.spike:
+            self.loss += result.loss
+            self.steps += 1
+            for key, value in result.extras.items():
+                self.extras[key] = self.extras.get(key, 0.0) + value
+
+    def record(self, state: TrainState, result: StepResult, flops_per_token: float, peak_flops: float | None) -> dict:
+        """The metrics line of the steps so far (then a new window starts)."""
+        now = time.perf_counter()
+        tokens_per_s = self.tokens / max(now - self.started, 1e-9)
+        # the mean over the steps since the previous line: a single micro-batch's loss is noisy
+        mean_loss = self.loss / self.steps if self.steps else result.loss
+        record = {"step": state.step, "tokens": state.tokens_seen, "loss": round(mean_loss, 6), "lr": result.lr,
+                  "grad_norm": round(result.grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
+                  "elapsed_s": round(state.train_seconds, 3)}
+        for key, value in self.extras.items():
+            record[key] = round(value / max(self.steps, 1), 6)
+        if peak_flops:
+            record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
+        self.reset()
+        self.started = now
+        return record
 
 
 class _Progress:
@@ -199,242 +228,193 @@ class _Progress:
         self.bar.close()
 
 
-def _grad_norm(model: nn.Module, max_norm: float, parallel) -> float:
-    """Global gradient norm, clipped to ``max_norm`` if positive.
+@dataclass(kw_only=True)
+class _Run:
+    """What the loop's parts share through a run: its settings, the metrics file and the throughput window."""
 
-    One process: torch's ``clip_grad_norm_`` (as ever). Several: the norm of each gradient is computed on
-    its own (a DTensor's norm is reduced over its shards), so plain and DTensor gradients (tensor
-    parallelism leaves norms and embeddings plain) can be mixed.
-    """
-    params = [p for p in model.parameters() if p.grad is not None]
-    if parallel is None or not parallel.distributed:
-        if max_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
-    from torch.distributed.tensor import DTensor
+    cfg: LoopConfig
+    optim_cfg: OptimConfig
+    spec: StepSpec
+    ckpt_root: Path
+    metrics: MetricsLog
+    evaluate: Callable[[nn.Module], dict[str, float]] | None
+    extra_state: Callable[[], dict] | None
+    accum: int
+    """Micro-batches per step on this rank."""
+    flops_per_token: float
+    peak_flops: float | None
+    window: MetricsWindow = field(default_factory=MetricsWindow)
 
-    total_sq = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        n = torch.linalg.vector_norm(p.grad, 2.0, dtype=torch.float32)
-        if isinstance(n, DTensor):
-            n = n.full_tensor()
-        total_sq += n.double().cpu() ** 2
-    total = float(total_sq.sqrt())
-    if max_norm > 0 and math.isfinite(total):
-        coef = min(max_norm / (total + 1e-6), 1.0)
-        if coef < 1.0:
-            for p in params:
-                p.grad.mul_(coef)
-    return total
+    @property
+    def budget(self) -> float:
+        """Seconds of training allowed."""
+        return self.cfg.max_minutes * 60.0 if self.cfg.max_minutes else math.inf
 
 
-def train_loop(
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    sampler: Sampler,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor | tuple[torch.Tensor, dict[str, float]]],
-    optim_cfg: OptimConfig,
-    cfg: LoopConfig,
-    out: Path,
-    tokens_per_micro_batch: int,
-    flops_per_token: float = 0.0,
-    peak_flops: float | None = None,
-    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-    autocast: contextlib.AbstractContextManager | Callable[[], contextlib.AbstractContextManager] | None = None,
-    extra_state: Callable[[], dict] | None = None,
-    batch_tokens: Callable[[Any], int] | None = None,
-    log_cfg: LogConfig | None = None,
-    parallel=None,
-) -> LoopResult:
-    """Train ``model`` for ``cfg.max_steps`` optimizer steps (or until ``cfg.max_minutes``).
+def train_loop(state: TrainState, spec: StepSpec, *, cfg: LoopConfig, optim_cfg: OptimConfig, out: Path,
+               evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+               extra_state: Callable[[], dict] | None = None, log_cfg: LogConfig | None = None,
+               flops_per_token: float = 0.0, peak_flops: float | None = None) -> LoopResult:
+    """Train ``state`` for ``cfg.max_steps`` optimizer steps (or until ``cfg.max_minutes``), then checkpoint
+    and evaluate once more.
 
-    ``parallel`` (a :class:`groundup.parallel.ParallelState`) is given under torchrun: then ``sampler``
-    hands each rank its own micro-batches, ``tokens_per_micro_batch`` is one rank's, and ``cfg.grad_accum``
-    is the accumulation of a single process: each of the ``dp`` data-parallel ranks runs
-    ``grad_accum / dp`` micro-batches per step, so the global batch (and the learning rate that suits it)
-    is the same whatever the number of ranks.
+    ``evaluate(model)`` (in eval mode, under no_grad and autocast) returns held-out figures, logged every
+    ``cfg.eval_every`` steps and at the end; ``extra_state()`` adds to every checkpoint's state.json; with
+    ``peak_flops`` the metrics lines carry MFU. Under torchrun (``spec.parallel``) ``cfg.grad_accum`` is the
+    accumulation of a single process: each of the ``dp`` data-parallel ranks runs ``grad_accum / dp``
+    micro-batches per step, so the global batch (and the learning rate that suits it) is the same whatever
+    the number of ranks.
     """
     out = Path(out)
-    ckpt_root = out / "checkpoints"
-    step, tokens_seen, elapsed_before, resumed_from = 0, 0, 0.0, None
-    dp = parallel.dp_size if parallel is not None else 1
+    parallel = spec.parallel
     is_main = parallel is None or parallel.is_main
-    if cfg.grad_accum % dp:
-        raise ValueError(f"grad_accum={cfg.grad_accum} (the single-process accumulation) must be divisible by the "
-                         f"{dp} data-parallel ranks: global batch = batch_size x grad_accum")
-    accum = cfg.grad_accum // dp
-    guard = SpikeGuard(cfg)
-
-    resume_path = None
-    if cfg.resume == "auto":
-        resume_path = latest_checkpoint(ckpt_root)
-    elif cfg.resume:
-        resume_path = Path(cfg.resume)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, model=model, optimizer=optimizer)
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        elapsed_before = state.get("train_seconds", 0.0)
-        sampler.load_state_dict(state["sampler"])
-        guard.load_state_dict(state.get("guard", {}))
-        resumed_from = resume_path
-        log.info("resumed from %s at step %d", resume_path, step)
-
-    resume_step = step if resumed_from else None
+    accum = micro_batches_per_rank(cfg.grad_accum, parallel)
+    ckpt_root = out / "checkpoints"
+    saved = restore(state, resume_path(cfg.resume, ckpt_root))
+    resume_step = state.step if saved is not None else None
     metrics = MetricsLog(out / "metrics.jsonl", resume_step,
-                         open_observers(log_cfg, out, resume_step) if is_main else None, enabled=is_main)
-    budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
-    make_autocast = autocast if callable(autocast) else (lambda: contextlib.nullcontext())
-
-    def progress_now(elapsed: float) -> float:
-        if cfg.schedule_clock == "time":
-            return elapsed / budget
-        return step / cfg.max_steps
-
-    def checkpoint() -> Path:
-        state = {"tokens_seen": tokens_seen, "train_seconds": elapsed, "sampler": sampler.state_dict(),
-                 "guard": guard.state_dict()}
-        if extra_state:
-            state.update(extra_state())
-        return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, state=state,
-                               keep_last=cfg.keep_checkpoints)
-
-    def run_eval() -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), make_autocast():
-            result = evaluate(model)
-        model.train(was_training)
-        metrics.write({"step": step, "tokens": tokens_seen, "elapsed_s": round(elapsed, 3), **result})
-        return result
-
-    def roll_back(loss: float, z: float) -> None:
-        """Back to the newest checkpoint, keeping the sampler where it is: the data since is skipped."""
-        nonlocal step, tokens_seen
-        spiked_at, position = step, sampler.state_dict()
-        target = latest_checkpoint(ckpt_root)
-        event = {"step": spiked_at, "event": "loss_spike", "loss": round(loss, 6), "zscore": round(z, 3),
-                 "data_position": position}
-        if target is None:
-            metrics.write({**event, "action": "skipped_update (no checkpoint to roll back to)"})
-            return
-        guard.rollbacks += 1
-        if guard.rollbacks > cfg.spike_max_rollbacks:
-            metrics.write({**event, "action": "abort"})
-            raise RuntimeError(f"step {spiked_at}: loss spike (z={z:.1f}) after {cfg.spike_max_rollbacks} rollbacks; "
-                               "the run is diverging (lower the learning rate or check the data)")
-        rollbacks = guard.rollbacks
-        state = load_checkpoint(target, model=model, optimizer=optimizer)
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        guard.load_state_dict(state.get("guard", {}))
-        guard.rollbacks = rollbacks
-        guard.cooldown_until = step + cfg.spike_cooldown_steps
-        skipped_from = state["sampler"]
-        metrics.write({**event, "action": "rollback", "to_step": step, "checkpoint": target.name,
-                       "skipped_data": {"from": skipped_from, "to": position},
-                       "lr_factor": cfg.spike_lr_cooldown, "cooldown_steps": cfg.spike_cooldown_steps})
-        log.warning("step %d: loss %.4f is a spike (z=%.1f): rolled back to %s, skipping data %s..%s",
-                    spiked_at, loss, z, target.name, skipped_from, position)
-
-    model.train()
-    bar = _Progress(cfg, step, elapsed_before) if cfg.progress_bar and is_main else None
-    start = time.perf_counter()
-    elapsed = elapsed_before
-    window_tokens, window_start = 0, time.perf_counter()
-    window_loss, window_steps = 0.0, 0
-    window_extras: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    last_ckpt: Path | None = None
-    stopped_by = "max_steps"
+                         open_observers(log_cfg, out, resume_step) if is_main else None, enabled=is_main,
+                         keep_rows=saved.get("metrics_rows") if saved is not None else None)
+    run = _Run(cfg=cfg, optim_cfg=optim_cfg, spec=spec, ckpt_root=ckpt_root, metrics=metrics, evaluate=evaluate,
+               extra_state=extra_state, accum=accum, flops_per_token=flops_per_token, peak_flops=peak_flops)
+    state.model.train()
+    bar = _Progress(cfg, state.step, state.train_seconds) if cfg.progress_bar and is_main else None
     try:
-        while step < cfg.max_steps:
-            lr = lr_at(step, progress_now(elapsed), optim_cfg) * guard.lr_factor(step)
-            set_lr(optimizer, lr)
-            loss_sum, step_tokens, step_extras = 0.0, 0, {}
-            for i in range(accum):
-                batch = sampler.next_batch()
-                sync = parallel.sync_gradients(model, i == accum - 1) if parallel is not None else None
-                with sync or contextlib.nullcontext():
-                    with make_autocast():
-                        loss = loss_fn(model, batch)
-                    if isinstance(loss, tuple):
-                        loss, extras = loss
-                        for key, value in extras.items():
-                            step_extras[key] = step_extras.get(key, 0.0) + float(value) / accum
-                    (loss / accum).backward()
-                loss_sum += loss.detach().float().item()
-                step_tokens += batch_tokens(batch) if batch_tokens else tokens_per_micro_batch
-            if parallel is not None:
-                loss_sum = parallel.mean(loss_sum)  # every rank decides alike on what follows
-                step_tokens = round(parallel.mean(float(step_tokens)) * dp)  # the global batch's tokens
-                step_extras = {key: parallel.mean(value) for key, value in step_extras.items()}
-            step_loss = loss_sum / accum
-            grad_norm = _grad_norm(model, optim_cfg.grad_clip, parallel)
-            spike, z = (False, 0.0)
-            if math.isfinite(grad_norm) and math.isfinite(loss_sum):
-                spike, z = guard.is_spike(step_loss)
-                if not spike:
-                    optimizer.step()
-            else:
-                log.warning("step %d: non-finite loss or gradient norm (%s, %s); update skipped",
-                            step, loss_sum, grad_norm)
-                metrics.write({"step": step, "event": "skipped_non_finite", "loss": loss_sum,
-                               "grad_norm": grad_norm, "data_position": sampler.state_dict()})
-            optimizer.zero_grad(set_to_none=True)
-            if spike:
-                roll_back(step_loss, z)
-                window_loss, window_steps, window_tokens, window_extras = 0.0, 0, 0, {}
-                if latest_checkpoint(ckpt_root) is not None:
-                    continue
-            step += 1
-            tokens_seen += step_tokens
-            window_tokens += step_tokens
-            elapsed = elapsed_before + time.perf_counter() - start
-            if math.isfinite(loss_sum) and not spike:
-                window_loss += step_loss
-                window_steps += 1
-                for key, value in step_extras.items():
-                    window_extras[key] = window_extras.get(key, 0.0) + value
-
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0, now
-                # the mean over the steps since the previous line: a single micro-batch's loss is noisy
-                mean_loss = window_loss / window_steps if window_steps else step_loss
-                record = {"step": step, "tokens": tokens_seen, "loss": round(mean_loss, 6),
-                          "lr": lr, "grad_norm": round(grad_norm, 6), "tokens_per_s": round(tokens_per_s, 2),
-                          "elapsed_s": round(elapsed, 3)}
-                for key, value in window_extras.items():
-                    record[key] = round(value / max(window_steps, 1), 6)
-                window_loss, window_steps, window_extras = 0.0, 0, {}
-                if peak_flops:
-                    record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
-                metrics.write(record)
-                if bar is not None:
-                    bar.update(step, elapsed, loss=f"{record['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-            elif bar is not None:
-                bar.update(step, elapsed)
-
-            out_of_time = elapsed >= budget
-            if parallel is not None and parallel.distributed:
-                out_of_time = parallel.mean(float(out_of_time)) > 0  # clocks differ: stop all if any must
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps and not out_of_time:
-                last_eval = run_eval()
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-                last_ckpt = checkpoint()
-                window_start = time.perf_counter()
-            if out_of_time:
-                stopped_by = "max_minutes"
-                break
+        stopped_by = train_steps(run, state, bar)
     finally:
         if bar is not None:
             bar.close()
-    last_ckpt = checkpoint()
-    last_eval = run_eval()
+    last_ckpt = save(run, state)
+    last_eval = evaluate_and_log(run, state)
     metrics.close()
-    return LoopResult(step=step, tokens_seen=tokens_seen, train_seconds=elapsed, stopped_by=stopped_by,
-                      last_eval=last_eval, checkpoint=last_ckpt)
+    return LoopResult(step=state.step, tokens_seen=state.tokens_seen, train_seconds=state.train_seconds,
+                      stopped_by=stopped_by, last_eval=last_eval, checkpoint=last_ckpt)
+
+
+def micro_batches_per_rank(grad_accum: int, parallel: ParallelState | None) -> int:
+    dp = parallel.dp_size if parallel is not None else 1
+    if grad_accum % dp:
+        raise ValueError(f"grad_accum={grad_accum} (the single-process accumulation) must be divisible by the "
+                         f"{dp} data-parallel ranks: global batch = batch_size x grad_accum")
+    return grad_accum // dp
+
+
+def train_steps(run: _Run, state: TrainState, bar: _Progress | None) -> str:
+    """Step until ``max_steps`` or the budget is spent, evaluating and checkpointing on the way; returns
+    what stopped it ('max_steps' or 'max_minutes')."""
+    cfg = run.cfg
+    if state.train_seconds >= run.budget:  # resumed from a checkpoint that had spent the budget
+        return "max_minutes"
+    started, before = time.perf_counter(), state.train_seconds
+    batches = micro_batches(state.sampler)
+    while state.step < cfg.max_steps:
+        result = train_step(state, batches, run.spec, lr=learning_rate(run, state), accum=run.accum,
+                            grad_clip=run.optim_cfg.grad_clip)
+        if not result.finite:
+            log_skipped_update(run, state, result)
+        if result.spike:
+            run.window.reset()
+            if roll_back(run, state, result):
+                continue
+            state.advance(result.tokens)  # no checkpoint to go back to: the update was skipped, the step counts
+        state.train_seconds = before + time.perf_counter() - started
+        run.window.add(result)
+        log_step(run, state, result, bar)
+        out_of_time = is_out_of_time(run, state)
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.max_steps and not out_of_time:
+            evaluate_and_log(run, state)
+            run.window.restart_clock()
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
+            save(run, state)
+            run.window.restart_clock()
+        if out_of_time:
+            return "max_minutes"
+    return "max_steps"
+
+
+def learning_rate(run: _Run, state: TrainState) -> float:
+    """The schedule's rate for the next step (following steps or time), times the spike guard's cool-down."""
+    if run.cfg.schedule_clock == "time":
+        progress = state.train_seconds / run.budget
+    else:
+        progress = state.step / run.cfg.max_steps
+    return lr_at(state.step, progress, run.optim_cfg) * state.guard.lr_factor(state.step)
+
+
+def is_out_of_time(run: _Run, state: TrainState) -> bool:
+    out_of_time = state.train_seconds >= run.budget
+    parallel = run.spec.parallel
+    if parallel is not None and parallel.distributed:
+        out_of_time = parallel.mean(float(out_of_time)) > 0  # clocks differ: stop all if any must
+    return out_of_time
+
+
+def log_step(run: _Run, state: TrainState, result: StepResult, bar: _Progress | None) -> None:
+    """A metrics line every ``log_every`` steps and at the last one; the progress bar every step."""
+    if state.step % run.cfg.log_every == 0 or state.step == run.cfg.max_steps:
+        record = run.window.record(state, result, run.flops_per_token, run.peak_flops)
+        run.metrics.write(record)
+        if bar is not None:
+            bar.update(state.step, state.train_seconds, loss=f"{record['loss']:.3f}",
+                       tok_s=f"{record['tokens_per_s']:,.0f}")
+    elif bar is not None:
+        bar.update(state.step, state.train_seconds)
+
+
+def log_skipped_update(run: _Run, state: TrainState, result: StepResult) -> None:
+    log.warning("step %d: non-finite loss or gradient norm (%s, %s); update skipped",
+                result.step, result.loss_sum, result.grad_norm)
+    run.metrics.write({"step": result.step, "event": "skipped_non_finite", "loss": result.loss_sum,
+                       "grad_norm": result.grad_norm, "data_position": state.sampler.state_dict()})
+
+
+def save(run: _Run, state: TrainState) -> Path:
+    """A checkpoint of the state now, with the number of metrics rows written so far."""
+    saved = {**state.state_dict(), **(run.extra_state() if run.extra_state else {}), "metrics_rows": run.metrics.rows}
+    return save_checkpoint(run.ckpt_root, state.step, model=state.model, optimizer=state.optimizer, state=saved,
+                           keep_last=run.cfg.keep_checkpoints)
+
+
+def evaluate_and_log(run: _Run, state: TrainState) -> dict[str, float]:
+    """The method's held-out figures (eval mode, no_grad, autocast), written as a metrics row."""
+    if run.evaluate is None:
+        return {}
+    model = state.model
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), run.spec.autocast():
+        result = run.evaluate(model)
+    model.train(was_training)
+    run.metrics.write({"step": state.step, "tokens": state.tokens_seen, "elapsed_s": round(state.train_seconds, 3),
+                       **result})
+    return result
+
+
+def roll_back(run: _Run, state: TrainState, spike: StepResult) -> bool:
+    """Back to the newest checkpoint after a loss spike, keeping the sampler where it is: the data since is
+    skipped. False when there is no checkpoint to go back to (the update alone is skipped)."""
+    cfg = run.cfg
+    position = state.sampler.state_dict()
+    target = latest_checkpoint(run.ckpt_root)
+    event = {"step": spike.step, "event": "loss_spike", "loss": round(spike.loss, 6), "zscore": round(spike.zscore, 3),
+             "data_position": position}
+    if target is None:
+        run.metrics.write({**event, "action": "skipped_update (no checkpoint to roll back to)"})
+        return False
+    state.guard.rollbacks += 1
+    if state.guard.rollbacks > cfg.spike_max_rollbacks:
+        run.metrics.write({**event, "action": "abort"})
+        raise RuntimeError(f"step {spike.step}: loss spike (z={spike.zscore:.1f}) after {cfg.spike_max_rollbacks} "
+                           "rollbacks; the run is diverging (lower the learning rate or check the data)")
+    rollbacks = state.guard.rollbacks
+    saved = load_checkpoint(target, model=state.model, optimizer=state.optimizer)
+    state.step, state.tokens_seen = saved["step"], saved["tokens_seen"]
+    state.guard.load_state_dict(saved.get("guard", {}))
+    state.guard.rollbacks = rollbacks
+    state.guard.cooldown_until = state.step + cfg.spike_cooldown_steps
+    run.metrics.write({**event, "action": "rollback", "to_step": state.step, "checkpoint": target.name,
+                       "skipped_data": {"from": saved["sampler"], "to": position},
+                       "lr_factor": cfg.spike_lr_cooldown, "cooldown_steps": cfg.spike_cooldown_steps})
+    log.warning("step %d: loss %.4f is a spike (z=%.1f): rolled back to %s, skipping data %s..%s",
+                spike.step, spike.loss, spike.zscore, target.name, saved["sampler"], position)
+    return True
