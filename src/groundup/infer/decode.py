@@ -71,10 +71,11 @@ class Decoder:
         self.max_len = self.cache.max_len
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, *,
+    def forward(self, tokens: torch.Tensor, slots: list[int], positions: torch.Tensor, top: int, *,
                 all_positions: bool = False) -> torch.Tensor:
-        """Logits of the last position of each row (B, V), or of every position (B, T, V)."""
-        step = self.cache.step(slots, positions)
+        """Logits of the last position of each row (B, V), or of every position (B, T, V); ``top`` is the
+        largest of ``positions`` (B, T)."""
+        step = self.cache.step(slots, positions, top)
         h = self.view.hidden_states(tokens, step)  # (B, T, C)
         return self.view.lm_head(h if all_positions else h[:, -1])
 
@@ -82,16 +83,16 @@ class Decoder:
         """Run ``ids`` at positions ``start..`` of ``slot``: logits of the last token (V,), or of each (T, V)."""
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        slots = torch.tensor([slot], device=self.device)
-        return self.forward(tokens, slots, positions, all_positions=all_positions)[0]
+        return self.forward(tokens, [slot], positions, start + len(ids) - 1, all_positions=all_positions)[0]
 
     def rows(self, slots: list[int], positions: list[int], tokens: list[int]) -> torch.Tensor:
         """One token per row at its own (slot, position); logits (n, V). Rows of one slot are consecutive
         positions of one sequence (speculative verification): each sees the keys of those before it."""
         n = len(tokens)
-        padded = self.pad_rows(n)
-        scratch = self.cache.scratch
-        slot_t = torch.tensor(slots + [scratch] * (padded - n), device=self.device)
-        position_t = torch.tensor(positions + [0] * (padded - n), device=self.device)[:, None]
-        token_t = torch.tensor(tokens + [0] * (padded - n), dtype=torch.long, device=self.device)[:, None]
-        return self.forward(token_t, slot_t, position_t)[:n]
+        padding = self.pad_rows(n) - n
+        if padding:
+            slots, positions, tokens = slots + [self.cache.scratch] * padding, positions + [0] * padding, \
+                tokens + [0] * padding
+        position_t = torch.tensor(positions, device=self.device)[:, None]
+        token_t = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        return self.forward(token_t, slots, position_t, max(positions))[:n]

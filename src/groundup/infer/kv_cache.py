@@ -57,9 +57,9 @@ class SlotKVCache:
             self.k[:, target, :, :length] = self.k[:, source, :, :length]
             self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
-    def step(self, slots: torch.Tensor, positions: torch.Tensor) -> CacheStep:
-        """The cache as a forward of tokens at ``positions`` (B, T) in ``slots`` (B,) sees it."""
-        top = int(positions.max())
+    def step(self, slots: list[int], positions: torch.Tensor, top: int) -> CacheStep:
+        """The cache as a forward of tokens at ``positions`` (B, T) in ``slots`` sees it; ``top`` is the
+        largest position (known to the caller, so no value is read back from the tensor)."""
         if top >= self.max_len:
             raise ValueError(f"position {top} is past the KV cache's {self.max_len} positions")
         return CacheStep(self, slots, positions, min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.max_len))
@@ -68,20 +68,18 @@ class SlotKVCache:
 class CacheStep:
     """One forward's view of a :class:`SlotKVCache` (the model's ``KVCacheStep``)."""
 
-    def __init__(self, cache: SlotKVCache, slots: torch.Tensor, positions: torch.Tensor, key_len: int) -> None:
+    def __init__(self, cache: SlotKVCache, slots: list[int], positions: torch.Tensor, key_len: int) -> None:
         self.cache = cache
         self.positions = positions  # (B, T)
         self.key_len = key_len
-        B = slots.shape[0]
-        first = int(slots[0])
+        first, B = slots[0], len(slots)
         # Rows in consecutive slots read their keys through a view; otherwise (rows sharing a slot, or slots
         # out of order) through a gather.
-        self._range = (first, first + B) if torch.equal(slots, torch.arange(first, first + B, device=slots.device)) \
-            else None
-        self._slots = slots
-        self._write_rows = slots[:, None]  # (B, 1), broadcast against positions (B, T)
+        self._range = (first, first + B) if slots == list(range(first, first + B)) else None
+        self._slots = torch.tensor(slots, device=positions.device)
+        self._write_rows = self._slots[:, None]  # (B, 1), broadcast against positions (B, T)
         keys = torch.arange(key_len, device=positions.device)
-        self.mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, L)
+        self.mask = (keys <= positions[:, :, None])[:, None]  # (B, 1, T, L)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (S, nkv, max_len, hd)

@@ -64,25 +64,6 @@ class KVCacheStep(Protocol):
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd), masked) v for q (B, nh, T, hd), k and v (B, nkv, L, hd), mask (B, 1, T, L).
-
-    Written out rather than ``scaled_dot_product_attention``, whose CPU kernel splits its work by batch
-    size: here every (row, key/value head) pair is its own matrix product, so a row's result does not depend
-    on the other rows of the batch, and a query scored alone or beside others gets the same bits. The
-    query heads that share a key/value head are stacked as rows of one product instead of copying the keys.
-    """
-    B, nh, T, hd = q.shape
-    nkv = k.shape[1]
-    g = nh // nkv
-    q = q.reshape(B, nkv, g * T, hd)  # rows (group, t) of each key/value head
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))  # (B, nkv, g*T, L)
-    if g > 1:
-        mask = mask.repeat(1, 1, g, 1)  # (B, 1, g*T, L), rows in (group, t) order
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(dim=-1) @ v).view(B, nh, T, hd)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -107,7 +88,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v, mask = cache.update(self.layer, k, v)  # (B, nkv, L, hd), (B, 1, T, L)
-            y = masked_attention(q, k, v, mask)
+            # Each (row, head) pair is its own attention problem: a row's result does not depend on the other
+            # rows of the batch (the engine's batch invariance; checked on the machine's kernels by the tests).
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)  # (B, nh, T, hd)
         else:
             if nkv != nh:
                 # Grouped-query attention: each key/value head serves nh // nkv query heads.
