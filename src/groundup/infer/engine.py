@@ -119,6 +119,9 @@ class Request:
     """Return each generated token's log-probability and this many top alternatives (0: just the token's)."""
     prompt_logprobs: int | None = None
     """Also score the prompt: each prompt token's log-probability (and top alternatives) given its prefix."""
+    score_only: bool = False
+    """Prefill and score the prompt (``prompt_logprobs``) and sample nothing: every choice ends at once with
+    finish reason 'length' and no tokens (``params.max_new_tokens`` is not used)."""
     grammar: StructuredOutput | None = None
     """A grammar constraining every choice (structured output, from :class:`GrammarFactory`), or None."""
     on_event: Callable[[Event], None] | None = None
@@ -229,7 +232,11 @@ class Engine:
         ids = request.prompt_ids
         if not ids:
             raise ValueError("the prompt is empty")
-        if len(ids) >= self.max_len:
+        # A score_only request samples nothing, so its prompt may fill the whole context; a generating
+        # request needs a position left for its first token.
+        if request.score_only and request.prompt_logprobs is None:
+            raise ValueError("a score_only request needs prompt_logprobs (what it returns)")
+        if len(ids) > self.max_len or (len(ids) == self.max_len and not request.score_only):
             raise ValueError(f"the prompt has {len(ids)} tokens; this model's context holds {self.max_len} "
                              f"(prompt and completion together)")
         vocab = self.config.vocab_size
@@ -379,6 +386,9 @@ class Engine:
         seq.position = len(ids)
         if seq.index == 0:
             self.stats.prompt_tokens_total += len(ids)
+        if request.score_only:  # the prompt's logprobs are the whole answer
+            self._finish(seq, "length")
+            return
         self._sample_and_emit([seq], logits[None])
 
     def _decode_step(self) -> None:
