@@ -47,7 +47,8 @@ def serve_model(serve_model_dir):
 class LiveServer:
     """`groundup serve`'s app under a real uvicorn on a free loopback port, in a thread."""
 
-    def __init__(self, model_dir: Path, **settings) -> None:
+    def __init__(self, model_dir: Path, *, engine: dict | None = None, limits: dict | None = None,
+                 **settings) -> None:
         import socket
         import threading
         import time
@@ -55,9 +56,11 @@ class LiveServer:
         import uvicorn
 
         from groundup.serve.app import create_app
-        from groundup.serve.server import Config, build_state
+        from groundup.serve.server import Config, EngineSettings, build_state
+        from groundup.serve.state import RequestLimits
 
-        self.state = build_state(Config(model=model_dir, **settings))
+        self.state = build_state(Config(model=model_dir, engine=EngineSettings(**(engine or {})),
+                                        limits=RequestLimits(**(limits or {})), **settings))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -80,14 +83,14 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def live_server(serve_model_dir):
-    server = LiveServer(serve_model_dir, served_model_name="tiny", max_prompt_tokens=200, max_tokens=64,
-                        max_request_bytes=20_000, max_seqs=8)
+    server = LiveServer(serve_model_dir, served_model_name="tiny", engine={"max_seqs": 8},
+                        limits={"max_prompt_tokens": 200, "max_tokens": 64, "max_request_bytes": 20_000})
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
 def keyed_server(serve_model_dir):
-    server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", max_seqs=4)
+    server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", engine={"max_seqs": 4})
     yield server
     server.close()

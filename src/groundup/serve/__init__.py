@@ -1,1 +1,27 @@
-"""Serving: the OpenAI-compatible HTTP server (``groundup serve``) and the terminal chat (``groundup chat``)."""
+"""Serving: the OpenAI-compatible HTTP server (``groundup serve``) and the terminal chat (``groundup chat``).
+
+Layout of the server, from the outside in::
+
+    server.py       the stage: Config (sections ``engine`` and ``limits``), build_state, run (uvicorn)
+    app.py          create_app: error handlers, one middleware (request id, API key, body size, counts),
+                    then every router of routes.ROUTERS
+    routes/         one APIRouter per module; ROUTERS lists them
+      completions.py  POST /v1/completions (echo, logprobs, max_tokens=0 scoring)
+      chat.py         POST /v1/chat/completions
+      models.py       GET /v1/models, GET /v1/models/{id}
+      tokenize.py     POST /tokenize, POST /detokenize, GET /tokenizer_info
+      monitoring.py   GET /health, GET /metrics
+    protocol.py     the request bodies (pydantic; wrong types become 400)
+    validation.py   a body in, engine Requests out: prompts, limits, sampling, grammar (4xx for client mistakes)
+    dispatch.py     submit to the engine thread, await the events, cancel on disconnect (500 on engine faults)
+    streaming.py    server-sent events over the same engine requests
+    errors.py       APIError, OpenAI-shaped error bodies, request ids, the exception handlers
+    metrics.py      /metrics' Prometheus text
+    state.py        ServerState (engine, tokenizer, template, counters), RequestLimits, ConcurrencyPermit,
+                    and ``State``, the route parameter that receives the ServerState
+    chat.py         the terminal chat stage (not part of the server)
+
+A route function validates its body (validation.py), runs the engine requests (dispatch.py or
+streaming.py) and shapes the answer itself. Adding an endpoint touches the files listed in
+docs/serve.md under "Adding an endpoint" and nothing else.
+"""
