@@ -4,7 +4,7 @@ Same weights (a GPT-2-shaped model, 6 layers, 384 wide, vocabulary 50304, fp32, 
 a GPT2LMHeadModel), same 16-token prompt, 128 new greedy tokens, end-of-text ignored. Rounds alternate
 the implementations; the table gives medians of the rounds. The engine is measured as served (weights
 packed once for oneDNN, a decode batch of one run as two rows for batch invariance), with one row
-(`--batch_invariant false`), and with the fallback layout (transposed weight copies, batches padded to
+(`--engine.batch_invariant false`), and with the fallback layout (transposed weight copies, batches padded to
 four rows); the spine's single-sequence `generate_tokens` is shown for reference.
 
     PYTHONPATH=src python benchmarks/serve_decode.py [--rounds 3] [--tokens 128] [--threads 2]

@@ -40,6 +40,12 @@ def serve_draft_dir(spine_tokenizer, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def harness_model_dir(spine_tokenizer, tmp_path_factory) -> Path:
+    """GPT-2-style tiny random model whose vocabulary is exactly the tokenizer's (no padding rows)."""
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "harness", spine_tokenizer, seed=3, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
 def serve_model(serve_model_dir):
     return load_model_dir(serve_model_dir)
 
@@ -94,3 +100,17 @@ def keyed_server(serve_model_dir):
     server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", engine={"max_seqs": 4})
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def make_live_server():
+    """``make_live_server(model_dir, **settings)`` starts another LiveServer, closed at the end of the session."""
+    servers: list[LiveServer] = []
+
+    def make(model_dir: Path, **settings) -> LiveServer:
+        servers.append(LiveServer(model_dir, **settings))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

@@ -5,12 +5,8 @@ Layout of the server, from the outside in::
     server.py       the stage: Config (sections ``engine`` and ``limits``), build_state, run (uvicorn)
     app.py          create_app: error handlers, one middleware (request id, API key, body size, counts),
                     then every router of routes.ROUTERS
-    routes/         one APIRouter per module; ROUTERS lists them
-      completions.py  POST /v1/completions (echo, logprobs, max_tokens=0 scoring)
-      chat.py         POST /v1/chat/completions
-      models.py       GET /v1/models, GET /v1/models/{id}
-      tokenize.py     POST /tokenize, POST /detokenize, GET /tokenizer_info
-      monitoring.py   GET /health, GET /metrics
+    routes/         one APIRouter per module (completions, chat, models, tokenize, monitoring);
+                    routes.ROUTERS lists them
     protocol.py     the request bodies (pydantic; wrong types become 400)
     validation.py   a body in, engine Requests out: prompts, limits, sampling, grammar (4xx for client mistakes)
     dispatch.py     submit to the engine thread, await the events, cancel on disconnect (500 on engine faults)
