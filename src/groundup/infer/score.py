@@ -72,7 +72,8 @@ def score_requests(model: nn.Module, requests: Sequence[ScoreRequest], *, batch_
     """Log-likelihood of each request's continuation, in the order given; independent of ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    max_length = max_length or model_max_length(model)
+    block = model_max_length(model)
+    max_length = max_length or block
     if device is None:
         device = next(model.parameters()).device
     inputs: list[list[int]] = []
@@ -87,14 +88,14 @@ def score_requests(model: nn.Module, requests: Sequence[ScoreRequest], *, batch_
         inputs.append(list(req.context + req.continuation)[-(max_length + 1):][:-1])
 
     # Longest first within each padded length (so a batch's memory peak shows up at once); ties by index.
-    order = sorted(range(len(requests)), key=lambda i: (-padded_length(len(inputs[i]), max_length),
-                                                        -len(inputs[i]), i))
+    # Padded widths depend on the model's context, not on max_length: a sequence gets the same shapes (and so
+    # the same bits) whatever window length a caller scores with.
+    order = sorted(range(len(requests)), key=lambda i: (-padded_length(len(inputs[i]), block), -len(inputs[i]), i))
     results: list[Score | None] = [None] * len(requests)
     batches: list[list[int]] = []
     for i in order:
-        width = padded_length(len(inputs[i]), max_length)
-        if batches and len(batches[-1]) < batch_size and \
-                padded_length(len(inputs[batches[-1][0]]), max_length) == width:
+        width = padded_length(len(inputs[i]), block)
+        if batches and len(batches[-1]) < batch_size and padded_length(len(inputs[batches[-1][0]]), block) == width:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -105,7 +106,7 @@ def score_requests(model: nn.Module, requests: Sequence[ScoreRequest], *, batch_
 
         bar = tqdm(total=len(requests), desc="log-likelihood requests", unit="req")
     for batch in batches:
-        width = padded_length(len(inputs[batch[0]]), max_length)
+        width = padded_length(len(inputs[batch[0]]), block)
         x = torch.zeros(len(batch), width, dtype=torch.long)
         for row, i in enumerate(batch):
             x[row, : len(inputs[i])] = torch.tensor(inputs[i])
