@@ -11,6 +11,10 @@ edits.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,3 +184,30 @@ def test_a_model_dir_round_trip_keeps_the_block(spine_tokenizer, tmp_path):
     x = torch.tensor([PROMPT])
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_the_how_to_names_files_and_code_that_exist():
+    """docs/extend.md's "Add a model block" names files and functions; they must stay where it says."""
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "docs" / "extend.md").read_text(encoding="utf-8").split("## Add a model block", 1)[1]
+    files_part = section.split("### Files", 1)[1].split("Nothing in", 1)[0]
+    files = re.findall(r"\*\*`([^`]+)`\*\*", files_part)
+    assert "src/groundup/model/transformer.py" in files and "src/groundup/model/config.py" in files
+    for path in files:
+        if "<" not in path:
+            assert (root / path).is_file(), path
+    from groundup.infer import kv_cache, weights
+    from groundup.interop import hf
+    from groundup.model import lora
+    from groundup.parallel import apply_tp
+
+    named = [(transformer, "finish_meta_load"), (transformer, "masked_attention"), (transformer, "KVCacheStep"),
+             (transformer.Transformer, "reset_parameters"), (transformer.Transformer, "hidden_states"),
+             (ModelConfig, "family"), (ModelConfig, "mlp_hidden"), (kv_cache, "SlotKVCache"),
+             (kv_cache.CacheStep, "update"), (weights, "decode_view"), (apply_tp, "fused_segments"),
+             (hf, "hf_architecture")]
+    for owner, name in named:
+        assert hasattr(owner, name), name
+        assert name in section, name
+    assert "targets" in {f.name for f in dataclasses.fields(lora.LoRAConfig)}
+    assert "def random_config" in (root / "tests" / "plan" / "test_plan_params.py").read_text(encoding="utf-8")
