@@ -1,8 +1,9 @@
 """Weight-only quantized products on the CPU: groundup's AVX2 kernels (``csrc/woq.cpp``), built on first use.
 
 PyTorch's own CPU kernels for weight-only int8 and int4 (``_weight_int8pack_mm``,
-``_weight_int4pack_mm_for_cpu``) run slower than a float32 product on the AVX2 and AVX-512 machines
-these were measured on (``benchmarks/quantize_decode.py``), which defeats their purpose. The kernels here
+``_weight_int4pack_mm_for_cpu``) ran slower than a float32 product on the AVX2 and AVX-512 machines
+these were measured on (``GROUNDUP_WOQ_KERNELS=0`` selects them, for instance under
+``benchmarks/decode_llamacpp.py``), which defeats their purpose. The kernels here
 read each weight byte once and convert it in registers, which is what a memory-bound decode step needs.
 
 They are compiled with ``torch.utils.cpp_extension`` the first time a quantized model runs on the CPU
