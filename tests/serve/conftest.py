@@ -63,7 +63,7 @@ class LiveServer:
 
         from groundup.serve.app import create_app
         from groundup.serve.server import Config, EngineSettings, build_state
-        from groundup.serve.state import RequestLimits
+        from groundup.serve.settings import RequestLimits
 
         self.state = build_state(Config(model=model_dir, engine=EngineSettings(**(engine or {})),
                                         limits=RequestLimits(**(limits or {})), **settings))

@@ -87,7 +87,7 @@ def test_serve_nested_config_sections(serve_model_dir, tmp_path):
     """Every limit and the engine's prefill budget are settable as flags and in YAML; defaults live once."""
     from groundup import config
     from groundup.serve import server
-    from groundup.serve.state import RequestLimits
+    from groundup.serve.settings import RequestLimits
 
     cfg = config.parse(server.Config, ["--model", str(serve_model_dir), "--limits.max_n", "4",
                                        "--limits.max_logprobs", "3", "--engine.max_prefill_tokens", "1024"])

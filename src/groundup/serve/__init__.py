@@ -3,6 +3,7 @@
 Layout of the server, from the outside in::
 
     server.py       the stage: Config (sections ``engine`` and ``limits``), build_state, run (uvicorn)
+    settings.py     the sections: EngineSettings (slots, context, prefill budget, draft model), RequestLimits
     app.py          create_app: error handlers, one middleware (request id, API key, body size, counts),
                     then every router of routes.ROUTERS
     routes/         one APIRouter per module (completions, chat, models, tokenize, monitoring);
@@ -13,8 +14,8 @@ Layout of the server, from the outside in::
     streaming.py    server-sent events over the same engine requests
     errors.py       APIError, OpenAI-shaped error bodies, request ids, the exception handlers
     metrics.py      /metrics' Prometheus text
-    state.py        ServerState (engine, tokenizer, template, counters), RequestLimits, ConcurrencyPermit,
-                    and ``State``, the route parameter that receives the ServerState
+    state.py        ServerState (engine, tokenizer, template, counters), ConcurrencyPermit, and ``State``,
+                    the route parameter that receives the ServerState
     chat.py         the terminal chat stage (not part of the server)
 
 A route function validates its body (validation.py), runs the engine requests (dispatch.py or

@@ -21,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from groundup.extras import MissingExtraError, require_extra
+
 log = logging.getLogger("groundup.serve")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -73,9 +75,11 @@ def unexpected_error(exc: BaseException, rid: str) -> APIError:
 
 def missing_extra(what: str, module: str) -> APIError:
     """An optional dependency is not installed: the server cannot do this, whatever the client sends."""
-    # TODO(lead): word this with the shared require_extra("serve") helper once it lands.
-    return APIError(501, f"{what} needs the '{module}' package, which is not installed: "
-                         "pip install 'groundup[serve]'", code="not_installed")
+    try:
+        require_extra("serve", module, purpose=what)
+    except MissingExtraError as e:
+        return APIError(501, str(e), code="not_installed")
+    return APIError(501, f"{what} is not available on this server", code="not_installed")
 
 
 def install_error_handlers(app: fastapi.FastAPI) -> None:

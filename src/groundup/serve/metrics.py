@@ -31,6 +31,12 @@ def render_metrics(state: ServerState) -> str:
            quantiles + [("_sum", sum(ttft)), ("_count", len(ttft))])
     rate = s.generation_tokens_total / s.busy_seconds if s.busy_seconds > 0 else 0.0
     metric("generation_tokens_per_second", "gauge", "Generated tokens per second of engine busy time.", [("", rate)])
+    if state.engine.draft is not None:
+        metric("draft_tokens_proposed_total", "counter", "Tokens the draft model guessed (speculative decoding).",
+               [("", s.draft_tokens_proposed)])
+        metric("draft_tokens_accepted_total", "counter", "Guesses the model accepted.", [("", s.draft_tokens_accepted)])
+        metric("draft_acceptance_rate", "gauge", "Share of the draft's guesses accepted since the start.",
+               [("", s.draft_acceptance_rate or 0.0)])
     metric("http_responses_total", "counter", "HTTP responses by status code.",
            [(f'{{code="{code}"}}', n) for code, n in sorted(state.responses.items())])
     return "\n".join(lines) + "\n"

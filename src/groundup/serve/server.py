@@ -17,29 +17,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from groundup.extras import require_extra
 from groundup.infer.engine import Engine
+from groundup.infer.speculative import load_draft
 from groundup.model.io import load_model_dir
-from groundup.serve.app import create_app
-from groundup.serve.state import RequestLimits, ServerState
+from groundup.serve.settings import EngineSettings, RequestLimits
 from groundup.tokenizer.chat import read_chat_template
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True)
-class EngineSettings:
-    """How the engine runs the model: KV-cache slots, context, prefill budget, batch invariance."""
-
-    max_seqs: int = 16
-    """Sequences decoded together (KV-cache slots)."""
-    max_len: int | None = None
-    """Positions per KV-cache slot, prompt and completion together (default: the model's block_size)."""
-    max_prefill_tokens: int = 2048
-    """Prompt tokens prefilled per engine step before the running sequences decode again (a longer prompt
-    still runs, alone in its step)."""
-    batch_invariant: bool = True
-    """Run a decode batch of one as two rows (oneDNN-packed CPU weights; four with the fallback layout) so that
-    greedy output and logprobs do not depend on the batch; false runs one row (a matrix-vector kernel)."""
 
 
 @dataclass(kw_only=True)
@@ -66,15 +51,20 @@ class Config:
     """What one request may ask for (4xx above)."""
 
 
-def build_engine(model, tokenizer, settings: EngineSettings) -> Engine:
+def build_engine(model, tokenizer, settings: EngineSettings, device: str = "cpu") -> Engine:
+    draft = load_draft(settings.draft, tokenizer, device=device) if settings.draft is not None else None
     return Engine(model, tokenizer, max_seqs=settings.max_seqs, max_len=settings.max_len,
-                  min_rows=None if settings.batch_invariant else 1, max_prefill_tokens=settings.max_prefill_tokens)
+                  min_rows=None if settings.batch_invariant else 1, max_prefill_tokens=settings.max_prefill_tokens,
+                  draft=draft, draft_tokens=settings.draft_tokens)
 
 
-def build_state(cfg: Config) -> ServerState:
+def build_state(cfg: Config):
+    """The engine over the model dir, and what the routes share (a ``ServerState``)."""
+    from groundup.serve.state import ServerState
+
     model_dir = Path(cfg.model)
     model, tokenizer = load_model_dir(model_dir, device=cfg.device)
-    return ServerState(build_engine(model, tokenizer, cfg.engine),
+    return ServerState(build_engine(model, tokenizer, cfg.engine, cfg.device),
                        model_name=cfg.served_model_name or model_dir.resolve().name,
                        chat_template=read_chat_template(model_dir), limits=cfg.limits,
                        api_key=cfg.api_key or os.environ.get("GROUNDUP_API_KEY") or None)
@@ -82,8 +72,10 @@ def build_state(cfg: Config) -> ServerState:
 
 def run(cfg: Config) -> Path:
     """Serve until interrupted; returns the model dir."""
-    # TODO(lead): call require_extra("serve") here once the CLI helpers' branch adds it.
+    require_extra("serve", "fastapi", "uvicorn", purpose="groundup serve")
     import uvicorn
+
+    from groundup.serve.app import create_app
 
     state = build_state(cfg)
     app = create_app(state)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Annotated
 
 import fastapi
@@ -12,28 +11,8 @@ import fastapi
 from groundup.infer.engine import Engine
 from groundup.infer.structured import GrammarFactory
 from groundup.serve.errors import APIError, missing_extra
+from groundup.serve.settings import RequestLimits
 from groundup.tokenizer.chat import END_OF_TURN
-
-
-@dataclass(kw_only=True)
-class RequestLimits:
-    """What one request may ask for; anything beyond is answered with a 4xx."""
-
-    max_request_bytes: int = 1 << 20
-    """Largest request body in bytes (413 above)."""
-    max_prompt_tokens: int | None = None
-    """Longest prompt in tokens (None: the model's context; a prompt and its max_tokens must fit in it)."""
-    max_tokens: int = 2048
-    """Largest max_tokens a request may ask for (400 above)."""
-    default_max_tokens: int = 256
-    """max_tokens of a chat request that gives none (completions default to 16, as in OpenAI's API); either
-    default shrinks to the room the prompt leaves in the context."""
-    max_concurrent_requests: int = 64
-    """Requests in progress at once; more are answered 429 at once rather than queued without bound."""
-    max_n: int = 8
-    """Most choices per request (and most prompts per completions request)."""
-    max_logprobs: int = 20
-    """Most top alternatives per token (logprobs, top_logprobs, prompt_logprobs)."""
 
 
 class ServerState:
