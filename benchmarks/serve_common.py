@@ -33,7 +33,7 @@ def bench_tokenizer(out: Path) -> Path:
     import json
 
     from groundup.corpus import stdlib_documents
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside the tokenizer dir, not in it: a stage never writes into a folder holding its input.

@@ -62,7 +62,7 @@ class LiveServer:
         import uvicorn
 
         from groundup.serve.app import create_app
-        from groundup.serve.server import Config, EngineSettings, build_state
+        from groundup.serve.run import Config, EngineSettings, build_state
         from groundup.serve.settings import RequestLimits
 
         self.state = build_state(Config(model=model_dir, engine=EngineSettings(**(engine or {})),

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from groundup.serve.app import create_app
-from groundup.serve.server import Config, EngineSettings, build_state
+from groundup.serve.run import Config, EngineSettings, build_state
 
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
 
@@ -86,7 +86,7 @@ def test_serve_rejected_schema_stays_400(client):
 def test_serve_nested_config_sections(serve_model_dir, tmp_path):
     """Every limit and the engine's prefill budget are settable as flags and in YAML; defaults live once."""
     from groundup import config
-    from groundup.serve import server
+    from groundup.serve import run as server
     from groundup.serve.settings import RequestLimits
 
     cfg = config.parse(server.Config, ["--model", str(serve_model_dir), "--limits.max_n", "4",

@@ -17,7 +17,7 @@ from groundup.serve import routes
 from groundup.serve.app import create_app
 from groundup.serve.dispatch import run_requests
 from groundup.serve.errors import APIError
-from groundup.serve.server import Config, EngineSettings, build_state
+from groundup.serve.run import Config, EngineSettings, build_state
 from groundup.serve.state import State
 from groundup.serve.validation import check_model, encode_prompt
 

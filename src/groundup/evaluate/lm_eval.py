@@ -2,7 +2,7 @@
 
 Python::
 
-    import groundup.evaluate.harness  # registers "groundup" with lm-eval
+    import groundup.evaluate.lm_eval  # registers "groundup" with lm-eval
     from lm_eval import simple_evaluate
     simple_evaluate(model="groundup", model_args="path=runs/x/model,batch_size=16", tasks=[...])
 
