@@ -7,7 +7,7 @@ these were measured on (``GROUNDUP_WOQ_KERNELS=0`` selects them, for instance un
 read each weight byte once and convert it in registers, which is what a memory-bound decode step needs.
 
 They are compiled with ``torch.utils.cpp_extension`` the first time a quantized model runs on the CPU
-(a C++ compiler and ninja are needed; about half a minute, cached afterwards in torch's extension
+(a C++ compiler and ninja are needed; built once, then cached in torch's extension
 folder). Where that fails, or the CPU lacks AVX2, :func:`woq` returns None and the quantized layers use
 PyTorch's kernels, with one warning.
 """
