@@ -37,6 +37,13 @@ def woq():
     try:
         from torch.utils.cpp_extension import load
 
+        try:  # the ninja package's binary, where the environment's bin folder is not on PATH
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+
         return load(name="groundup_woq", sources=[str(SOURCE)], verbose=False,
                     extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"])
     except Exception as e:  # no compiler, no ninja, a failed build
