@@ -189,3 +189,21 @@ def test_release_openmp_pool_frees_the_idle_workers():
         assert len(os.listdir("/proc/self/task")) < before
     finally:
         torch.set_num_threads(threads)
+
+
+def test_compiled_decode_steps_give_the_models_logits(serve_llama_dir):
+    """`compile=True`: decode and verification rows through one torch.compile graph (reading the rows' keys,
+    writing the step's back) give the uncompiled step's logits, and leave the cache as it would."""
+    model, _ = load_model_dir(serve_llama_dir)
+    eager = Decoder(model, num_slots=3, layout="packed" if torch.backends.mkldnn.is_available() else "plain")
+    compiled = Decoder(model, num_slots=3, layout="plain", compile=True)
+    gen = torch.Generator().manual_seed(3)
+    for slot in range(3):
+        prompt = torch.randint(0, 300, (10 + slot,), generator=gen).tolist()
+        eager.prefill(slot, prompt)
+        compiled.prefill(slot, prompt)
+    steps = [([0, 1, 2], [10, 11, 12], [5, 6, 7]), ([1], [12], [9]), ([2, 2, 2, 0], [13, 14, 15, 11], [1, 2, 3, 4])]
+    for slots, positions, tokens in steps:
+        torch.testing.assert_close(compiled.rows(slots, positions, tokens), eager.rows(slots, positions, tokens),
+                                   atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled.cache.k[:, :3, :, :16], eager.cache.k[:, :3, :, :16], atol=1e-4, rtol=1e-4)

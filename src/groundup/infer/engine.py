@@ -240,12 +240,13 @@ class Engine:
     ``eos_id`` names the end-of-sequence token. ``min_rows``: pad decode batches to a multiple of this
     many rows (1: no padding, not batch-invariant); None probes the kernels (see ``weights.py``).
     ``draft``: a smaller model on the same tokenizer for speculative decoding, ``draft_tokens`` guesses a round.
+    ``compile``: run decode steps through ``torch.compile`` (see ``decode.py``).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, max_seqs: int = 16, max_len: int | None = None,
                  min_rows: int | None = None, max_prefill_tokens: int = 2048, vocab_limit: int | None = None,
                  layout: str = "auto", draft: torch.nn.Module | None = None, draft_tokens: int = 4,
-                 eos_id: int | None = None, threaded: bool = True) -> None:
+                 eos_id: int | None = None, threaded: bool = True, compile: bool = False) -> None:
         if max_seqs < 1:
             raise ValueError(f"max_seqs must be >= 1, got {max_seqs}")
         if draft_tokens < 1:
@@ -260,7 +261,8 @@ class Engine:
             raise ValueError(f"vocab_limit must be in 1..{vocab} (the model's vocabulary), got {vocab_limit}")
         self.vocab_limit = min(vocab_limit or (tokenizer.vocab_size if tokenizer is not None else vocab), vocab)
         padding = None if min_rows is None else "none"
-        self.decoder = Decoder(model, num_slots=max_seqs, max_len=max_len, layout=layout, padding=padding)
+        self.decoder = Decoder(model, num_slots=max_seqs, max_len=max_len, layout=layout, padding=padding,
+                               compile=compile)
         if min_rows is not None and min_rows > 1:
             self.decoder.pad_rows = lambda n: -(-n // min_rows) * min_rows
         self.draft: Decoder | None = None
@@ -269,7 +271,7 @@ class Engine:
                 raise ValueError(f"the draft model's vocabulary ({draft.config.vocab_size}) does not cover the "
                                  f"tokenizer's ({self.vocab_limit})")
             self.draft = Decoder(draft, num_slots=max_seqs, max_len=self.decoder.max_len, layout=layout,
-                                 padding=padding)
+                                 padding=padding, compile=compile)
         self.draft_tokens = draft_tokens
         self.max_len = min(self.decoder.max_len, self.draft.max_len) if self.draft else self.decoder.max_len
         self.device = self.decoder.device

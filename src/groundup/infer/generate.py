@@ -44,12 +44,12 @@ __all__ = ["GenerationResult", "TextStream", "generate", "generate_batch", "gene
 
 def _engine(model: torch.nn.Module, tokenizer: TokenizerLike | None, needed: int, *, max_seqs: int = 1,
             draft: torch.nn.Module | None = None, draft_tokens: int = 4, eos_id: int | None = None,
-            vocab_limit: int | None = None) -> Engine:
+            vocab_limit: int | None = None, compile: bool = False) -> Engine:
     """An engine in the caller's thread, its cache no longer than ``needed`` positions (prompt and output)
     unless that is more than the model's context (then it slides or stops at the context's end)."""
     max_len = min(needed, model.config.block_size)
     return Engine(model, tokenizer, max_seqs=max_seqs, max_len=max_len, draft=draft, draft_tokens=draft_tokens,
-                  eos_id=eos_id, vocab_limit=vocab_limit, threaded=False)
+                  eos_id=eos_id, vocab_limit=vocab_limit, threaded=False, compile=compile)
 
 
 def generate_tokens(model: torch.nn.Module, prompt_ids: Sequence[int], params: SamplingParams, *,
@@ -130,7 +130,7 @@ def _finish_reason(event: Event, params: SamplingParams, eos_id: int | None) -> 
 
 def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, params: SamplingParams, *,
              on_text: Callable[[str], None] | None = None, draft: torch.nn.Module | None = None,
-             draft_tokens: int = 4) -> GenerationResult:
+             draft_tokens: int = 4, compile: bool = False) -> GenerationResult:
     """Continue ``prompt`` with ``model``; call ``on_text`` with each piece of text as soon as it is safe to show.
 
     The pieces passed to ``on_text`` join to exactly ``result.text``. An empty prompt starts a new
@@ -141,7 +141,7 @@ def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, para
     prompt_ids = _prompt_ids(tokenizer, prompt)
     started = time.perf_counter()
     engine = _engine(model, tokenizer, len(prompt_ids) + params.max_new_tokens, draft=draft,
-                     draft_tokens=draft_tokens)
+                     draft_tokens=draft_tokens, compile=compile)
     result = Event(index=0)
     request = Request(prompt_ids=prompt_ids, params=params, truncate_prompt=params.context_overflow == "slide")
     for event in engine.stream(request):
@@ -216,6 +216,9 @@ class Config:
     sampled output follows the model's distribution; faster when the draft guesses well."""
     draft_tokens: int = 4
     """Tokens the draft model guesses per round."""
+    compile: bool = False
+    """Decode through a torch.compile graph: faster steps after a compilation of its own (worth it for long
+    generations and many samples)."""
     overwrite: bool = False
     """Replace an existing `out` file that is not an earlier output of this command (never an input file)."""
 
@@ -254,7 +257,7 @@ def run(cfg: Config) -> Path:
         if cfg.echo:
             _write_text(cfg.prompt)
         result = generate(model, tokenizer, cfg.prompt, params, on_text=_write_text, draft=draft,
-                          draft_tokens=cfg.draft_tokens)
+                          draft_tokens=cfg.draft_tokens, compile=cfg.compile)
         _write_text("\n")
         accepted = "" if result.draft_acceptance is None else f", draft accepted {result.draft_acceptance:.0%}"
         print(f"[sample {i + 1}/{cfg.num_samples}: {result.completion_tokens} tokens in {result.seconds:.2f} s, "

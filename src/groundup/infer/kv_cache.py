@@ -57,12 +57,28 @@ class SlotKVCache:
             self.k[:, target, :, :length] = self.k[:, source, :, :length]
             self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
+    def read(self, slots: list[int], key_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of ``slots`` up to ``key_len`` positions: (n_layer, B, nkv, L, hd) copies."""
+        index = torch.tensor(slots, device=self.k.device)
+        return self.k[:, index, :, :key_len], self.v[:, index, :, :key_len]
+
+    def commit(self, slots: list[int], positions: list[int], new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        """Write one token's keys and values (n_layer, B, nkv, hd) for each row at its (slot, position)."""
+        rows = torch.tensor(slots, device=self.k.device)
+        at = torch.tensor(positions, device=self.k.device)
+        self.k[:, rows, :, at] = new_k.transpose(0, 1)  # the indexed place is (B, n_layer, nkv, hd)
+        self.v[:, rows, :, at] = new_v.transpose(0, 1)
+
+    def key_len(self, top: int) -> int:
+        """Keys a step reads: the highest position plus one, rounded up to a multiple of KEY_BLOCK."""
+        if top >= self.max_len:
+            raise ValueError(f"position {top} is past the KV cache's {self.max_len} positions")
+        return min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.max_len)
+
     def step(self, slots: list[int], positions: torch.Tensor, top: int) -> CacheStep:
         """The cache as a forward of tokens at ``positions`` (B, T) in ``slots`` sees it; ``top`` is the
         largest position (known to the caller, so no value is read back from the tensor)."""
-        if top >= self.max_len:
-            raise ValueError(f"position {top} is past the KV cache's {self.max_len} positions")
-        return CacheStep(self, slots, positions, min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.max_len))
+        return CacheStep(self, slots, positions, self.key_len(top))
 
 
 class CacheStep:
@@ -91,3 +107,30 @@ class CacheStep:
             lo, hi = self._range
             return cache_k[lo:hi, :, :L], cache_v[lo:hi, :, :L], self.mask
         return cache_k[self._slots, :, :L], cache_v[self._slots, :, :L], self.mask
+
+
+class ReadStep:
+    """A decode step's view of the cache that writes nothing (the ``KVCacheStep`` of a compiled decode step).
+
+    ``k_read``, ``v_read`` (n_layer, B, nkv, L, hd) are the rows' keys and values as the cache holds them;
+    ``update`` returns a copy with this step's new keys merged in (row ``pair_rows[p]`` takes row
+    ``pair_src[p]``'s new key at ``pair_pos[p]``: every row of a slot sees the new keys of that slot's rows)
+    and keeps the new keys for :meth:`SlotKVCache.commit`. A compiled graph that mutates the whole cache would
+    copy it at every step; this one reads and writes only what the step needs.
+    """
+
+    def __init__(self, k_read: torch.Tensor, v_read: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                 pair_rows: torch.Tensor, pair_pos: torch.Tensor, pair_src: torch.Tensor) -> None:
+        self.k_read, self.v_read, self.positions, self.mask = k_read, v_read, positions, mask
+        self.pair_rows, self.pair_pos, self.pair_src = pair_rows, pair_pos, pair_src
+        self.new_k: list[torch.Tensor] = []
+        self.new_v: list[torch.Tensor] = []
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k, v = k[:, :, 0], v[:, :, 0]  # (B, nkv, hd): one token a row
+        keys, values = self.k_read[layer].clone(), self.v_read[layer].clone()  # (B, nkv, L, hd)
+        keys[self.pair_rows, :, self.pair_pos] = k[self.pair_src]
+        values[self.pair_rows, :, self.pair_pos] = v[self.pair_src]
+        self.new_k.append(k)
+        self.new_v.append(v)
+        return keys, values, self.mask

@@ -55,7 +55,7 @@ def build_engine(model, tokenizer, settings: EngineSettings, device: str = "cpu"
     draft = load_draft(settings.draft, tokenizer, device=device) if settings.draft is not None else None
     return Engine(model, tokenizer, max_seqs=settings.max_seqs, max_len=settings.max_len,
                   min_rows=None if settings.batch_invariant else 1, max_prefill_tokens=settings.max_prefill_tokens,
-                  draft=draft, draft_tokens=settings.draft_tokens)
+                  draft=draft, draft_tokens=settings.draft_tokens, compile=settings.compile)
 
 
 def build_state(cfg: Config):

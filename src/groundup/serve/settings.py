@@ -30,6 +30,8 @@ class EngineSettings:
     sampled output follows the model's distribution; the acceptance rate is on /metrics."""
     draft_tokens: int = 4
     """Tokens the draft guesses per round."""
+    compile: bool = False
+    """Decode through a torch.compile graph: faster steps once it is compiled (on the first requests)."""
 
 
 @dataclass(kw_only=True)
