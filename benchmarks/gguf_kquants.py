@@ -13,8 +13,13 @@ The model dir is exported with `groundup export --to gguf` at f32 and at q4_k_m;
   values, so a 151936 x 896 embedding is never a k-quant: llama.cpp's recipe stores it Q8_0 tied, Q5_0
   untied).
 
+``--shape qwen2.5-0.5b`` exports random weights in Qwen2.5-0.5B's layout instead (made as
+``decode_llamacpp.py`` makes them, kept in ``--work``): the types, bytes and the time of a whole 0.5B
+export, without perplexity (random weights have none worth measuring).
+
     python benchmarks/gguf_kquants.py --llama-bin ~/llama.cpp/build/bin [--model runs/tiny/model]
         [--threads 2] [--max-bytes 100000] [--speed-shape 151936x1024] [--json out.json]
+    python benchmarks/gguf_kquants.py --llama-bin ~/llama.cpp/build/bin --shape qwen2.5-0.5b --speed-shape ''
 
 ``--llama-bin`` is the folder holding ``llama-quantize`` and ``llama-perplexity`` (``cmake -B build &&
 cmake --build build``). Prints tables and writes ``--json``.
@@ -101,6 +106,39 @@ def export_and_quantize(model_dir: Path, llama_bin: Path, work: Path, threads: i
     return {"paths": paths, "seconds": seconds}
 
 
+def report_tensors(model_dir: Path, tensors: list[dict], verbose: bool) -> dict:
+    same_type = sum(r["groundup"] == r["llama.cpp"] for r in tensors)
+    same_bytes = sum(r["bytes_identical"] for r in tensors)
+    print(f"{model_dir}: {len(tensors)} tensors; type as llama.cpp's: {same_type}/{len(tensors)}; "
+          f"bytes identical: {same_bytes}/{len(tensors)}")
+    counts: dict[str, int] = {}
+    for r in tensors:
+        counts[r["groundup"]] = counts.get(r["groundup"], 0) + 1
+    print("groundup's types: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if verbose:
+        print(f"{'tensor':28} {'groundup':>9} {'llama.cpp':>9} {'bytes':>6}")
+    for r in tensors:
+        differs = r["groundup"] != r["llama.cpp"] or not r["bytes_identical"]
+        if (verbose and r["groundup"] != "F32") or differs:
+            print(f"{r['tensor']:28} {r['groundup']:>9} {r['llama.cpp'] or '-':>9} "
+                  f"{'DIFF' if differs else 'same':>6}")
+    return {"tensors": tensors, "types_match": same_type, "bytes_identical": same_bytes}
+
+
+def report_files(made: dict, llama_bin: Path, text_file: Path | None, ctx: int, threads: int) -> list[dict]:
+    """Size, quantizing time and (with a text file) llama-perplexity of each file."""
+    rows = []
+    print(f"{'file':18} {'MB':>9} {'quantize s':>10} {'perplexity':>10}")
+    for name, path in made["paths"].items():
+        ppl = perplexity(llama_bin, path, text_file, ctx, threads) if text_file is not None else None
+        row = {"file": name, "bytes": path.stat().st_size, "quantize_seconds": made["seconds"].get(name),
+               "perplexity": ppl}
+        rows.append(row)
+        secs = f"{row['quantize_seconds']:.2f}" if row["quantize_seconds"] is not None else "-"
+        print(f"{name:18} {row['bytes'] / 1e6:9.3f} {secs:>10} {ppl if ppl is not None else '-':>10}")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-bin", type=Path, required=True, help="folder with llama-quantize and llama-perplexity")
@@ -109,37 +147,32 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=100_000, help="held-out text perplexity is measured on")
     ap.add_argument("--ctx", type=int, default=0, help="perplexity context (default: the model's block size)")
     ap.add_argument("--speed-shape", default="151936x1024", help="ROWSxCOLS for the quantizer timing ('' skips)")
+    ap.add_argument("--shape", choices=["qwen2.5-0.5b"], default=None, help="random weights in this layout")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "groundup-decode-bench",
+                    help="where --shape keeps its model dir (shared with decode_llamacpp.py)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    ctx = args.ctx or json.loads((args.model / "config.json").read_text(encoding="utf-8"))["block_size"]
-    result: dict = {"model": str(args.model), "threads": args.threads, "ctx": ctx}
+    model_dir = args.model
+    if args.shape:
+        from decode_llamacpp import qwen_shape_dir  # the benchmark beside this one makes the same weights
+
+        args.work.mkdir(parents=True, exist_ok=True)
+        model_dir = qwen_shape_dir(args.work, args.model / "tokenizer.json")
+    ctx = args.ctx or json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["block_size"]
+    result: dict = {"model": str(model_dir), "threads": args.threads, "ctx": ctx}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        made = export_and_quantize(args.model, args.llama_bin, work, args.threads)
+        made = export_and_quantize(model_dir, args.llama_bin, work, args.threads)
         tensors = tensor_table(made["paths"]["groundup q4_k_m"], made["paths"]["llama.cpp Q4_K_M"])
-        same_type = sum(r["groundup"] == r["llama.cpp"] for r in tensors)
-        same_bytes = sum(r["bytes_identical"] for r in tensors)
-        print(f"{args.model}: {len(tensors)} tensors; type as llama.cpp's: {same_type}/{len(tensors)}; "
-              f"bytes identical: {same_bytes}/{len(tensors)}")
-        print(f"{'tensor':28} {'groundup':>9} {'llama.cpp':>9} {'bytes':>6}")
-        for r in tensors:
-            if r["groundup"] != "F32":
-                print(f"{r['tensor']:28} {r['groundup']:>9} {r['llama.cpp'] or '-':>9} "
-                      f"{'same' if r['bytes_identical'] else 'DIFF':>6}")
-        text_file = work / "held_out.txt"
-        text_file.write_text(held_out_text(args.max_bytes), encoding="utf-8")
-        rows = []
-        print(f"\nperplexity on {text_file.stat().st_size} bytes of held-out text, ctx {ctx}, {args.threads} threads")
-        print(f"{'file':18} {'MB':>8} {'quantize s':>10} {'perplexity':>10}")
-        for name, path in made["paths"].items():
-            ppl = perplexity(args.llama_bin, path, text_file, ctx, args.threads)
-            row = {"file": name, "bytes": path.stat().st_size, "quantize_seconds": made["seconds"].get(name),
-                   "perplexity": ppl}
-            rows.append(row)
-            secs = f"{row['quantize_seconds']:.2f}" if row["quantize_seconds"] is not None else "-"
-            print(f"{name:18} {row['bytes'] / 1e6:8.3f} {secs:>10} {ppl:10.4f}")
-        result |= {"tensors": tensors, "types_match": same_type, "bytes_identical": same_bytes, "files": rows}
+        result |= report_tensors(model_dir, tensors, verbose=not args.shape)
+        text_file = None
+        if not args.shape:
+            text_file = work / "held_out.txt"
+            text_file.write_text(held_out_text(args.max_bytes), encoding="utf-8")
+            print(f"\nperplexity on {text_file.stat().st_size} bytes of held-out text, ctx {ctx}, "
+                  f"{args.threads} threads")
+        result["files"] = report_files(made, args.llama_bin, text_file, ctx, args.threads)
     if args.speed_shape:
         r, c = (int(v) for v in args.speed_shape.lower().split("x"))
         speed = quantizer_speed(r, c)
