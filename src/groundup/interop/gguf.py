@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from groundup.extras import import_extra
-from groundup.interop import VerificationError
+from groundup.interop import VerificationError, kquants
 from groundup.interop.hf import (
     UnsupportedModelError,
     export_layout,
@@ -225,8 +225,6 @@ def tensor_types(tensors: dict[str, torch.Tensor], dtype: str, n_layer: int) -> 
 
 def encode_tensor(tensor: torch.Tensor, qtype) -> np.ndarray:
     """The bytes (or f32/f16 values) ``gguf``'s writer takes for ``tensor`` stored as ``qtype``."""
-    from groundup.interop import kquants
-
     gguf = _gguf()
     array = tensor.numpy().astype(np.float32)
     if qtype == gguf.GGMLQuantizationType.Q4_K:  # the gguf package reads k-quants but cannot write them

@@ -16,7 +16,9 @@ order of every sum and the same rounding, so a tensor's bytes come out as llama.
   (high 2 bits), scales[16] (int8), d (f16): 210.
 
 The search runs vectorized over sub-blocks, with each sub-block's values down a column (so numpy's sums
-along axis 0 add in C's order), a chunk of super-blocks at a time to stay in cache.
+along axis 0 add in C's order), a chunk of super-blocks at a time to stay in cache. Inside the searches the
+rounded values are small, where ``np.rint`` gives ggml's ``nearest_int`` exactly; the final requantization
+uses :func:`nearest_int` itself. The tests hold the bytes to llama.cpp's for a fixed input.
 """
 
 from __future__ import annotations
@@ -42,11 +44,6 @@ def nearest_int(values: np.ndarray) -> np.ndarray:
 def _sum(values: np.ndarray) -> np.ndarray:
     """Sum down the columns, row after row: C's left-to-right loop over a block's values."""
     return np.add.reduce(values, axis=0)
-
-
-def _f16(values: np.ndarray) -> np.ndarray:
-    """ggml's FP32 -> FP16 -> FP32 round trip (round to nearest even)."""
-    return values.astype(np.float16).astype(_F32)
 
 
 # ---------------------------------------------------------------------------- Q4_K
