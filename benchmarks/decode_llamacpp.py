@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from groundup.artifacts import fingerprint
 from groundup.infer import quantize
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
@@ -66,10 +67,16 @@ def qwen_shape_dir(work: Path, tokenizer_json: Path) -> Path:
     return import_hf(folder, out)
 
 
+def derived(work: Path, model_dir: Path, name: str) -> Path:
+    """The work folder of a copy of ``model_dir`` (quantized, GGUF), named after the model's fingerprint, so that
+    another model in a folder of the same name never reuses it."""
+    return work / f"{model_dir.name}-{fingerprint(model_dir)}-{name}"
+
+
 def variants(model_dir: Path, work: Path) -> dict[str, Path]:
     dirs = {"fp32": model_dir}
     for name, cfg in (("int8", dict(to="int8")), ("int4", dict(to="int4", group_size=64))):
-        out = work / f"{model_dir.name}-{name}"
+        out = derived(work, model_dir, name)
         if not (out / "manifest.json").is_file():
             quantize.run(quantize.Config(model=model_dir, out=out, **cfg))
         dirs[name] = out
@@ -137,7 +144,7 @@ def main() -> None:
         rates["transformers fp32"] = transformers_rate(model_dir, args.tokens, args.rounds)
     if args.llama_bench is not None:
         for dtype in ("f32", "q8_0", "q4_0"):
-            gguf = args.work / f"{model_dir.name}-{dtype}" / "model.gguf"
+            gguf = derived(args.work, model_dir, dtype) / "model.gguf"
             if not gguf.is_file():
                 export_gguf(model_dir, gguf.parent, dtype=dtype)
             rates[f"llama.cpp {dtype}"] = llama_bench_rate(args.llama_bench, gguf, args.tokens, args.threads,

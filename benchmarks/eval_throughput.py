@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from groundup.evaluate.harness import GroundupLM
 from groundup.evaluate.hf_reference import to_transformers
+from groundup.evaluate.lm_eval import GroundupLM
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
 
@@ -48,7 +48,7 @@ def tiny_tokenizer(folder: Path):
 
     from groundup.corpus import stdlib_documents
     from groundup.evaluate.hf_reference import hf_tokenizer
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
     data = folder / "corpus.jsonl"
     with open(data, "w", encoding="utf-8") as f:

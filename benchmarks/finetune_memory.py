@@ -68,7 +68,7 @@ def make_inputs(root: Path, family: str, layers: int, width: int, vocab: int, bl
     from groundup.model.config import ModelConfig
     from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
     tok = tokenizer_stage.run(tokenizer_stage.Config(out=root / "tokenizer", vocab_size=1024, max_bytes=1_000_000))
     shape = dict(name=f"bench-{family}", vocab_size=vocab, block_size=block, n_layer=layers, n_head=width // 64,

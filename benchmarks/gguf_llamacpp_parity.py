@@ -86,7 +86,7 @@ def small_model_dir(root: Path, family: str) -> Path:
     from groundup.model.config import ModelConfig
     from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
     corpus = root / "corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:

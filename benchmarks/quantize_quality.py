@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from groundup.artifacts import fingerprint
 from groundup.evaluate.lm import score_shard
 from groundup.infer import quantize
 from groundup.model.io import load_model_dir
@@ -39,7 +40,8 @@ def main() -> None:
     variants = {"fp32": args.model}
     for name, cfg in (("int8", dict(to="int8")), ("int4 g32", dict(to="int4", group_size=32)),
                       ("int4 g64", dict(to="int4", group_size=64)), ("int4 g128", dict(to="int4", group_size=128))):
-        out = args.work / name.replace(" ", "-")
+        # named after the model's fingerprint: a quantized copy of another model is never reused
+        out = args.work / f"{fingerprint(args.model)}-{name.replace(' ', '-')}"
         if not (out / "manifest.json").is_file():
             quantize.run(quantize.Config(model=args.model, out=out, **cfg))
         variants[name] = out

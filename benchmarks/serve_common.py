@@ -33,10 +33,11 @@ def bench_tokenizer(out: Path) -> Path:
     import json
 
     from groundup.corpus import stdlib_documents
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = out / "corpus.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the tokenizer dir, not in it: a stage never writes into a folder holding its input.
+    corpus = out.parent / "tokenizer-corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:
         for doc in itertools.islice(stdlib_documents(), 200):
             f.write(json.dumps({"text": doc.text[:4000]}) + "\n")

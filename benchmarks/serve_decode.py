@@ -5,7 +5,7 @@ a GPT2LMHeadModel), same 16-token prompt, 128 new greedy tokens, end-of-text ign
 the implementations; the table gives medians of the rounds. groundup is measured as `groundup generate`
 runs it (`generate_tokens`: the engine in the caller's thread), as the server runs it (the engine in its
 own thread; weights packed once for oneDNN, a decode batch of one run as two rows for batch invariance),
-with one row (`--batch_invariant false`), and with the fallback layout (transposed weight copies).
+with one row (`--engine.batch_invariant false`), and with the fallback layout (transposed weight copies).
 
     PYTHONPATH=src python benchmarks/serve_decode.py [--rounds 3] [--tokens 128] [--threads 2]
 """

@@ -122,8 +122,9 @@ async def send(client: httpx.AsyncClient, url: str, case, statuses: Counter, fai
 
 async def main_async(args) -> int:
     model_dir = fault_model(args.work)
-    server = ServerProcess(model_dir, "--served_model_name", "m", "--max_seqs", "16", "--max_prompt_tokens", "400",
-                           "--max_request_bytes", "65536", "--max_tokens", "256", "--max_concurrent_requests", "64")
+    server = ServerProcess(model_dir, "--served_model_name", "m", "--engine.max_seqs", "16",
+                           "--limits.max_prompt_tokens", "400", "--limits.max_request_bytes", "65536",
+                           "--limits.max_tokens", "256", "--limits.max_concurrent_requests", "64")
     all_cases = cases() + [("wrong method", "/v1/completions", "", False)]
     rng = random.Random(0)
     statuses: Counter = Counter()

@@ -65,8 +65,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "groundup-serve-bench")
     args = ap.parse_args()
     model_dir = bench_model_dir(args.work)
-    server = ServerProcess(model_dir, "--served_model_name", "bench", "--max_seqs", str(args.concurrency),
-                           "--max_concurrent_requests", str(args.concurrency * 2))
+    server = ServerProcess(model_dir, "--served_model_name", "bench", "--engine.max_seqs", str(args.concurrency),
+                           "--limits.max_concurrent_requests", str(args.concurrency * 2))
     prompts = [f"def function_{i}(x, y):\n    return x * {i} + y" for i in range(args.requests)]
     try:
         asyncio.run(load(server.url, prompts[:2], 1, 8))  # warm-up

@@ -29,7 +29,7 @@ import numpy as np
 import tokenizers
 
 from groundup.corpus import STDLIB, load_documents, split_of
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 from groundup.tokens import tokenize as tokenize_stage
 from groundup.tokens.datasets import load_tokens
 

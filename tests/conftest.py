@@ -25,7 +25,7 @@ def spine_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def spine_tokenizer(spine_corpus, tmp_path_factory) -> Path:
-    from groundup.tokenizer import train as tokenizer_stage
+    from groundup.tokenizer import run as tokenizer_stage
 
     cfg = tokenizer_stage.Config(data=str(spine_corpus), out=tmp_path_factory.mktemp("spine") / "tokenizer",
                                  vocab_size=320, val_fraction=SPINE_VAL_FRACTION)

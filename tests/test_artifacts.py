@@ -75,7 +75,7 @@ def _corpus(path):
 
 
 def _pipeline(path):
-    from groundup.pipeline import read_metrics
+    from groundup.run import read_metrics
 
     return [r["text"] for r in read_metrics(path)], None
 

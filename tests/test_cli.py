@@ -150,7 +150,7 @@ def test_positional_run_dirs_and_flags_in_any_order():
 
 
 def test_recipe_positional_is_applied_under_the_flags():
-    from groundup import pipeline
+    from groundup import run as pipeline
 
     for argv in (["--tokenizer.vocab-size", "999"], ["tiny", "--tokenizer.vocab_size", "999"]):
         cfg = configlib.parse(pipeline.Config, argv)
@@ -171,7 +171,7 @@ def test_aliases_and_bare_true_false_flags():
 
 def test_lm_eval_takes_its_command_line_as_it_is():
     pytest.importorskip("lm_eval")
-    from groundup.evaluate import harness
+    from groundup.evaluate import lm_eval as harness
 
     argv = ["--model", "groundup", "--model_args", "path=x", "--tasks", "a,b", "--some-flag"]
     assert configlib.parse(harness.Config, argv).args == argv

@@ -56,7 +56,7 @@ def test_stage_list_and_unknown_stage(capsys):
 def _stage_configs():
     import importlib
 
-    from groundup.finetune.stage import METHODS
+    from groundup.finetune.run import METHODS
 
     for name, (module_name, _) in cli.STAGES.items():
         module = importlib.import_module(module_name)

@@ -21,7 +21,7 @@ def test_the_table_is_pyprojects_extras():
         names = {re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower() for spec in declared[extra]}
         assert set(packages.values()) == names, extra
         assert set(NEEDED[extra]) <= set(packages), extra
-    assert set(EXTRAS) == set(declared) - {"all", "dev", "bench"}
+    assert set(EXTRAS) == set(declared) - {"all", "dev", "bench", "docs"}
 
 
 def test_a_missing_package_names_its_extra(monkeypatch):

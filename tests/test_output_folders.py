@@ -55,7 +55,7 @@ def curate(out, home, fx, overwrite):
 
 
 def tokenizer(out, home, fx, overwrite):
-    from groundup.tokenizer import train as stage
+    from groundup.tokenizer import run as stage
 
     stage.run(stage.Config(data=str(place(fx["corpus"], home, "corpus.jsonl")), out=out, vocab_size=300,
                            overwrite=overwrite))
@@ -132,7 +132,7 @@ def import_hf(out, home, fx, overwrite):
 
 
 def pipeline(out, home, fx, overwrite):
-    from groundup import pipeline as stage
+    from groundup import run as stage
 
     stage.run(stage.Config(data=str(place(fx["corpus"], home, "corpus.jsonl")), out=out, overwrite=overwrite))
 

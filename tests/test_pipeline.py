@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from groundup import cli, pipeline
+from groundup import cli
 from groundup import config as configlib
+from groundup import run as pipeline
 from groundup.model.io import load_model_dir
 
 TINY = [

@@ -15,12 +15,16 @@ from groundup import config
 from groundup.interop import VerificationError
 
 # sub-command -> (module holding `Config` and `run`, one line of help). Modules import lazily so that
-# `groundup --help` and light stages start fast.
+# `groundup --help` and light stages start fast. A stage's module is named after its command, in the package
+# that does its work (train/pretrain.py, infer/generate.py); where the package bears the command's name, it is
+# the package's run.py (plan/run.py, curate/run.py, finetune/run.py); `run` itself is groundup/run.py. Two
+# commands are Python keywords and are spelled out: `import` is interop/importer.py, finetune's `continue`
+# finetune/continued.py.
 STAGES: dict[str, tuple[str, str]] = {
     "plan": ("groundup.plan.run", "Plan a model: parameters, FLOPs, memory, time, cost and inference speed."),
     "curate": ("groundup.curate.run", "Clean, filter, deduplicate and redact web text (WARC/WET, JSONL, Parquet) into shards."),
-    "run": ("groundup.pipeline", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
-    "tokenizer": ("groundup.tokenizer.train", "Train a byte-level BPE tokenizer."),
+    "run": ("groundup.run", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
+    "tokenizer": ("groundup.tokenizer.run", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),
     "pretrain": ("groundup.train.pretrain", "Pretrain a model on token shards."),
     "consolidate": ("groundup.train.consolidate", "Turn a training checkpoint (distributed or not) into a model dir."),
@@ -28,11 +32,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("groundup.interop.export", "Export a model dir to a Hugging Face folder or a GGUF file (llama.cpp, ollama)."),
     "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),
     "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
-    "lm-eval": ("groundup.evaluate.harness", "lm-evaluation-harness's own command line with groundup models registered (--model groundup)."),
-    "finetune": ("groundup.finetune.stage", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
+    "lm-eval": ("groundup.evaluate.lm_eval", "lm-evaluation-harness's own command line with groundup models registered (--model groundup)."),
+    "finetune": ("groundup.finetune.run", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),
     "quantize": ("groundup.infer.quantize", "Quantize a model dir's weights to int8 or int4 for faster CPU decoding."),
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
-    "serve": ("groundup.serve.server", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
+    "serve": ("groundup.serve.run", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
     "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),
     "report": ("groundup.report.run", "Write one HTML page with plots of every stage of a run (or several runs overlaid)."),
 }

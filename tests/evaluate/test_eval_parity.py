@@ -50,7 +50,7 @@ def lm_eval_results(eval_model_dir, mc_file, text_file, tmp_path_factory, monkey
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    import groundup.evaluate.harness  # noqa: F401  (registers "groundup")
+    import groundup.evaluate.lm_eval  # noqa: F401  (registers "groundup")
 
     folder = tmp_path_factory.mktemp("yaml")
     write_yaml(folder, mc_file, text_file)

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groundup.evaluate.lm import Request, rolling_windows, score_documents, score_requests
+from groundup.evaluate.lm import rolling_windows, score_documents
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks
+from groundup.infer.score import ScoreRequest as Request
+from groundup.infer.score import score_requests
 
 
 def random_requests(n: int, vocab: int, max_len: int, seed: int = 0) -> list[Request]:

@@ -40,6 +40,12 @@ def serve_draft_dir(spine_tokenizer, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def harness_model_dir(spine_tokenizer, tmp_path_factory) -> Path:
+    """GPT-2-style tiny random model whose vocabulary is exactly the tokenizer's (no padding rows)."""
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "harness", spine_tokenizer, seed=3, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
 def serve_model(serve_model_dir):
     return load_model_dir(serve_model_dir)
 
@@ -47,7 +53,8 @@ def serve_model(serve_model_dir):
 class LiveServer:
     """`groundup serve`'s app under a real uvicorn on a free loopback port, in a thread."""
 
-    def __init__(self, model_dir: Path, **settings) -> None:
+    def __init__(self, model_dir: Path, *, engine: dict | None = None, limits: dict | None = None,
+                 **settings) -> None:
         import socket
         import threading
         import time
@@ -55,9 +62,11 @@ class LiveServer:
         import uvicorn
 
         from groundup.serve.app import create_app
-        from groundup.serve.server import Config, build_state
+        from groundup.serve.run import Config, EngineSettings, build_state
+        from groundup.serve.settings import RequestLimits
 
-        self.state = build_state(Config(model=model_dir, **settings))
+        self.state = build_state(Config(model=model_dir, engine=EngineSettings(**(engine or {})),
+                                        limits=RequestLimits(**(limits or {})), **settings))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -80,14 +89,28 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def live_server(serve_model_dir):
-    server = LiveServer(serve_model_dir, served_model_name="tiny", max_prompt_tokens=200, max_tokens=64,
-                        max_request_bytes=20_000, max_seqs=8)
+    server = LiveServer(serve_model_dir, served_model_name="tiny", engine={"max_seqs": 8},
+                        limits={"max_prompt_tokens": 200, "max_tokens": 64, "max_request_bytes": 20_000})
     yield server
     server.close()
 
 
 @pytest.fixture(scope="session")
 def keyed_server(serve_model_dir):
-    server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", max_seqs=4)
+    server = LiveServer(serve_model_dir, served_model_name="tiny", api_key="sekret", engine={"max_seqs": 4})
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def make_live_server():
+    """``make_live_server(model_dir, **settings)`` starts another LiveServer, closed at the end of the session."""
+    servers: list[LiveServer] = []
+
+    def make(model_dir: Path, **settings) -> LiveServer:
+        servers.append(LiveServer(model_dir, **settings))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()

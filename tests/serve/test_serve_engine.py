@@ -137,7 +137,8 @@ def test_serve_engine_stop_string_and_prompt_logprobs(engine):
     cut = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=20, stop=[stop], stop_at_eos=False))[0]
     assert cut.finish_reason == "stop" and cut.stop_reason == stop
     assert cut.text == free.text[: free.text.index(stop)]
-    # prompt logprobs: each prompt token's log-probability given its prefix, from a full forward
+    # prompt logprobs: each prompt token's log-probability given its prefix, from a full forward, under the
+    # model's whole vocabulary (as `groundup evaluate` scores; only sampling leaves out the padding rows)
     req = Request(prompt_ids=ids, params=SamplingParams(temperature=0, max_new_tokens=1), prompt_logprobs=3)
     done: queue.Queue = queue.Queue()
     req.on_event = done.put
@@ -146,7 +147,6 @@ def test_serve_engine_stop_string_and_prompt_logprobs(engine):
         pass
     with torch.inference_mode():
         logits = engine.model(torch.tensor([ids]))[0]
-        logits[:, tok.vocab_size:] = float("-inf")  # the model's padding rows are never scored
         logprobs = logits.log_softmax(-1)
     assert req.prompt_token_logprobs[0] is None
     for t in range(1, len(ids)):

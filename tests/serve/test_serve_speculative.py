@@ -163,3 +163,23 @@ def test_a_draft_with_another_tokenizer_is_refused(serve_model_dir, serve_draft_
     with pytest.raises(ValueError, match="does not share the target's tokenizer"):
         load_draft(other, tokenizer)
     assert load_draft(serve_draft_dir, tokenizer) is not None
+
+
+def test_the_server_decodes_with_a_draft_and_reports_its_acceptance(serve_model_dir, serve_draft_dir,
+                                                                     make_live_server):
+    """`groundup serve --engine.draft DIR`: completions are the target's own greedy text, and /metrics carries
+    the draft's acceptance."""
+    import httpx
+
+    target, tokenizer = load_model_dir(serve_model_dir)
+    expected = generate(target, tokenizer, "def foo(x):", SamplingParams(temperature=0, max_new_tokens=16,
+                                                                         stop_at_eos=False)).text
+    server = make_live_server(serve_model_dir, served_model_name="tiny",
+                              engine={"draft": serve_draft_dir, "draft_tokens": 3, "max_seqs": 2})
+    body = {"model": "tiny", "prompt": "def foo(x):", "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+    answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).json()
+    assert answer["choices"][0]["text"] == expected
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    proposed = next(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("groundup_draft_tokens_proposed_total"))
+    assert proposed > 0 and "groundup_draft_acceptance_rate" in metrics

@@ -10,7 +10,7 @@ import pytest
 
 from groundup.corpus import split_documents, stdlib_documents
 from groundup.tokenizer import Tokenizer
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 
 VAL_FRACTION = 0.2
 

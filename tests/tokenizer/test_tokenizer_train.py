@@ -11,7 +11,7 @@ from groundup import config as configlib
 from groundup.artifacts import TOKENIZER_FILES, read_manifest
 from groundup.corpus import Document
 from groundup.tokenizer import GPT4_PATTERN
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 from groundup.tokenizer.metrics import compression, digit_check, round_trips, script_check, whitespace_cases
 
 

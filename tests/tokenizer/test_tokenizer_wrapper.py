@@ -21,7 +21,7 @@ from groundup.tokenizer import (
     split_pattern_of,
     token_bytes,
 )
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 
 # Code point ranges random text is drawn from: ASCII, Latin-1, combining marks, Greek/Cyrillic,
 # Thai, CJK, Hangul, whitespace and format characters, private use, emoji and other astral planes.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from groundup.corpus import stdlib_documents
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 from groundup.tokens import tokenize as tokenize_stage
 
 VAL_FRACTION = 0.2

@@ -168,8 +168,8 @@ class Chain:
         Each document meets the same steps in the same order as with :meth:`process`, so decisions,
         texts and statistics are the same, and ``on_drop`` is called in the documents' order; only
         the interleaving differs. Running one step over many documents keeps that step's data (the
-        language model, the rules' tables) in the CPU caches: the FineWeb-like chain runs about
-        20% faster than document by document, where the model and the rules evict each other.
+        language model, the rules' tables) in the CPU caches: the FineWeb-like chain runs
+        faster than document by document, where the model and the rules evict each other from the caches.
         """
         clock = time.perf_counter
         alive = list(range(len(docs)))

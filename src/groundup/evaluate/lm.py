@@ -1,28 +1,19 @@
-"""The one scorer: log-likelihood of (context, continuation) token pairs, and language-modelling metrics.
+"""Language-modelling metrics over the one scorer (:mod:`groundup.infer.score`): rolling windows, documents,
+token shards.
 
-Everything that scores text by likelihood goes through :func:`score_requests`: multiple choice,
-rolling perplexity, the lm-evaluation-harness adapter, and pretraining's held-out loss and bits per
+Everything that scores text by likelihood goes through ``groundup.infer.score.score_requests``: multiple
+choice, rolling perplexity, the lm-evaluation-harness adapter, pretraining's held-out loss and bits per
 byte (:func:`score_shard`, the same function `groundup evaluate` runs on a token shard, so a run's
-``held_out_bits_per_byte`` and `groundup evaluate --tasks <tokens>/val.bin` are the same number).
-The requests and the metrics follow lm-evaluation-harness exactly, so our numbers and theirs agree
-on the same model:
+``held_out_bits_per_byte`` and `groundup evaluate --tasks <tokens>/val.bin` are the same number), and the
+server's prompt log-probabilities. The windows and the metrics follow lm-evaluation-harness exactly:
 
-- a request ``(context, continuation)`` is run as ``(context + continuation)[-(max_length + 1):][:-1]``
-  and the log-probabilities of the continuation tokens are summed (``HFLM._loglikelihood_tokens``);
 - a document is scored with rolling windows (``lm_eval.utils.get_rolling_token_windows`` followed by
   ``make_disjoint_window``): the first window is the prefix token (EOS) and the first ``max_length``
   tokens, each later window predicts ``stride`` new tokens with ``max_length - stride`` tokens of
-  context. ``stride == max_length`` is lm-eval's own setting (``context_len=1``, disjoint windows);
+  context. ``stride == max_length`` is lm-eval's own setting (``context_len=1``, disjoint windows) and the
+  default everywhere here, pretraining's final evaluation included;
 - ``word_perplexity = exp(-sum ll / sum words)`` with words ``re.split(r"\\s+", text)``,
   ``byte_perplexity = exp(-sum ll / sum bytes)``, ``bits_per_byte = -sum ll / sum bytes / ln 2``.
-
-Batch invariance: a request's score must not depend on which other requests share its batch. Each
-sequence is right-padded to a length that depends on its own length only (a multiple of
-``PAD_MULTIPLE``), only sequences of the same padded length share a batch, and each request's
-log-probabilities are summed on their own in float64. Causal attention means padding on the right
-never reaches the scored positions, so a sequence sees the same shapes in every batch it can land in
-except for the batch dimension, which CPU and GPU matmul kernels tile without changing the
-reduction order along the hidden dimension. Tests check equality at batch sizes 1, 7 and 32.
 """
 
 from __future__ import annotations
@@ -35,130 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from groundup.model.transformer import Transformer
-
-PAD_MULTIPLE = 32
-"""Sequences are right-padded to a multiple of this many tokens; equal padded lengths share a batch."""
-HEAD_ROWS = 64
-"""The output head runs on blocks of exactly this many positions."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """Score ``continuation`` given ``context`` (token ids); ``context`` must hold at least one token."""
-
-    context: tuple[int, ...]
-    continuation: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Score:
-    loglikelihood: float
-    """Summed natural-log probability of the continuation's tokens."""
-    is_greedy: bool
-    """Whether every continuation token is the argmax of its distribution (lm-eval's second field)."""
-    tokens: int
-    """Continuation tokens scored."""
-
-
-def padded_length(n: int, max_length: int) -> int:
-    return min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, max_length)
-
-
-def model_max_length(model: nn.Module) -> int:
-    config = getattr(model, "config", None) or model.module.config  # a DDP wrapper holds the model
-    return int(config.block_size)
-
-
-@torch.no_grad()
-def score_requests(model: nn.Module, requests: Sequence[Request], *, batch_size: int = 16,
-                   max_length: int | None = None, device: str | torch.device | None = None,
-                   progress: bool = False) -> list[Score]:
-    """Log-likelihood of each request's continuation, in the order given; independent of ``batch_size``."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    max_length = max_length or model_max_length(model)
-    if device is None:
-        device = next(model.parameters()).device
-    inputs: list[list[int]] = []
-    for i, req in enumerate(requests):
-        if not req.context:
-            raise ValueError(f"request {i}: empty context (use the EOS token as context to score from the start)")
-        if not req.continuation:
-            raise ValueError(f"request {i}: empty continuation")
-        if len(req.continuation) > max_length:
-            raise ValueError(f"request {i}: continuation of {len(req.continuation)} tokens exceeds "
-                             f"max_length {max_length}")
-        inputs.append(list(req.context + req.continuation)[-(max_length + 1):][:-1])
-
-    # Longest first within each padded length (so a batch's memory peak shows up at once); ties by index.
-    order = sorted(range(len(requests)), key=lambda i: (-padded_length(len(inputs[i]), max_length),
-                                                        -len(inputs[i]), i))
-    results: list[Score | None] = [None] * len(requests)
-    batches: list[list[int]] = []
-    for i in order:
-        width = padded_length(len(inputs[i]), max_length)
-        if batches and len(batches[-1]) < batch_size and \
-                padded_length(len(inputs[batches[-1][0]]), max_length) == width:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(requests), desc="log-likelihood requests", unit="req")
-    for batch in batches:
-        width = padded_length(len(inputs[batch[0]]), max_length)
-        x = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, i in enumerate(batch):
-            x[row, : len(inputs[i])] = torch.tensor(inputs[i])
-        x = x.to(device)
-        rows, cols, targets, owner = [], [], [], []
-        for row, i in enumerate(batch):
-            n_cont, n_in = len(requests[i].continuation), len(inputs[i])
-            rows += [row] * n_cont
-            cols += range(n_in - n_cont, n_in)
-            targets += requests[i].continuation
-            owner += [row] * n_cont
-        logprobs = _target_logprobs(model, x, torch.tensor(rows), torch.tensor(cols))  # (N, V)
-        target_t = torch.tensor(targets, device=logprobs.device)
-        picked = logprobs.gather(1, target_t[:, None])[:, 0].double().cpu().numpy()
-        greedy = (logprobs.argmax(-1) == target_t).cpu().numpy()
-        owner_np = np.asarray(owner)
-        for row, i in enumerate(batch):
-            mine = owner_np == row
-            # math.fsum: the sum of a request's log-probs is exact, so it cannot depend on the batch.
-            results[i] = Score(loglikelihood=math.fsum(picked[mine].tolist()), is_greedy=bool(greedy[mine].all()),
-                               tokens=int(mine.sum()))
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    return results  # type: ignore[return-value]
-
-
-def _target_logprobs(model: nn.Module, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Log-softmax over the vocabulary at the (row, col) positions only: the head is the costly part."""
-    if type(model) is Transformer:  # not wrapped or sharded (FSDP's hooks run on forward only)
-        h = model.hidden_states(x)  # (B, T, C)
-        picked = h[rows.to(h.device), cols.to(h.device)]  # (N, C)
-        # The head runs on fixed blocks of HEAD_ROWS rows (the last one zero-padded): how many rows a
-        # batch gathers must not change a row's logits, and a matmul of one row takes another kernel
-        # (a matrix-vector product) than a matmul of many, with different rounding.
-        n = picked.shape[0]
-        padded = picked.new_zeros(-(-n // HEAD_ROWS) * HEAD_ROWS, picked.shape[1])
-        padded[:n] = picked
-        logits = torch.cat([model.lm_head(block) for block in padded.split(HEAD_ROWS)])[:n]  # (N, V)
-    else:  # any module whose forward gives logits (B, T, V)
-        logits = model(x)[rows, cols]
-    return F.log_softmax(logits.float(), dim=-1)
-
+from groundup.infer.score import ScoreRequest, model_max_length, score_requests
 
 # ---------------------------------------------------------------------------- rolling windows
 
@@ -245,7 +115,7 @@ def score_token_documents(model: nn.Module, token_lists: Sequence[Sequence[int]]
     requests, owner = [], []
     for d, tokens in enumerate(token_lists):
         for ctx, cont in rolling_windows(tokens, prefix_token=prefix_token, max_length=max_length, stride=stride):
-            requests.append(Request(tuple(ctx), tuple(cont)))
+            requests.append(ScoreRequest(tuple(ctx), tuple(cont)))
             owner.append(d)
     scores = score_requests(model, requests, batch_size=batch_size, max_length=max_length, device=device,
                             progress=progress)
@@ -283,7 +153,7 @@ def score_shard(model: nn.Module, tokens: np.ndarray, eos_id: int, *, n_bytes: i
             break
         used += 1
         for ctx, cont in rolling_windows(doc, prefix_token=eos_id, max_length=max_length, stride=stride):
-            requests.append(Request(tuple(ctx), tuple(cont)))
+            requests.append(ScoreRequest(tuple(ctx), tuple(cont)))
     scores = score_requests(model, requests[:max_windows], batch_size=batch_size, max_length=max_length,
                             device=device)
     return LMScore(loglikelihood=math.fsum(s.loglikelihood for s in scores), tokens=sum(s.tokens for s in scores),

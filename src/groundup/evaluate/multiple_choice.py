@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from groundup.evaluate.lm import Request, score_requests
 from groundup.evaluate.tasks import Task
+from groundup.infer.score import ScoreRequest, score_requests
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -72,7 +72,7 @@ def evaluate_multiple_choice(model, tokenizer, task: Task, *, num_fewshot: int =
             ctx, cont = encode_pair(tokenizer, context, task.target_delimiter + choice)
             if not cont:
                 raise ValueError(f"{item.source}: choice {choice!r} encodes to no tokens")
-            requests.append(Request(tuple(ctx), tuple(cont)))
+            requests.append(ScoreRequest(tuple(ctx), tuple(cont)))
             owner.append(i)
     scores = score_requests(model, requests, batch_size=batch_size, device=device, progress=progress)
 

@@ -4,19 +4,19 @@ A task is a list of items read from files on disk (nothing downloads). The layou
 the file: MMLU's header-less CSVs (``<subject>_test.csv`` / ``<subject>_dev.csv``), or JSONL whose
 fields say what it is:
 
-==============  =========================================================  ==================================
-layout          fields                                                     prompt (as lm-evaluation-harness)
-==============  =========================================================  ==================================
-mmlu (CSV)      question, A, B, C, D, answer letter                         ``{q}\\nA. ..\\nD. ..\\nAnswer:``
-hellaswag       ctx_a, ctx_b, activity_label, endings, label               ``{activity}: {ctx_a} {Ctx_b}``
-arc             question (str or {stem, choices}), choices, answerKey      ``Question: {q}\\nAnswer:``
-piqa            goal, sol1, sol2, label                                    ``Question: {goal}\\nAnswer:``
-truthfulqa_mc   question, mc1_targets {choices, labels}                    primer + ``Q: {q}\\nA:``
-generic         question, choices, answer (index or the choice's text)      ``Question: {q}\\nAnswer:``
-generation      prompt (or question), answer / reference / references
-code            prompt, test, entry_point (HumanEval)
-perplexity      text (or a .txt file)
-==============  =========================================================  ==================================
+    ==============  =========================================================  ==================================
+    layout          fields                                                     prompt (as lm-evaluation-harness)
+    ==============  =========================================================  ==================================
+    mmlu (CSV)      question, A, B, C, D, answer letter                         ``{q}\\nA. ..\\nD. ..\\nAnswer:``
+    hellaswag       ctx_a, ctx_b, activity_label, endings, label               ``{activity}: {ctx_a} {Ctx_b}``
+    arc             question (str or {stem, choices}), choices, answerKey      ``Question: {q}\\nAnswer:``
+    piqa            goal, sol1, sol2, label                                    ``Question: {goal}\\nAnswer:``
+    truthfulqa_mc   question, mc1_targets {choices, labels}                    primer + ``Q: {q}\\nA:``
+    generic         question, choices, answer (index or the choice's text)      ``Question: {q}\\nAnswer:``
+    generation      prompt (or question), answer / reference / references
+    code            prompt, test, entry_point (HumanEval)
+    perplexity      text (or a .txt file)
+    ==============  =========================================================  ==================================
 
 Every bad record raises ``ValueError`` naming the file and line: a missing field, an empty choice
 list, an answer index out of range. k-shot examples come from a dev split (MMLU's ``*_dev.csv``, or a

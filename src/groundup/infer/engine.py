@@ -50,6 +50,7 @@ import torch
 
 from groundup.infer.decode import Decoder
 from groundup.infer.sampling import SamplingParams, draw, make_generator, process_logits
+from groundup.infer.score import prompt_logprobs
 from groundup.infer.speculative import accept_greedy, accept_sampled
 from groundup.infer.structured import StructuredOutput, apply_grammars, make_matcher
 from groundup.infer.text import TextStream
@@ -126,7 +127,8 @@ class Request:
     prompt_logprobs: int | None = None
     """Also score the prompt: each prompt token's log-probability (and top alternatives) given its prefix."""
     score_only: bool = False
-    """Score the prompt and generate nothing (the request ends with finish reason 'length' after its prefill)."""
+    """Prefill and score the prompt (``prompt_logprobs``) and sample nothing: every choice ends at once with
+    finish reason 'length' and no tokens (``params.max_new_tokens`` is not used)."""
     truncate_prompt: bool = False
     """A prompt longer than the context keeps its newest tokens (with a warning) instead of being refused."""
     grammar: StructuredOutput | None = None
@@ -227,6 +229,8 @@ def check_request(request: Request, *, vocab_size: int, max_len: int, block_size
         raise ValueError("stop strings need a tokenizer (give the engine one, or use stop_token_ids)")
     if request.n < 1 or request.n > max_seqs:
         raise ValueError(f"n must be in 1..{max_seqs}, got {request.n}")
+    if request.score_only and request.prompt_logprobs is None:
+        raise ValueError("a score_only request needs prompt_logprobs (what it returns)")
 
 
 class Engine:
@@ -457,17 +461,15 @@ class Engine:
             log.warning("prompt of %d tokens is longer than the context (%d): keeping its last %d",
                         len(ids), self.max_len, self.max_len)
             ids = ids[-self.max_len:]
-        want_prompt = request.prompt_logprobs is not None and seq.index == 0
-        logits = self.decoder.prefill(seq.slot, ids, all_positions=want_prompt)  # (V,) or (T, V)
-        if want_prompt:
-            request.prompt_token_logprobs = self._prompt_logprobs(ids, logits, request.prompt_logprobs)
-            logits = logits[-1]
-        seq.tokens, seq.position = ids, len(ids)
+        if request.prompt_logprobs is not None and seq.index == 0:
+            request.prompt_token_logprobs = self._prompt_logprobs(ids, request.prompt_logprobs)
         if seq.index == 0:
             self.stats.prompt_tokens_total += len(ids)
-        if request.score_only:
+        if request.score_only:  # the prompt's logprobs are the whole answer
             self._finish(seq, "length")
             return
+        logits = self.decoder.prefill(seq.slot, ids)  # (V,)
+        seq.tokens, seq.position = ids, len(ids)
         if self.draft is not None:
             self.draft.prefill(seq.slot, ids)
             seq.draft_position = len(ids)
@@ -484,10 +486,14 @@ class Engine:
         seq.prompt_logits = source.prompt_logits
         self._sample_and_emit([seq], source.prompt_logits[None])
 
-    def _prompt_logprobs(self, ids: list[int], logits: torch.Tensor, k: int) -> list[TokenLogprob | None]:
-        logprobs = self._mask_vocab(logits[:-1]).float().log_softmax(-1)  # (T-1, V)
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob | None]:
+        """Each prompt token's log-probability given its prefix, by the one scorer (``groundup evaluate``'s
+        numbers, bit for bit), over the model's whole vocabulary; None for the first token."""
+        if len(ids) < 2:
+            return [None] * len(ids)
+        logprobs = prompt_logprobs(self.model, ids)  # (T-1, V)
         chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logprobs.device)[:, None])[:, 0].tolist()
-        top = logprobs.topk(k, dim=-1) if k else None
+        top = logprobs[:, :self.vocab_limit].topk(k, dim=-1) if k else None  # tokens the tokenizer has
         out: list[TokenLogprob | None] = [None]
         for t, token in enumerate(ids[1:]):
             alts = list(zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)) if top is not None else []
@@ -567,8 +573,11 @@ class Engine:
         """Pick each sequence's next token from its row of ``logits`` (B, V) and send it on."""
         if not seqs:
             return
-        logits = self._mask_vocab(logits.float())
+        logits = logits.float()
+        # Log-probabilities under the model's whole vocabulary (as the scorer reports them); only sampling
+        # leaves out the rows above the tokenizer's vocabulary.
         raw_logprobs = logits.log_softmax(-1) if any(s.request.logprobs is not None for s in seqs) else None
+        logits = self._mask_vocab(logits)
         constrained = [b for b, s in enumerate(seqs) if s.matcher is not None]
         if constrained:
             apply_grammars(logits, [seqs[b].matcher for b in constrained],
@@ -597,7 +606,7 @@ class Engine:
         values = raw_logprobs[row]
         top = []
         if k:
-            best = values.topk(k)
+            best = values[:self.vocab_limit].topk(k)  # tokens the tokenizer has
             top = list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
         return TokenLogprob(token, float(values[token]), top)
 
@@ -645,8 +654,9 @@ class Engine:
                       logits: torch.Tensor) -> None:
         """Keep what the target accepts of ``guesses`` given its ``logits`` (k + 1, V) and send the tokens on."""
         try:
-            logits = self._mask_vocab(logits.float())
+            logits = logits.float()
             raw_logprobs = logits.log_softmax(-1) if seq.request.logprobs is not None else None
+            logits = self._mask_vocab(logits)
             processed = torch.cat([self._process(seq, logits[i: i + 1], guesses[:i]) for i in range(len(guesses) + 1)])
             if seq.params.greedy:
                 new = accept_greedy(guesses, processed.argmax(-1).tolist())

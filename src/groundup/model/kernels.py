@@ -1,12 +1,13 @@
 """Weight-only quantized products on the CPU: groundup's AVX2 kernels (``csrc/woq.cpp``), built on first use.
 
 PyTorch's own CPU kernels for weight-only int8 and int4 (``_weight_int8pack_mm``,
-``_weight_int4pack_mm_for_cpu``) run slower than a float32 product on the AVX2 and AVX-512 machines
-these were measured on (``benchmarks/quantize_decode.py``), which defeats their purpose. The kernels here
+``_weight_int4pack_mm_for_cpu``) ran slower than a float32 product on the AVX2 and AVX-512 machines
+these were measured on (``GROUNDUP_WOQ_KERNELS=0`` selects them, for instance under
+``benchmarks/decode_llamacpp.py``), which defeats their purpose. The kernels here
 read each weight byte once and convert it in registers, which is what a memory-bound decode step needs.
 
 They are compiled with ``torch.utils.cpp_extension`` the first time a quantized model runs on the CPU
-(a C++ compiler and ninja are needed; about half a minute, cached afterwards in torch's extension
+(a C++ compiler and ninja are needed; built once, then cached in torch's extension
 folder). Where that fails, or the CPU lacks AVX2, :func:`woq` returns None and the quantized layers use
 PyTorch's kernels, with one warning.
 """
@@ -35,6 +36,13 @@ def woq():
         return None
     try:
         from torch.utils.cpp_extension import load
+
+        try:  # the ninja package's binary, where the environment's bin folder is not on PATH
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
 
         return load(name="groundup_woq", sources=[str(SOURCE)], verbose=False,
                     extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"])

@@ -29,7 +29,9 @@ class ResponseFormat(_Body):
     grammar: str | None = None
 
 
-class _Sampling(_Body):
+class SamplingFields(_Body):
+    """The fields completions and chat requests share: model, sampling, stopping, structured output."""
+
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -55,7 +57,7 @@ class _Sampling(_Body):
     guided_grammar: str | None = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     echo: bool = False
     logprobs: int | None = None
@@ -69,7 +71,7 @@ class ChatMessage(_Body):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     logprobs: bool = False
@@ -78,6 +80,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class TokenizeRequest(_Body):
+    """vLLM's /tokenize body (its ``add_special_tokens`` is accepted and has nothing to add here)."""
+
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None

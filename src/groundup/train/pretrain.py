@@ -78,7 +78,7 @@ class Config:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """'auto': bf16 autocast on CUDA, fp32 on CPU (CPUs without bf16 units run bf16 matmuls far slower)."""
     compile: bool = False
-    """torch.compile each transformer block (worth it on GPU; about 30 s of start-up for a few percent on CPU)."""
+    """torch.compile each transformer block (worth it on GPU; on CPU its start-up cost is rarely repaid)."""
     threads: int | None = None
     """CPU threads for torch (default: torch's choice, one per core)."""
     eval_windows: int = 32

@@ -1,19 +1,27 @@
 """The `groundup serve` stage: an OpenAI-compatible HTTP server over a model dir (FastAPI + uvicorn).
 
 Binds 127.0.0.1 unless told otherwise; with ``api_key`` (or ``GROUNDUP_API_KEY`` in the environment)
-every route but ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>``.
+every route but ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>``. Settings come in
+sections: ``engine`` (how the model runs) and ``limits`` (what one request may ask for), as flags
+(``--engine.max_seqs 32``, ``--limits.max_n 4``) or YAML (``--config serve.yaml``)::
+
+    model: runs/x/model
+    engine: {max_seqs: 32, max_prefill_tokens: 1024}
+    limits: {max_tokens: 512, max_n: 4}
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from groundup.extras import require_extra
 from groundup.infer.engine import Engine
+from groundup.infer.speculative import load_draft
 from groundup.model.io import load_model_dir
-from groundup.serve.app import Limits, ServerState, create_app
+from groundup.serve.settings import EngineSettings, RequestLimits
 from groundup.tokenizer.chat import read_chat_template
 
 log = logging.getLogger(__name__)
@@ -33,45 +41,41 @@ class Config:
     """Require 'Authorization: Bearer <key>' (default: the GROUNDUP_API_KEY environment variable, else none)."""
     served_model_name: str | None = None
     """The model id clients send and /v1/models lists (default: the model dir's name)."""
-    max_seqs: int = 16
-    """Sequences decoded together (KV-cache slots)."""
-    max_len: int | None = None
-    """Positions per KV-cache slot, prompt and completion together (default: the model's block_size)."""
-    max_request_bytes: int = 1 << 20
-    """Largest request body in bytes (413 above)."""
-    max_prompt_tokens: int | None = None
-    """Longest prompt in tokens (default: the context minus one)."""
-    max_tokens: int = 2048
-    """Largest max_tokens a request may ask for (400 above)."""
-    default_max_tokens: int = 256
-    """max_tokens of a chat request that gives none."""
-    max_concurrent_requests: int = 64
-    """Requests in progress at once; more are answered 429."""
-    batch_invariant: bool = True
-    """Run a decode batch of one as two rows (oneDNN-packed CPU weights; four with the fallback layout) so that
-    greedy output and logprobs do not depend on the batch; false runs one row (a matrix-vector kernel)."""
     device: str = "cpu"
     """'cpu', 'cuda', 'cuda:N', or 'auto'."""
     log_level: str = "info"
     """uvicorn's log level."""
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    """How the engine runs the model."""
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    """What one request may ask for (4xx above)."""
 
 
-def build_state(cfg: Config) -> ServerState:
+def build_engine(model, tokenizer, settings: EngineSettings, device: str = "cpu") -> Engine:
+    draft = load_draft(settings.draft, tokenizer, device=device) if settings.draft is not None else None
+    return Engine(model, tokenizer, max_seqs=settings.max_seqs, max_len=settings.max_len,
+                  min_rows=None if settings.batch_invariant else 1, max_prefill_tokens=settings.max_prefill_tokens,
+                  draft=draft, draft_tokens=settings.draft_tokens)
+
+
+def build_state(cfg: Config):
+    """The engine over the model dir, and what the routes share (a ``ServerState``)."""
+    from groundup.serve.state import ServerState
+
     model_dir = Path(cfg.model)
     model, tokenizer = load_model_dir(model_dir, device=cfg.device)
-    engine = Engine(model, tokenizer, max_seqs=cfg.max_seqs, max_len=cfg.max_len,
-                    min_rows=None if cfg.batch_invariant else 1)
-    limits = Limits(max_request_bytes=cfg.max_request_bytes, max_prompt_tokens=cfg.max_prompt_tokens,
-                    max_tokens=cfg.max_tokens, default_max_tokens=cfg.default_max_tokens,
-                    max_concurrent_requests=cfg.max_concurrent_requests)
-    return ServerState(engine, model_name=cfg.served_model_name or model_dir.resolve().name,
-                       chat_template=read_chat_template(model_dir), limits=limits,
+    return ServerState(build_engine(model, tokenizer, cfg.engine, cfg.device),
+                       model_name=cfg.served_model_name or model_dir.resolve().name,
+                       chat_template=read_chat_template(model_dir), limits=cfg.limits,
                        api_key=cfg.api_key or os.environ.get("GROUNDUP_API_KEY") or None)
 
 
 def run(cfg: Config) -> Path:
     """Serve until interrupted; returns the model dir."""
+    require_extra("serve", "fastapi", "uvicorn", purpose="groundup serve")
     import uvicorn
+
+    from groundup.serve.app import create_app
 
     state = build_state(cfg)
     app = create_app(state)

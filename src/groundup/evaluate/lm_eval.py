@@ -2,7 +2,7 @@
 
 Python::
 
-    import groundup.evaluate.harness  # registers "groundup" with lm-eval
+    import groundup.evaluate.lm_eval  # registers "groundup" with lm-eval
     from lm_eval import simple_evaluate
     simple_evaluate(model="groundup", model_args="path=runs/x/model,batch_size=16", tasks=[...])
 
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from groundup import config as configlib
-from groundup.evaluate.lm import Request, rolling_windows, score_requests
+from groundup.evaluate.lm import rolling_windows
 from groundup.extras import import_extra
+from groundup.infer.score import ScoreRequest, score_requests
 
 import_extra("lm_eval.models", "eval", purpose="the lm-evaluation-harness adapter")  # fills lm-eval's registry first
 from lm_eval.api.model import TemplateLM  # noqa: E402  (after the check that names the extra)
@@ -91,7 +92,7 @@ class GroundupLM(TemplateLM):
         return self.tok.encode(string)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        scores = score_requests(self.model, [Request(tuple(ctx), tuple(cont)) for _, ctx, cont in requests],
+        scores = score_requests(self.model, [ScoreRequest(tuple(ctx), tuple(cont)) for _, ctx, cont in requests],
                                 batch_size=self.batch_size, max_length=self.max_length,
                                 progress=not disable_tqdm)
         out = []

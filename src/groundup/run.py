@@ -26,7 +26,7 @@ from groundup.artifacts import JsonlStats, prepare_out, read_json, read_jsonl, r
 from groundup.corpus import STDLIB, split_documents
 from groundup.infer.sampling import SamplingParams
 from groundup.model.io import resolve_device
-from groundup.tokenizer import train as tokenizer_stage
+from groundup.tokenizer import run as tokenizer_stage
 from groundup.tokens import tokenize as tokenize_stage
 from groundup.train import pretrain as pretrain_stage
 
