@@ -1,13 +1,16 @@
 """GGUF parity with llama.cpp: the exported file run by llama.cpp (llama-cpp-python) against groundup.
 
-For each GGUF type (f32, f16, q8_0) the model dir is exported with ``groundup export --format gguf``;
-llama.cpp then loads the file, tokenizes the prompts with the GGUF's own tokenizer (pre-tokenizer type,
-merges) and evaluates them. The table shows
+For each GGUF type (``--dtypes``: f32, f16, q8_0 by default; q4_0 and q4_k_m too) the model dir is exported
+with ``groundup export --format gguf``; llama.cpp then loads the file, tokenizes the prompts with the GGUF's
+own tokenizer (pre-tokenizer type, merges) and evaluates them. The table shows
 
 - tokenizer agreement: llama.cpp's token ids equal groundup's on every prompt (code, English, CJK,
   emoji, whitespace runs);
 - next-token logits: the largest absolute difference between llama.cpp's logits and groundup's at every
   position, and the same relative to the largest logit; whether the argmax (greedy next token) agrees;
+- the same largest difference against groundup running the weights read back from the file
+  (``read back``): for a quantized file this leaves out the weights' rounding, so what remains is
+  llama.cpp's arithmetic (it rounds activations to 8 bits for quantized matrix products);
 - prompt throughput: tokens/s of llama.cpp and of groundup (PyTorch, float32) over the same prompts,
   median of ``--repeats`` runs, and their ratio. For the tiny default model llama-cpp-python's per-call
   overhead (and copying every position's logits out) dominates; pass a real ``--model`` for speed.
@@ -127,7 +130,7 @@ def main() -> None:
 
     import torch
 
-    from groundup.interop.gguf import export_gguf
+    from groundup.interop.gguf import export_gguf, model_from_gguf_state, read_gguf
     from groundup.model.io import load_model_dir
 
     torch.set_num_threads(1)  # llama.cpp runs with one thread too
@@ -154,7 +157,7 @@ def main() -> None:
         print(f"model {model_dir} ({model.config.family}, {model.num_parameters() / 1e6:.1f}M parameters), "
               f"{len(PROMPTS)} prompts, {n_tokens} tokens; llama.cpp from {llama_python}")
         header = (f"{'gguf':6} {'ids equal':>9} {'max |dlogit|':>12} {'relative':>9} {'argmax agree':>12} "
-                  f"{'llama.cpp tok/s':>15} {'groundup tok/s':>14} {'ratio':>6}")
+                  f"{'read back':>9} {'llama.cpp tok/s':>15} {'groundup tok/s':>14} {'ratio':>6}")
         print(header)
         print("-" * len(header))
         for dtype in args.dtypes.split(","):
@@ -163,13 +166,18 @@ def main() -> None:
             subprocess.run([llama_python, __file__, "--child", str(path), str(tmp / "prompts.json"), str(out),
                             "--repeats", str(args.repeats)], check=True)
             theirs = np.load(out)
+            _, tensors = read_gguf(path)
+            read_back = model_from_gguf_state({k: torch.from_numpy(v) for k, v in tensors.items()}, model.config)
             ids_equal = all(theirs[f"ids_{i}"].tolist()[: len(ids)] == ids for i, ids in enumerate(ours_ids))
-            worst, scale, agree, total = 0.0, 0.0, 0, 0
+            worst, worst_read_back, scale, agree, total = 0.0, 0.0, 0.0, 0, 0
             for i, ids in enumerate(ours_ids):
                 if theirs[f"ids_{i}"].tolist()[: len(ids)] != ids:
                     continue  # logits of different token sequences are not comparable
                 ref, got = ours_logits[i], theirs[f"logits_{i}"][: len(ids), : ours_logits[i].shape[-1]]
                 worst = max(worst, float(np.abs(ref - got).max()))
+                with torch.no_grad():
+                    file_logits = read_back(torch.tensor([ids]))[0].numpy()
+                worst_read_back = max(worst_read_back, float(np.abs(file_logits - got).max()))
                 scale = max(scale, float(np.abs(ref).max()))
                 agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
                 total += len(ids)
@@ -177,11 +185,12 @@ def main() -> None:
             ours_tps = n_tokens / sum(ours_seconds)
             row = {"gguf": dtype, "ids_equal": ids_equal, "max_abs_logit_diff": worst,
                    "relative_logit_diff": worst / max(scale, 1.0), "argmax_agree": f"{agree}/{total}",
+                   "max_abs_logit_diff_read_back": worst_read_back,
                    "llamacpp_tokens_per_s": llama_tps, "groundup_tokens_per_s": ours_tps,
                    "ratio_llamacpp_over_groundup": llama_tps / ours_tps}
             results.append(row)
             print(f"{dtype:6} {str(ids_equal):>9} {worst:12.3g} {row['relative_logit_diff']:9.3g} "
-                  f"{row['argmax_agree']:>12} {llama_tps:15.0f} {ours_tps:14.0f} {row['ratio_llamacpp_over_groundup']:6.2f}")
+                  f"{row['argmax_agree']:>12} {worst_read_back:9.3g} {llama_tps:15.0f} {ours_tps:14.0f} {row['ratio_llamacpp_over_groundup']:6.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,18 +11,22 @@ import torch
 from interop_helpers import MIXED_TEXT
 
 from groundup import cli
+from groundup.interop import VerificationError, kquants
 from groundup.interop.gguf import (
     config_from_gguf,
     export_gguf,
     gguf_state_dict,
+    gguf_tensor_types,
     model_from_gguf_state,
     permute_qk,
     read_gguf,
+    tensor_types,
     unpermute_qk,
     verify_gguf,
 )
-from groundup.model.io import load_model_dir
-from groundup.model.transformer import apply_rope, rope_table
+from groundup.model.config import ModelConfig
+from groundup.model.io import load_model_dir, save_model_dir
+from groundup.model.transformer import Transformer, apply_rope, rope_table
 
 gguf = pytest.importorskip("gguf")
 
@@ -153,6 +158,128 @@ def test_q4_0_reads_back_within_its_bound_with_a_q8_0_head(interop_model_dirs, t
         assert np.median(err / amax) <= 1 / 16  # most values within half a step
     result = verify_gguf(model_dir, path, texts=[MIXED_TEXT], dtype="q4_0")
     assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 1.0
+
+
+def kquant_input() -> np.ndarray:
+    """64 rows of 512 values from integer hashing and exact float32 arithmetic (the same bits on every machine),
+    cubed for heavy tails, with an all-zero row, a constant half row, a row a million times smaller and an
+    all-positive half row."""
+    i = np.arange(64 * 512, dtype=np.uint64)
+    u = ((i * np.uint64(2654435761)) % np.uint64(1 << 24)).astype(np.float32) / np.float32(1 << 23) - np.float32(1)
+    x = (u * u * u * np.float32(0.05)).reshape(64, 512)
+    x[3] = 0
+    x[5, :256] = np.float32(0.25)
+    x[7] *= np.float32(1e-6)
+    x[9, 256:] = np.abs(x[9, 256:])
+    return x
+
+
+# sha256 of llama.cpp's own bytes for kquant_input(): ggml_quantize_chunk (ggml-base, llama-cpp-python 0.3.36's
+# vendored llama.cpp), the call llama-quantize makes without an importance matrix.
+LLAMA_CPP_Q4_K = "a8dfaa93e1d5877f1d7e467c6466e83cb85bf7225225b65a9bfcd57688dbdd6e"
+LLAMA_CPP_Q6_K = "b751f583a413bf13e36afe6565e3ddad5f8d64a7fba8c4da7523336542d75053"
+
+
+def test_k_quants_write_llama_cpp_s_bytes():
+    x = kquant_input()
+    q4, q6 = kquants.quantize_q4_k(x), kquants.quantize_q6_k(x)
+    assert q4.shape == (64, 2 * 144) and q4.dtype == np.uint8 and q6.shape == (64, 2 * 210)
+    assert hashlib.sha256(q4.tobytes()).hexdigest() == LLAMA_CPP_Q4_K
+    assert hashlib.sha256(q6.tobytes()).hexdigest() == LLAMA_CPP_Q6_K
+    with pytest.raises(ValueError, match="multiple of 256"):
+        kquants.quantize_q4_k(np.zeros((2, 896), np.float32))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_k_quants_round_trip_through_gguf_within_their_bound(qtype):
+    """Q4_K: each sub-block of 32 is ``scale * q - min`` with q in 0..15, so its step is at most 2/15 of the
+    super-block's largest |x| (range up to twice that): no value is off by more than one step. Q6_K: groups of
+    16 symmetric around 0, q in -32..31, the step at most 1/32 of the super-block's largest |x|. Most values
+    are within half a step, and a zero block reads back as zeros. The super-block factors are f16: a block
+    whose values are all below about 1e-7 (row 7) has no f16 scale small enough and reads back as zeros."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([kquant_input(), rng.standard_normal((64, 512), dtype=np.float32),
+                        rng.uniform(-1, 1, (64, 512)).astype(np.float32)])
+    quantize = kquants.quantize_q4_k if qtype == "Q4_K" else kquants.quantize_q6_k
+    back = gguf.quants.dequantize(quantize(x), gguf.GGMLQuantizationType[qtype])
+    assert back.shape == x.shape and back.dtype == np.float32
+    amax = np.abs(x).reshape(-1, 256).max(axis=1, keepdims=True)
+    step = amax * (2 / 15 if qtype == "Q4_K" else 1 / 32)
+    # The f16 factor's rounding: relative 2**-11, or half f16's smallest step (2**-25) times the largest
+    # multiplier (6-bit scale times level: 63 * 16 for Q4_K, int8 scale times level: 128 * 32 for Q6_K).
+    slack = step * 2.0**-9 + 2.0**-25 * (63 * 16 if qtype == "Q4_K" else 128 * 32)
+    err = np.abs(back - x).reshape(-1, 256)
+    checked = amax[:, 0] >= 1e-3
+    assert checked.sum() == len(checked) - 4  # all but rows 3 and 7 (two super-blocks each)
+    assert (err[checked] <= (step + slack)[checked]).all()
+    assert np.median(err[checked] / step[checked]) <= 0.25
+    assert (back[3] == 0).all() and (back[7] == 0).all()
+    rmse = np.sqrt(np.mean((back[64:128] - x[64:128]) ** 2))  # the normal rows
+    assert rmse <= (0.08 if qtype == "Q4_K" else 0.02)
+
+
+def test_q4_k_m_types_follow_llama_cpp_s_recipe():
+    """As llama-quantize Q4_K_M chooses (checked against llama.cpp on 24- and 5-layer models, 256 and 896 wide,
+    tied and untied, llama and gpt2): Q6_K for attn_v and ffn_down in the first and last eighth of the layers
+    and every third between, for the head (the tied embedding), Q4_K elsewhere; rows not a multiple of 256
+    fall back to Q5_0 (Q4_K) and Q8_0 (Q6_K), rows not a multiple of 32 to F16."""
+    def layer(width, inner):
+        return {"attn_norm.weight": (width,), "attn_q.weight": (width, width), "attn_k.weight": (64, width),
+                "attn_v.weight": (64, width), "attn_output.weight": (width, width), "ffn_gate.weight": (inner, width),
+                "ffn_up.weight": (inner, width), "ffn_down.weight": (width, inner), "ffn_norm.weight": (width,)}
+
+    def model(n_layer, width, inner, tied):
+        shapes = {"token_embd.weight": (100, width)}
+        for i in range(n_layer):
+            shapes |= {f"blk.{i}.{k}": v for k, v in layer(width, inner).items()}
+        shapes |= {"output_norm.weight": (width,)} | ({} if tied else {"output.weight": (100, width)})
+        return tensor_types({k: torch.empty(v) for k, v in shapes.items()}, "q4_k_m", n_layer)
+
+    types = {k: v.name for k, v in model(24, 256, 512, tied=True).items()}
+    more_bits = [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
+    for i in range(24):
+        for kind in ("attn_v", "ffn_down"):
+            assert types[f"blk.{i}.{kind}.weight"] == ("Q6_K" if i in more_bits else "Q4_K")
+        assert types[f"blk.{i}.attn_q.weight"] == types[f"blk.{i}.ffn_up.weight"] == "Q4_K"
+        assert types[f"blk.{i}.attn_norm.weight"] == "F32"
+    assert types["token_embd.weight"] == "Q6_K" and "output.weight" not in types
+    types = {k: v.name for k, v in model(5, 896, 4864, tied=False).items()}
+    assert types["token_embd.weight"] == "Q5_0" and types["output.weight"] == "Q8_0"
+    assert [types[f"blk.{i}.attn_v.weight"] for i in range(5)] == ["Q5_0", "Q5_0", "Q8_0", "Q5_0", "Q8_0"]
+    assert [types[f"blk.{i}.ffn_down.weight"] for i in range(5)] == ["Q4_K", "Q4_K", "Q6_K", "Q4_K", "Q6_K"]
+    types = {k: v.name for k, v in model(2, 48, 256, tied=True).items()}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.ffn_down.weight"] == "Q4_K"
+
+
+def test_q4_k_m_export_stores_the_recipe_and_verifies(spine_tokenizer, tmp_path, capsys):
+    config = ModelConfig.llama(vocab_size=384, block_size=64, n_layer=4, n_head=4, n_kv_head=2, n_embd=256,
+                               intermediate_size=512, tie_embeddings=False)
+    torch.manual_seed(7)
+    model = Transformer(config)  # the model's own initialization: weights of a trainable scale
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:  # norm scales away from 1, so a mismapped one shows
+                p.add_(torch.randn_like(p) * 0.1)
+    model_dir = save_model_dir(tmp_path / "model", model, tokenizer_file=spine_tokenizer, stage="test",
+                               config={"test": "q4_k_m"})
+    assert cli.main(["export", "--model", str(model_dir), "--out", str(tmp_path / "g"), "--to", "gguf",
+                     "--dtype", "Q4_K_M", "--verify"]) == 0
+    assert "max abs diff" in capsys.readouterr().err
+    path = tmp_path / "g" / "model.gguf"
+    types = gguf_tensor_types(path)
+    assert types["token_embd.weight"] == "Q4_K" and types["output.weight"] == "Q6_K"
+    assert [types[f"blk.{i}.attn_v.weight"] for i in range(4)] == ["Q4_K", "Q4_K", "Q6_K", "Q6_K"]
+    assert [types[f"blk.{i}.ffn_down.weight"] for i in range(4)] == ["Q4_K", "Q4_K", "Q6_K", "Q6_K"]
+    assert types["blk.0.ffn_gate.weight"] == types["blk.3.attn_q.weight"] == "Q4_K"
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    metadata, _ = read_gguf(path)
+    assert metadata["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    result = verify_gguf(model_dir, path, texts=[MIXED_TEXT], dtype="q4_k_m")
+    assert result["max_tensor_diff"] == 0.0 and 0.0 < result["relative_logit_diff"] < 1.0
+    # A file whose types are not the recipe's fails verification, naming the tensor.
+    export_gguf(model_dir, tmp_path / "q4_0.gguf", dtype="q4_0")
+    with pytest.raises(VerificationError, match="blk.0.attn_q.weight: stored as Q4_0, expected Q4_K"):
+        verify_gguf(model_dir, tmp_path / "q4_0.gguf", texts=[MIXED_TEXT], dtype="q4_k_m")
 
 
 def test_export_cli_verify_passes_and_fails(interop_model_dirs, tmp_path, capsys):

@@ -26,7 +26,7 @@ VERIFY_TEXTS = [
 _HF_DTYPES = {"float32": "float32", "fp32": "float32", "f32": "float32", "float16": "float16", "fp16": "float16",
               "f16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _GGUF_DTYPES = {"f32": "f32", "float32": "f32", "fp32": "f32", "f16": "f16", "float16": "f16", "fp16": "f16",
-                "q8_0": "q8_0", "q4_0": "q4_0"}
+                "q8_0": "q8_0", "q4_0": "q4_0", "q4_k_m": "q4_k_m"}
 
 
 @dataclass(kw_only=True)
@@ -40,7 +40,8 @@ class Config:
     format: Literal["hf", "gguf"] = field(default="hf", metadata=configlib.aliases("--to"))
     """'hf' (GPT2LMHeadModel / LlamaForCausalLM folder) or 'gguf' (llama.cpp / ollama)."""
     dtype: str | None = None
-    """Weight type: hf float32 (default) | float16 | bfloat16; gguf f32 | f16 (default) | q8_0 | q4_0."""
+    """Weight type: hf float32 (default) | float16 | bfloat16; gguf f32 | f16 (default) | q8_0 | q4_0 |
+    q4_k_m (llama.cpp's Q4_K_M mix)."""
     max_shard_size: str = "5GB"
     """HF: largest safetensors file; bigger models are sharded with model.safetensors.index.json."""
     tokenizer_pre: str | None = None
@@ -48,8 +49,8 @@ class Config:
     verify: bool = False
     """Load the export back and compare logits (and the tokenizer) on a few prompts; fail if they differ."""
     tolerance: float | None = None
-    """Largest logit difference --verify accepts (default 1e-4 for float32; HF 16-bit 1e-3; GGUF f16/q8_0/q4_0:
-    relative to the largest logit, 2e-2 / 2e-1 / 1)."""
+    """Largest logit difference --verify accepts (default 1e-4 for float32; HF 16-bit 1e-3; GGUF f16/q8_0/q4_0/
+    q4_k_m: relative to the largest logit, 2e-2 / 2e-1 / 1 / 1)."""
     verify_texts: list[str] = field(default_factory=lambda: list(VERIFY_TEXTS))
     """Prompts --verify runs."""
     overwrite: bool = False

@@ -12,6 +12,9 @@ through ``gguf``'s own HF -> GGUF name map, the route llama.cpp's ``convert_hf_t
 1-D tensors (norms, biases) stay float32, as in the converter; 2-D ones take the chosen type: f32, f16,
 q8_0 or q4_0 (quantized by ``gguf.quants``; a tensor whose rows are not a multiple of 32 stays f16). With
 q4_0 the embedding and the output head are q8_0, as llama.cpp's own quantizer keeps them at a higher type.
+q4_k_m is llama.cpp's Q4_K_M mix (:func:`tensor_types`): Q4_K, with Q6_K for the head and some attn_v and
+ffn_down layers, quantized by :mod:`groundup.interop.kquants` (byte for byte as ``llama-quantize`` does
+from an f32 file); rows not a multiple of 256 fall back as llama.cpp's do (Q4_K -> Q5_0, Q6_K -> Q8_0).
 
 The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model = "gpt2"``) with an
 explicit pre-tokenizer type naming the split regex, the tokens by id (padding rows of a model vocabulary
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from groundup.extras import import_extra
-from groundup.interop import VerificationError
+from groundup.interop import VerificationError, kquants
 from groundup.interop.hf import (
     UnsupportedModelError,
     export_layout,
@@ -44,7 +47,7 @@ from groundup.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0")
+GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 # Split regexes llama.cpp knows by name (its LLAMA_VOCAB_PRE_TYPE_*): groundup's two named patterns.
 # groundup's gpt4 pattern (cl100k without its `\s++$` branch) splits as Llama 3's ("llama-bpe") does.
 _PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
@@ -153,32 +156,91 @@ def model_from_gguf_state(tensors: dict[str, torch.Tensor], config: ModelConfig)
 
 _HIGHER_TYPE = ("token_embd.weight", "output.weight")
 """Tensors a q4_0 file keeps at q8_0."""
+# llama.cpp's replacement for a k-quant whose rows are not a multiple of its 256-value super-block
+# (llama-quant.cpp's tensor_type_fallback); a row not a multiple of 32 either is stored f16.
+_K_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 
 
-def _encode_tensor(tensor: torch.Tensor, dtype: str, name: str = ""):
-    """numpy data and GGML type for one tensor: 1-D stays f32; q8_0 and q4_0 need rows divisible by their
-    block (32)."""
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth of the layers and every third one between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _fits(qtype, row: int):
+    """``qtype``, or llama.cpp's fallback when rows of ``row`` values do not fill its blocks."""
+    gguf = _gguf()
+    if row % gguf.GGML_QUANT_SIZES[qtype][0] and qtype.name in _K_FALLBACK:
+        qtype = gguf.GGMLQuantizationType[_K_FALLBACK[qtype.name]]
+    if row % gguf.GGML_QUANT_SIZES[qtype][0]:
+        log.info("row size %d is not a multiple of %s's block: tensor kept in f16", row, qtype.name)
+        return gguf.GGMLQuantizationType.F16
+    return qtype
+
+
+def _q4_k_m_types(tensors: dict[str, torch.Tensor], n_layer: int) -> dict[str, Any]:
+    """llama.cpp's Q4_K_M mix (``llama_tensor_get_type`` without an importance matrix, for a dense model):
+    Q4_K everywhere; Q6_K for the output head (the embedding when it is tied; Q8_0 when its rows are not
+    a multiple of 256) and for attn_v (attn_qkv in gpt2) and ffn_down in the layers ``use_more_bits``
+    picks; norms, biases and learned positions stay f32."""
+    types_ = _gguf().GGMLQuantizationType
+    tied = "output.weight" not in tensors
+    n_attention_v = sum(("attn_v.weight" in n or "attn_qkv.weight" in n) for n in tensors)
+    i_attention_v = i_ffn_down = 0
+    types = {}
+    for name, tensor in tensors.items():  # in file order: llama.cpp counts attn_v and ffn_down as it meets them
+        if tensor.ndim < 2 or not name.endswith("weight") or "_norm.weight" in name or name == "position_embd.weight":
+            types[name] = types_.F32
+            continue
+        qtype = types_.Q4_K
+        if name == "output.weight" or (tied and name == "token_embd.weight"):
+            qtype = types_.Q6_K if tensor.shape[-1] % 256 == 0 else types_.Q8_0
+        elif "attn_v.weight" in name or "attn_qkv.weight" in name:
+            qtype = types_.Q6_K if _more_bits(i_attention_v, n_attention_v) else qtype
+            i_attention_v += 1
+        elif "ffn_down" in name:
+            qtype = types_.Q6_K if _more_bits(i_ffn_down, n_layer) else qtype
+            i_ffn_down += 1
+        types[name] = _fits(qtype, tensor.shape[-1])
+    return types
+
+
+def tensor_types(tensors: dict[str, torch.Tensor], dtype: str, n_layer: int) -> dict[str, Any]:
+    """The GGML type of each tensor (GGUF name -> ``gguf.GGMLQuantizationType``) in a file written at
+    ``dtype``: 1-D tensors stay f32; q4_0 keeps the embedding and head at q8_0, as llama.cpp's quantizer
+    does; q4_k_m is llama.cpp's mix (:func:`_q4_k_m_types`); rows a block does not divide are f16."""
+    types_ = _gguf().GGMLQuantizationType
+    if dtype == "q4_k_m":
+        return _q4_k_m_types(tensors, n_layer)
+    types = {}
+    for name, tensor in tensors.items():
+        if tensor.ndim == 1 or dtype == "f32":
+            types[name] = types_.F32
+        elif dtype == "f16":
+            types[name] = types_.F16
+        else:
+            higher = dtype == "q8_0" or name in _HIGHER_TYPE
+            types[name] = _fits(types_.Q8_0 if higher else types_.Q4_0, tensor.shape[-1])
+    return types
+
+
+def encode_tensor(tensor: torch.Tensor, qtype) -> np.ndarray:
+    """The bytes (or f32/f16 values) ``gguf``'s writer takes for ``tensor`` stored as ``qtype``."""
     gguf = _gguf()
     array = tensor.numpy().astype(np.float32)
-    if array.ndim == 1 or dtype == "f32":
-        return array, gguf.GGMLQuantizationType.F32
-    if dtype in ("q8_0", "q4_0"):
-        quantized = dtype == "q8_0" or name in _HIGHER_TYPE
-        qtype = gguf.GGMLQuantizationType.Q8_0 if quantized else gguf.GGMLQuantizationType.Q4_0
-        block = gguf.GGML_QUANT_SIZES[qtype][0]
-        if array.shape[-1] % block == 0:
-            return gguf.quants.quantize(array, qtype), qtype
-        log.info("row size %d is not a multiple of %d: tensor kept in f16", array.shape[-1], block)
-    return array.astype(np.float16), gguf.GGMLQuantizationType.F16
+    if qtype == gguf.GGMLQuantizationType.Q4_K:  # the gguf package reads k-quants but cannot write them
+        return kquants.quantize_q4_k(array)
+    if qtype == gguf.GGMLQuantizationType.Q6_K:
+        return kquants.quantize_q6_k(array)
+    return gguf.quants.quantize(array, qtype)
 
 
-def expected_readback(tensor: torch.Tensor, dtype: str, name: str = "") -> np.ndarray:
-    """What a tensor written at ``dtype`` reads back as (f32 / f16 rounding / q8_0, q4_0 round trip), as float32."""
+def expected_readback(tensor: torch.Tensor, qtype) -> np.ndarray:
+    """What a tensor stored as ``qtype`` reads back as (f16 rounding, a quantizer's round trip), as float32."""
     gguf = _gguf()
-    data, qtype = _encode_tensor(tensor, dtype, name)
-    if qtype in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0):
-        return gguf.quants.dequantize(data, qtype)
-    return data.astype(np.float32)
+    data = encode_tensor(tensor, qtype)
+    if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return data.astype(np.float32)
+    return gguf.quants.dequantize(data, qtype)
 
 
 # ---------------------------------------------------------------------------- tokenizer
@@ -249,7 +311,8 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype])
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+                          "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}[dtype])
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
     writer.add_block_count(config.n_layer)
@@ -263,7 +326,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
         writer.add_layer_norm_rms_eps(config.norm_eps)
     else:
         writer.add_layer_norm_eps(config.norm_eps)
-    if dtype in ("q8_0", "q4_0"):
+    if dtype not in ("f32", "f16"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     writer.add_tokenizer_model("gpt2")
@@ -284,9 +347,9 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     if chat_template:
         writer.add_chat_template(chat_template)
 
-    for tensor_name, tensor in gguf_state_dict(model).items():
-        data, qtype = _encode_tensor(tensor, dtype, tensor_name)
-        writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+    tensors = gguf_state_dict(model)
+    for tensor_name, qtype in tensor_types(tensors, dtype, config.n_layer).items():
+        writer.add_tensor(tensor_name, encode_tensor(tensors[tensor_name], qtype), raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -388,6 +451,37 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
     raise UnsupportedModelError(f"GGUF architecture {arch!r} is not one groundup writes (llama, gpt2)")
 
 
+def gguf_tensor_types(path: str | Path) -> dict[str, str]:
+    """Tensor name -> GGML type name (``"Q4_K"``, ``"F32"``, ...) of a GGUF file, in file order."""
+    return {t.name: t.tensor_type.name for t in _gguf().GGUFReader(str(path)).tensors}
+
+
+def _check_tensors(source: dict[str, torch.Tensor], tensors: dict[str, np.ndarray], stored: dict[str, str],
+                   dtype: str, n_layer: int, problems: list[str]) -> float:
+    """Compare every tensor read back with the source after the type plan's rounding, and each stored type
+    with the plan; append what differs to ``problems``. Returns the largest difference."""
+    if set(source) != set(tensors):
+        problems.append(f"tensor names differ: missing {sorted(set(source) - set(tensors))[:5]}, "
+                        f"extra {sorted(set(tensors) - set(source))[:5]}")
+    max_tensor_diff = 0.0
+    for name, qtype in tensor_types(source, dtype, n_layer).items():
+        if name not in tensors:
+            continue
+        if stored.get(name) != qtype.name:
+            problems.append(f"tensor {name}: stored as {stored.get(name)}, expected {qtype.name}")
+            continue
+        want = expected_readback(source[name], qtype)
+        got = tensors[name]
+        if got.shape != want.shape:
+            problems.append(f"tensor {name}: shape {got.shape}, expected {want.shape}")
+            continue
+        diff = float(np.abs(got - want).max()) if got.size else 0.0
+        max_tensor_diff = max(max_tensor_diff, diff)
+        if diff != 0.0:
+            problems.append(f"tensor {name}: differs from the source by {diff:.3g}")
+    return max_tensor_diff
+
+
 def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dtype: str = "f16",
                 tolerance: float | None = None) -> dict[str, float]:
     """Read the GGUF back and check it: metadata, every tensor against the source (exactly, after undoing the
@@ -418,23 +512,8 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
             problems.append(f"metadata {key} = {got!r}, expected {value!r}")
     if len(metadata.get("tokenizer.ggml.tokens") or []) != config.vocab_size:
         problems.append("tokenizer.ggml.tokens does not hold one token per embedding row")
-    source = gguf_state_dict(model)
-    if set(source) != set(tensors):
-        problems.append(f"tensor names differ: missing {sorted(set(source) - set(tensors))[:5]}, "
-                        f"extra {sorted(set(tensors) - set(source))[:5]}")
-    max_tensor_diff = 0.0
-    for name, tensor in source.items():
-        if name not in tensors:
-            continue
-        want = expected_readback(tensor, dtype, name)
-        got = tensors[name]
-        if got.shape != want.shape:
-            problems.append(f"tensor {name}: shape {got.shape}, expected {want.shape}")
-            continue
-        diff = float(np.abs(got - want).max()) if got.size else 0.0
-        max_tensor_diff = max(max_tensor_diff, diff)
-        if diff != 0.0:
-            problems.append(f"tensor {name}: differs from the source by {diff:.3g}")
+    max_tensor_diff = _check_tensors(gguf_state_dict(model), tensors, gguf_tensor_types(path), dtype, config.n_layer,
+                                     problems)
     if problems:
         raise VerificationError(f"{path}: " + "; ".join(problems[:8]))
 
@@ -449,9 +528,10 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
             scale = max(scale, reference.abs().max().item())
     # 16-bit and 8-bit weights shift logits in proportion to their size: judge those relative to the largest.
     relative = worst / max(scale, 1.0)
-    # Relative to the largest logit; q4_0 moves a random test model's logits by up to about 0.7 (the tensors
-    # themselves are checked exactly against their q4_0 round trip above).
-    default_tolerance = {"f32": 1e-4, "f16": 2e-2, "q8_0": 2e-1, "q4_0": 1.0}[dtype]
+    # Relative to the largest logit; q4_0 moves a random test model's logits by up to about 0.7, q4_k_m a
+    # 256-wide one at its initialization by about 0.2 (the tensors themselves are checked exactly against
+    # their round trip above).
+    default_tolerance = {"f32": 1e-4, "f16": 2e-2, "q8_0": 2e-1, "q4_0": 1.0, "q4_k_m": 1.0}[dtype]
     tolerance = default_tolerance if tolerance is None else tolerance
     measured = worst if dtype == "f32" else relative
     if not measured <= tolerance:
