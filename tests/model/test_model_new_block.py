@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groundup.evaluate.lm import Request, score_requests
 from groundup.infer.decode import Decoder
 from groundup.infer.engine import Engine
 from groundup.infer.generate import generate_tokens
 from groundup.infer.sampling import SamplingParams
+from groundup.infer.score import ScoreRequest as Request
+from groundup.infer.score import score_requests
 from groundup.model import transformer
 from groundup.model.config import ModelConfig
 from groundup.model.io import load_model_dir, save_model_dir
@@ -201,7 +202,7 @@ def test_the_how_to_names_files_and_code_that_exist():
     from groundup.model import lora
     from groundup.parallel import apply_tp
 
-    named = [(transformer, "finish_meta_load"), (transformer, "masked_attention"), (transformer, "KVCacheStep"),
+    named = [(transformer, "finish_meta_load"), (transformer, "KVCacheStep"),
              (transformer.Transformer, "reset_parameters"), (transformer.Transformer, "hidden_states"),
              (ModelConfig, "family"), (ModelConfig, "mlp_hidden"), (kv_cache, "SlotKVCache"),
              (kv_cache.CacheStep, "update"), (weights, "decode_view"), (apply_tp, "fused_segments"),
