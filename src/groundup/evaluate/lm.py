@@ -70,10 +70,15 @@ class LMScore:
     """Summed log-likelihood of some documents and what it was measured over."""
 
     loglikelihood: float = 0.0
+    """Natural-log likelihood of every scored token, summed."""
     tokens: int = 0
+    """Tokens scored."""
     bytes: int = 0
+    """UTF-8 bytes of the documents (for bits per byte)."""
     words: int = 0
+    """Words of the documents, lm-eval's way (for word perplexity)."""
     documents: int = 0
+    """Documents scored."""
 
     def add(self, other: LMScore) -> None:
         self.loglikelihood += other.loglikelihood

@@ -187,19 +187,33 @@ class EngineStats:
     """Counters for /metrics (read without a lock: each is one int or float written by the engine thread)."""
 
     requests_total: int = 0
+    """Requests accepted."""
     requests_finished: int = 0
+    """Requests that ended normally (stop or length)."""
     requests_cancelled: int = 0
+    """Requests cancelled (a client went away)."""
     requests_failed: int = 0
+    """Sequences that ended with an error."""
     prompt_tokens_total: int = 0
+    """Prompt tokens prefilled (or scored)."""
     generation_tokens_total: int = 0
+    """Tokens generated."""
     decode_steps: int = 0
+    """Batched decode steps (one token, or one speculative round, for every running sequence)."""
     running: int = 0
+    """Sequences holding a KV-cache slot after the last step."""
     waiting: int = 0
+    """Sequences waiting for a slot after the last step."""
     draft_tokens_proposed: int = 0
+    """Tokens the draft model guessed."""
     draft_tokens_accepted: int = 0
+    """Guesses the model kept."""
     ttft_seconds: deque = field(default_factory=lambda: deque(maxlen=4096))
+    """Time to first token of the last 4096 requests."""
     busy_seconds: float = 0.0
+    """Time spent in steps."""
     started: float = field(default_factory=time.time)
+    """When the engine started (a Unix time)."""
 
     @property
     def draft_acceptance_rate(self) -> float | None:

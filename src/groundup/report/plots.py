@@ -249,12 +249,19 @@ def drops_figure(runs: Sequence[tuple[str, dict[str, int]]], top: int = 20) -> b
     for r, (label, drops) in enumerate(runs):
         ys = np.arange(len(reasons)) + r * height - 0.4 + height / 2
         ax.barh(ys, [drops.get(k, 0) for k in reasons], height=height, color=color(r), label=label)
-    ax.set_yticks(np.arange(len(reasons)), reasons)
+    return _bars_done(fig, ax, reasons, np.array(list(total.values()), dtype=float), len(runs),
+                      title="Documents dropped, by step and reason", xlabel="documents dropped")
+
+
+def _bars_done(fig, ax, labels: list[str], values: np.ndarray, n_runs: int, *, title: str, xlabel: str) -> bytes:
+    """Finish a horizontal bar chart: ``labels`` top down, a log scale where ``values`` span a wide range,
+    a legend for several runs; the PNG bytes."""
+    ax.set_yticks(np.arange(len(labels)), labels)
     ax.invert_yaxis()
-    if wants_log([np.array(list(total.values()), dtype=float)], ratio=50):
+    if wants_log([values], ratio=50):
         ax.set_xscale("log")
-    ax.set(title="Documents dropped, by step and reason", xlabel="documents dropped")
-    if len(runs) > 1:
+    ax.set(title=title, xlabel=xlabel)
+    if n_runs > 1:
         ax.legend(loc="lower right")
     fig.tight_layout()
     return to_png(fig)
@@ -359,13 +366,6 @@ def timings_figure(runs: Sequence[tuple[str, dict[str, float]]]) -> bytes | None
             if v:
                 ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:,.1f} s", va="center",
                         fontsize=7)
-    ax.set_yticks(np.arange(len(stages)), stages)
-    ax.invert_yaxis()
     every = np.array([v for _, t in runs for v in t.values() if v > 0], dtype=float)
-    if wants_log([np.maximum(every, 1e-3)], ratio=50):  # stages under a millisecond count as one
-        ax.set_xscale("log")
-    ax.set(title="Wall-clock time of each stage", xlabel="seconds")
-    if len(runs) > 1:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    return to_png(fig)
+    return _bars_done(fig, ax, stages, np.maximum(every, 1e-3), len(runs),  # under a millisecond counts as one
+                      title="Wall-clock time of each stage", xlabel="seconds")

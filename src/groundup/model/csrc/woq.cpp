@@ -98,6 +98,15 @@ inline void int4_row(const float* x, int64_t K, const uint8_t* w, const float* s
     for (int r = 0; r < R; ++r) y[r * ystride] = hsum(_mm256_add_ps(total[r][0], total[r][1])) + offset[r];
 }
 
+// Rows of x in pairs (each weight converted once for both), then a last single row; a row's arithmetic
+// is the same either way, so its result does not depend on how many rows there are.
+template <typename Pair, typename Single>
+inline void over_rows(int64_t M, Pair pair, Single single) {
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) pair(m);
+    if (m < M) single(m);
+}
+
 }  // namespace
 
 torch::Tensor int8_mm(torch::Tensor x, torch::Tensor w, torch::Tensor scale) {
@@ -114,11 +123,9 @@ torch::Tensor int8_mm(torch::Tensor x, torch::Tensor w, torch::Tensor scale) {
     const float* sp = scale.data_ptr<float>();
     float* yp = y.data_ptr<float>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-            int64_t m = 0;
-            for (; m + 2 <= M; m += 2) int8_row<2>(xp + m * K, K, wp + n * K, sp[n], yp + m * N + n, N);
-            if (m < M) int8_row<1>(xp + m * K, K, wp + n * K, sp[n], yp + m * N + n, N);
-        }
+        for (int64_t n = begin; n < end; ++n)
+            over_rows(M, [&](int64_t m) { int8_row<2>(xp + m * K, K, wp + n * K, sp[n], yp + m * N + n, N); },
+                      [&](int64_t m) { int8_row<1>(xp + m * K, K, wp + n * K, sp[n], yp + m * N + n, N); });
     });
     return y;
 }
@@ -143,13 +150,10 @@ torch::Tensor int4_mm(torch::Tensor x, torch::Tensor w, torch::Tensor scale, tor
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
             const uint8_t* wr = wp + n * (K / 2);
-            int64_t m = 0;
-            for (; m + 2 <= M; m += 2)
-                int4_row<2>(xp + m * K, K, wr, sp + n * groups, zp + n * groups, G, sx + m * groups, groups,
-                            yp + m * N + n, N);
-            if (m < M)
-                int4_row<1>(xp + m * K, K, wr, sp + n * groups, zp + n * groups, G, sx + m * groups, groups,
-                            yp + m * N + n, N);
+            const float *sn = sp + n * groups, *zn = zp + n * groups;
+            over_rows(M,
+                      [&](int64_t m) { int4_row<2>(xp + m * K, K, wr, sn, zn, G, sx + m * groups, groups, yp + m * N + n, N); },
+                      [&](int64_t m) { int4_row<1>(xp + m * K, K, wr, sn, zn, G, sx + m * groups, groups, yp + m * N + n, N); });
         }
     });
     return y;
