@@ -45,7 +45,7 @@ def woq():
             pass
 
         return load(name="groundup_woq", sources=[str(SOURCE)], verbose=False,
-                    extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"])
+                    extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as e:  # no compiler, no ninja, a failed build
         log.warning("could not build groundup's quantized CPU kernels (%s): using PyTorch's slower ones",
                     str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -5,16 +5,19 @@
   ``scale[n] / 2``.
 - int4: each group of ``group_size`` consecutive inputs of a row is ``(q - 8) * scale + zero`` with ``q``
   in 0..15, ``scale = (max - min) / 15`` and ``zero = min + 8 * scale`` (asymmetric min-max, the layout
-  of PyTorch's int4 kernels). The error of a weight is at most ``scale / 2``. Two values share a byte,
-  the even column in the low nibble.
+  of PyTorch's int4 kernels). The error of a weight is at most ``scale / 2``. Two values share a byte: in
+  each block of 32 inputs, byte ``t`` holds input ``t`` in its low nibble and input ``t + 16`` in its high
+  one (llama.cpp's q4 layout, which a SIMD unpack turns into 32 inputs in order).
 
 The blocks' linear layers take the chosen format; the output head is int8 in both (it scores every
 token of the vocabulary, and llama.cpp likewise keeps it at higher precision). A tied head and
 embedding share one int8 matrix: the embedding dequantizes the rows it looks up.
 
-On the CPU the products run in groundup's AVX2 kernels (:mod:`groundup.model.kernels`: each weight byte read
-once, every output accumulated in the same order whatever the batch), or PyTorch's own weight-only
-kernels where those cannot be built; elsewhere the weights are dequantized for each product.
+On the CPU the products run in groundup's AVX2 kernels (:mod:`groundup.model.kernels`): the input rows are
+quantized to int8 in blocks of 32 (a scale per block, as llama.cpp's q8_0 dot products do) and each block
+is an integer dot product; each weight byte is read once, and every output is accumulated in the same
+order whatever the batch. Where those cannot be built, PyTorch's own weight-only kernels run (float
+inputs); elsewhere the weights are dequantized for each product.
 A quantized model dir holds these tensors in ``model.safetensors`` and a ``quantization.json``;
 ``groundup.model.io.load_model_dir`` builds the layers from it, and every inference command loads it.
 """
@@ -75,14 +78,16 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     g = w.detach().float().view(N, K // group_size, group_size)
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)
     scale = ((hi - lo) / 15).clamp(min=1e-12)
-    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).view(N, K)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).view(N, K // 32, 32)
+    packed = (q[..., :16] | (q[..., 16:] << 4)).reshape(N, K // 2)
     return packed, scale, lo + 8 * scale
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The 0..15 values (N, K) of a packed (N, K/2) uint8 tensor."""
-    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).flatten(-2)
+    """The 0..15 values (N, K) of a packed (N, K/2) uint8 tensor (blocks of 32 inputs, see the module)."""
+    N = packed.shape[0]
+    blocks = packed.reshape(N, -1, 16)
+    return torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).reshape(N, -1)
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -139,7 +144,7 @@ class Int8Linear(nn.Module):
             if rows.shape[0] > KERNEL_ROWS:
                 y = _dequantized_product(rows, lambda a, b: dequantize_int8(self.weight[a:b], self.weight_scale[a:b]),
                                          self.out_features)
-            elif kernels is not None:
+            elif kernels is not None and self.in_features % 32 == 0:
                 y = kernels.int8_mm(rows, self.weight, self.weight_scale)
             else:
                 y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.weight_scale)
