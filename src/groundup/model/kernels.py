@@ -1,4 +1,5 @@
-"""Weight-only quantized products on the CPU: groundup's AVX2 kernels (``csrc/woq.cpp``), built on first use.
+"""Weight-only quantized products on the CPU: groundup's AVX2 kernels (``csrc/woq.cpp``), built on first use
+(with AVX512-VNNI's integer dot product where the CPU has it).
 
 PyTorch's own CPU kernels for weight-only int8 and int4 (``_weight_int8pack_mm``,
 ``_weight_int4pack_mm_for_cpu``) ran slower than a float32 product on the AVX2 and AVX-512 machines
@@ -44,8 +45,12 @@ def woq():
         except ImportError:
             pass
 
-        return load(name="groundup_woq", sources=[str(SOURCE)], verbose=False,
-                    extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+        name = "groundup_woq"
+        if torch.cpu._is_vnni_supported():  # one instruction per integer dot product (AVX512-VNNI)
+            flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
+            name += "_vnni"
+        return load(name=name, sources=[str(SOURCE)], verbose=False, extra_cflags=flags, extra_ldflags=["-fopenmp"])
     except Exception as e:  # no compiler, no ninja, a failed build
         log.warning("could not build groundup's quantized CPU kernels (%s): using PyTorch's slower ones",
                     str(e).splitlines()[0] if str(e) else type(e).__name__)
