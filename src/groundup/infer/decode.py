@@ -55,13 +55,16 @@ class Decoder:
     ``compile``: decode steps (rows) run as one ``torch.compile`` graph (fewer, fused kernels: less of a step's
     time goes into launching many small operations). The graph reads the rows' keys and writes this step's
     back afterwards (:class:`~groundup.infer.kv_cache.ReadStep`), so the whole cache is never copied; it is
-    compiled on the first steps, which take that much longer. Prefill runs uncompiled.
+    compiled on the first steps, which take that much longer. Prefill runs uncompiled. With ``layout='auto'``
+    the compiled graph multiplies by the model's own weights ('plain'): inductor packs them itself.
     """
 
     def __init__(self, model: nn.Module, *, num_slots: int, max_len: int | None = None, layout: str = "auto",
                  padding: str | None = None, compile: bool = False) -> None:
         self.model = model
         self.config = model.config
+        if compile and layout == "auto":  # inductor packs the weights itself and cannot lower oneDNN's packed ones
+            layout = "plain"
         self.view, probed = cached_view(model, layout)
         self.padding = padding or probed
         if self.padding not in PADDINGS:
