@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from groundup.corpus import STDLIB, load_documents, split_of
 from groundup.tokenizer import run as tokenizer_stage
 from groundup.tokens import tokenize as tokenize_stage
 from groundup.tokens.datasets import load_tokens
+from text_rate_common import rate_row, report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,15 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
                         if split_of(doc.id, args.val_fraction) == split for i in (*enc.ids, eos)]
             identical &= bool(np.array_equal(load_tokens(cfg.out, split), np.asarray(expected)))
 
-    def row(name: str, seconds: list[float]) -> dict:
-        rates = [n_bytes / 1e6 / s for s in seconds]
-        return {"name": name, "seconds": seconds, "median_seconds": statistics.median(seconds),
-                "median_mb_per_s": statistics.median(rates), "min_mb_per_s": min(rates), "max_mb_per_s": max(rates)}
-
-    rows = [row(f"groundup tokenize (run(), {meta['workers']} workers, {meta['encoder']})", ours)]
-    rows += [row(name, seconds) for name, seconds in peers.items()]
-    for r in rows[1:]:
-        r["groundup_ratio"] = rows[0]["median_mb_per_s"] / r["median_mb_per_s"]
+    rows = [rate_row(f"groundup tokenize (run(), {meta['workers']} workers, {meta['encoder']})", ours, n_bytes)]
+    rows += [rate_row(name, seconds, n_bytes) for name, seconds in peers.items()]
 
     result = {
         "benchmark": "tokenize_throughput",
@@ -116,13 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"\n{n_bytes / 1e6:.1f} MB of text, {len(texts)} documents, vocab {args.vocab_size}, "
           f"median of {args.repeats}; ids identical: {identical}\n")
-    print(f"{'':60s} {'MB/s':>7s} {'min':>7s} {'max':>7s}  groundup ×")
-    for r in rows:
-        ratio = f"{r['groundup_ratio']:.2f}" if "groundup_ratio" in r else ""
-        print(f"{r['name']:60s} {r['median_mb_per_s']:7.2f} {r['min_mb_per_s']:7.2f} {r['max_mb_per_s']:7.2f}  {ratio}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {args.out}")
+    report(rows, result, args.out)
     return result
 
 

@@ -54,3 +54,17 @@ def test_folders_of_text_and_missing_paths(tmp_path):
     assert sorted(d.text for d in load_documents(tmp_path)) == ["alpha", "beta"]
     with pytest.raises(FileNotFoundError, match="data not found"):
         list(load_documents(tmp_path / "missing"))
+
+
+def test_the_held_out_split_does_not_depend_on_where_the_data_lies(tmp_path):
+    """Ids name a shard relative to the path given: the same folder elsewhere, or its file given alone, splits
+    the same way (pytest's temporary folders change every session; the split must not)."""
+    for place in ("a", "b/c"):
+        (tmp_path / place / "sub").mkdir(parents=True)
+        (tmp_path / place / "sub" / "shard.jsonl").write_text("".join(f'{{"text": "doc {i}"}}\n' for i in range(50)))
+        (tmp_path / place / "notes.txt").write_text("a text file")
+    ids = [[d.id for d in load_documents(tmp_path / place)] for place in ("a", "b/c")]
+    assert ids[0] == ids[1] and ids[0][:2] == ["notes.txt", "sub/shard.jsonl:1"]
+    alone = [d.id for d in load_documents(tmp_path / "b/c/sub/shard.jsonl")]
+    assert alone == [f"shard.jsonl:{i}" for i in range(1, 51)]
+    assert split_documents(tmp_path / "a", val_fraction=0.3) == split_documents(tmp_path / "b/c", val_fraction=0.3)

@@ -21,14 +21,15 @@ MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv
 
 # lr 3e-3: at 1e-2 the tiny model's trajectory is chaotic enough that last-bit differences between summing
 # gradients in one process and averaging them across ranks grow past 1e-5 in 20 steps.
-def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, **train) -> pretrain.Config:
+def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2,
+                **train) -> pretrain.Config:
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
     return pretrain.Config(tokens=tokens, out=out, model=MODEL,
                            optim=OptimConfig(**{"lr": 3e-3, "warmup_steps": 2, **(optim or {})}),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
-                           batch_size=2, seq_len=32, eval_windows=2, final_eval_stride=32, device=device, compile=compile,
-                           seed=7)
+                           batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
+                           compile=compile, seed=7)
 
 
 HERE = Path(__file__).parent

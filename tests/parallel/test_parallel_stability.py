@@ -19,10 +19,13 @@ def lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+# 8 windows a step: with 2 the step losses were so noisy that the injected batch's z-score against them went
+# from 10.5 to 21 over tokenizers trained on different splits of the corpus, at the threshold's edge; with 8 it
+# is 29 to 35, and ordinary steps stay below 2.
 def spike_config(tokens, out):
     return make_config(tokens=tokens, out=out, max_steps=30, grad_accum=1, checkpoint_every=5, spike_window=16,
                        spike_zscore=10.0, spike_lr_cooldown=0.5, spike_cooldown_steps=3,
-                       optim={"lr": 1e-2})
+                       optim={"lr": 1e-2}, batch_size=8)
 
 
 def test_an_injected_bad_batch_rolls_back_and_skips_its_data(spine_tokens, tmp_path, monkeypatch):

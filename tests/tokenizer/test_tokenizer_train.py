@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -43,6 +47,30 @@ def test_stats_are_complete_and_sane(tokenizer_dir, held_out_texts):
     assert stats["thai"]["characters"] == 87 and stats["thai"]["round_trip_share"] == 1.0
     assert stats["encoder"] == {"backend": "tiktoken", "identical_to_tokenizers": True}
     assert stats["train"]["documents"] > 0 and stats["train"]["bytes"] > 100_000
+
+
+def train_in_a_fresh_process(data, out, settings: dict, hash_seed: str) -> bytes:
+    """``groundup tokenizer`` as its own process, with its own string hashing; the tokenizer.json bytes."""
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run([sys.executable, "-m", "groundup.cli", "tokenizer", "--data", str(data), "--out", str(out),
+                           "--vocab-size", str(settings["vocab_size"]), "--val-fraction", str(settings["val_fraction"])],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return (out / "tokenizer.json").read_bytes()
+
+
+def test_two_processes_write_the_same_tokenizer_json(corpus_file, tokenizer_dir, tmp_path):
+    """The same data and settings give byte-identical files: in two processes with different hash seeds, with
+    the data in another folder (the held-out split must not depend on where the data lies), and in this one."""
+    settings = yaml.safe_load((tokenizer_dir / "config.yaml").read_text())  # the fixture's
+    copy = tmp_path / "elsewhere" / "deeper" / corpus_file.name
+    copy.parent.mkdir(parents=True)
+    shutil.copy(corpus_file, copy)
+    first = train_in_a_fresh_process(corpus_file, tmp_path / "a", settings, hash_seed="1")
+    second = train_in_a_fresh_process(copy, tmp_path / "b", settings, hash_seed="2")
+    assert first == second
+    assert first == (tokenizer_dir / "tokenizer.json").read_bytes()  # the fixture's, trained in this process
+    assert json.loads(first)["model"]["vocab"].get("<|endoftext|>") == 0
 
 
 def test_held_out_documents_are_not_trained_on_and_max_bytes_caps():

@@ -62,9 +62,13 @@ def test_round_trip_random_and_odd_text(tokenizer):
         assert tokenizer.encode(text) == ids
 
 
-def test_round_trip_held_out_documents(tokenizer, held_out_texts):
-    for text in held_out_texts:
-        assert tokenizer.decode(tokenizer.encode(text)) == text
+def test_round_trip_held_out_documents_with_both_encoders(tokenizer, held_out_texts):
+    slow = Tokenizer.from_file(tokenizer.name, fast=False)
+    assert (tokenizer.backend, slow.backend) == ("tiktoken", "tokenizers")
+    for text in held_out_texts + ODD:
+        ids = tokenizer.encode(text)
+        assert tokenizer.decode(ids) == text and slow.decode(slow.encode(text)) == text
+        assert slow.encode(text) == ids
 
 
 def test_tiktoken_path_matches_tokenizers(tokenizer, held_out_texts):

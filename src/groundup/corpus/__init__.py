@@ -38,7 +38,9 @@ TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text"}
 @dataclass(frozen=True)
 class Document:
     id: str
-    """Where the text came from: ``stdlib:json/decoder.py``, ``shard.jsonl:17``."""
+    """Where the text came from, relative to what was read: ``stdlib:json/decoder.py``, ``shard.jsonl:17``
+    (a shard's path below the folder given, or the file's name, and the line or row). The held-out split
+    hashes it, so it never holds the folder's own location."""
     text: str
 
 
@@ -139,22 +141,21 @@ def parse_json_line(raw: bytes, text_field: str, stats: ReadStats, where: str) -
     return record, text
 
 
-def _read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:
+def _read_jsonl(path: Path, name: str, text_field: str, stats: ReadStats) -> Iterator[Document]:
     """Documents of a JSONL(.gz) shard, read by :func:`groundup.artifacts.read_jsonl` (bad lines and an
     unfinished last one skipped and counted in ``stats``)."""
     lines = JsonlStats(on_skip=lambda where, reason: stats.skip(reason, where))
     for lineno, record in read_jsonl(path, stats=lines):
-        where = f"{path}:{lineno}"
         text = record.get(text_field)
         if not isinstance(text, str):
-            stats.skip(f"no string field {text_field!r}", where)
+            stats.skip(f"no string field {text_field!r}", f"{path}:{lineno}")
             continue
         stats.documents += 1
         stats.bytes += len(text.encode("utf-8"))
-        yield Document(where, text)
+        yield Document(f"{name}:{lineno}", text)
 
 
-def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[Document]:
+def _read_parquet(path: Path, name: str, text_field: str, stats: ReadStats) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -165,17 +166,16 @@ def _read_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[Doc
     row = 0
     for batch in parquet.iter_batches(columns=[text_field], batch_size=4096):
         for text in batch.column(0).to_pylist():
-            where = f"{path}:{row}"
-            row += 1
+            index, row = row, row + 1
             if not isinstance(text, str):
-                stats.skip("null text", where)
+                stats.skip("null text", f"{path}:{index}")
                 continue
             stats.documents += 1
             stats.bytes += len(text.encode("utf-8"))
-            yield Document(where, text)
+            yield Document(f"{name}:{index}", text)
 
 
-def _read_text(path: Path, stats: ReadStats) -> Iterator[Document]:
+def _read_text(path: Path, name: str, stats: ReadStats) -> Iterator[Document]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -183,7 +183,7 @@ def _read_text(path: Path, stats: ReadStats) -> Iterator[Document]:
         return
     stats.documents += 1
     stats.bytes += len(text.encode("utf-8"))
-    yield Document(str(path), text)
+    yield Document(name, text)
 
 
 def _shard_files(root: Path) -> list[Path]:
@@ -220,13 +220,16 @@ def load_documents(
         raise FileNotFoundError(f"data not found: {root} (give a file or folder of .parquet/.jsonl/.txt shards, "
                                 f"or '{STDLIB}' for the embedded corpus)")
     for path in _shard_files(root):
+        # Ids (and so the held-out split) name the shard relative to `source`, never where `source` lies:
+        # the same data copied elsewhere splits the same way. Skip messages keep the full path.
+        name = path.name if path == root else path.relative_to(root).as_posix()
         kind = _kind(path)
         if kind == "jsonl":
-            yield from _read_jsonl(path, text_field, stats)
+            yield from _read_jsonl(path, name, text_field, stats)
         elif kind == "parquet":
-            yield from _read_parquet(path, text_field, stats)
+            yield from _read_parquet(path, name, text_field, stats)
         elif kind == "text":
-            yield from _read_text(path, stats)
+            yield from _read_text(path, name, stats)
         else:
             raise ValueError(f"{path}: unknown shard format (expected .parquet, .jsonl[.gz] or text)")
 

@@ -125,8 +125,8 @@ def split_pattern_of(spec: dict[str, Any]) -> str:
 def build_tiktoken(spec: dict[str, Any], name: str = "groundup"):
     """A ``tiktoken.Encoding`` with the tokens, ranks, split regex and special tokens of a parsed tokenizer.json.
 
-    A byte-level BPE built by ``tokenizers`` gives each merged token the next id, so ids are merge
-    ranks, which is what tiktoken's ``mergeable_ranks`` are. Raises ValueError if the file is not
+    A byte-level BPE trained by ``groundup tokenizer`` (or by ``tokenizers``' own trainer) gives each merged
+    token the next id, so ids are merge ranks, which is what tiktoken's ``mergeable_ranks`` are. Raises ValueError if the file is not
     such a tokenizer (the caller then stays on ``tokenizers``).
     """
     import tiktoken

@@ -1,8 +1,9 @@
 """The tokenizer stage: train a byte-level BPE on the training split of a corpus.
 
-Writes ``tokenizer.json`` (Hugging Face ``tokenizers`` format), ``stats.json`` (compression and
-round-trip checks on the held-out split, which training never sees), ``config.yaml`` and
-``manifest.json``, all into one directory that appears atomically.
+Training is :mod:`groundup.tokenizer.train`'s deterministic trainer: the same text and settings give a
+byte-identical ``tokenizer.json`` in any process. Writes ``tokenizer.json`` (Hugging Face ``tokenizers``
+format), ``stats.json`` (compression and round-trip checks on the held-out split, which training never
+sees), ``config.yaml`` and ``manifest.json``, all into one directory that appears atomically.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tokenizers
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex
 
 from groundup import config as configlib
 from groundup.artifacts import TOKENIZER_FILES, atomic_dir, prepare_out, write_json, write_manifest
 from groundup.corpus import STDLIB, Document, ReadStats, describe_stdlib, load_documents, split_of
 from groundup.tokenizer import SPECIAL_TOKENS, Tokenizer, build_tiktoken, bytes_to_unicode, resolve_pattern
 from groundup.tokenizer.metrics import tokenizer_stats
+from groundup.tokenizer.train import train_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
 class Config:
-    """Train a byte-level BPE tokenizer (Hugging Face tokenizers) on the training split of a corpus."""
+    """Train a byte-level BPE tokenizer on the training split of a corpus (deterministic: the same text and
+    settings give the same tokenizer.json, in the Hugging Face tokenizers format)."""
 
     data: str = STDLIB
     """Text to train on: 'stdlib' (the embedded corpus) or a file or folder of .parquet/.jsonl/.txt shards."""
@@ -42,35 +45,12 @@ class Config:
     max_bytes: int | None = None
     """Train on at most this many bytes of text (the first ones, in corpus order); None: all of it."""
     min_frequency: int = 2
-    """A pair must occur at least this often to be merged."""
+    """A pair must occur at least this often to be merged (training stops before the vocabulary is full otherwise)."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) that holds the text."""
     overwrite: bool = False
     """Write into a non-empty `out` that is not an earlier output of this stage (entries with this stage's names
     are replaced, nothing else is removed; `out` may never hold or lie inside the stage's input)."""
-
-
-def build_tokenizer(pattern: str) -> tokenizers.Tokenizer:
-    """An untrained byte-level BPE: split by ``pattern``, map bytes to characters, no prefix space.
-
-    The split happens in a Split step (not inside ByteLevel) so that any regex can be used, and
-    the same regex drives the tiktoken encoder. No normalizer: every byte survives the round trip.
-    """
-    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
-def build_trainer(vocab_size: int, min_frequency: int, show_progress: bool = True) -> trainers.BpeTrainer:
-    # The full byte alphabet up front: every byte has a token even if the corpus lacks it, so any
-    # text encodes (no unknown token) and decodes back exactly.
-    return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
-                               special_tokens=list(SPECIAL_TOKENS),
-                               initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
 
 
 def check_config(cfg: Config) -> str:
@@ -144,9 +124,9 @@ def run(cfg: Config) -> Path:
     counts = {"documents": 0, "bytes": 0}
     texts = training_texts(load_documents(cfg.data, text_field=cfg.text_field, stats=read_stats),
                            val_fraction=cfg.val_fraction, max_bytes=cfg.max_bytes, held_out=held_out, counts=counts)
-    hf = build_tokenizer(pattern)
     t0 = time.perf_counter()
-    hf.train_from_iterator(texts, build_trainer(cfg.vocab_size, cfg.min_frequency))
+    hf = train_tokenizer(texts, pattern=pattern, vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                         progress=True)
     train_seconds = time.perf_counter() - t0
     if counts["bytes"] == 0:
         raise ValueError(f"no text to train a tokenizer on in {cfg.data!r}: {read_stats.documents} documents read "
