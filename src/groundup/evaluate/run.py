@@ -34,6 +34,7 @@ from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse reso
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
 from groundup.model.io import load_model_dir
+from groundup.model.transformer import first_tensor
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def run(cfg: Config) -> Path:
             raise ValueError("tasks given but no model: set --model to a model dir")
         tasks = load_tasks(split_specs(cfg.tasks))  # every file is read and checked before the model runs
         model, tokenizer = load_model_dir(cfg.model, device=cfg.device)
-        device = next(model.parameters()).device
+        device = first_tensor(model).device
         model_meta = model_info(Path(cfg.model), model)
         for task in tasks:
             log.info("task %s: %d items (%s)", task.name, len(task.items), task.kind)

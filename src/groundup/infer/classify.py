@@ -18,6 +18,7 @@ import torch
 
 from groundup.artifacts import JsonlStats, first_record_has, prepare_out, read_jsonl
 from groundup.model.classifier import class_logits, encode_texts, load_classifier_dir, pad_texts
+from groundup.model.transformer import first_tensor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Config:
 @torch.no_grad()
 def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[dict]:
     """For each text: ``{"label", "probabilities": {label: p}}``."""
-    device = next(model.parameters()).device
+    device = first_tensor(model).device
     seqs = encode_texts(tokenizer, texts, meta["max_len"])
     results = []
     for i in range(0, len(seqs), batch_size):

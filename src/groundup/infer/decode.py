@@ -22,6 +22,7 @@ from torch import nn
 
 from groundup.infer.kv_cache import ReadStep, SlotKVCache
 from groundup.infer.weights import PADDINGS, decode_view, default_layout, row_padding
+from groundup.model.transformer import first_tensor
 
 _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -70,7 +71,7 @@ class Decoder:
         if self.padding not in PADDINGS:
             raise ValueError(f"unknown row padding {self.padding!r}; known: {', '.join(PADDINGS)}")
         self.pad_rows = PADDINGS[self.padding]
-        ref = next(model.parameters())
+        ref = first_tensor(model)
         self.device = ref.device
         with torch.inference_mode():
             self.cache = SlotKVCache(self.config, num_slots, max_len, dtype=ref.dtype if ref.is_floating_point()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from groundup.model.transformer import Transformer
+from groundup.model.transformer import Transformer, first_tensor
 
 PAD_MULTIPLE = 32
 """Sequences are right-padded to a multiple of this many tokens; equal padded lengths share a batch."""
@@ -75,7 +75,7 @@ def score_requests(model: nn.Module, requests: Sequence[ScoreRequest], *, batch_
     block = model_max_length(model)
     max_length = max_length or block
     if device is None:
-        device = next(model.parameters()).device
+        device = first_tensor(model).device
     inputs: list[list[int]] = []
     for i, req in enumerate(requests):
         if not req.context:
@@ -160,7 +160,7 @@ def prompt_logprobs(model: nn.Module, ids: Sequence[int]) -> torch.Tensor:
     width = padded_length(n, model_max_length(model))
     if n < 1 or width < n:
         raise ValueError(f"a prompt of {len(ids)} tokens cannot be scored in a context of {model_max_length(model)}")
-    device = next(model.parameters()).device
+    device = first_tensor(model).device
     x = torch.zeros(1, width, dtype=torch.long)
     x[0, :n] = torch.tensor(ids[:-1])
     return position_logprobs(model, x.to(device), torch.zeros(n, dtype=torch.long), torch.arange(n))

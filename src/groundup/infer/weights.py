@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from groundup.model.transformer import first_tensor
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ LAYOUTS: dict[str, type[nn.Module] | None] = {"packed": PackedLinear, "transpose
 def default_layout(model: nn.Module) -> str:
     """'packed' for a float32 model on a CPU with oneDNN, 'transposed' for other CPU models, else 'plain'."""
     weight = model.lm_head.weight if isinstance(model.lm_head, nn.Linear) else None
-    device = next(model.parameters()).device
+    device = first_tensor(model).device
     if device.type != "cpu":
         return "plain"
     if weight is not None and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
@@ -134,7 +136,7 @@ def row_padding(view: nn.Module) -> str:
         features = getattr(module, "in_features", None)
         if features is not None and not list(module.children()):
             layers.setdefault((type(module), features, getattr(module, "out_features", None)), module)
-    device = next(view.parameters()).device
+    device = first_tensor(view).device
     for name, pad in PADDINGS.items():
         if all(_rows_alike(m, key[1], pad, device) for key, m in layers.items()):
             return name

@@ -54,12 +54,22 @@ class UnsupportedModelError(ValueError):
 # ---------------------------------------------------------------------------- which HF architecture
 
 
+NO_HF_EQUIVALENT = {"qk_norm": False, "norm_affine": True}
+"""Block switches that GPT2LMHeadModel and LlamaForCausalLM cannot express, with the value they need
+(``mlp='relu2'`` is refused by the family check below)."""
+
+
 def hf_architecture(config: ModelConfig) -> str:
     """``'gpt2'`` or ``'llama'``: the HF architecture that computes exactly what ``config`` does.
 
     Raises UnsupportedModelError naming every switch that neither GPT2LMHeadModel nor LlamaForCausalLM
     can express (say LayerNorm with RoPE).
     """
+    unmapped = [f"{name}={getattr(config, name)!r} (needs {want!r})" for name, want in NO_HF_EQUIVALENT.items()
+                if getattr(config, name) != want]
+    if unmapped:
+        raise UnsupportedModelError(f"model switches {', '.join(unmapped)} map onto no Hugging Face or GGUF "
+                                    "architecture groundup exports")
     family = config.family
     if family in ("gpt2", "llama"):
         return family

@@ -31,8 +31,8 @@ class ModelConfig:
     """LayerNorm (scale and shift) as in GPT-2, or RMSNorm as in Llama."""
     norm_eps: float = 1e-5
     """Epsilon of the normalization layers."""
-    mlp: Literal["gelu", "swiglu"] = "gelu"
-    """GELU MLP (GPT-2, tanh approximation) or SwiGLU (Llama)."""
+    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    """GELU MLP (GPT-2, tanh approximation), SwiGLU (Llama), or ReLU² (relu(x)², as in modded-nanogpt)."""
     position: Literal["learned", "rope"] = "learned"
     """Learned absolute position embeddings (GPT-2) or rotary embeddings (Llama)."""
     rope_theta: float = 10000.0
@@ -49,6 +49,12 @@ class ModelConfig:
     """Dropout on attention weights."""
     init_std: float = 0.02
     """Standard deviation of the normal weight initialization."""
+    qk_norm: bool = False
+    """RMSNorm on each head's queries and keys before RoPE (QK-norm, as in OLMo 2, Qwen3 and modded-nanogpt)."""
+    norm_affine: bool = True
+    """Normalization layers with a learned scale (and LayerNorm's shift); False: parameter-free norms."""
+    zero_init_proj: bool = False
+    """Initialize the output projections of attention and MLP to zero (each block starts as the identity)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,8 +69,8 @@ class ModelConfig:
             problems.append(f"RoPE needs an even head size, got {self.n_embd // self.n_head}")
         if self.norm not in ("layernorm", "rmsnorm"):
             problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.mlp not in ("gelu", "swiglu"):
-            problems.append(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.mlp not in ("gelu", "swiglu", "relu2"):
+            problems.append(f"mlp must be 'gelu', 'swiglu' or 'relu2', got {self.mlp!r}")
         if self.position not in ("learned", "rope"):
             problems.append(f"position must be 'learned' or 'rope', got {self.position!r}")
         for name in ("dropout", "attention_dropout"):
@@ -85,7 +91,7 @@ class ModelConfig:
     def mlp_hidden(self) -> int:
         if self.intermediate_size is not None:
             return self.intermediate_size
-        if self.mlp == "gelu":
+        if self.mlp in ("gelu", "relu2"):
             return 4 * self.n_embd
         hidden = int(2 * 4 * self.n_embd / 3)
         return 256 * ((hidden + 255) // 256)

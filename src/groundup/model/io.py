@@ -28,7 +28,7 @@ from groundup.artifacts import (
 )
 from groundup.model.config import ModelConfig
 from groundup.model.quant import QUANT_FILE, QuantConfig, quantized_layers, tie_quantized_head
-from groundup.model.transformer import Transformer, finish_meta_load
+from groundup.model.transformer import Transformer, finish_meta_load, first_tensor
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -98,8 +98,8 @@ def load_model_weights(model, path: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected {unexpected[:5]}")
         raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts))
-    if model.final_norm.weight.is_meta:  # built on the meta device: take the file's tensors, no copy
-        dtype = model.final_norm.weight.dtype  # as a model built for real would hold them (float32)
+    if first_tensor(model).is_meta:  # built on the meta device: take the file's tensors, no copy
+        dtype = torch.get_default_dtype()  # as a model built for real would hold them (float32)
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
         tie_quantized_head(model)

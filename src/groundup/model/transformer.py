@@ -7,6 +7,7 @@ activation checkpointing and compilation are applied from outside.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Protocol
 
@@ -19,19 +20,22 @@ from groundup.model.fused_loss import linear_cross_entropy_fused
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def make_norm(config: ModelConfig) -> nn.Module:
+def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The model's normalization over ``dim`` features (the residual width by default)."""
+    dim = dim or config.n_embd
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd, config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        return RMSNorm(dim, config.norm_eps, affine=config.norm_affine)
+    return nn.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_affine,
+                        bias=config.bias and config.norm_affine)
 
 
 def rope_table(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +79,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # over each head's features, before RoPE
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCacheStep | None = None) -> torch.Tensor:
@@ -84,6 +93,8 @@ class Attention(nn.Module):
         q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -106,7 +117,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.swiglu = config.mlp == "swiglu"
+        self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
         hidden = config.mlp_hidden
         # SwiGLU's gate and up projections are fused into one matmul: fc = [gate; up].
         self.fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
@@ -118,6 +129,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh")
         return self.dropout(self.proj(h))
@@ -165,12 +178,15 @@ class Transformer(nn.Module):
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 scale = 1.0 / math.sqrt(2 * self.config.n_layer) if name.endswith(".proj") else 1.0
-                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if name.endswith(".proj") and self.config.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)) and module.weight is not None:
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -237,6 +253,12 @@ def count_parameters(config: ModelConfig) -> int:
     with torch.device("meta"):
         model = Transformer(config)
     return model.num_parameters()
+
+
+def first_tensor(module: nn.Module) -> torch.Tensor:
+    """The module's first parameter, or its first buffer where it has none (a quantized model with
+    parameter-free norms holds only buffers): where its device and dtype can be read."""
+    return next(itertools.chain(module.parameters(), module.buffers()))
 
 
 def finish_meta_load(model: Transformer, where: str = "weights") -> Transformer:

@@ -86,7 +86,8 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
       qkv biases when ``bias`` or ``qkv_bias``, and C output biases when ``bias``;
     - MLP per layer: C·H·k + H·C with k = 2 for SwiGLU (gate and up fused), 1 for GELU, plus k·H + C
       biases when ``bias``;
-    - norms: 2·L + 1 of them, each C (RMSNorm, or LayerNorm without bias) or 2·C (LayerNorm with shift);
+    - norms: 2·L + 1 of them, each C (RMSNorm, or LayerNorm without bias) or 2·C (LayerNorm with shift), none
+      when ``norm_affine`` is off; with ``qk_norm``, 2·L more of hd each;
     - embeddings V·C, learned positions block_size·C, untied head V·C.
     """
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
@@ -101,9 +102,12 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     mlp_bias = (up + C) if cfg.bias else 0
     mlp = L * (C * up + H * C + mlp_bias)
 
-    # LayerNorm carries a shift exactly when the model has biases (nn.LayerNorm(bias=cfg.bias)).
-    shift = C if (cfg.norm == "layernorm" and cfg.bias) else 0
-    norms = (2 * L + 1) * (C + shift)
+    # LayerNorm carries a shift exactly when the model has biases (nn.LayerNorm(bias=cfg.bias)); parameter-free
+    # norms (norm_affine off) carry nothing. QK-norm adds a query and a key norm of hd per layer (RMSNorm).
+    shift = C if (cfg.norm == "layernorm" and cfg.bias and cfg.norm_affine) else 0
+    scale = C if cfg.norm_affine else 0
+    qk_norms = L * 2 * hd if (cfg.qk_norm and cfg.norm_affine) else 0
+    norms = (2 * L + 1) * (scale + shift) + qk_norms
 
     return ParameterCount(
         token_embeddings=V * C,
