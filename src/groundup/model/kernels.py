@@ -47,7 +47,8 @@ def woq():
 
         flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
         name = "groundup_woq"
-        if torch.cpu._is_vnni_supported():  # one instruction per integer dot product (AVX512-VNNI)
+        # one instruction per integer dot product (AVX512-VNNI); a private helper, absent from some torch versions
+        if getattr(torch.cpu, "_is_vnni_supported", lambda: False)():
             flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
             name += "_vnni"
         return load(name=name, sources=[str(SOURCE)], verbose=False, extra_cflags=flags, extra_ldflags=["-fopenmp"])

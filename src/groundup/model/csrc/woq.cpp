@@ -36,19 +36,10 @@ inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-// Sums of products of 32 unsigned bytes u and signed bytes y, as 8 int32 lanes: one VNNI instruction where the
-// CPU has it, else maddubs and madd (exact too: |u y| <= 255 * 127 and pairs of those fit int16 for the
-// operands used here, |u| <= 127 or u <= 15).
-inline __m256i dot_u8_i8(__m256i u, __m256i y) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, y);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1));
-#endif
-}
-
-// acc + the sums of products of 32 unsigned bytes u (0..15) and signed bytes y, by groups of 4 bytes.
-inline __m256i dot_u4_i8_add(__m256i acc, __m256i u, __m256i y) {
+// acc + the sums of products of 32 unsigned bytes u and signed bytes y, by groups of 4 bytes (8 int32 lanes):
+// one VNNI instruction where the CPU has it, else maddubs and madd (exact too: the operands used here keep
+// each pair of products within int16, |u|, |y| <= 127 or u <= 15).
+inline __m256i dot_add(__m256i acc, __m256i u, __m256i y) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     return _mm256_dpbusd_epi32(acc, u, y);
 #else
@@ -57,7 +48,9 @@ inline __m256i dot_u4_i8_add(__m256i acc, __m256i u, __m256i y) {
 }
 
 // Sums of products of 32 signed bytes x and y (|x|, |y| <= 127), as 8 int32 lanes.
-inline __m256i dot_i8(__m256i x, __m256i y) { return dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)); }
+inline __m256i dot_i8(__m256i x, __m256i y) {
+    return dot_add(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
 
 // 32 int4 weights of one block (16 bytes) as unsigned bytes 0..15: the 16 bytes in both halves of a register,
 // the high half shifted down a nibble, then masked.
@@ -138,15 +131,15 @@ inline void int4_row(const int8_t* qx, const float* sx, int64_t K, const uint8_t
                 __m256i lo = _mm256_and_si256(bytes, mask), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
                 for (int r = 0; r < R; ++r) {
                     const int8_t* xr = xg + r * K + i;
-                    dot[r] = dot_u4_i8_add(dot[r], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)));
-                    dot[r] = dot_u4_i8_add(dot[r], hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 32)));
+                    dot[r] = dot_add(dot[r], lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr)));
+                    dot[r] = dot_add(dot[r], hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 32)));
                 }
             }
         } else {
             for (int64_t i = 0; i < G; i += QB) {
                 __m256i wv = load_u4(wg + i / 2);
                 for (int r = 0; r < R; ++r)
-                    dot[r] = dot_u4_i8_add(dot[r], wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + r * K + i)));
+                    dot[r] = dot_add(dot[r], wv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + r * K + i)));
             }
         }
         const float shift = zero[g] - 8.f * scale[g];
