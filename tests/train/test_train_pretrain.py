@@ -246,7 +246,8 @@ def test_sequence_longer_than_the_model_is_refused(spine_tokens, tmp_path):
         pretrain.run(cfg)
 
 
-def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch, optimizer):
     from groundup.train import loop
 
     calls = {"n": 0}
@@ -263,7 +264,7 @@ def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
         return real(state, dataclasses.replace(spec, loss_fn=loss_fn), **kwargs)
 
     monkeypatch.setattr(pretrain, "train_loop", wrapped)
-    out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=3, eval_every=0))
+    out = pretrain.run(config(spine_tokens, tmp_path / "run", optimizer, max_steps=3, eval_every=0))
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "skipped_non_finite"] == [1]
     assert all(torch.isfinite(t).all() for t in weights(out).values())

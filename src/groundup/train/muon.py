@@ -30,7 +30,7 @@ the one-process update in the permuted layout.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -166,6 +166,10 @@ def orthogonalize_all(updates: list[torch.Tensor], *, steps: int, dtype: torch.d
             continue
         from torch.distributed.tensor import distribute_tensor
 
+        if update.device.type != update.device_mesh.device_type:
+            raise ValueError(f"optim.optimizer=muon gathers each sharded matrix on the {update.device_mesh.device_type} "
+                             f"mesh, but its update is on {update.device.type} (parallel.fsdp_cpu_offload): "
+                             "turn the offload off or use optim.optimizer=adamw")
         whole = orthogonalize(update.full_tensor(), steps=steps, dtype=dtype)
         # every rank holds the same whole result: each keeps its shard, without communication
         out.append(distribute_tensor(whole.contiguous(), update.device_mesh, update.placements, src_data_rank=None))
@@ -198,7 +202,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch.optim.Optimizer's signature)
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
