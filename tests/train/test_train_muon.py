@@ -57,13 +57,15 @@ def test_muon_trains_the_blocks_linear_weights_and_adamw_the_rest(tie):
     assert all(p.dim() == 2 for p in adamw_decay) and len(adamw_decay) == 1 + (not tie)
 
 
-def test_an_embedding_inside_a_block_and_a_classifier_head_stay_with_adamw():
-    model = add_class_head(tiny(), 3)
-    model.blocks[0].value_embed = nn.Embedding(64, 32)  # a 2-D parameter inside a block, as value embeddings are
+def test_value_embeddings_and_a_classifier_head_stay_with_adamw():
+    model = add_class_head(tiny(value_embeddings=True), 3)
     optimizer = build_optimizer(model, OptimConfig(optimizer="muon"), "cpu")
     muon_names, adamw_names = names_by_group(model, optimizer)
-    assert {"blocks.0.value_embed.weight", "lm_head.weight"} <= adamw_names
-    assert len(muon_names) == 8 and not muon_names & adamw_names
+    # an nn.Embedding inside a block is AdamW's; the value embedding's gate is a linear layer: Muon's (as nanochat)
+    assert {"blocks.1.attn.value_embedding.embedding.weight", "lm_head.weight"} <= adamw_names
+    assert muon_names == {f"blocks.{i}.{m}" for i in range(2) for m in BLOCK_MATRICES} | {
+        "blocks.1.attn.value_embedding.gate.weight"}
+    assert not muon_names & adamw_names
 
 
 def test_wrapped_blocks_are_found_by_their_plain_names():

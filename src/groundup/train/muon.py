@@ -9,8 +9,9 @@ the same iteration for long matrices in fp32, and whole matrices under FSDP2 and
 
 **Which parameters.** :func:`hidden_matrices`: the weight of every ``nn.Linear`` inside
 ``blocks`` that is trained (attention ``qkv``/``proj``, MLP ``fc``/``proj``), found by module type and
-name, so that an ``nn.Embedding`` added inside a block, the output head (tied or not, a classifier's
-too), norms, biases and LoRA's adapters stay with AdamW. LoRA's ``lora_A``/``lora_B`` are rank-r
+name, so that an ``nn.Embedding`` inside a block (value embeddings), the output head (tied or not, a
+classifier's too), norms, biases and LoRA's adapters stay with AdamW; the value embeddings' small gate
+is a linear layer in a block, so Muon's (as in nanochat). LoRA's ``lora_A``/``lora_B`` are rank-r
 factors whose scale conventions are Adam's, and a LoRA run trains no full matrix, so Muon has nothing
 to do there and refuses (naming the setting).
 
