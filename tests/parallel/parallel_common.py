@@ -1,5 +1,5 @@
 """What the parallel tests share: the tiny pretrain configuration (a Llama-style model: fused qkv and SwiGLU
-fc) and the launcher of 2 gloo ranks."""
+fc), the launcher of 2 gloo ranks, and a run's losses and weights."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from groundup.model.config import ModelConfig
 from groundup.parallel.config import ParallelConfig
 from groundup.train import pretrain
 from groundup.train.loop import LoopConfig
+from groundup.train.muon import MuonConfig
 from groundup.train.optim import OptimConfig
 
 MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320,
@@ -25,11 +29,28 @@ def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile
                 **train) -> pretrain.Config:
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
-    return pretrain.Config(tokens=tokens, out=out, model=MODEL,
-                           optim=OptimConfig(**{"lr": 3e-3, "warmup_steps": 2, **(optim or {})}),
+    optim = {"lr": 3e-3, "warmup_steps": 2, **(optim or {})}
+    if isinstance(optim.get("muon"), dict):  # the worker's runs arrive as JSON
+        optim["muon"] = MuonConfig(**optim["muon"])
+    return pretrain.Config(tokens=tokens, out=out, model=MODEL, optim=OptimConfig(**optim),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
                            compile=compile, seed=7)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Step -> loss of a run's metrics.jsonl (events left out)."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r and "event" not in r}
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_same_losses(a: dict[int, float], b: dict[int, float], steps, tol: float = 1e-5) -> None:
+    for step in steps:
+        assert abs(a[step] - b[step]) <= tol, (step, a[step], b[step])
 
 
 HERE = Path(__file__).parent

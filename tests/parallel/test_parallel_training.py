@@ -9,25 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from parallel_common import make_config, torchrun
-from safetensors.torch import load_file
+from parallel_common import assert_same_losses, losses, make_config, torchrun, weights
 
 from groundup.train import checkpoint as ckpt
 from groundup.train import pretrain
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {r["step"]: r["loss"] for r in lines if "loss" in r and "event" not in r}
-
-
 def events(run_dir: Path) -> list[dict]:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r for r in lines if "event" in r]
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +40,6 @@ def runs(spine_tokens, tmp_path_factory) -> dict[str, Path]:
     pretrain.run(make_config(tokens=spine_tokens, out=out["two_to_one"],
                              resume=str(out["ddp"] / "checkpoints" / "step-000010")))
     return out
-
-
-def assert_same_losses(a: dict[int, float], b: dict[int, float], steps, tol: float = 1e-5) -> None:
-    for step in steps:
-        assert abs(a[step] - b[step]) <= tol, (step, a[step], b[step])
 
 
 def test_ddp_on_two_ranks_equals_one_process_with_twice_the_accumulation(runs):

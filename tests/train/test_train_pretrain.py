@@ -29,9 +29,10 @@ MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv
                               block_size=32, dropout=0.1)
 
 
-def config(tokens, out, **train) -> pretrain.Config:
+def config(tokens, out, optimizer="adamw", **train) -> pretrain.Config:
     loop = {"max_steps": 8, "checkpoint_every": 4, "eval_every": 4, "log_every": 1, "progress_bar": False, **train}
-    return pretrain.Config(tokens=tokens, out=out, model=MODEL, optim=OptimConfig(lr=1e-2, warmup_steps=2),
+    return pretrain.Config(tokens=tokens, out=out, model=MODEL,
+                           optim=OptimConfig(lr=1e-2, warmup_steps=2, optimizer=optimizer),
                            train=LoopConfig(**loop), batch_size=4, seq_len=32, eval_windows=4, device="cpu",
                            seed=7)
 
@@ -54,8 +55,9 @@ def file_digests(run_dir) -> dict[str, str]:
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatch):
-    straight = pretrain.run(config(spine_tokens, tmp_path / "straight"))
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatch, optimizer):
+    straight = pretrain.run(config(spine_tokens, tmp_path / "straight", optimizer))
 
     original = RandomWindows.next_batch
 
@@ -66,12 +68,12 @@ def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatc
 
     monkeypatch.setattr(RandomWindows, "next_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        pretrain.run(config(spine_tokens, tmp_path / "stopped"))
+        pretrain.run(config(spine_tokens, tmp_path / "stopped", optimizer))
     assert ckpt.latest_checkpoint(tmp_path / "stopped" / "checkpoints").name == "step-000004"
     with open(tmp_path / "stopped" / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "tokens": 89')  # and the writer was killed mid-line
     monkeypatch.setattr(RandomWindows, "next_batch", original)
-    resumed = pretrain.run(config(spine_tokens, tmp_path / "stopped", resume="auto"))
+    resumed = pretrain.run(config(spine_tokens, tmp_path / "stopped", optimizer, resume="auto"))
 
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
@@ -244,7 +246,8 @@ def test_sequence_longer_than_the_model_is_refused(spine_tokens, tmp_path):
         pretrain.run(cfg)
 
 
-def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch, optimizer):
     from groundup.train import loop
 
     calls = {"n": 0}
@@ -261,7 +264,7 @@ def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch):
         return real(state, dataclasses.replace(spec, loss_fn=loss_fn), **kwargs)
 
     monkeypatch.setattr(pretrain, "train_loop", wrapped)
-    out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=3, eval_every=0))
+    out = pretrain.run(config(spine_tokens, tmp_path / "run", optimizer, max_steps=3, eval_every=0))
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "skipped_non_finite"] == [1]
     assert all(torch.isfinite(t).all() for t in weights(out).values())

@@ -1,21 +1,27 @@
-"""AdamW with decay on matrices only, and learning-rate schedules as pure functions of progress."""
+"""The optimizer (AdamW, or Muon for the blocks' matrices with AdamW for the rest) and learning-rate
+schedules as pure functions of progress."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
+from groundup.train.muon import MuonConfig, MuonWithAdamW, hidden_matrices, muon_groups
+
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW and its learning-rate schedule."""
+    """The optimizer and its learning-rate schedule."""
 
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW for every parameter; muon: Muon for the transformer blocks' linear weights (attention
+    and MLP matrices) with AdamW for the embeddings, output head, norms and biases (settings: optim.muon)."""
     lr: float = 3e-4
-    """Peak learning rate."""
+    """Peak learning rate (AdamW's; Muon's is optim.muon.lr, on the same schedule)."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of the peak (cosine decays to it; WSD decays to it)."""
     weight_decay: float = 0.1
@@ -34,6 +40,8 @@ class OptimConfig:
     """WSD only: the share of training spent decaying at the end."""
     fused: bool | None = None
     """Use the fused AdamW kernel (None: where the device supports it)."""
+    muon: MuonConfig = field(default_factory=MuonConfig)
+    """Muon's settings, used when optimizer is 'muon'."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -46,6 +54,8 @@ class OptimConfig:
             raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ValueError(f"optim.schedule must be cosine, wsd or constant, got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optim.optimizer must be adamw or muon, got {self.optimizer!r}")
 
 
 def lr_at(step: int, progress: float, cfg: OptimConfig) -> float:
@@ -69,9 +79,10 @@ def lr_at(step: int, progress: float, cfg: OptimConfig) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices (decayed) and vectors: norms and biases (not decayed)."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset()) -> list[dict]:
+    """Two groups: matrices (decayed) and vectors: norms and biases (not decayed); ``exclude``: ids of
+    parameters another optimizer trains."""
+    decay, no_decay, seen = [], [], set(exclude)
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
@@ -80,12 +91,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    """torch's AdamW over every trainable parameter, or :class:`~groundup.train.muon.MuonWithAdamW`."""
     fused = cfg.fused if cfg.fused is not None else device_type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                             fused=fused)
+    adamw = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "fused": fused}
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw)
+    hidden = hidden_matrices(model)
+    if not hidden:
+        raise ValueError("optim.optimizer=muon: the model trains no hidden matrix (nn.Linear weight in its blocks); "
+                         "LoRA adapters train with AdamW: use optim.optimizer=adamw")
+    matrices = [p for p in model.parameters() if id(p) in hidden]
+    muon = muon_groups(matrices, cfg.muon, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device_type)
+    return MuonWithAdamW(muon, param_groups(model, cfg.weight_decay, exclude=frozenset(hidden)), adamw=adamw)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate from the schedule's ``lr``: a group with its own peak (Muon's) keeps
+    its ``lr_ratio`` to optim.lr."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_ratio"] if "lr_ratio" in group else lr
