@@ -83,7 +83,7 @@ class Decoder:
 
             def decode(tokens, k_read, v_read, positions, mask, pair_rows, pair_pos, pair_src):
                 step = ReadStep(k_read, v_read, positions, mask, pair_rows, pair_pos, pair_src)
-                logits = view.lm_head(view.hidden_states(tokens, step)[:, -1])
+                logits = view.logits(view.hidden_states(tokens, step)[:, -1])
                 return logits, torch.stack(step.new_k), torch.stack(step.new_v)
 
             self._compiled = torch.compile(decode, dynamic=True)
@@ -95,7 +95,7 @@ class Decoder:
         largest of ``positions`` (B, T)."""
         step = self.cache.step(slots, positions, top)
         h = self.view.hidden_states(tokens, step)  # (B, T, C)
-        return self.view.lm_head(h if all_positions else h[:, -1])
+        return self.view.logits(h if all_positions else h[:, -1])
 
     def prefill(self, slot: int, ids: list[int], start: int = 0, *, all_positions: bool = False) -> torch.Tensor:
         """Run ``ids`` at positions ``start..`` of ``slot``: logits of the last token (V,), or of each (T, V)."""

@@ -146,7 +146,7 @@ def position_logprobs(model: nn.Module, x: torch.Tensor, rows: torch.Tensor, col
         n = picked.shape[0]
         padded = picked.new_zeros(-(-n // HEAD_ROWS) * HEAD_ROWS, picked.shape[1])
         padded[:n] = picked
-        logits = torch.cat([model.lm_head(block) for block in padded.split(HEAD_ROWS)])[:n]  # (N, V)
+        logits = torch.cat([model.logits(block) for block in padded.split(HEAD_ROWS)])[:n]  # (N, V)
     else:  # any module whose forward gives logits (B, T, V)
         logits = model(x)[rows, cols]
     return F.log_softmax(logits.float(), dim=-1)

@@ -54,7 +54,7 @@ class UnsupportedModelError(ValueError):
 # ---------------------------------------------------------------------------- which HF architecture
 
 
-NO_HF_EQUIVALENT = {"qk_norm": False, "norm_affine": True}
+NO_HF_EQUIVALENT = {"qk_norm": False, "norm_affine": True, "logit_softcap": None, "value_embeddings": False}
 """Block switches that GPT2LMHeadModel and LlamaForCausalLM cannot express, with the value they need
 (``mlp='relu2'`` is refused by the family check below)."""
 

@@ -55,6 +55,11 @@ class ModelConfig:
     """Normalization layers with a learned scale (and LayerNorm's shift); False: parameter-free norms."""
     zero_init_proj: bool = False
     """Initialize the output projections of attention and MLP to zero (each block starts as the identity)."""
+    logit_softcap: float | None = None
+    """Cap the output logits smoothly to (-c, c) with c * tanh(logits / c) (Gemma 2, modded-nanogpt); None: off."""
+    value_embeddings: bool = False
+    """Value embeddings (ResFormer, modded-nanogpt, nanochat): on alternating layers, the last included, a
+    per-layer token embedding added to the attention values through a learned per-head gate (starting at 1)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,6 +81,8 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            problems.append(f"logit_softcap must be positive or None, got {self.logit_softcap}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -95,6 +102,10 @@ class ModelConfig:
             return 4 * self.n_embd
         hidden = int(2 * 4 * self.n_embd / 3)
         return 256 * ((hidden + 255) // 256)
+
+    def has_value_embedding(self, layer: int) -> bool:
+        """Whether block ``layer`` adds a value embedding: every other layer, counting back from the last."""
+        return self.value_embeddings and (self.n_layer - 1 - layer) % 2 == 0
 
     @property
     def family(self) -> str:

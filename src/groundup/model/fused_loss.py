@@ -9,6 +9,9 @@ Here the vocabulary is walked in slices small enough to stay in the CPU's cache:
 2. For each slice again, ``g = softmax - onehot`` from the stored logits, then ``grad_h += g @ W[slice]``
    and ``grad_W[slice] = g.T @ h`` while ``g`` is hot: each gradient row is written once.
 
+With a logit soft-cap ``z = c * tanh(x / c)`` the slices hold ``z``, and the gradient through the cap,
+``1 - (z / c)^2``, multiplies ``g`` slice by slice.
+
 The gradients are computed in the forward and handed back (scaled) in the backward, as
 fused linear cross-entropy kernels do on GPU. No library offers this for CPU tensors, hence
 this file. The result equals ``F.cross_entropy(h @ W.T, targets)`` to float rounding (tested).
@@ -47,7 +50,7 @@ def _slice_width(rows: int, vocab: int, cache_bytes: int = 8 << 20) -> int:
 
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float | None) -> torch.Tensor:
         # h: (N, C), weight: (V, C), targets: (N,) with IGNORE_INDEX for positions not scored
         N, _ = h.shape
         V = weight.shape[0]
@@ -65,6 +68,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         for lo, hi in slices:
             chunk = buffer[N * lo : N * hi].view(N, hi - lo)
             torch.mm(h, weight[lo:hi].t(), out=chunk)  # (N, w)
+            if cap is not None:
+                chunk.div_(cap).tanh_().mul_(cap)
             lse = torch.logaddexp(lse, torch.logsumexp(chunk, dim=-1))
             hit = (safe_targets >= lo) & (safe_targets < hi)
             target_logits[hit] = chunk[rows[hit], safe_targets[hit] - lo]
@@ -76,11 +81,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.empty_like(weight)
             for lo, hi in slices:
                 g = buffer[N * lo : N * hi].view(N, hi - lo)
+                through_cap = 1.0 - (g / cap).square() if cap is not None else None  # dz/dx, from z
                 g.sub_(lse[:, None]).exp_()  # this slice of the softmax over the full vocabulary
                 hit = valid & (safe_targets >= lo) & (safe_targets < hi)
                 g[rows[hit], safe_targets[hit] - lo] -= 1.0
                 if n_valid < N:
                     g[~valid] = 0.0
+                if through_cap is not None:
+                    g.mul_(through_cap)
                 grad_h.addmm_(g, weight[lo:hi], alpha=scale)  # (N, C)
                 torch.mm(g.t(), h, out=grad_w[lo:hi]).mul_(scale)  # (w, C)
             ctx.save_for_backward(grad_h, grad_w)
@@ -89,9 +97,11 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_output, grad_w * grad_output, None
+        return grad_h * grad_output, grad_w * grad_output, None, None
 
 
-def linear_cross_entropy_fused(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``h @ weight.T`` against ``targets`` (ignoring -100), never holding a logits gradient."""
-    return LinearCrossEntropy.apply(h, weight, targets)
+def linear_cross_entropy_fused(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                               cap: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``h @ weight.T`` (soft-capped by ``cap`` where set) against ``targets`` (ignoring
+    -100), never holding a logits gradient."""
+    return LinearCrossEntropy.apply(h, weight, targets, cap)

@@ -68,6 +68,28 @@ class KVCacheStep(Protocol):
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
+VE_GATE_CHANNELS = 32
+"""Residual channels a value-embedding gate reads (nanochat's choice: a cheap, per-token signal)."""
+
+
+class ValueEmbedding(nn.Module):
+    """A per-layer token embedding added to the attention values, through a per-head gate 2 * sigmoid(W x[:32])
+    that starts at 1 (W is zero)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.channels = min(VE_GATE_CHANNELS, config.n_embd)
+        self.embedding = nn.Embedding(config.vocab_size, config.kv_heads * config.head_dim)
+        self.gate = nn.Linear(self.channels, config.kv_heads, bias=False)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, C) the block's normalized input; idx: (B, T); v: (B, nkv, T, hd)
+        B, nkv, T, hd = v.shape
+        ve = self.embedding(idx).view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        gate = 2.0 * torch.sigmoid(self.gate(x[..., : self.channels]))  # (B, T, nkv)
+        return v + gate.transpose(1, 2)[..., None] * ve
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -84,15 +106,21 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
         else:
             self.q_norm = self.k_norm = None
+        self.value_embedding = ValueEmbedding(config) if config.has_value_embedding(layer) else None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCacheStep | None = None) -> torch.Tensor:
+                cache: KVCacheStep | None = None, *, idx: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``idx`` (B, T) the token ids (read by a value embedding); ``mask`` (B, 1, T, T) True where a query
+        may attend (document-causal training), else causal."""
         B, T, C = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split((nh * hd, nkv * hd, nkv * hd), dim=-1)
         q = q.view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.value_embedding is not None:
+            v = self.value_embedding(x, idx, v)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -108,7 +136,8 @@ class Attention(nn.Module):
                 k = k.repeat_interleave(nh // nkv, dim=1)
                 v = v.repeat_interleave(nh // nkv, dim=1)
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, dropout_p=self.attention_dropout if self.training else 0.0,
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                dropout_p=self.attention_dropout if self.training else 0.0,
             )  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)
         return self.resid_dropout(self.proj(y))
@@ -145,8 +174,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCacheStep | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, cache)
+                cache: KVCacheStep | None = None, *, idx: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache, idx=idx, mask=mask)
         x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -190,6 +220,9 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, ValueEmbedding):
+                nn.init.zeros_(module.gate.weight)  # the gate starts at 2 * sigmoid(0) = 1
         if self.config.position == "rope" and self.rope_cos.device.type != "meta":
             cos, sin = rope_table(self.config, self.rope_cos.device)
             self.rope_cos.copy_(cos)
@@ -197,12 +230,15 @@ class Transformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCacheStep | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCacheStep | None = None, *,
+                      segments: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normalized hidden states (B, T, C) for token ids ``idx`` (B, T).
 
         Without ``cache`` the tokens are positions 0..T-1 of each sequence (training, scoring). With one,
         each token is at its own position ``cache.positions`` (B, T), and attends to the keys and values the
-        cache holds for its sequence (prefill, decoding, speculative verification).
+        cache holds for its sequence (prefill, decoding, speculative verification). ``segments`` (B, T), the
+        document each position belongs to within its row (packed training rows), makes attention
+        document-causal: a token sees the earlier tokens of its own document only.
         """
         B, T = idx.shape
         positions = None if cache is None else cache.positions  # (B, T)
@@ -218,17 +254,29 @@ class Transformer(nn.Module):
                 rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, hd)
             else:
                 rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
+        mask = None
+        if segments is not None:
+            if cache is not None or segments.shape != idx.shape:
+                raise ValueError(f"segments {tuple(segments.shape)} must match the tokens {tuple(idx.shape)}, "
+                                 "without a KV cache")
+            mask = document_causal_mask(segments)
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, idx=idx, mask=mask)
         return self.final_norm(x)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The output head on hidden states ``h`` (..., C): logits (..., V), soft-capped where configured."""
+        return softcap(self.lm_head(h), self.config.logit_softcap)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCacheStep | None = None) -> torch.Tensor:
-        """Logits (B, T, V) or, given ``targets`` (B, T) with -100 for ignored positions, the mean loss."""
-        h = self.hidden_states(idx, cache)  # (B, T, C)
+                cache: KVCacheStep | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) or, given ``targets`` (B, T) with -100 for ignored positions, the mean loss.
+        ``segments``: see :meth:`hidden_states`."""
+        h = self.hidden_states(idx, cache, segments=segments)  # (B, T, C)
         if targets is None:
-            return self.lm_head(h)
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return self.logits(h)
+        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+                                    cap=self.config.logit_softcap)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once
@@ -236,15 +284,30 @@ class Transformer(nn.Module):
             n -= self.tok_embeddings.weight.numel()
             if self.pos_embeddings is not None:
                 n -= self.pos_embeddings.weight.numel()
+            n -= sum(m.embedding.weight.numel() for m in self.modules() if isinstance(m, ValueEmbedding))
         return n
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the logits ``h @ weight.T`` (N, V) against ``targets`` (N,), ignoring -100."""
+def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(logits / cap)``: logits bounded smoothly to (-cap, cap); unchanged when ``cap`` is None."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+def document_causal_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) attention mask, True where query i may see key j: j <= i within the same segment."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         cap: float | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``h @ weight.T`` (N, V), soft-capped by ``cap`` where set (see
+    :func:`softcap`), against ``targets`` (N,), ignoring -100."""
     if h.device.type == "cpu" and h.dtype == torch.float32 and weight.dtype == torch.float32:
         # Vocabulary-sliced head + loss: no N x V gradient is ever allocated (see fused_loss.py).
-        return linear_cross_entropy_fused(h, weight, targets)
-    logits = h @ weight.t()  # (N, V)
+        return linear_cross_entropy_fused(h, weight, targets, cap=cap)
+    logits = softcap(h @ weight.t(), cap)  # (N, V)
     return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 

@@ -35,15 +35,20 @@ class ParameterCount:
     """How many of the norm parameters are LayerNorm shifts (a subset of ``norms``)."""
     n_layer: int
     """Number of blocks, to express the per-layer figure."""
+    value_embeddings: int = 0
+    """The value-embedding tables of the layers that have one, V x (nkv * hd) each (looked up, not multiplied)."""
+    value_gates: int = 0
+    """Their per-head gates, min(32, C) x nkv each (multiplied per token)."""
 
     @property
     def total(self) -> int:
         return (self.token_embeddings + self.position_embeddings + self.attention + self.mlp + self.norms
-                + self.lm_head)
+                + self.lm_head + self.value_embeddings + self.value_gates)
 
     @property
     def embeddings(self) -> int:
-        return self.token_embeddings + self.position_embeddings
+        """Tables looked up rather than multiplied: tokens, learned positions, value embeddings."""
+        return self.token_embeddings + self.position_embeddings + self.value_embeddings
 
     @property
     def non_embedding(self) -> int:
@@ -60,7 +65,8 @@ class ParameterCount:
 
     @property
     def per_layer(self) -> int:
-        """One transformer block: attention, MLP and its two norms."""
+        """One transformer block: attention, MLP and its two norms (value embeddings, on some layers only,
+        are left out)."""
         return (self.attention + self.mlp + self.norms - self.final_norm) // self.n_layer
 
     @property
@@ -68,7 +74,7 @@ class ParameterCount:
         """Weights multiplied per token: attention and MLP weight matrices and the head (a tied head is a
         product with the embedding matrix); not the embedding lookups, norms or biases."""
         head = self.lm_head or self.token_embeddings
-        return self.attention + self.mlp - self.linear_biases + head
+        return self.attention + self.mlp - self.linear_biases + head + self.value_gates
 
     def as_dict(self) -> dict[str, int]:
         data = asdict(self)
@@ -88,7 +94,9 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
       biases when ``bias``;
     - norms: 2·L + 1 of them, each C (RMSNorm, or LayerNorm without bias) or 2·C (LayerNorm with shift), none
       when ``norm_affine`` is off; with ``qk_norm``, 2·L more of hd each;
-    - embeddings V·C, learned positions block_size·C, untied head V·C.
+    - embeddings V·C, learned positions block_size·C, untied head V·C;
+    - value embeddings: on each layer that has one (:meth:`ModelConfig.has_value_embedding`), a V·nkv·hd
+      table and a min(32, C)·nkv gate.
     """
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     nh, nkv, hd, H = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.mlp_hidden
@@ -108,6 +116,7 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     scale = C if cfg.norm_affine else 0
     qk_norms = L * 2 * hd if (cfg.qk_norm and cfg.norm_affine) else 0
     norms = (2 * L + 1) * (scale + shift) + qk_norms
+    n_ve = sum(cfg.has_value_embedding(layer) for layer in range(L))
 
     return ParameterCount(
         token_embeddings=V * C,
@@ -119,4 +128,6 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
         linear_biases=L * (qkv_bias + out_bias + mlp_bias),
         norm_shifts=(2 * L + 1) * shift,
         n_layer=L,
+        value_embeddings=n_ve * V * nkv * hd,
+        value_gates=n_ve * min(32, C) * nkv,
     )
