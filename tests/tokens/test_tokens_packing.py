@@ -188,3 +188,8 @@ def test_efficiency_counts_padding_and_masked_targets():
     assert stats["targets"] == sum(int((y != IGNORE_INDEX).sum()) for y in ys)
     assert stats["efficiency"] == pytest.approx(stats["targets"] / (40 * 16), abs=1e-6)
     assert 0.9 < stats["efficiency"] <= 1.0
+
+
+def test_segments_from_eos_open_a_document_at_each_eos():
+    x = torch.tensor([[5, 6, EOS, 7, 8, EOS, EOS, 9], [EOS, 1, 2, 3, 4, 5, 6, 7]])
+    assert segments_from_eos(x, EOS).tolist() == [[0, 0, 1, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1, 1]]
