@@ -70,6 +70,8 @@ def test_pieces_start_at_the_eos_before_each_document_and_split_long_ones_with_o
 def test_a_shard_without_eos_is_refused_by_name():
     with pytest.raises(ValueError, match=r"train\.bin: no EOS token \(id 0\).*packing 'random'"):
         PackedDocuments(np.arange(1, 200, dtype=np.uint16), 16, 2, EOS, where="train.bin")
+    with pytest.raises(ValueError, match="train.bin: 40 EOS tokens .* no document"):
+        PackedDocuments(np.zeros(40, dtype=np.uint16), 16, 2, EOS, where="train.bin")
 
 
 def epoch_batches(sampler: PackedDocuments) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -234,6 +234,8 @@ def document_pieces(tokens: np.ndarray, eos_id: int, block_size: int, where: str
     lengths = np.concatenate([eos, [len(tokens)]]) - starts  # up to its own EOS (or the end of the file)
     keep = lengths >= 2  # an empty document (two EOS in a row) and the end after the last EOS hold no target
     starts, lengths = starts[keep], lengths[keep]
+    if not len(starts):
+        raise ValueError(f"{where}: {len(eos):,} EOS tokens (id {eos_id}) and no document between them")
     full = (lengths - 1) // block_size  # whole rows of block_size + 1 tokens, each overlapping the next by one
     rest = lengths - full * block_size  # the remainder after them (1: its only token was the last row's target)
     doc = np.repeat(np.arange(len(starts)), full)
