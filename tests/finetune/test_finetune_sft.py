@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
-from finetune_helpers import assert_same_weights, fruit_items, interrupted_then_resumed, loop, write_jsonl
+from finetune_helpers import (
+    assert_same_weights,
+    fruit_items,
+    interrupted_then_resumed,
+    loop,
+    make_base,
+    write_jsonl,
+)
 
 from groundup.finetune import sft
 from groundup.finetune.data import ExampleBatches, encode_with_specials
@@ -88,3 +96,72 @@ def test_sft_resume_is_exact(base_gpt2, tmp_path, monkeypatch):
     monkeypatch.setattr(sft.common, "setup", no_setup)
     assert sft.run(make(straight, "auto")) == straight
     assert {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()} == before
+
+
+def varied_chats(n: int, seed: int = 0) -> list[dict]:
+    """Conversations of very different lengths (a few words to a few dozen), as real chat data has."""
+    import random
+
+    rng = random.Random(seed)
+    items = fruit_items(seed)
+    return [chat(" ".join([q] * rng.choice([1, 1, 1, 3])), " ".join([a] * rng.choice([1, 1, 2, 8])))
+            for q, a in (items * (n // len(items) + 1))[:n]]
+
+
+@pytest.fixture(scope="module")
+def long_base(spine_tokenizer, tmp_path_factory):
+    """A tiny Llama-style base with room for several conversations in a row."""
+    return make_base(tmp_path_factory.mktemp("ft") / "base-long", spine_tokenizer, "llama", block_size=256)
+
+
+def test_packed_conversations_score_exactly_as_they_do_alone(long_base, tmp_path):
+    from groundup.finetune.data import DataStats, collate_rows, pack_examples
+    from groundup.tokens.datasets import IGNORE_INDEX
+
+    model, tokenizer = load_model_dir(long_base)
+    model.eval()
+    data = write_jsonl(tmp_path / "train.jsonl", varied_chats(24))
+    examples = sft.load_examples(data, tokenizer, DEFAULT_CHAT_TEMPLATE, 256, DataStats(), False)
+    rows = pack_examples([len(e) - 1 for e in examples], 256, seed=0)
+    assert sorted(i for row in rows for i in row) == list(range(len(examples)))
+    assert max(len(row) for row in rows) > 2 and all(sum(len(examples[i]) - 1 for i in r) <= 256 for r in rows)
+
+    def token_losses(x, y, segments=None):
+        logits = model(x, segments=segments)
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX,
+                                                 reduction="none")
+
+    with torch.no_grad():
+        x, y, segments = collate_rows([[examples[i] for i in row] for row in rows], pad_id=0)
+        packed = token_losses(x, y, segments)
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                alone_x, alone_y, _ = collate_rows([[examples[i]]], pad_id=0)
+                alone = token_losses(alone_x, alone_y)[0]
+                n = len(examples[i]) - 1
+                torch.testing.assert_close(packed[r, at:at + n], alone, rtol=1e-5, atol=1e-5)
+                at += n
+        # without the document mask a packed conversation sees the ones before it: a different loss
+        leaky = token_losses(x, y)
+        assert not torch.allclose(leaky, packed, atol=1e-3)
+
+
+def test_sft_packing_fills_rows_and_resumes_exactly(long_base, base_gpt2, tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "train.jsonl", varied_chats(60))
+
+    def make(out, resume, packing=True, model=long_base):
+        return sft.Config(model=model, data=data, out=out, batch_size=2, device="cpu", packing=packing,
+                          val_fraction=0.1, optim=OptimConfig(lr=1e-3, warmup_steps=2), train=loop(resume=resume))
+
+    straight, resumed = interrupted_then_resumed(sft.run, make, tmp_path, monkeypatch, ExampleBatches)
+    assert_same_weights(straight, resumed)
+    packed = json.loads((straight / "manifest.json").read_text())["result"]["packing"]
+    padded = json.loads((sft.run(make(tmp_path / "padded", None, packing=False)) / "manifest.json").read_text())
+    padded = padded["result"]["packing"]
+    assert packed["packed"] and packed["rows"] < 54 // 2  # 54 training conversations, several to a row
+    assert packed["efficiency"] > 0.97 and packed["efficiency"] > padded["efficiency"]
+    lines = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.9 < r["packing_efficiency"] <= 1 for r in lines if "loss" in r)
+    with pytest.raises(ValueError, match="packing needs RoPE"):
+        sft.run(make(tmp_path / "gpt2", None, model=base_gpt2))

@@ -19,7 +19,7 @@ from groundup.artifacts import read_manifest
 from groundup.model.config import ModelConfig
 from groundup.model.io import load_model_dir
 from groundup.model.transformer import Transformer
-from groundup.tokens.datasets import RandomWindows
+from groundup.tokens.datasets import PackedDocuments, RandomWindows
 from groundup.train import checkpoint as ckpt
 from groundup.train import pretrain
 from groundup.train.loop import LoopConfig
@@ -87,6 +87,40 @@ def test_resume_after_a_stop_is_bitwise_exact(spine_tokens, tmp_path, monkeypatc
                     if "loss" in r]
     assert straight_loss == resumed_loss
     assert rows(resumed) == rows(straight)  # every row once, the evaluations' too, and nothing of the torn line
+
+
+def test_packed_documents_with_doc_mask_resume_bitwise_and_report_their_efficiency(spine_tokens, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
+
+    def packed(out, **train):
+        cfg = config(spine_tokens, out, grad_accum=2, **train)
+        cfg.packing, cfg.doc_mask, cfg.final_eval_stride = "bestfit", True, 32
+        return cfg
+
+    straight = pretrain.run(packed(tmp_path / "straight"))
+    original = PackedDocuments.next_batch
+
+    def interrupted(self):
+        if self.batches == 12:  # during step 7 (two micro-batches a step), after the checkpoint at step 4
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(PackedDocuments, "next_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.run(packed(tmp_path / "stopped"))
+    monkeypatch.setattr(PackedDocuments, "next_batch", original)
+    resumed = pretrain.run(packed(tmp_path / "stopped", resume="auto"))
+    a, b = weights(straight), weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert rows(resumed) == rows(straight)
+    train = [r for r in rows(straight) if "loss" in r]
+    assert all(0.9 < r["packing_efficiency"] <= 1.0 for r in train)
+    packing = read_manifest(straight)["result"]["packing"]
+    assert packing["rows"] == 8 * 2 * 4 and packing["cropped_tokens"] == 0
+    assert packing == read_manifest(resumed)["result"]["packing"]
+    assert packing["efficiency"] == pytest.approx(sum(r["packing_efficiency"] for r in train) / len(train), abs=1e-5)
 
 
 def test_model_dir_metrics_and_result(spine_tokens, tmp_path):

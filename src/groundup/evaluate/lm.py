@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from groundup.infer.score import ScoreRequest, model_max_length, score_requests
+from groundup.tokens.datasets import eos_positions
 
 # ---------------------------------------------------------------------------- rolling windows
 
@@ -193,7 +194,7 @@ def read_documents(path: str | Path, *, text_field: str = "text") -> list[str]:
 
 def split_token_shard(tokens: np.ndarray, eos_id: int) -> list[np.ndarray]:
     """A token shard (documents separated by EOS, as `groundup tokenize` writes them) as its documents."""
-    cuts = np.flatnonzero(tokens == eos_id)
+    cuts = eos_positions(tokens, eos_id)
     docs, start = [], 0
     for cut in cuts.tolist() + [len(tokens)]:
         if cut > start:

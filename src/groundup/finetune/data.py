@@ -37,6 +37,7 @@ import torch
 from groundup.artifacts import JsonlError, JsonlStats
 from groundup.artifacts import read_jsonl as read_jsonl_lines
 from groundup.tokenizer.chat import ChatFormatError, render_chat, validate_messages
+from groundup.tokens.packing import windowed_bins
 
 IGNORE_INDEX = -100
 
@@ -253,14 +254,44 @@ def train_val(load: Callable[[Path], list], data: Path, val_data: Path | None, v
 def pad_batch(examples: Sequence[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (B, T) and shifted targets (B, T), right-padded: padding has target -100, and causal
     attention keeps padding on the right from affecting the real positions."""
-    T = max(len(e) for e in examples) - 1
-    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e) - 1
-        x[i, :n] = torch.tensor(e.ids[:-1])
-        y[i, :n] = torch.tensor(e.labels[1:])
+    x, y, _ = collate_rows([[e] for e in examples], pad_id)
     return x, y
+
+
+def collate_rows(rows: Sequence[Sequence[Example]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of one or more examples each, as inputs (B, T), targets (B, T) and segments (B, T), right-padded.
+
+    Each example contributes its own inputs ``ids[:-1]`` and shifted labels ``labels[1:]`` (its last token is
+    only a target), so no target crosses from one example into the next; ``segments`` numbers the examples of
+    a row (the padding is one more), for document-causal attention between packed examples.
+    """
+    T = max(sum(len(e) - 1 for e in row) for row in rows)
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    segments = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, row in enumerate(rows):
+        at = 0
+        for j, e in enumerate(row):
+            n = len(e) - 1
+            x[i, at:at + n] = torch.tensor(e.ids[:-1])
+            y[i, at:at + n] = torch.tensor(e.labels[1:])
+            segments[i, at:at + n] = j
+            at += n
+        segments[i, at:] = len(row)
+    return x, y, segments
+
+
+PACK_WINDOW = 1024
+"""Examples packed together at a time: best fit over this many (after a seeded shuffle) fills rows to within a
+fraction of a percent, in time and memory that do not grow with the dataset."""
+
+
+def pack_examples(lengths: Sequence[int], capacity: int, seed: int, window: int = PACK_WINDOW) -> list[list[int]]:
+    """Example indices grouped into rows of at most ``capacity`` positions (``lengths``: each example's
+    positions, its tokens - 1): a seeded shuffle, then best-fit decreasing over consecutive windows of
+    ``window`` examples (Multipack's scheme, :func:`groundup.tokens.packing.pack_bins`)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    return [order[row].tolist() for row in windowed_bins(np.asarray(lengths, dtype=np.int64)[order], capacity, window)]
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,

@@ -22,7 +22,13 @@ from groundup.model.transformer import Transformer
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
 from groundup.plan.compute import flops_per_token
-from groundup.tokens.datasets import RandomWindows, load_tokens
+from groundup.tokens.datasets import (
+    IGNORE_INDEX,
+    PackedDocuments,
+    RandomWindows,
+    load_tokens,
+    segments_from_eos,
+)
 from groundup.train.logging import LogConfig
 from groundup.train.loop import LoopConfig, train_loop
 from groundup.train.optim import OptimConfig
@@ -71,6 +77,14 @@ class Config:
     sequences whatever the number of ranks)."""
     seq_len: int | None = None
     """Tokens per training sequence (default: the model's block_size)."""
+    packing: Literal["random", "bestfit"] = "random"
+    """How training rows are cut from train.bin: 'random', windows at random offsets (most start mid-document);
+    'bestfit', each row starts at a document's start or continues one (documents longer than a row fill rows of
+    their own, the rest are packed by best fit, nothing cropped), every token once per epoch, as the held-out
+    score reads documents: from their start."""
+    doc_mask: bool = False
+    """Document-causal attention: a token attends only to earlier tokens of its own document (the EOS before it
+    opens the document), not to the documents packed before it in the row."""
     seed: int = 1337
     """Seed for initialization and for the data sampler."""
     device: str = "auto"
@@ -111,6 +125,36 @@ def prepare_out(resolved: Config, rt: Runtime) -> Path:
     if rt.is_main:
         configlib.save(resolved, out / "train.yaml")
     return out
+
+
+def training_windows(cfg: Config, tokens, seq_len: int, eos_id: int,
+                     where: Path) -> RandomWindows | PackedDocuments:
+    """The sampler of training rows that ``cfg.packing`` names."""
+    if cfg.packing == "random":
+        return RandomWindows(tokens, seq_len, cfg.batch_size, seed=cfg.seed)
+    packed = PackedDocuments(tokens, seq_len, cfg.batch_size, eos_id, seed=cfg.seed, where=str(where))
+    p = packed.pieces
+    log.info("bestfit packing: %s documents in %s pieces (%s fill a row, %s continue a document)", f"{p.documents:,}",
+             f"{len(p.start):,}", f"{int((p.length > seq_len).sum()):,}", f"{int((~p.opens_document).sum()):,}")
+    return packed
+
+
+def language_model_loss(cfg: Config, eos_id: int, device: torch.device):
+    """The loss of a batch of rows, with document-causal attention under ``cfg.doc_mask``; packed rows also
+    report ``packing_efficiency``, the share of their positions that have a target (the rest is padding)."""
+
+    def loss_fn(_model, batch):
+        x, y = batch[0], batch[1]
+        kwargs = {}
+        if cfg.doc_mask:  # packed rows number their pieces; random windows' documents begin at each EOS
+            segments = batch[2] if len(batch) > 2 else segments_from_eos(x, eos_id)
+            kwargs["segments"] = segments.to(device, non_blocking=True)
+        loss = _model(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True), **kwargs)
+        if len(batch) > 2:
+            return loss, {"packing_efficiency": float((y != IGNORE_INDEX).float().mean())}
+        return loss
+
+    return loss_fn
 
 
 def held_out_evaluator(cfg: Config, val_tokens, eos_id: int, val_bytes: int, tokenizer_file: Path,
@@ -172,22 +216,17 @@ def run(cfg: Config) -> Path:
     n_params = base.num_parameters()
     model, parallel = parallelize_model(base, rt, cfg.parallel, compile=cfg.compile)
     optimizer = optimizer_for(model, cfg.optim, parallel)
-    train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
-    sampler = RandomWindows(train_tokens, seq_len, cfg.batch_size, seed=cfg.seed)
-    if parallel.distributed:
-        sampler = RankBatches(sampler, parallel.dp_rank, parallel.dp_size)
-    log.info("model %s: %s parameters; %s training tokens", model_cfg.name, f"{n_params:,}", f"{len(train_tokens):,}")
-    device = rt.device
-
-    def loss_fn(_model, batch) -> torch.Tensor:
-        x, y = batch
-        return _model(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
-
-    val_bytes = int(meta.get("bytes", {}).get("val", 0))
     eos_id = meta.get("eos_id")
     if eos_id is None:
         raise ValueError(f"{tokens_dir / 'meta.json'}: no eos_id (documents cannot be told apart for scoring); "
                          f"re-run `groundup tokenize`")
+    train_tokens, val_tokens = load_tokens(tokens_dir, "train"), load_tokens(tokens_dir, "val")
+    windows = training_windows(cfg, train_tokens, seq_len, eos_id, tokens_dir / "train.bin")
+    sampler = RankBatches(windows, parallel.dp_rank, parallel.dp_size) if parallel.distributed else windows
+    log.info("model %s: %s parameters; %s training tokens", model_cfg.name, f"{n_params:,}", f"{len(train_tokens):,}")
+    device = rt.device
+    loss_fn = language_model_loss(cfg, eos_id, device)
+    val_bytes = int(meta.get("bytes", {}).get("val", 0))
     evaluate = held_out_evaluator(cfg, val_tokens, eos_id, val_bytes, tokenizer_file, device)
     peak_flops = peak_flops_for(device) if rt.is_main else None
     token_flops = flops_per_token(model_cfg, seq_len)
@@ -203,6 +242,8 @@ def run(cfg: Config) -> Path:
     summary = {**result.summary(), "parameters": n_params, "peak_flops": peak_flops, "flops_per_token": token_flops,
                "held_out_loss": -final.loglikelihood / max(final.tokens, 1), "held_out_tokens": final.tokens,
                "held_out_bits_per_byte": final.metrics()["bits_per_byte"] if val_bytes else None}
+    if isinstance(windows, PackedDocuments):
+        summary["packing"] = windows.stats()
     log.info("pretrain done: %s", summary)
     final_model = gather_full_model(model, model_cfg) if parallel.distributed else base.cpu()
     if rt.is_main:
