@@ -275,7 +275,6 @@ def best_seconds(operation, *, device, reps: int, min_seconds: float = 0.0) -> f
     return best
 
 
-@functools.lru_cache(maxsize=32)
 def measure_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0, *, dtype: str = "fp32",
                          device: str = "cpu") -> float:
     """FLOP/s of a ``size``x``size`` matmul in ``dtype`` on ``device``, with torch's threads as set.
@@ -283,6 +282,11 @@ def measure_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0
     Each product is 2·size³ FLOPs, timed by :func:`best_seconds`. Cached per process: a plan and a
     training run's MFU then divide by the same figure.
     """
+    return _measure_matmul_flops(int(size), int(reps), float(min_seconds), dtype, str(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _measure_matmul_flops(size: int, reps: int, min_seconds: float, dtype: str, device: str) -> float:
     import torch
 
     if size <= 0 or reps <= 0:

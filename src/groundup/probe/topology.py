@@ -120,8 +120,9 @@ def parse_topology(text: str) -> Topology:
             if code not in LEGEND and not _NVLINK.match(code):
                 raise ValueError(f"line {number}: {name}: unknown connection code {code!r}")
         matrix.append(codes)
-        values = row[len(devices):]
-        affinity[name] = {key: value for key, value in zip(extra, values, strict=False) if value}
+        # Drivers pad the affinity columns with empty cells ("0\t\tN/A"): their values in order, blanks left out.
+        values = [value for value in row[len(devices):] if value]
+        affinity[name] = dict(zip(extra, values, strict=False))
     order = [row_name for row_name in affinity]
     if order != devices:
         raise ValueError(f"rows {order} do not match the header's devices {devices}")
