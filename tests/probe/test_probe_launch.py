@@ -52,7 +52,7 @@ def test_the_plain_script_and_bad_launches(tmp_path):
     with pytest.raises(FileExistsError, match="not an earlier launch"):  # ... anything else is not
         launch.run(launch.Config(command=["pretrain"], script=tmp_path / "mine.sh"))
     assert launch.stage_command(["evaluate", "--model", "m"]) == ["evaluate", "--model", "m"]
-    assert launch.stage_command(["pretrain", "--train-resume=none"]) == ["pretrain", "--train-resume=none"]
+    assert launch.stage_command(["pretrain", "--train.resume=none"]) == ["pretrain", "--train.resume=none"]
     for bad, message in ((launch.Config(), "no stage given"), (launch.Config(command=["--out", "x"]), "comes first"),
                          (launch.Config(command=["pretrain"], nodes=0), "must be positive"),
                          (launch.Config(command=["pretrain"], submit=True), "needs --slurm"),

@@ -11,14 +11,13 @@ import threading
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train_pretrain import config
 
 from groundup.tokens.datasets import RandomWindows
 from groundup.train import checkpoint as ckpt
 from groundup.train import pretrain
 from groundup.train.loop import StopRequest, TrainingStopped
 from groundup.train.runtime import peak_flops_for
-
-from test_train_pretrain import config
 
 
 def quick(tokens, out, **train):
