@@ -59,10 +59,10 @@ def test_gpu_fields_from_nvml():
     sample = telemetry.GpuSampler(nvml).sample()
     assert sample["gpu0/temperature_c"] == 70 and sample["gpu0/power_w"] == 650 and sample["gpu0/power_limit_w"] == 700
     assert sample["gpu0/sm_clock_mhz"] == 1980 and sample["gpu0/memory_clock_mhz"] == 2619
-    assert sample["gpu0/memory_used_bytes"] == 40 * 2**30 and sample["gpu0/utilization_percent"] == 97
+    assert sample["gpu0/memory_used_mib"] == 40 * 1024 and sample["gpu0/utilization_percent"] == 97
     assert sample["gpu0/throttle_reasons"] == [] and sample["gpu0/slowdown"] == 0
     assert sample["gpu1/throttle_reasons"] == ["sw_power_cap", "sw_thermal_slowdown"] and sample["gpu1/slowdown"] == 1
-    assert "gpu1/memory_used_bytes" not in sample  # a query the GPU does not support is left out
+    assert "gpu1/memory_used_mib" not in sample  # a query the GPU does not support is left out
     assert telemetry.throttle_reasons(0x1 | 0x40) == ["gpu_idle", "hw_thermal_slowdown"]
 
 
@@ -103,9 +103,9 @@ def test_the_host_for_real():
     host = telemetry.HostSampler()
     sum(i * i for i in range(200_000))  # some CPU time between two samples
     sample = host.sample()
-    assert 10e6 < sample["host/rss_bytes"] < 64e9  # this Python process with torch loaded
+    assert 10 < sample["host/rss_mib"] < 64 * 1024  # this Python process with torch loaded
     assert sample["host/cpu_percent"] >= 0 and sample["host/load_1m"] >= 0
-    assert sample["host/memory_available_bytes"] > 0
+    assert sample["host/memory_available_mib"] > 0
     assert telemetry.Telemetry(fake_nvml([])).warnings(sample) == []
 
 
@@ -125,7 +125,7 @@ def test_telemetry_jsonl_during_training(tmp_path, every, caplog):
 
     rows = [json.loads(line) for line in (tmp_path / "telemetry.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == ([1, 2, 3, 4, 5, 6] if every == 1 else [1, 4])
-    assert all(r["gpu0/power_w"] == 650 and r["host/rss_bytes"] > 0 and "elapsed_s" in r for r in rows)
+    assert all(r["gpu0/power_w"] == 650 and r["host/rss_mib"] > 0 and "elapsed_s" in r for r in rows)
     hot = [r for r in rows if r.get("warnings")]
     assert (len(hot) == 1 and "90 °C" in hot[0]["warnings"][0]) if every == 1 else not hot
     assert any("GPU 0 at 90 °C" in r.message for r in caplog.records) == (every == 1)

@@ -3,8 +3,8 @@
 
 Nothing here fails a run: without ``pynvml`` (``pip install 'groundup[telemetry]'``), without a driver or without
 GPUs the GPU fields are simply absent, and a query a GPU does not support is left out of its sample.
-A sample is one flat record (``gpu0/temperature_c``, ``host/rss_bytes``) so that the report's metrics
-reader draws it like any metrics file.
+A sample is one flat record (``gpu0/temperature_c``, ``host/rss_mib``) so that the report's metrics
+reader draws it like any metrics file. Memory is in MiB (2**20 bytes).
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ THROTTLE_REASONS = {
 
 SLOWDOWNS = {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
 """The reasons that slow a busy GPU down (idle, application clocks and sync boost do not)."""
+
+
+MiB = 2**20
+
+
+def _mib(n_bytes: float | None) -> float | None:
+    return None if n_bytes is None else round(n_bytes / MiB, 1)
 
 
 def throttle_reasons(mask: int) -> list[str]:
@@ -66,14 +73,14 @@ class HostSampler:
         out: dict[str, float] = {}
         rss = self.rss_bytes()
         if rss is not None:
-            out["host/rss_bytes"] = rss
+            out["host/rss_mib"] = round(rss / MiB, 1)
         if now > before_t:
             out["host/cpu_percent"] = round(100.0 * (cpu - before_cpu) / (now - before_t), 1)
         with contextlib.suppress(OSError):  # no load average on this OS
             out["host/load_1m"] = os.getloadavg()[0]
         available = available_memory_bytes()
         if available is not None:
-            out["host/memory_available_bytes"] = available
+            out["host/memory_available_mib"] = round(available / MiB, 1)
         return out
 
 
@@ -134,8 +141,8 @@ class GpuSampler:
             for key, value in (("temperature_c", temperature), ("power_w", power_mw and power_mw / 1000),
                                ("power_limit_w", limit_mw and limit_mw / 1000), ("sm_clock_mhz", sm),
                                ("memory_clock_mhz", mem_clock),
-                               ("memory_used_bytes", getattr(memory, "used", None)),
-                               ("memory_total_bytes", getattr(memory, "total", None)),
+                               ("memory_used_mib", _mib(getattr(memory, "used", None))),
+                               ("memory_total_mib", _mib(getattr(memory, "total", None))),
                                ("utilization_percent", getattr(utilization, "gpu", None))):
                 if value is not None:
                     out[p + key] = float(value)
