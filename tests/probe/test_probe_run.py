@@ -72,3 +72,26 @@ def test_a_slow_format_is_timed_on_a_smaller_product(monkeypatch):
     monkeypatch.setattr(hardware, "best_seconds", lambda *a, **k: 0.5)  # a 512x512 product taking 0.5 s
     assert probe_stage.fit_matmul_size(2048, "bf16", "cpu") == 512  # 4 s at 1024, over the 2 s budget
     assert probe_stage.fit_matmul_size(256, "bf16", "cpu") == 256
+
+
+def test_under_torchrun_the_sweep_is_over_torchruns_ranks(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "groundup.cli", "probe", "--out", str(out), *SMALL, "--dtypes", '["fp32"]',
+                           "--max_bytes", "8192", "--collectives", '["all_reduce", "all_to_all"]', "--cache", "false"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(out.read_text())  # written once, by rank 0
+    sweep = probe["collectives"]
+    assert sweep["ranks"] == 2 and sweep["backend"] == "gloo"
+    assert [(r["collective"], r["bytes"]) for r in sweep["results"]] == [
+        (name, size) for name in ("all_reduce", "all_to_all") for size in (1024, 2048, 4096, 8192)]
+    assert probe["matmul"]["fp32"]["flops"] > 0
