@@ -111,3 +111,32 @@ def test_the_mfu_peak_comes_from_the_cached_probe(probe_cache, monkeypatch):
             path.write_bytes(before)
         else:
             path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(("mine", "others", "expected"), [
+    ((False, False), [(False, False)] * 3, None),
+    ((True, False), [(False, False)] * 3, "max_minutes"),
+    ((False, False), [(True, False), (True, False), (False, False)], "max_minutes"),
+    ((False, True), [(False, False)] * 3, "signal"),
+    ((False, False), [(True, False), (True, True), (True, False)], "signal"),  # every rank out of time, one signalled
+])
+def test_every_rank_takes_the_same_decision(mine, others, expected):
+    import types
+
+    from groundup.train.loop import should_stop
+
+    def flags(out_of_time, signalled, n=4):
+        return float(out_of_time) + (n + 1) * float(signalled)
+
+    class Parallel:  # four ranks: this one's flags, and the others' as an all-reduce would add them
+        distributed = True
+        env = types.SimpleNamespace(world_size=4)
+
+        def mean(self, value):
+            return (value + sum(flags(*o) for o in others)) / 4
+
+    stop = StopRequest()
+    stop.requested = "SIGTERM" if mine[1] else None
+    run = types.SimpleNamespace(budget=10.0, stop=stop, spec=types.SimpleNamespace(parallel=Parallel()))
+    state = types.SimpleNamespace(train_seconds=11.0 if mine[0] else 1.0)
+    assert should_stop(run, state) == expected
