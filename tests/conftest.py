@@ -13,6 +13,22 @@ from groundup.corpus import stdlib_documents
 SPINE_VAL_FRACTION = 0.2
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory):
+    """The probe cache (where pretraining keeps its matmul peak) in a session folder, not the user's home;
+    processes the tests start inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("probe_cache")
+    before = os.environ.get("GROUNDUP_CACHE_DIR")
+    os.environ["GROUNDUP_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("GROUNDUP_CACHE_DIR", None)
+    else:
+        os.environ["GROUNDUP_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def spine_corpus(tmp_path_factory) -> Path:
     """A JSONL shard of 80 standard-library files cut to 3,000 characters each."""

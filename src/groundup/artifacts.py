@@ -271,7 +271,7 @@ MODEL_DIR_NAMES = ("model.safetensors", "config.json", "tokenizer.json", "chat_t
                    "metrics.jsonl", MANIFEST, ".*.tmp")
 """Entries of a model dir as :func:`groundup.model.io.save_model_dir` writes it (``.*.tmp``: its temporary files)."""
 
-TRAINING_RUN_NAMES = (*MODEL_DIR_NAMES, "checkpoints", "tensorboard", "report.html", "result.json",
+TRAINING_RUN_NAMES = (*MODEL_DIR_NAMES, "checkpoints", "tensorboard", "telemetry.jsonl", "report.html", "result.json",
                       "data_stats.json", "adapter", "classifier.json", "reference_logps.safetensors")
 """Entries a training stage (pretrain, finetune) writes into its model dir, finished or not."""
 

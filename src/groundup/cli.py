@@ -22,6 +22,8 @@ from groundup.interop import VerificationError
 # finetune/continued.py.
 STAGES: dict[str, tuple[str, str]] = {
     "plan": ("groundup.plan.run", "Plan a model: parameters, FLOPs, memory, time, cost and inference speed."),
+    "probe": ("groundup.probe.run", "Measure this machine: matmul peaks, memory bandwidth, disk reads, collectives, topology."),
+    "launch": ("groundup.probe.launch", "Write (and submit) a Slurm script running a stage under torchrun on N nodes."),
     "curate": ("groundup.curate.run", "Clean, filter, deduplicate and redact web text (WARC/WET, JSONL, Parquet) into shards."),
     "run": ("groundup.run", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
     "tokenizer": ("groundup.tokenizer.run", "Train a byte-level BPE tokenizer."),

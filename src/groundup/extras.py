@@ -21,6 +21,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "eval": {"lm_eval": "lm-eval", "sacrebleu": "sacrebleu", "rouge_score": "rouge-score", "httpx": "httpx"},
     "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "xgrammar": "xgrammar", "httpx": "httpx"},
     "report": {"tensorboard": "tensorboard"},
+    "telemetry": {"pynvml": "nvidia-ml-py"},
 }
 
 NEEDED: dict[str, tuple[str, ...]] = {
@@ -31,6 +32,7 @@ NEEDED: dict[str, tuple[str, ...]] = {
     "eval": ("lm_eval",),
     "serve": ("fastapi", "uvicorn"),
     "report": ("tensorboard",),
+    "telemetry": ("pynvml",),
 }
 
 

@@ -275,16 +275,10 @@ def hardware_info(device, peak_flops: float | None) -> dict:
 
     import torch
 
-    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu"] = names[0]
-    except OSError:
-        pass
+    from groundup.probe.machine import cpu_name
+
+    info = {"platform": platform.platform(), "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         info["accelerator"] = torch.cuda.get_device_name(device)
         info["accelerators"] = torch.cuda.device_count()

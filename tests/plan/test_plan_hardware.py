@@ -65,3 +65,52 @@ def test_cuda_device_names_map_to_the_table(device_name, key):
 
 def test_unknown_cuda_device_has_no_peak():
     assert hardware.cuda_peak_flops("NVIDIA GeForce RTX 4090") is None
+
+
+def test_matmul_per_format_on_this_cpu():
+    supported = hardware.matmul_dtypes("cpu")
+    assert supported["fp32"] is None and supported["bf16"] is None and supported["fp16"] is None
+    assert "CUDA" in supported["tf32"] and "CUDA" in supported["fp8"]
+    for dtype in ("fp32", "bf16", "fp16"):
+        assert 1e6 < hardware.measure_matmul_flops(64, 2, dtype=dtype) < 1e14, dtype
+    with pytest.raises(ValueError, match="cannot time a tf32 matmul on cpu: TF32 is a CUDA"):
+        hardware.measure_matmul_flops(64, 2, dtype="tf32")
+    with pytest.raises(ValueError, match="unknown dtype 'int3'"):
+        hardware.measure_matmul_flops(64, 2, dtype="int3")
+    assert hardware.measure_cpu_matmul_flops(64, 2) == hardware.measure_matmul_flops(64, 2)  # one cached figure
+
+
+def test_triad_and_copy():
+    assert 1e8 < hardware.measure_triad_bandwidth(2**20, 2) < 1e13
+    with pytest.raises(ValueError):
+        hardware.measure_triad_bandwidth(0)
+    with pytest.raises(ValueError, match="CUDA devices, not cpu"):
+        hardware.measure_copy_bandwidth(1024, device="cpu")
+
+
+PROBE = {"stage": "probe", "created": "2025-01-01T00:00:00", "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3",
+         "memory_bytes": 85e9, "power_limit_watts": 690.0},
+         "matmul": {"fp32": {"flops": 50e12}, "tf32": {"flops": 380e12}, "bf16": {"flops": 700e12},
+                    "fp8": {"skipped": "no"}},
+         "memory_bandwidth": {"bytes_per_s": 2.9e12},
+         "collectives": {"results": [{"collective": "all_reduce", "bytes": 1024, "busbw": 1e9},
+                                     {"collective": "all_reduce", "bytes": 2**30, "busbw": 360e9},
+                                     {"collective": "all_gather", "bytes": 2**31, "busbw": 400e9}]}}
+
+
+def test_a_probe_becomes_a_table_entry(tmp_path):
+    acc = hardware.accelerator_from_probe(PROBE)
+    assert acc.measured and acc.peak_flops == 700e12 and acc.peak_fp32_flops == 380e12  # TF32: CUDA's fp32 matmuls
+    assert acc.bandwidth == 2.9e12 and acc.memory_bytes == 85e9 and acc.power_watts == 690.0
+    assert acc.measured_bus_bandwidth == 360e9  # the largest all-reduce
+    assert acc.link == "nvlink4"  # from the table's H100 entry
+    cpu = hardware.accelerator_from_probe({"stage": "probe", "device": {"type": "cpu", "name": "a CPU"},
+                                           "matmul": {"fp32": {"flops": 1e11}, "bf16": {"flops": 5e11}}})
+    assert cpu.peak_flops == 1e11 and cpu.measured_bus_bandwidth is None  # fp32: what CPU training runs
+    with pytest.raises(ValueError, match="my.json: no matmul figure"):
+        hardware.accelerator_from_probe({"stage": "probe", "matmul": {}}, source="my.json")
+    (tmp_path / "other.json").write_text('{"stage": "plan"}')
+    with pytest.raises(ValueError, match="other.json: not a probe.json"):
+        hardware.read_probe(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError, match="groundup probe --out"):
+        hardware.read_probe(tmp_path / "missing.json")

@@ -38,3 +38,35 @@ def test_bad_input_is_refused():
         interconnect.all_reduce_seconds(1e9, 0, 1e9)
     with pytest.raises(ValueError):
         interconnect.all_reduce_seconds(1e9, 2, 0)
+
+
+def test_collective_bandwidths_are_nccl_tests():
+    # Lines of nccl-tests output: size (B), time (us), algbw, busbw (GB/s).
+    # all_reduce_perf on 16 ranks: "8388608 2097152 float sum 1245.2 6.74 12.63"
+    algbw, busbw = interconnect.collective_bandwidths("all_reduce", 8388608, 1245.2e-6, 16)
+    assert round(algbw / 1e9, 2) == 6.74 and round(busbw / 1e9, 2) == 12.63
+    # all_reduce_perf on 8 ranks: "134217728 33554432 float sum -1 5986.48 22.42 39.24"
+    algbw, busbw = interconnect.collective_bandwidths("all_reduce", 134217728, 5986.48e-6, 8)
+    assert round(algbw / 1e9, 2) == 22.42 and round(busbw / 1e9, 2) == 39.24
+    # The other collectives: S/t and (n-1)/n, S being the whole buffer (nccl-tests' size column).
+    for name in ("all_gather", "reduce_scatter", "all_to_all"):
+        algbw, busbw = interconnect.collective_bandwidths(name, 1 << 30, 0.01, 8)
+        assert algbw == pytest.approx((1 << 30) / 0.01) and busbw == pytest.approx(algbw * 7 / 8)
+        assert interconnect.bus_factor(name, 2) == 0.5
+    assert interconnect.bus_factor("all_reduce", 2) == 1.0 and interconnect.bus_factor("broadcast", 8) == 1.0
+    assert interconnect.bus_bandwidth(100e9, 4, "all_gather") == pytest.approx(75e9)
+    with pytest.raises(ValueError, match="unknown collective 'gossip'"):
+        interconnect.bus_factor("gossip", 4)
+    with pytest.raises(ValueError):
+        interconnect.collective_bandwidths("all_reduce", 1024, 0.0, 2)
+
+
+def test_the_seeds_measured_busbw_as_times():
+    # The seeds' nccl-tests figures, read back as the time of a 4 GB all-reduce: an A40 NVLink pair at
+    # 47.45 GB/s busbw moves it in S·2(n-1)/n / busbw; across SYS (1.40 GB/s) it takes 34x longer.
+    nvlink = interconnect.all_reduce_seconds(4e9, 2, 47.45e9)
+    sys_path = interconnect.all_reduce_seconds(4e9, 2, 1.40e9)
+    assert nvlink == pytest.approx(4e9 / 47.45e9) and sys_path / nvlink == pytest.approx(47.45 / 1.40)
+    # DGX H100, 4 GPUs: 369.9 GB/s busbw is an algbw of 369.9 / 1.5 = 246.6 GB/s.
+    _, busbw = interconnect.collective_bandwidths("all_reduce", 4e9, 4e9 / 246.6e9, 4)
+    assert busbw == pytest.approx(369.9e9)

@@ -79,3 +79,17 @@ def test_summary_mfu_median_is_the_fallback(bench, tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({**summary, "mfu_median": 0.2}))
     result = bench.compare(tmp_path)
     assert result["median_mfu"] == 0.2
+
+
+def test_compare_with_a_probe_is_groundup_plans_time(bench, tmp_path):
+    cfg = ModelConfig.from_name("tiny-gpt2")
+    real = flops_per_token(cfg, 128) * 1e6 / (40e9 * 0.3) * 1.1
+    make_run(tmp_path / "run", cfg, train_seconds=real, tokens=1e6, mfu=0.3, peak=40e9)
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"stage": "probe", "device": {"type": "cpu", "name": "a CPU"},
+                                 "matmul": {"fp32": {"flops": 40e9}, "bf16": {"flops": 80e9}}}))
+    result = bench.compare(tmp_path / "run", probe=probe)
+    assert result["peak_flops"] == 40e9 and result["peak_source"] == f"probe {probe}"  # fp32: CPU training
+    assert result["ratio_predicted_over_real"] == pytest.approx(1 / 1.1)
+    assert result["within_1_15x"]
+    assert bench.main([str(tmp_path / "run"), "--probe", str(probe), "--out", str(tmp_path / "r.json")]) == 0

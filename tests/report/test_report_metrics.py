@@ -110,3 +110,17 @@ def test_empty_and_missing_files(tmp_path):
     assert m.lines == 0 and not m.series
     with pytest.raises(FileNotFoundError):
         load_metrics(tmp_path / "absent.jsonl")
+
+
+def test_lists_in_records_are_not_curves(tmp_path):
+    # telemetry.jsonl carries lists (a GPU's throttle reasons, warnings): left out, the numbers beside them kept
+    path = tmp_path / "telemetry.jsonl"
+    rows = [{"step": 1, "gpu0/temperature_c": 60.0, "gpu0/throttle_reasons": []},
+            {"step": 2, "gpu0/temperature_c": 61.0, "gpu0/throttle_reasons": []},
+            {"step": 3, "gpu0/temperature_c": 85.0, "gpu0/throttle_reasons": ["sw_thermal_slowdown", "gpu_idle"],
+             "warnings": ["GPU 0 at 85 °C"]},
+            {"step": 4, "gpu0/temperature_c": 70.0, "gpu0/throttle_reasons": [[1], [2, 3]]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = load_metrics(path)
+    assert list(metrics.get("gpu0/temperature_c").value) == [60.0, 61.0, 85.0, 70.0]
+    assert "gpu0/throttle_reasons" not in metrics and "warnings" not in metrics

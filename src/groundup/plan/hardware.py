@@ -7,10 +7,12 @@ Memory sizes are decimal gigabytes as sold (80 GB = 80e9 bytes) unless a comment
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 GB = 1e9
 TB = 1e12
@@ -39,6 +41,8 @@ class Accelerator:
     """Peak dense fp32 FLOP/s without tensor-core formats (TF32), where published."""
     measured: bool = False
     """True when the figures were measured on this machine rather than read from a datasheet."""
+    measured_bus_bandwidth: float | None = None
+    """All-reduce bus bandwidth in bytes/s measured between this node's devices (a probe's largest size)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -186,46 +190,156 @@ def get_link(name: str) -> Link:
     return LINKS[key]
 
 
-@functools.lru_cache(maxsize=8)
-def measure_cpu_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0) -> float:
-    """FLOP/s of an fp32 ``size``x``size`` matmul on this machine's CPU, with torch's threads as set.
+MATMUL_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+"""Matmul formats a probe times: fp32 (no TF32 on CUDA), TF32 (CUDA tensor cores on fp32 tensors), bf16,
+fp16 and fp8 (e4m3 through ``torch._scaled_mm``, on CUDA devices of compute capability 8.9 or more)."""
 
-    Each product is 2·size³ FLOPs; one warm-up, then the best of at least ``reps`` timed runs, going on
-    until ``min_seconds`` have passed (the best, since other work on a shared machine only ever slows a
-    run down; a longer window is likelier to catch a quiet moment). Cached per process: a plan and a
+
+def matmul_dtypes(device: str) -> dict[str, str | None]:
+    """Each of :data:`MATMUL_DTYPES` on ``device``: None where it can be timed, else why not."""
+    import torch
+
+    dev = torch.device(device)
+    out: dict[str, str | None] = dict.fromkeys(MATMUL_DTYPES)
+    if dev.type != "cuda":
+        out["tf32"] = "TF32 is a CUDA tensor-core format"
+        out["fp8"] = "fp8 matmuls (torch._scaled_mm) are timed on CUDA only"
+        return out
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major < 8:
+        out["tf32"] = out["bf16"] = f"compute capability {major}.{minor} < 8.0"
+    if (major, minor) < (8, 9) or not hasattr(torch, "float8_e4m3fn"):
+        out["fp8"] = f"compute capability {major}.{minor} < 8.9 (or no float8 in this torch)"
+    return out
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _tf32(device, enabled: bool):
+    """TF32 on or off for CUDA matmuls while timing (fp32 is timed without it, tf32 with it)."""
+    import torch
+
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def matmul_operation(size: int, dtype: str, device: str = "cpu"):
+    """A function doing one ``size``x``size`` product in ``dtype`` on ``device`` (its operands made once)."""
+    import torch
+
+    dev = torch.device(device)
+    why_not = matmul_dtypes(device).get(dtype, f"unknown dtype {dtype!r}; known: {', '.join(MATMUL_DTYPES)}")
+    if why_not:
+        raise ValueError(f"cannot time a {dtype} matmul on {device}: {why_not}")
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    if dtype == "fp8":
+        scale = torch.ones((), device=dev)
+        a8, b8 = a.to(dev, torch.float8_e4m3fn), b.to(dev, torch.float8_e4m3fn).t()  # b column-major, as required
+        return lambda: torch._scaled_mm(a8, b8, scale_a=scale, scale_b=scale, out_dtype=torch.bfloat16)
+    torch_dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = a.to(dev, torch_dtype), b.to(dev, torch_dtype)
+    return lambda: torch.mm(a, b)
+
+
+def best_seconds(operation, *, device, reps: int, min_seconds: float = 0.0) -> float:
+    """The fastest of at least ``reps`` timed calls of ``operation`` (after one warm-up), going on until
+    ``min_seconds`` have passed: the best, since other work on a shared machine only ever slows a run down,
+    and a longer window is likelier to catch a quiet moment. On CUDA each call is synchronized."""
+    import torch
+
+    dev = torch.device(device)
+    operation()  # warm-up: thread pool start, page faults, kernel selection
+    _synchronize(dev)
+    best, done, deadline = float("inf"), 0, time.perf_counter() + min_seconds
+    while done < reps or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        operation()
+        _synchronize(dev)
+        best = min(best, time.perf_counter() - start)
+        done += 1
+    return best
+
+
+def measure_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0, *, dtype: str = "fp32",
+                         device: str = "cpu") -> float:
+    """FLOP/s of a ``size``x``size`` matmul in ``dtype`` on ``device``, with torch's threads as set.
+
+    Each product is 2·size³ FLOPs, timed by :func:`best_seconds`. Cached per process: a plan and a
     training run's MFU then divide by the same figure.
     """
+    return _measure_matmul_flops(int(size), int(reps), float(min_seconds), dtype, str(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _measure_matmul_flops(size: int, reps: int, min_seconds: float, dtype: str, device: str) -> float:
     import torch
 
     if size <= 0 or reps <= 0:
         raise ValueError(f"size and reps must be positive, got {size}, {reps}")
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    torch.mm(a, b)  # warm-up: thread pool start, page faults
-    best, done, deadline = float("inf"), 0, time.perf_counter() + min_seconds
-    while done < reps or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-        done += 1
-    return 2.0 * size**3 / best
+    dev = torch.device(device)
+    operation = matmul_operation(size, dtype, device)
+    with _tf32(dev, dtype == "tf32"):
+        seconds = best_seconds(operation, device=device, reps=reps, min_seconds=min_seconds)
+    return 2.0 * size**3 / seconds
 
 
-@functools.lru_cache(maxsize=4)
-def measure_cpu_memory_bandwidth(n_bytes: int = 128 * 2**20, reps: int = 3) -> float:
-    """Bytes/s of a large tensor copy (read + write counted), best of ``reps``: a decode-speed bound."""
+def measure_cpu_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0) -> float:
+    """FLOP/s of an fp32 ``size``x``size`` matmul on this machine's CPU (:func:`measure_matmul_flops`)."""
+    return measure_matmul_flops(size, reps, min_seconds, dtype="fp32", device="cpu")
+
+
+@functools.lru_cache(maxsize=8)
+def measure_triad_bandwidth(array_bytes: int = 256 * 2**20, reps: int = 5, min_seconds: float = 0.0, *,
+                            device: str = "cpu") -> float:
+    """Bytes/s of STREAM's triad ``a = b + s·c`` over three fp32 arrays of ``array_bytes`` each on ``device``.
+
+    Counted as STREAM counts it: 3 · array_bytes per pass (two reads, one write; the write-allocate read a
+    cache may add is not counted). Arrays well beyond the last-level cache measure memory, not cache.
+    """
     import torch
 
-    src = torch.ones(n_bytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * src.numel() * 4 / best
+    n = array_bytes // 4
+    if n <= 0 or reps <= 0:
+        raise ValueError(f"array_bytes and reps must be positive, got {array_bytes}, {reps}")
+    dev = torch.device(device)
+    a = torch.zeros(n, device=dev)  # zeros, not empty: every page touched before timing
+    b = torch.full((n,), 1.0, device=dev)
+    c = torch.full((n,), 2.0, device=dev)
+    seconds = best_seconds(lambda: torch.add(b, c, alpha=3.0, out=a), device=device, reps=reps,
+                           min_seconds=min_seconds)
+    return 3.0 * n * 4 / seconds
+
+
+def measure_copy_bandwidth(n_bytes: int = 256 * 2**20, reps: int = 5, *, device: str = "cuda",
+                           direction: str = "h2d") -> float:
+    """Bytes/s of one copy of ``n_bytes`` between pinned host memory and ``device`` ('h2d' or 'd2h')."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"host<->device copies are timed on CUDA devices, not {device}")
+    if direction not in ("h2d", "d2h"):
+        raise ValueError(f"direction must be 'h2d' or 'd2h', got {direction!r}")
+    host = torch.zeros(n_bytes, dtype=torch.uint8).pin_memory()
+    gpu = torch.zeros(n_bytes, dtype=torch.uint8, device=dev)
+    src, dst = (host, gpu) if direction == "h2d" else (gpu, host)
+    seconds = best_seconds(lambda: dst.copy_(src, non_blocking=True), device=device, reps=reps)
+    return n_bytes / seconds
 
 
 def _system_memory_bytes() -> float:
@@ -236,13 +350,13 @@ def _system_memory_bytes() -> float:
 
 
 def cpu_accelerator(*, measure_size: int = 2048) -> Accelerator:
-    """This machine's CPU as a table entry: fp32 matmul FLOP/s and copy bandwidth measured now."""
+    """This machine's CPU as a table entry: fp32 matmul FLOP/s and triad bandwidth measured now."""
     import torch
 
     flops = measure_cpu_matmul_flops(measure_size)
     return Accelerator(name="cpu", description=f"this CPU, {torch.get_num_threads()} torch threads",
                        peak_flops=flops, memory_bytes=_system_memory_bytes(),
-                       bandwidth=measure_cpu_memory_bandwidth(), power_watts=None, link="pcie4",
+                       bandwidth=measure_triad_bandwidth(64 * 2**20), power_watts=None, link="pcie4",
                        peak_fp32_flops=flops, measured=True)
 
 
@@ -254,14 +368,20 @@ CUDA_NAMES: list[tuple[str, str]] = [
 ]
 
 
-def cuda_peak_flops(device_name: str) -> float | None:
-    """Peak dense 16-bit FLOP/s for a ``torch.cuda.get_device_name()`` string; None for a device not in
-    the table (an MFU is then not reported rather than made up)."""
+def cuda_table_key(device_name: str) -> str | None:
+    """The table key of a ``torch.cuda.get_device_name()`` string; None for a device not in the table."""
     name = device_name.lower().replace("-", " ")
     for needle, key in CUDA_NAMES:
         if needle in name.split() or (" " in needle and needle in name):
-            return HARDWARE[key].peak_flops
+            return key
     return None
+
+
+def cuda_peak_flops(device_name: str) -> float | None:
+    """Peak dense 16-bit FLOP/s for a ``torch.cuda.get_device_name()`` string; None for a device not in
+    the table (an MFU is then not reported rather than made up)."""
+    key = cuda_table_key(device_name)
+    return HARDWARE[key].peak_flops if key else None
 
 
 def with_overrides(acc: Accelerator, *, peak_flops: float | None = None, bandwidth: float | None = None,
@@ -273,3 +393,55 @@ def with_overrides(acc: Accelerator, *, peak_flops: float | None = None, bandwid
         if not v > 0:
             raise ValueError(f"{k} must be positive, got {v}")
     return replace(acc, **changes) if changes else acc
+
+
+def read_probe(path: str | Path) -> dict:
+    """A probe.json (``groundup probe``'s output), checked: a clear error naming the file otherwise."""
+    import json
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            probe = json.load(f)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"probe not found: {path} (write one with `groundup probe --out {path}`)") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from e
+    if not isinstance(probe, dict) or probe.get("stage") != "probe":
+        raise ValueError(f"{path}: not a probe.json from `groundup probe` (no \"stage\": \"probe\")")
+    return probe
+
+
+def accelerator_from_probe(probe: dict, source: str = "probe") -> Accelerator:
+    """A table entry from a probe (``groundup probe``'s probe.json): the measured matmul peak (bf16 on a GPU,
+    fp32 on a CPU), fp32 peak (TF32 where measured: CUDA training runs fp32 matmuls in TF32), triad
+    bandwidth and all-reduce bus bandwidth; the rest (power, link) from the table's entry for the device,
+    if it has one. ``source`` names the probe in errors."""
+    device = probe.get("device") or {}
+    matmul = {k: v.get("flops") for k, v in (probe.get("matmul") or {}).items() if isinstance(v, dict)}
+    is_gpu = device.get("type") == "cuda"
+    order = ("bf16", "fp16", "tf32", "fp32") if is_gpu else ("fp32", "bf16", "fp16")
+    peak = next((matmul[k] for k in order if matmul.get(k)), None)
+    if not peak:
+        raise ValueError(f"{source}: no matmul figure (is this a probe.json from `groundup probe`?)")
+    fp32 = matmul.get("tf32") or matmul.get("fp32")
+    bandwidth = (probe.get("memory_bandwidth") or {}).get("bytes_per_s")
+    name = str(device.get("name") or device.get("type") or "probed device")
+    base = None
+    if is_gpu:
+        key = cuda_table_key(name)
+        base = HARDWARE[key] if key else None
+    return Accelerator(
+        name=f"probe:{name}", description=f"{name}, measured by groundup probe ({probe.get('created', 'undated')})",
+        peak_flops=float(peak), memory_bytes=float(device.get("memory_bytes") or _system_memory_bytes()),
+        bandwidth=float(bandwidth or (base.bandwidth if base else float("nan"))),
+        power_watts=device.get("power_limit_watts") or (base.power_watts if base else None),
+        link=base.link if base else "pcie4", peak_fp32_flops=float(fp32) if fp32 else None, measured=True,
+        measured_bus_bandwidth=largest_all_reduce_busbw(probe))
+
+
+def largest_all_reduce_busbw(probe: dict) -> float | None:
+    """The bus bandwidth of a probe's largest all-reduce: the figure a gradient all-reduce runs at."""
+    rows = [r for r in (probe.get("collectives") or {}).get("results") or []
+            if r.get("collective") == "all_reduce" and r.get("busbw")]
+    return float(max(rows, key=lambda r: r["bytes"])["busbw"]) if rows else None

@@ -1,21 +1,60 @@
-"""Interconnect: how long the gradient all-reduce takes, and what share of a step it is.
+"""Interconnect: collectives' bandwidths by nccl-tests' conventions, how long the gradient all-reduce
+takes, and what share of a step it is.
 
-nccl-tests' convention (the seeds' multi-node benchmark): an all-reduce of S bytes taking t seconds has
-algorithm bandwidth algbw = S / t and bus bandwidth busbw = algbw · 2(n−1)/n. The bus bandwidth is what
-a ring all-reduce asks of each device's link (each sends and receives 2(n−1)/n · S bytes), so it can be
-compared with a link's rated per-direction bandwidth and stays constant as n grows.
+nccl-tests' convention (its doc/PERFORMANCE.md; the seeds' multi-node benchmark): a collective of size S
+bytes taking t seconds has algorithm bandwidth algbw = S / t and bus bandwidth busbw = algbw · factor(n),
+with factor 2(n−1)/n for all-reduce and (n−1)/n for all-gather, reduce-scatter and all-to-all. The bus
+bandwidth is what the collective asks of each device's link (a ring all-reduce sends and receives
+2(n−1)/n · S bytes per device), so it can be compared with a link's rated per-direction bandwidth and
+stays constant as n grows. S is nccl-tests' "size" column: see :data:`SIZE_MEANING`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+BUS_FACTORS: dict[str, Callable[[int], float]] = {
+    "all_reduce": lambda n: 2.0 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+}
+"""busbw / algbw per collective over n ranks (nccl-tests' doc/PERFORMANCE.md, "Summary")."""
 
-def bus_bandwidth(algorithm_bandwidth: float, n: int) -> float:
-    """busbw = algbw · 2(n−1)/n."""
+SIZE_MEANING = {
+    "all_reduce": "the buffer each rank reduces (input = output)",
+    "all_gather": "the gathered output: n x each rank's input",
+    "reduce_scatter": "the input: n x each rank's output",
+    "all_to_all": "each rank's whole send buffer (n blocks, one per peer)",
+    "broadcast": "the buffer broadcast",
+    "reduce": "the buffer reduced",
+}
+"""What S, the size a collective's algbw divides, counts (nccl-tests' ``*GetBw`` of each test)."""
+
+
+def bus_factor(collective: str, n: int) -> float:
+    if collective not in BUS_FACTORS:
+        raise ValueError(f"unknown collective {collective!r}; known: {', '.join(BUS_FACTORS)}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    return algorithm_bandwidth * 2.0 * (n - 1) / n
+    return BUS_FACTORS[collective](n)
+
+
+def bus_bandwidth(algorithm_bandwidth: float, n: int, collective: str = "all_reduce") -> float:
+    """busbw = algbw · factor(n): 2(n−1)/n for all-reduce, (n−1)/n for all-gather, reduce-scatter, all-to-all."""
+    return algorithm_bandwidth * bus_factor(collective, n)
+
+
+def collective_bandwidths(collective: str, size_bytes: float, seconds: float, n: int) -> tuple[float, float]:
+    """(algbw, busbw) in bytes/s of one collective of nccl-tests' size ``size_bytes`` taking ``seconds``
+    (nccl-tests prints both divided by 1e9, as GB/s)."""
+    if size_bytes < 0 or seconds <= 0:
+        raise ValueError(f"need size >= 0 and seconds > 0, got {size_bytes}, {seconds}")
+    algbw = size_bytes / seconds
+    return algbw, bus_bandwidth(algbw, n, collective)
 
 
 def all_reduce_seconds(n_bytes: float, n: int, bus_bandwidth_bytes_per_s: float) -> float:

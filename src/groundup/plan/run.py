@@ -47,6 +47,9 @@ class Config:
     gpu: str = "h100-sxm"
     """Accelerator from the hardware table (a100, h100-sxm, h100-pcie, h200, b200, l4, a10g, t4, v100, mi300x,
     tpu-v4, tpu-v5e, gaudi2, gaudi3) or cpu (measured now)."""
+    hardware: Path | None = None
+    """A probe.json from `groundup probe`: plan with its measured matmul peak, memory bandwidth and all-reduce
+    bus bandwidth (and the device's memory) instead of the table's figures for `gpu`."""
     gpus: int = 1
     """Devices training together (data parallel)."""
     gpus_per_node: int = 8
@@ -172,7 +175,8 @@ def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> di
         "time_cost": plan_time_cost(cfg, acc, compute_figures["training_flops"], tokens, peak, sync),
         "memory": plan_memory(cfg, model, acc, seq_len),
         "interconnect": {
-            "link": cfg.interconnect or acc.link,
+            "link": "measured (probe)" if cfg.interconnect is None and acc.measured_bus_bandwidth else
+                    cfg.interconnect or acc.link,
             "network": cfg.network if cfg.gpus > cfg.gpus_per_node else None,
             **dataclasses.asdict(sync),
         },
@@ -215,7 +219,9 @@ def plan_compute(cfg: Config, model: ModelConfig, count: ParameterCount, tokens:
 def plan_gradient_sync(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, n_params: int, seq_len: int,
                        peak: float, tokens_per_step: int) -> interconnect.GradientSync:
     """The gradient all-reduce of one step over the node's links and the network, against the step's compute."""
-    intra = hardware.get_link(cfg.interconnect or acc.link).bandwidth
+    # A probe's all-reduce bus bandwidth between this node's devices stands for the node's link unless one is named.
+    measured = acc.measured_bus_bandwidth if cfg.interconnect is None else None
+    intra = measured or hardware.get_link(cfg.interconnect or acc.link).bandwidth
     inter = hardware.get_link(cfg.network).bandwidth
     busbw = interconnect.effective_bus_bandwidth(cfg.gpus, cfg.gpus_per_node, intra, inter)
     step_flops_per_device = compute.flops_per_token(model, seq_len) * tokens_per_step / cfg.gpus
@@ -288,17 +294,25 @@ def plan_inference(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, c
     }
 
 
+def accelerator_for(cfg: Config) -> hardware.Accelerator:
+    """The table's entry for ``cfg.gpu``, or the measured one of the probe ``cfg.hardware``."""
+    if cfg.hardware is None:
+        return hardware.get_accelerator(cfg.gpu)
+    probe = hardware.read_probe(cfg.hardware)
+    return hardware.accelerator_from_probe(probe, source=str(cfg.hardware))
+
+
 def run(cfg: Config) -> Path:
     """Print the plan, write plan.json, plan.png, config.yaml and manifest.json into ``cfg.out``."""
     from groundup import artifacts
     from groundup import config as config_io
     from groundup.plan import report
 
-    artifacts.prepare_out(cfg.out, stage="plan", inputs=[None if cfg.model in PRESETS else model_config_file(cfg.model)],
+    artifacts.prepare_out(cfg.out, stage="plan", inputs=[None if cfg.model in PRESETS else model_config_file(cfg.model),
+                                                         cfg.hardware],
                           overwrite=cfg.overwrite, unfinished=("plan.json", "plan.png", "config.yaml", ".*.tmp"))
     model = resolve_model(cfg)
-    acc = hardware.with_overrides(hardware.get_accelerator(cfg.gpu), peak_flops=cfg.peak_flops,
-                                  bandwidth=cfg.bandwidth)
+    acc = hardware.with_overrides(accelerator_for(cfg), peak_flops=cfg.peak_flops, bandwidth=cfg.bandwidth)
     if cfg.peak_flops is not None and acc.peak_fp32_flops is not None:
         acc = dataclasses.replace(acc, peak_fp32_flops=cfg.peak_flops)
     plan = build_plan(cfg, model, acc)

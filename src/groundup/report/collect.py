@@ -45,6 +45,8 @@ class ModelDir:
     weights_bytes: int | None
     checkpoints: list[Checkpoint]
     metrics: Metrics | None = None
+    telemetry: Metrics | None = None
+    """The hardware samples of telemetry.jsonl (``--log.telemetry_every``), if the run wrote them."""
 
     @property
     def result(self) -> dict:
@@ -71,6 +73,8 @@ class Run:
     finetune: list[ModelDir] = field(default_factory=list)
     evals: list[tuple[Path, dict]] = field(default_factory=list)
     samples: list[tuple[Path, list[dict]]] = field(default_factory=list)
+    probes: list[tuple[Path, dict]] = field(default_factory=list)
+    """probe.json files (`groundup probe`) found in the run dir."""
     problems: list[str] = field(default_factory=list)
 
     def rel(self, path: Path) -> str:
@@ -220,18 +224,31 @@ def collect(path: str | Path, *, max_points: int = 2000, label: str | None = Non
             results = _read_json(d / "results.json", problems)
             if isinstance(results, dict) and isinstance(results.get("results"), dict):
                 run.evals.append((d, results))
+        if (d / "probe.json").is_file():
+            probe = _read_json(d / "probe.json", problems)
+            if isinstance(probe, dict) and probe.get("stage") == "probe":
+                run.probes.append((d / "probe.json", probe))
         if (d / "samples.jsonl").is_file():
             samples = _samples(d / "samples.jsonl", problems)
             if samples:
                 run.samples.append((d, samples))
     for model in run.pretrain + run.finetune:
-        try:
-            model.metrics = load_metrics(model.metrics_path, max_points=max_points)
-        except OSError as e:
-            problems.append(f"{model.metrics_path}: unreadable ({e})")
-        else:
-            problems.extend(model.metrics.bad_examples)
+        model.metrics = _load(model.metrics_path, max_points, problems)
+        telemetry = model.path / "telemetry.jsonl"
+        if telemetry.is_file():
+            model.telemetry = _load(telemetry, max_points, problems)
     return run
+
+
+def _load(path: Path, max_points: int, problems: list[str]) -> Metrics | None:
+    """A metrics-shaped file's series; what could not be read goes to ``problems``."""
+    try:
+        metrics = load_metrics(path, max_points=max_points)
+    except OSError as e:
+        problems.append(f"{path}: unreadable ({e})")
+        return None
+    problems.extend(metrics.bad_examples)
+    return metrics
 
 
 def label_runs(runs: list[Run]) -> None:

@@ -129,9 +129,12 @@ def compact(data: np.ndarray, buckets: int) -> np.ndarray:
 
 
 def _numbers(values: list) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, float values) of the plain numbers in ``values`` (bools, strings, None left out)."""
-    array = np.asarray(values) if values else np.zeros(0)
-    if array.dtype.kind in "iuf":
+    """(positions, float values) of the plain numbers in ``values`` (bools, strings, None, lists left out)."""
+    try:
+        array = np.asarray(values) if values else np.zeros(0)
+    except ValueError:  # lists of different lengths
+        array = np.zeros(0, dtype=object)
+    if array.dtype.kind in "iuf" and array.ndim == 1:
         return np.arange(len(values)), array.astype(np.float64, copy=False)
     keep = [i for i, v in enumerate(values) if type(v) in _NUMBER]
     return np.asarray(keep, dtype=np.int64), np.asarray([values[i] for i in keep], dtype=np.float64)

@@ -602,6 +602,83 @@ def checkpoints_section(runs: Sequence[Run]) -> str:
                    table(["path", "what", "step", "tokens", "size"], rows, numeric_from=2))
 
 
+def probe_of(run: Run) -> dict[str, Any] | None:
+    """The run's probe in headline figures: a probe.json in the run dir, else the one its pretraining recorded."""
+    from groundup.probe.cache import summary
+
+    if run.probes:
+        path, probe = run.probes[0]
+        return {**summary(probe), "path": run.rel(path), "quick": probe.get("quick")}
+    model = main_model(run)
+    recorded = model.result.get("hardware_probe") if model is not None else None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def probe_rows(probes: Sequence[dict | None]) -> list[list[Any]]:
+    """One row per figure, one column per run."""
+    dtypes = [d for d in ("fp32", "tf32", "bf16", "fp16", "fp8")
+              if any(d in (p or {}).get("matmul_flops", {}) for p in probes)]
+    rows: list[list[Any]] = [["device", *[(p or {}).get("device") or "—" for p in probes]],
+                             ["probed", *[str((p or {}).get("created") or "—") for p in probes]]]
+    for dtype in dtypes:
+        rows.append([f"matmul {dtype} (TFLOP/s)",
+                     *[_scaled((p or {}).get("matmul_flops", {}).get(dtype), 1e12) for p in probes]])
+    for key, label in (("memory_bandwidth", "memory, STREAM triad (GB/s)"),
+                       ("shard_read_bytes_per_s", "disk read, cold (GB/s)"),
+                       ("all_reduce_busbw", "all-reduce bus bandwidth, largest size (GB/s)")):
+        rows.append([label, *[_scaled((p or {}).get(key), 1e9) for p in probes]])
+    rows.append(["from", *[str((p or {}).get("path") or "—") for p in probes]])
+    return rows
+
+
+def _scaled(value: float | None, scale: float) -> float | str:
+    return round(value / scale, 3) if value else "—"
+
+
+def telemetry_panels(metrics: Sequence[Any]) -> list[plots.Panel]:
+    """Panels of the GPUs' and the host's telemetry (telemetry.jsonl), for the GPUs the runs sampled."""
+    keys = {k for m in metrics if m is not None for k in m}
+    gpus = sorted({k.split("/")[0] for k in keys if k.startswith("gpu")}, key=lambda g: int(g[3:]))
+
+    def per_gpu(field: str) -> dict[str, Any]:
+        return {"keys": [f"{g}/{field}" for g in gpus], "names": [g.upper() for g in gpus], "log": False}
+
+    from groundup.probe.telemetry import THROTTLE_TEMPERATURE_C
+
+    panels = [plots.Panel(title="GPU temperature", ylabel="°C", **per_gpu("temperature_c"),
+                          hlines=[(f"throttling from about {THROTTLE_TEMPERATURE_C:.0f} °C", THROTTLE_TEMPERATURE_C,
+                                   "--")]),
+              plots.Panel(title="GPU power", ylabel="W", **per_gpu("power_w")),
+              plots.Panel(title="GPU SM clock", ylabel="MHz", **per_gpu("sm_clock_mhz")),
+              plots.Panel(title="GPU memory used", ylabel="MiB", **per_gpu("memory_used_mib")),
+              plots.Panel(title="GPU slowed down (power or thermal)", ylabel="1: slowing", **per_gpu("slowdown"))]
+    return [p for p in panels if p.keys] + [
+        plots.Panel(title="Host memory (training process)", ylabel="resident MiB", keys=["host/rss_mib"], log=False),
+        plots.Panel(title="CPU", ylabel="% of a core / load", keys=["host/cpu_percent", "host/load_1m"],
+                    names=["training process, % of a core", "load average (1 min)"], log=False)]
+
+
+def hardware_section(runs: Sequence[Run]) -> str:
+    parts = []
+    probes = [probe_of(r) for r in runs]
+    if any(probes):
+        parts.append("<h3>Probe</h3>" + table(["", *[r.label for r in runs]], probe_rows(probes)))
+    sweeps = [(r.label, r.probes[0][1]["collectives"]) for r in runs if r.probes and r.probes[0][1].get("collectives")]
+    parts.append(figure(plots.collectives_figure(sweeps), "collective sweep", "Bus bandwidth = algbw x 2(n-1)/n for "
+                        "all-reduce, x (n-1)/n for all-gather, reduce-scatter and all-to-all (nccl-tests' "
+                        "conventions); the size is the whole buffer."))
+    telemetry = [(r.label, main_model(r).telemetry if main_model(r) else None) for r in runs]
+    if any(m is not None for _, m in telemetry):
+        png = plots.curves_figure("Hardware during training", telemetry,
+                                  telemetry_panels([m for _, m in telemetry]), axes=["elapsed_s"], columns=2)
+        parts.append(figure(png, "hardware telemetry", "Sampled every --log.telemetry_every steps: GPUs through "
+                            "NVML (where the driver and nvidia-ml-py are present), the host always."))
+    if not any(parts):
+        return section("hardware", "Hardware", None, not_run="no probe.json (groundup probe --out RUN/probe.json) "
+                       "nor telemetry.jsonl (--log.telemetry_every N) found")
+    return section("hardware", "Hardware", "".join(parts))
+
+
 def timings_section(runs: Sequence[Run]) -> str:
     timings = [(r.label, stage_timings(r)) for r in runs]
     if not any(t for _, t in timings):
@@ -626,13 +703,13 @@ def problems_section(runs: Sequence[Run]) -> str:
 
 SECTIONS = [("overview", "Overview"), ("recipe", "Recipe"), ("data", "Data"), ("tokenizer", "Tokenizer"),
             ("pretrain", "Pretraining"), ("finetune", "Fine-tuning"), ("evaluation", "Evaluation"),
-            ("samples", "Samples"), ("checkpoints", "Checkpoints"), ("timings", "Timings")]
+            ("samples", "Samples"), ("checkpoints", "Checkpoints"), ("hardware", "Hardware"), ("timings", "Timings")]
 
 
 def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -> str:
     sections = [overview_section(runs), recipe_section(runs), data_section(runs), tokenizer_section(runs),
                 pretrain_section(runs), finetune_section(runs), eval_section(runs), samples_section(runs, samples),
-                checkpoints_section(runs), timings_section(runs), problems_section(runs)]
+                checkpoints_section(runs), hardware_section(runs), timings_section(runs), problems_section(runs)]
     not_run = {anchor for anchor, _ in SECTIONS if f'id="{anchor}" class="notrun"' in "".join(sections)}
     nav = "".join(f'<a href="#{a}"{" class=off" if a in not_run else ""}>{esc(n)}</a>' for a, n in SECTIONS)
     title = title or ("groundup run: " + runs[0].label if len(runs) == 1

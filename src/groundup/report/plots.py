@@ -369,3 +369,29 @@ def timings_figure(runs: Sequence[tuple[str, dict[str, float]]]) -> bytes | None
     every = np.array([v for _, t in runs for v in t.values() if v > 0], dtype=float)
     return _bars_done(fig, ax, stages, np.maximum(every, 1e-3), len(runs),  # under a millisecond counts as one
                       title="Wall-clock time of each stage", xlabel="seconds")
+
+
+def collectives_figure(runs: Sequence[tuple[str, dict]]) -> bytes | None:
+    """A probe's collective sweep: bus bandwidth against size, one panel per collective, one curve per run."""
+    names: list[str] = []
+    for _, sweep in runs:
+        for row in sweep.get("results", []):
+            if row["collective"] not in names:
+                names.append(row["collective"])
+    if not names:
+        return None
+    plt = _plt()
+    fig, grid = plt.subplots(1, len(names), figsize=(WIDTH, 3.3), squeeze=False)
+    for ax, name in zip(grid.flat, names, strict=False):
+        for r, (label, sweep) in enumerate(runs):
+            rows = sorted((row for row in sweep.get("results", []) if row["collective"] == name),
+                          key=lambda row: row["bytes"])
+            if rows:
+                ax.plot([row["bytes"] for row in rows], [row["busbw"] / 1e9 for row in rows], "-o", ms=3,
+                        color=color(r), label=f"{label} ({sweep.get('backend')}, {sweep.get('ranks')} ranks)")
+        ax.set_xscale("log", base=2)
+        ax.set(title=name.replace("_", "-"), xlabel="size (bytes, nccl-tests' convention)", ylabel="bus bandwidth (GB/s)")
+        ax.legend(loc="upper left")
+    fig.suptitle("Collectives: bus bandwidth by size")
+    fig.tight_layout()
+    return to_png(fig)

@@ -1,4 +1,5 @@
-"""Where a training stage's metrics go besides ``metrics.jsonl``: TensorBoard, and a refreshed HTML report.
+"""Where a training stage's metrics go besides ``metrics.jsonl``: TensorBoard, a refreshed HTML report, and
+the hardware's telemetry.
 
 ``metrics.jsonl`` stays the record of a run; these are views of it. Each is an observer that the
 training loop's :class:`~groundup.train.loop.MetricsLog` hands every record it writes. An observer
@@ -29,10 +30,16 @@ class LogConfig:
     """Rewrite the HTML report every this many steps while training, in a background process (0: never)."""
     report_dir: Path | None = None
     """The run dir whose report.html is refreshed (default: the stage's output dir; `groundup run` sets its run dir)."""
+    telemetry_every: int = 0
+    """Sample the hardware into OUT/telemetry.jsonl every this many steps, at a metrics line (0: never): each
+    GPU's temperature, power, clocks, memory and throttle reasons (with groundup[telemetry]), host memory and
+    CPU load; a warning when a GPU reaches 83 °C or throttles."""
 
     def __post_init__(self) -> None:
         if self.report_every < 0:
             raise ValueError(f"report_every must be 0 (off) or positive, got {self.report_every}")
+        if self.telemetry_every < 0:
+            raise ValueError(f"telemetry_every must be 0 (off) or positive, got {self.telemetry_every}")
 
 
 class Observer(Protocol):
@@ -108,6 +115,43 @@ class ReportRefresher:
                 self.child.kill()
 
 
+TELEMETRY_FILE = "telemetry.jsonl"
+
+
+class TelemetryWriter:
+    """Every ``every`` steps (at the metrics line that reaches them) a hardware sample, one line of
+    ``telemetry.jsonl`` (:mod:`groundup.probe.telemetry`), and a warning for a GPU too hot or throttling.
+
+    A resumed run keeps the lines up to its checkpoint's step, as metrics.jsonl does."""
+
+    def __init__(self, path: Path, every: int, resume_step: int | None, nvml=None) -> None:
+        # MetricsLog: the one appender that cuts back on resume (imported here: the loop imports this module)
+        from groundup.probe.telemetry import Telemetry
+        from groundup.train.loop import MetricsLog
+
+        self.every, self.last_step = every, None
+        self.log = MetricsLog(path, resume_step)
+        self.telemetry = Telemetry(nvml)
+
+    def write(self, record: dict) -> None:
+        step = record.get("step")
+        if not isinstance(step, int) or "event" in record:
+            return
+        if self.last_step is not None and step - self.last_step < self.every:
+            return
+        self.last_step = step
+        sample = self.telemetry.sample()
+        alarms = self.telemetry.warnings(sample)
+        for message in alarms:
+            log.warning("step %d: %s", step, message)
+        row = {"step": step, "tokens": record.get("tokens"), "elapsed_s": record.get("elapsed_s"), **sample}
+        self.log.write({**row, "warnings": alarms} if alarms else row)
+
+    def close(self) -> None:
+        self.log.close()
+        self.telemetry.close()
+
+
 class _Guarded:
     """An observer whose first failure is logged and turns it off, so logging never ends a run."""
 
@@ -138,4 +182,7 @@ def open_observers(cfg: LogConfig | None, out: Path, resume_step: int | None) ->
         observers.append(_Guarded(TensorBoardWriter(Path(out) / "tensorboard", resume_step), "TensorBoard logging"))
     if cfg.report_every:
         observers.append(_Guarded(ReportRefresher(cfg.report_dir or out, cfg.report_every), "report refresh"))
+    if cfg.telemetry_every:
+        observers.append(_Guarded(TelemetryWriter(Path(out) / TELEMETRY_FILE, cfg.telemetry_every, resume_step),
+                                  "hardware telemetry"))
     return observers

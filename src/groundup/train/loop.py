@@ -8,6 +8,10 @@ reproducible: N steps straight give the same weights as k steps, a stop, ``resum
 and the same metrics rows (see :mod:`groundup.train.resume`).
 
 Each metrics line holds the mean loss (and the loss function's extras) of the steps since the line before.
+
+SIGTERM or SIGUSR1 (a cluster's warning before preemption or the time limit, forwarded by torchrun to every
+rank) ends the step under way; the ranks agree to stop, checkpoint, and raise :class:`TrainingStopped`, so
+the stage writes no final model and ``--train.resume auto`` continues from that checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +39,43 @@ from groundup.train.resume import restore, resume_path
 from groundup.train.step import StepResult, StepSpec, TrainState, micro_batches, train_step
 
 log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """A signal (SIGTERM, SIGUSR1) stopped training; the state is in the checkpoint the message names."""
+
+
+class StopRequest:
+    """While active, SIGTERM and SIGUSR1 ask the loop to stop after the current step instead of killing the
+    process; a second such signal acts as it did before (the default: end the process at once)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.previous: dict[int, object] = {}
+
+    def _restore(self, signum: int) -> None:
+        previous = self.previous.get(signum)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
+
+    def _handle(self, signum: int, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        self._restore(signum)
+        log.warning("%s received: stopping after this step with a checkpoint (send it again to stop at once)",
+                    self.requested)
+
+    def __enter__(self) -> StopRequest:
+        try:
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here, they act as before
+            self.previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig in self.previous:
+            self._restore(sig)
 
 
 @dataclass(kw_only=True)
@@ -244,6 +286,7 @@ class _Run:
     flops_per_token: float
     peak_flops: float | None
     window: MetricsWindow = field(default_factory=MetricsWindow)
+    stop: StopRequest = field(default_factory=StopRequest)
 
     @property
     def budget(self) -> float:
@@ -280,11 +323,18 @@ def train_loop(state: TrainState, spec: StepSpec, *, cfg: LoopConfig, optim_cfg:
     state.model.train()
     bar = _Progress(cfg, state.step, state.train_seconds) if cfg.progress_bar and is_main else None
     try:
-        stopped_by = train_steps(run, state, bar)
+        with run.stop:
+            stopped_by = train_steps(run, state, bar)
+            if stopped_by == "signal":
+                metrics.write({"step": state.step, "event": "stopped", "signal": run.stop.requested})
+            last_ckpt = save(run, state)
     finally:
         if bar is not None:
             bar.close()
-    last_ckpt = save(run, state)
+    if stopped_by == "signal":
+        metrics.close()
+        raise TrainingStopped(f"{run.stop.requested} at step {state.step}: stopped with a checkpoint, {last_ckpt} "
+                              f"(--train.resume auto continues from it)")
     last_eval = evaluate_and_log(run, state)
     metrics.close()
     return LoopResult(step=state.step, tokens_seen=state.tokens_seen, train_seconds=state.train_seconds,
@@ -300,8 +350,8 @@ def micro_batches_per_rank(grad_accum: int, parallel: ParallelState | None) -> i
 
 
 def train_steps(run: _Run, state: TrainState, bar: _Progress | None) -> str:
-    """Step until ``max_steps`` or the budget is spent, evaluating and checkpointing on the way; returns
-    what stopped it ('max_steps' or 'max_minutes')."""
+    """Step until ``max_steps``, the budget is spent or a signal asks to stop, evaluating and checkpointing on
+    the way; returns what stopped it ('max_steps', 'max_minutes' or 'signal')."""
     cfg = run.cfg
     if state.train_seconds >= run.budget:  # resumed from a checkpoint that had spent the budget
         return "max_minutes"
@@ -320,15 +370,16 @@ def train_steps(run: _Run, state: TrainState, bar: _Progress | None) -> str:
         state.train_seconds = before + time.perf_counter() - started
         run.window.add(result)
         log_step(run, state, result, bar)
-        out_of_time = is_out_of_time(run, state)
-        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.max_steps and not out_of_time:
+        stop = should_stop(run, state)
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.max_steps and not stop:
             evaluate_and_log(run, state)
             run.window.restart_clock()
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
+        if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps
+                and stop != "signal"):  # the signal's own checkpoint follows
             save(run, state)
             run.window.restart_clock()
-        if out_of_time:
-            return "max_minutes"
+        if stop:
+            return stop
     return "max_steps"
 
 
@@ -341,12 +392,19 @@ def learning_rate(run: _Run, state: TrainState) -> float:
     return lr_at(state.step, progress, run.optim_cfg) * state.guard.lr_factor(state.step)
 
 
-def is_out_of_time(run: _Run, state: TrainState) -> bool:
+def should_stop(run: _Run, state: TrainState) -> str | None:
+    """'signal' once SIGTERM or SIGUSR1 came, 'max_minutes' once the budget is spent, on any rank: clocks
+    and signals reach ranks at different steps, so every rank takes the answer of all."""
     out_of_time = state.train_seconds >= run.budget
+    signalled = run.stop.requested is not None
     parallel = run.spec.parallel
     if parallel is not None and parallel.distributed:
-        out_of_time = parallel.mean(float(out_of_time)) > 0  # clocks differ: stop all if any must
-    return out_of_time
+        n = parallel.env.world_size
+        # One all-reduce for both flags: the sum over ranks of out_of_time + (n + 1) * signalled, an integer
+        # (exact in float64) whose quotient by n + 1 counts the signalled ranks and remainder the late ones.
+        total = round(parallel.mean(float(out_of_time) + (n + 1) * float(signalled)) * n)
+        signalled, out_of_time = total >= n + 1, total % (n + 1) > 0
+    return "signal" if signalled else "max_minutes" if out_of_time else None
 
 
 def log_step(run: _Run, state: TrainState, result: StepResult, bar: _Progress | None) -> None:

@@ -22,6 +22,7 @@ from groundup.model.transformer import Transformer
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
 from groundup.plan.compute import flops_per_token
+from groundup.probe.cache import cached_summary
 from groundup.tokens.datasets import (
     IGNORE_INDEX,
     PackedDocuments,
@@ -240,6 +241,7 @@ def run(cfg: Config) -> Path:
 
     final = score_held_out(cfg, model, val_tokens, eos_id, val_bytes, rt)
     summary = {**result.summary(), "parameters": n_params, "peak_flops": peak_flops, "flops_per_token": token_flops,
+               "hardware_probe": cached_summary(str(device)) if rt.is_main else None,
                "held_out_loss": -final.loglikelihood / max(final.tokens, 1), "held_out_tokens": final.tokens,
                "held_out_bits_per_byte": final.metrics()["bits_per_byte"] if val_bytes else None}
     if isinstance(windows, PackedDocuments):

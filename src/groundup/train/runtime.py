@@ -89,14 +89,22 @@ def optimizer_for(model: nn.Module, cfg: OptimConfig, parallel: ParallelState) -
 
 
 def peak_flops_for(device: torch.device) -> float | None:
-    """Peak FLOP/s for MFU: the dense bf16 figure of a known GPU, or an fp32 matmul timed on this CPU."""
+    """Peak FLOP/s for MFU: the datasheet's dense bf16 figure of a known GPU; else (a CPU, a GPU not in the
+    table) the matmul peak of this machine's cached probe, or one timed now and cached for the next start."""
+    from groundup.plan import hardware
+    from groundup.probe.cache import measured_peak
+
+    if device.type == "cuda":
+        peak = hardware.cuda_peak_flops(torch.cuda.get_device_name(device))
+        if peak is not None:
+            return peak
     try:
-        from groundup.plan import hardware
-    except ImportError:
+        flops, source = measured_peak(str(device))
+    except (RuntimeError, ValueError) as e:  # a format this device cannot run: no MFU rather than a made-up one
+        log.warning("no matmul peak for %s (%s): metrics carry no MFU", device, e)
         return None
-    if device.type == "cpu":
-        return hardware.measure_cpu_matmul_flops(min_seconds=2.0)
-    return hardware.cuda_peak_flops(torch.cuda.get_device_name(device))
+    log.info("peak for MFU: %.3g FLOP/s, %s", flops, source)
+    return flops
 
 
 def gather_full_model(model: nn.Module, model_cfg: ModelConfig,
