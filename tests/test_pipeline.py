@@ -93,8 +93,33 @@ def test_command_line_shape():
     assert cfg.pretrain.train.max_minutes is not None and cfg.pretrain.train.max_minutes < 10
 
 
-@pytest.mark.parametrize("name", ["tiny", "gpt2-124m"])
+@pytest.mark.parametrize("name", ["tiny", "gpt2-124m", "speedrun"])
 def test_built_in_recipes_parse_into_the_config(name):
     cfg = configlib.parse(pipeline.Config, [name])
     assert cfg.recipe == name
     assert cfg.pretrain.optim.lr > 0 and cfg.tokenizer.vocab_size >= 8192
+
+
+def test_the_speedrun_recipe_runs_shrunk_on_the_cpu(spine_corpus, tmp_path):
+    """Every piece of the one-GPU speedrun recipe (Muon, the block switches, packed documents with
+    document-causal attention, accumulation, WSD) runs end to end, at a toy size and without compile."""
+    from groundup.model.transformer import count_parameters
+
+    full = configlib.parse(pipeline.Config, ["speedrun"]).pretrain
+    assert 120e6 < count_parameters(full.model) < 200e6  # GPT-2 small class, untied, with value embeddings
+    assert (full.optim.optimizer, full.packing, full.doc_mask, full.compile) == ("muon", "bestfit", True, True)
+    out = tmp_path / "speedrun"
+    shrink = [
+        "--tokenizer.vocab_size", "320", "--pretrain.model.vocab_size", "320", "--pretrain.model.n_layer", "2",
+        "--pretrain.model.n_embd", "64", "--pretrain.model.n_head", "2", "--pretrain.model.n_kv_head", "2",
+        "--pretrain.model.block_size", "64", "--pretrain.seq_len", "64", "--pretrain.batch_size", "2",
+        "--pretrain.train.grad_accum", "2", "--pretrain.train.max_steps", "4", "--pretrain.train.max_minutes", "5",
+        "--pretrain.train.eval_every", "0", "--pretrain.train.checkpoint_every", "0",
+        "--pretrain.train.progress_bar", "false", "--pretrain.compile", "false", "--pretrain.eval_windows", "2",
+        "--samples.sampling.max_new_tokens", "4", "--val_fraction", "0.2", "--pretrain.optim.warmup_steps", "1",
+    ]
+    assert cli.main(["run", "speedrun", "--out", str(out), "--data", str(spine_corpus), *shrink]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["held_out_bits_per_byte"] > 0
+    model, _ = load_model_dir(out / "model")
+    assert model.config.value_embeddings and model.config.qk_norm and model.config.mlp == "relu2"
