@@ -104,9 +104,13 @@ def test_the_speedrun_recipe_runs_shrunk_on_the_cpu(spine_corpus, tmp_path):
     """Every piece of the one-GPU speedrun recipe (Muon, the block switches, packed documents with
     document-causal attention, accumulation, WSD) runs end to end, at a toy size and without compile."""
     from groundup.model.transformer import count_parameters
+    from groundup.plan.params import count_parameters as planned
 
     full = configlib.parse(pipeline.Config, ["speedrun"]).pretrain
-    assert 120e6 < count_parameters(full.model) < 200e6  # GPT-2 small class, untied, with value embeddings
+    counts = planned(full.model)
+    assert 84e6 < counts.attention + counts.mlp < 86e6  # GPT-2 small's blocks
+    assert counts.value_embeddings == 6 * 50304 * 768  # lookups on every other layer: 232M of the total
+    assert count_parameters(full.model) == counts.total
     assert (full.optim.optimizer, full.packing, full.doc_mask, full.compile) == ("muon", "bestfit", True, True)
     out = tmp_path / "speedrun"
     shrink = [

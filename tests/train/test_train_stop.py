@@ -41,6 +41,7 @@ def stop_during_step_6(monkeypatch, signum):
 def test_sigusr1_stops_with_a_checkpoint_and_the_run_resumes_exactly(spine_tokens, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)
     straight = pretrain.run(quick(spine_tokens, tmp_path / "straight"))
+    before = signal.getsignal(signal.SIGUSR1)
     original = stop_during_step_6(monkeypatch, signal.SIGUSR1)
     with pytest.raises(TrainingStopped, match=r"SIGUSR1 at step 6: stopped with a checkpoint"):
         pretrain.run(quick(spine_tokens, tmp_path / "stopped"))
@@ -49,7 +50,7 @@ def test_sigusr1_stops_with_a_checkpoint_and_the_run_resumes_exactly(spine_token
     assert not (stopped / "model.safetensors").exists() and not (stopped / "manifest.json").exists()
     records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert records[-1] == {"step": 6, "event": "stopped", "signal": "SIGUSR1"}
-    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handler given back
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler given back
 
     monkeypatch.setattr(RandomWindows, "next_batch", original)
     resumed = pretrain.run(quick(spine_tokens, stopped, resume="auto"))
@@ -62,11 +63,12 @@ def test_sigusr1_stops_with_a_checkpoint_and_the_run_resumes_exactly(spine_token
 
 def test_sigterm_stops_a_run_too(spine_tokens, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)
+    before = signal.getsignal(signal.SIGTERM)  # not SIG_DFL where an earlier test started Ray in this process
     stop_during_step_6(monkeypatch, signal.SIGTERM)
     with pytest.raises(TrainingStopped, match=r"SIGTERM at step 6"):
         pretrain.run(quick(spine_tokens, tmp_path / "stopped"))
     assert ckpt.latest_checkpoint(tmp_path / "stopped" / "checkpoints").name == "step-000006"
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_a_second_signal_acts_as_before_and_threads_are_left_alone():
