@@ -142,19 +142,20 @@ def sweep(settings: dict[str, Any], device) -> dict[str, Any]:
         except (RuntimeError, NotImplementedError, ValueError) as e:
             notes.append(f"{name}: skipped ({' '.join(str(e).split())[:200]})")
             continue
-        spent = 0.0
+        spent = last = 0.0
         for size in sizes:
             count = element_count(size, world)
+            if spent + 2 * last > budget:  # the next size takes about twice the last: it would not fit
+                notes.append(f"{name}: stopped before {count * ELEMENT_BYTES:,} bytes (time budget "
+                             f"{budget:g} s per collective)")
+                break
             seconds, iters, first = time_operation(operation(name, send, recv, count, world), device,
                                                    target_seconds=float(settings["target_seconds"]))
             algbw, busbw = collective_bandwidths(name, count * ELEMENT_BYTES, seconds, world)
             results.append({"collective": name, "bytes": count * ELEMENT_BYTES, "count": count, "seconds": seconds,
                             "algbw": algbw, "busbw": busbw, "iters": iters})
-            spent += first * (1 + (iters if iters > 1 else 0))  # agreed figures: every rank stops together
-            if spent > budget and size != sizes[-1]:
-                notes.append(f"{name}: stopped after {count * ELEMENT_BYTES:,} bytes (time budget "
-                             f"{budget:g} s per collective)")
-                break
+            last = first * (1 + (iters if iters > 1 else 0))  # agreed figures: every rank stops together
+            spent += last
     if max_bytes < int(settings["max_bytes"]):
         notes.append(f"largest size capped at {max_bytes:,} bytes by free memory")
     return {"backend": dist.get_backend(), "ranks": world, "local_ranks": local_world, "dtype": "float32",
