@@ -2,10 +2,11 @@
 group, from 1 KiB up, timed and reported as nccl-tests reports them.
 
 Conventions are nccl-tests' (``doc/PERFORMANCE.md`` and each test's ``GetBw``): the size S of a row is the
-whole buffer (the all-gather's output, the reduce-scatter's input, the all-to-all's send buffer); one warm-up
-at the smallest and the largest size, then each size's time is the mean of back-to-back operations after a
-barrier, averaged over the ranks; algbw = S / t and busbw = algbw x the collective's factor
-(:mod:`groundup.plan.interconnect`). fp32 elements, as nccl-tests' default.
+whole buffer (the all-gather's output, the reduce-scatter's input, the all-to-all's send buffer); each size's
+time is the mean of back-to-back operations after a barrier, averaged over the ranks; algbw = S / t and
+busbw = algbw x the collective's factor (:mod:`groundup.plan.interconnect`). fp32 elements, as nccl-tests'
+default. Unlike nccl-tests, the warm-up is at the smallest size only, and a sweep stops before a size that
+would take a collective past its time budget.
 
 Run inside a process group (``groundup launch -- probe`` on a cluster), or from one process:
 :func:`run_local` starts ``torchrun --standalone`` with N local ranks of :func:`main` (gloo on CPU, NCCL on
@@ -136,8 +137,9 @@ def sweep(settings: dict[str, Any], device) -> dict[str, Any]:
     budget = float(settings.get("seconds_per_collective") or math.inf)
     for name in settings["collectives"]:
         try:
-            for warm in (sizes[0], sizes[-1]):  # nccl-tests' warm-up at the smallest and the largest size
-                operation(name, send, recv, element_count(warm, world), world)()
+            # A warm-up at the smallest size (connections, first calls). nccl-tests also warms up at the largest,
+            # which would cost several seconds per collective here; each size's first call is timed on its own.
+            operation(name, send, recv, element_count(sizes[0], world), world)()
             _sync(device)
         except (RuntimeError, NotImplementedError, ValueError) as e:
             notes.append(f"{name}: skipped ({' '.join(str(e).split())[:200]})")
