@@ -7,7 +7,9 @@ and `groundup probe --quick` take.
 Matmul: the probe's best product over --seconds against torch.utils.benchmark's ``blocked_autorange``
 median (and its fastest block) on the same operands. Triad: the probe's ``torch.add(b, c, alpha=s,
 out=a)`` against numpy doing ``a = b + s*c`` in cache-sized blocks (one temporary block, so it moves the
-same three arrays per pass as STREAM counts), the best of --reps passes each. Targets: matmul within 5%,
+same three arrays per pass as STREAM counts) and numpy's one-pass ``a = b + c`` (STREAM's Add, the same
+traffic), the best of --reps passes each; the probe with torch's threads (its figure) and with one
+thread, numpy's. Targets: matmul within 5%,
 triad within 10%. With --time-probes it also runs both probes as the command line does (their wall time,
 start-up included, and the time each reports). Prints a table and writes JSON (--out).
 """
@@ -44,20 +46,24 @@ def matmul_rows(size: int, dtypes: list[str], seconds: float) -> list[dict]:
     return rows
 
 
-def numpy_triad(array_bytes: int, reps: int, block: int = 1 << 16) -> float:
+def numpy_stream(array_bytes: int, reps: int, kernel: str, block: int = 1 << 16) -> float:
+    """Bytes/s of a STREAM kernel in numpy, three fp32 arrays counted per pass: 'triad' (a = b + s*c, in
+    cache-sized blocks: numpy has no fused multiply-add, and a whole temporary would be a fourth array in
+    memory) or 'add' (a = b + c, STREAM's Add: one ufunc pass, the same traffic)."""
     n = array_bytes // 4
     a = np.zeros(n, np.float32)
     b = np.full(n, 1.0, np.float32)
     c = np.full(n, 2.0, np.float32)
     scratch = np.empty(block, np.float32)
 
-    def once() -> None:
+    def triad() -> None:
         for i in range(0, n, block):
             j = min(i + block, n)
             t = scratch[:j - i]
-            np.multiply(c[i:j], 3.0, out=t)  # in a block that stays in cache: not a fourth array in memory
+            np.multiply(c[i:j], 3.0, out=t)
             np.add(b[i:j], t, out=a[i:j])
 
+    once = triad if kernel == "triad" else lambda: np.add(b, c, out=a)
     once()
     best = float("inf")
     for _ in range(reps):
@@ -67,12 +73,24 @@ def numpy_triad(array_bytes: int, reps: int, block: int = 1 << 16) -> float:
     return 3.0 * n * 4 / best
 
 
-def triad_row(array_bytes: int, reps: int) -> dict:
+def triad_rows(array_bytes: int, reps: int) -> list[dict]:
+    """The probe's triad with torch's threads (what it reports) and with one thread (numpy's), against numpy's."""
+    threads = torch.get_num_threads()
     probe = hardware.measure_triad_bandwidth(array_bytes, reps)
-    peer = numpy_triad(array_bytes, reps)
-    return {"figure": f"triad 3 x {array_bytes >> 20} MiB (GB/s)", "probe": probe / 1e9, "peer": peer / 1e9,
-            "peer_name": "numpy triad (blocked), 1 thread", "ratio": probe / peer, "target": 0.10,
-            "torch_threads": torch.get_num_threads()}
+    torch.set_num_threads(1)
+    try:
+        probe_one = hardware.measure_triad_bandwidth.__wrapped__(array_bytes, reps)  # not the cached figure
+    finally:
+        torch.set_num_threads(threads)
+    name = f"triad 3 x {array_bytes >> 20} MiB (GB/s)"
+    rows = []
+    for kernel, peer_name in (("triad", "numpy triad (blocked), 1 thread"), ("add", "numpy add (STREAM Add), 1 thread")):
+        peer = numpy_stream(array_bytes, reps, kernel)
+        rows += [{"figure": f"{name}, {threads} thr", "probe": probe / 1e9, "peer": peer / 1e9, "peer_name": peer_name,
+                  "ratio": probe / peer, "target": 0.10},
+                 {"figure": f"{name}, 1 thr", "probe": probe_one / 1e9, "peer": peer / 1e9, "peer_name": peer_name,
+                  "ratio": probe_one / peer, "target": 0.10}]
+    return rows
 
 
 def time_probe(*flags: str) -> dict:
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/probe_check.json"))
     args = parser.parse_args(argv)
     rows = matmul_rows(args.size, args.dtypes.split(","), args.seconds)
-    rows.append(triad_row(args.array_mib << 20, args.reps))
+    rows += triad_rows(args.array_mib << 20, args.reps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}")
     print(f"{'figure':<34}{'probe':>10}{'peer':>10}{'probe/peer':>12}  peer")
     for r in rows:

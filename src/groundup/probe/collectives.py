@@ -2,10 +2,11 @@
 group, from 1 KiB up, timed and reported as nccl-tests reports them.
 
 Conventions are nccl-tests' (``doc/PERFORMANCE.md`` and each test's ``GetBw``): the size S of a row is the
-whole buffer (the all-gather's output, the reduce-scatter's input, the all-to-all's send buffer); one warm-up
-at the smallest and the largest size, then each size's time is the mean of back-to-back operations after a
-barrier, averaged over the ranks; algbw = S / t and busbw = algbw x the collective's factor
-(:mod:`groundup.plan.interconnect`). fp32 elements, as nccl-tests' default.
+whole buffer (the all-gather's output, the reduce-scatter's input, the all-to-all's send buffer); each size's
+time is the mean of back-to-back operations after a barrier, averaged over the ranks; algbw = S / t and
+busbw = algbw x the collective's factor (:mod:`groundup.plan.interconnect`). fp32 elements, as nccl-tests'
+default. Unlike nccl-tests, the warm-up is at the smallest size only, and a sweep stops before a size that
+would take a collective past its time budget.
 
 Run inside a process group (``groundup launch -- probe`` on a cluster), or from one process:
 :func:`run_local` starts ``torchrun --standalone`` with N local ranks of :func:`main` (gloo on CPU, NCCL on
@@ -136,25 +137,27 @@ def sweep(settings: dict[str, Any], device) -> dict[str, Any]:
     budget = float(settings.get("seconds_per_collective") or math.inf)
     for name in settings["collectives"]:
         try:
-            for warm in (sizes[0], sizes[-1]):  # nccl-tests' warm-up at the smallest and the largest size
-                operation(name, send, recv, element_count(warm, world), world)()
+            # A warm-up at the smallest size (connections, first calls). nccl-tests also warms up at the largest,
+            # which would cost several seconds per collective here; each size's first call is timed on its own.
+            operation(name, send, recv, element_count(sizes[0], world), world)()
             _sync(device)
         except (RuntimeError, NotImplementedError, ValueError) as e:
             notes.append(f"{name}: skipped ({' '.join(str(e).split())[:200]})")
             continue
-        spent = 0.0
+        spent = last = 0.0
         for size in sizes:
             count = element_count(size, world)
+            if spent + 2 * last > budget:  # the next size takes about twice the last: it would not fit
+                notes.append(f"{name}: stopped before {count * ELEMENT_BYTES:,} bytes (time budget "
+                             f"{budget:g} s per collective)")
+                break
             seconds, iters, first = time_operation(operation(name, send, recv, count, world), device,
                                                    target_seconds=float(settings["target_seconds"]))
             algbw, busbw = collective_bandwidths(name, count * ELEMENT_BYTES, seconds, world)
             results.append({"collective": name, "bytes": count * ELEMENT_BYTES, "count": count, "seconds": seconds,
                             "algbw": algbw, "busbw": busbw, "iters": iters})
-            spent += first * (1 + (iters if iters > 1 else 0))  # agreed figures: every rank stops together
-            if spent > budget and size != sizes[-1]:
-                notes.append(f"{name}: stopped after {count * ELEMENT_BYTES:,} bytes (time budget "
-                             f"{budget:g} s per collective)")
-                break
+            last = first * (1 + (iters if iters > 1 else 0))  # agreed figures: every rank stops together
+            spent += last
     if max_bytes < int(settings["max_bytes"]):
         notes.append(f"largest size capped at {max_bytes:,} bytes by free memory")
     return {"backend": dist.get_backend(), "ranks": world, "local_ranks": local_world, "dtype": "float32",

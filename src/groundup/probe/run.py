@@ -47,7 +47,7 @@ class Mode:
 MODES = {
     "full": Mode(matmul_size_cpu=2048, matmul_size_gpu=8192, matmul_seconds=1.0, array_bytes_cpu=256 * MiB,
                  array_bytes_gpu=1024 * MiB, copy_bytes=256 * MiB, read_bytes=256 * MiB, max_bytes=1024 * MiB,
-                 target_seconds=0.05, seconds_per_collective=12.0),
+                 target_seconds=0.05, seconds_per_collective=8.0),
     "quick": Mode(matmul_size_cpu=1024, matmul_size_gpu=4096, matmul_seconds=0.3, array_bytes_cpu=64 * MiB,
                   array_bytes_gpu=256 * MiB, copy_bytes=64 * MiB, read_bytes=64 * MiB, max_bytes=4 * MiB,
                   target_seconds=0.01, seconds_per_collective=1.5),
@@ -84,7 +84,8 @@ class Config:
     max_bytes: int | None = None
     """Largest collective size (default 1 GiB; 4 MiB with --quick), capped by free memory."""
     seconds_per_collective: float | None = None
-    """Stop a collective's sweep at the size where this much time has been spent (default 12; 1.5 with --quick)."""
+    """Stop a collective's sweep before a size that would take it past this many seconds (default 8; 1.5 with
+    --quick)."""
     tokens: Path | None = None
     """A tokens dir (its train.bin) or a file to time reading from disk (default: a scratch file written beside
     `out`, then removed)."""
