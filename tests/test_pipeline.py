@@ -21,7 +21,7 @@ TINY = [
     "--pretrain.train.eval_every", "6", "--pretrain.train.checkpoint_every", "6",
     "--pretrain.train.progress_bar", "false", "--pretrain.optim.warmup_steps", "2",
     "--pretrain.eval_windows", "4", "--samples.sampling.max_new_tokens", "8",
-    "--val_fraction", "0.2",
+    "--val_fraction", "0.2", "--pretrain.compile", "false",
 ]
 
 

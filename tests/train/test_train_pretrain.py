@@ -123,6 +123,26 @@ def test_packed_documents_with_doc_mask_resume_bitwise_and_report_their_efficien
     assert packing["efficiency"] == pytest.approx(sum(r["packing_efficiency"] for r in train) / len(train), abs=1e-5)
 
 
+def test_compiled_blocks_train_as_eager_ones_do(spine_tokens, tmp_path, monkeypatch):
+    """`compile: true` (the tiny recipe's): each block through torch.compile, with value embeddings, rows
+    packed from whole documents and document-causal attention, follows the eager run's losses step by step."""
+    monkeypatch.setattr(pretrain, "peak_flops_for", lambda device: None)  # skips a 2 s matmul timing
+
+    def run(out, compile):
+        cfg = config(spine_tokens, out, max_steps=4, checkpoint_every=0, eval_every=0)
+        cfg.model = dataclasses.replace(MODEL, dropout=0.0, value_embeddings=True)
+        cfg.packing, cfg.doc_mask, cfg.compile, cfg.final_eval_stride = "bestfit", True, compile, 32
+        cfg.optim = dataclasses.replace(cfg.optim, schedule="wsd", decay_fraction=0.4, min_lr_ratio=0.0)
+        out = pretrain.run(cfg)
+        return [r["loss"] for r in rows(out) if "loss" in r], read_manifest(out)["result"]["held_out_loss"]
+
+    eager, eager_held_out = run(tmp_path / "eager", False)
+    compiled, compiled_held_out = run(tmp_path / "compiled", True)
+    assert len(eager) == len(compiled) == 4
+    assert compiled == pytest.approx(eager, abs=1e-4)
+    assert compiled_held_out == pytest.approx(eager_held_out, abs=1e-4)
+
+
 def test_model_dir_metrics_and_result(spine_tokens, tmp_path):
     out = pretrain.run(config(spine_tokens, tmp_path / "run", max_steps=6, checkpoint_every=2,
                               keep_checkpoints=2))

@@ -38,6 +38,9 @@ class OptimConfig:
     """Linear warmup from 0 to the peak over this many optimizer steps."""
     decay_fraction: float = 0.2
     """WSD only: the share of training spent decaying at the end."""
+    embedding_lr_ratio: float = 1.0
+    """Learning rate of the embedding tables (token, position and value embeddings; a tied output head shares
+    the token table) as a multiple of the schedule's: their rows are updated only where their tokens occur."""
     fused: bool | None = None
     """Use the fused AdamW kernel (None: where the device supports it)."""
     muon: MuonConfig = field(default_factory=MuonConfig)
@@ -50,6 +53,8 @@ class OptimConfig:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.embedding_lr_ratio > 0:
+            raise ValueError(f"optim.embedding_lr_ratio must be positive, got {self.embedding_lr_ratio}")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.schedule not in ("cosine", "wsd", "constant"):
@@ -79,16 +84,23 @@ def lr_at(step: int, progress: float, cfg: OptimConfig) -> float:
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset()) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset(),
+                 embedding_lr_ratio: float = 1.0) -> list[dict]:
     """Two groups: matrices (decayed) and vectors: norms and biases (not decayed); ``exclude``: ids of
-    parameters another optimizer trains."""
-    decay, no_decay, seen = [], [], set(exclude)
+    parameters another optimizer trains. With ``embedding_lr_ratio`` other than 1, the embedding tables
+    (decayed) form a third group whose learning rate keeps that ratio to the schedule's (see :func:`set_lr`)."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} if embedding_lr_ratio != 1.0 \
+        else set()
+    decay, no_decay, embeddings, seen = [], [], [], set(exclude)
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (embeddings if id(p) in tables else decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if embeddings:
+        groups.append({"params": embeddings, "weight_decay": weight_decay, "lr_ratio": embedding_lr_ratio})
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
@@ -96,14 +108,16 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
     fused = cfg.fused if cfg.fused is not None else device_type in ("cuda", "cpu")
     adamw = {"lr": cfg.lr, "betas": cfg.betas, "eps": cfg.eps, "fused": fused}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **adamw)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay, embedding_lr_ratio=cfg.embedding_lr_ratio),
+                                 **adamw)
     hidden = hidden_matrices(model)
     if not hidden:
         raise ValueError("optim.optimizer=muon: the model trains no hidden matrix (nn.Linear weight in its blocks); "
                          "LoRA adapters train with AdamW: use optim.optimizer=adamw")
     matrices = [p for p in model.parameters() if id(p) in hidden]
     muon = muon_groups(matrices, cfg.muon, lr=cfg.lr, weight_decay=cfg.weight_decay, device_type=device_type)
-    return MuonWithAdamW(muon, param_groups(model, cfg.weight_decay, exclude=frozenset(hidden)), adamw=adamw)
+    return MuonWithAdamW(muon, param_groups(model, cfg.weight_decay, exclude=frozenset(hidden),
+                                                     embedding_lr_ratio=cfg.embedding_lr_ratio), adamw=adamw)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
