@@ -17,6 +17,17 @@ def test_bus_bandwidth_convention():
     assert interconnect.all_reduce_seconds(s, 1, busbw) == 0
 
 
+@pytest.mark.parametrize(("collective", "n", "busbw_gbs"), [
+    # nccl-tests' PERFORMANCE.md: algbw = S / t with S the whole buffer (all-gather's output, reduce-scatter's
+    # input); busbw = algbw * 2(n-1)/n for all-reduce, * (n-1)/n for all-gather, reduce-scatter and all-to-all
+    ("all_reduce", 8, 175.0), ("all_gather", 8, 87.5), ("reduce_scatter", 8, 87.5), ("all_to_all", 8, 87.5),
+    ("all_reduce", 2, 100.0), ("all_gather", 2, 50.0), ("reduce_scatter", 2, 50.0), ("all_to_all", 2, 50.0),
+])
+def test_bus_bandwidth_of_each_collective_as_nccl_tests_reports_it(collective, n, busbw_gbs):
+    size, seconds = 1e9, 0.01  # 1 GB in 10 ms: algbw 100 GB/s
+    assert interconnect.bus_bandwidth(size / seconds, n, collective) == pytest.approx(busbw_gbs * 1e9)
+
+
 def test_crossing_nodes_uses_the_slower_link():
     assert interconnect.effective_bus_bandwidth(8, 8, 450e9, 50e9) == 450e9
     assert interconnect.effective_bus_bandwidth(16, 8, 450e9, 50e9) == 50e9
