@@ -319,6 +319,12 @@ class RolloutSampler:
     def load_state_dict(self, state: dict) -> None:
         self.batches = int(state["batches"])
         self.buffer = {}
+        samples = self.out / SAMPLES_FILE
+        if self.is_main and samples.is_file():  # the samples of steps after the checkpoint come again
+            step = self.batches // self.per_step
+            kept = [line for line in samples.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if line.strip() and json.loads(line)["step"] < step]
+            samples.write_text("".join(kept), encoding="utf-8")
         for j, held in state.get("rollouts", {}).items():
             number = held.pop("number")
             self.buffer[int(j)] = (number, RolloutBatch(**held))
