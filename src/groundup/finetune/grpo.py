@@ -53,19 +53,14 @@ from groundup.finetune.data import (
     DataStats,
     ExampleBatches,
     encode_with_specials,
+    parse_prompt,
     read_jsonl,
     train_val,
 )
 from groundup.finetune.rewards import RewardCounts, Rewards, required_fields
 from groundup.infer.engine import Engine, Event, Request
 from groundup.infer.sampling import SamplingParams
-from groundup.tokenizer.chat import (
-    ChatFormatError,
-    read_chat_template,
-    render_chat,
-    validate_messages,
-    write_chat_template,
-)
+from groundup.tokenizer.chat import read_chat_template, render_chat, write_chat_template
 from groundup.train.loop import LoopConfig
 
 log = logging.getLogger(__name__)
@@ -141,18 +136,10 @@ class Prompt:
 def load_prompts(path: Path, tokenizer, template: str, needed: set[str], max_len: int, stats: DataStats,
                  skip_bad_lines: bool) -> list[Prompt]:
     def parse(obj: dict) -> Prompt:
-        if "prompt" not in obj:
-            raise ValueError("missing key 'prompt'")
+        messages = parse_prompt(obj)
         missing = sorted(k for k in needed if obj.get(k) is None)
         if missing:
             raise ValueError(f"missing {', '.join(map(repr, missing))} (the rewards need it)")
-        messages = obj["prompt"]
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        try:
-            messages = validate_messages(messages, "prompt")
-        except ChatFormatError as e:
-            raise ValueError(str(e)) from None
         ids = encode_with_specials(tokenizer, render_chat(messages, template, add_generation_prompt=True))
         if len(ids) >= max_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to answer within {max_len}")
