@@ -272,7 +272,8 @@ MODEL_DIR_NAMES = ("model.safetensors", "config.json", "tokenizer.json", "chat_t
 """Entries of a model dir as :func:`groundup.model.io.save_model_dir` writes it (``.*.tmp``: its temporary files)."""
 
 TRAINING_RUN_NAMES = (*MODEL_DIR_NAMES, "checkpoints", "tensorboard", "telemetry.jsonl", "report.html", "result.json",
-                      "data_stats.json", "adapter", "classifier.json", "reference_logps.safetensors")
+                      "data_stats.json", "adapter", "classifier.json", "reference_logps.safetensors",
+                      "samples.jsonl")
 """Entries a training stage (pretrain, finetune) writes into its model dir, finished or not."""
 
 

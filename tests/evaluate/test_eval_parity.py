@@ -151,3 +151,70 @@ def test_lm_eval_command_line_finds_the_groundup_model(eval_model, eval_model_di
         value = re.search(rf"\|{metric}\s*\|↑\s*\|\s*([0-9.]+)\|", table)
         assert value, table
         assert float(value.group(1)) == pytest.approx(mine[metric], abs=1e-4)
+
+
+def write_mmlu_layout(folder, rng_seed: int = 3):
+    """One MMLU subject twice: the release's header-less CSVs (for groundup) and JSONL (for lm-eval)."""
+    import json
+    import random
+
+    words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "red", "blue", "big", "small", "house", "tree", "river", "bird", "flew", "over", "near"]
+
+    def sentence(rng, n):
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    rng = random.Random(rng_seed)
+    rows = {split: [[sentence(rng, rng.randint(3, 9)) + "?"] + [sentence(rng, rng.randint(1, 3)) for _ in range(4)]
+                    + ["ABCD"[rng.randrange(4)]] for _ in range(n)] for split, n in (("test", 10), ("dev", 7))}
+    for split, split_rows in rows.items():
+        (folder / split).mkdir()
+        (folder / split / f"high_school_biology_{split}.csv").write_text(
+            "".join(",".join(f'"{c}"' for c in row) + "\n" for row in split_rows))
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"question": r[0], "choices": r[1:5],
+                                                                   "answer": "ABCD".index(r[5])}) + "\n"
+                                                       for r in split_rows))
+    # lm-eval's own MMLU template (tasks/mmlu/default/_default_template_yaml), its sampler first_n
+    (folder / "yaml").mkdir()
+    (folder / "yaml" / "tiny_mmlu.yaml").write_text(textwrap.dedent(f"""\
+        task: tiny_mmlu
+        dataset_path: json
+        dataset_kwargs:
+          data_files:
+            test: {folder / 'test.jsonl'}
+            dev: {folder / 'dev.jsonl'}
+        test_split: test
+        fewshot_split: dev
+        fewshot_config:
+          sampler: first_n
+        output_type: multiple_choice
+        description: "The following are multiple choice questions (with answers) about high school biology.\\n\\n"
+        doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
+        doc_to_choice: ["A", "B", "C", "D"]
+        doc_to_target: answer
+        metric_list:
+          - metric: acc
+        """))
+
+
+def test_five_shot_mmlu_matches_lm_eval_hf_backend_per_item(eval_model, eval_model_dir, tmp_path, monkeypatch):
+    """5-shot MMLU layout: the same prompts as lm-eval's (first_n sampler), so every choice's log-likelihood agrees."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from groundup.evaluate.hf_reference import hf_tokenizer, to_transformers
+
+    write_mmlu_layout(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    lm = HFLM(pretrained=to_transformers(eval_model[0]).float(), tokenizer=hf_tokenizer(eval_model_dir / "tokenizer.json"),
+              batch_size=16, max_length=eval_model[0].config.block_size, device="cpu")
+    out = simple_evaluate(model=lm, tasks=["tiny_mmlu"], num_fewshot=5, log_samples=True,
+                          task_manager=TaskManager(include_path=str(tmp_path / "yaml"), include_defaults=False))
+    theirs = sorted(out["samples"]["tiny_mmlu"], key=lambda s: s["doc_id"])
+    mine, samples = ours(eval_model, tmp_path, num_fewshot=5, batch_size=16)
+    assert len(samples) == len(theirs) == 10
+    for m, t in zip(samples, theirs, strict=True):
+        assert [m["prompt"]] * 4 == [a[0] for a in t["arguments"]]  # the same 5-shot prompt
+        assert m["loglikelihoods"] == pytest.approx([r[0][0] for r in t["resps"]], abs=1e-6)
+    assert mine["acc"] == pytest.approx(out["results"]["tiny_mmlu"]["acc,none"], abs=1e-12)

@@ -71,7 +71,7 @@ def test_layouts_are_recognised(tmp_path):
     assert load_task(code).kind == "code"
 
 
-def test_mmlu_folder_with_subjects_and_seeded_kshot(tmp_path):
+def test_mmlu_folder_with_subjects_and_first_n_kshot(tmp_path):
     for split in ("test", "dev"):
         (tmp_path / split).mkdir()
         for subject in ("anatomy", "world_history"):
@@ -81,13 +81,34 @@ def test_mmlu_folder_with_subjects_and_seeded_kshot(tmp_path):
     assert len(task.items) == 12 and len(task.fewshot_pool) == 12
     assert {i.subject for i in task.items} == {"anatomy", "world_history"}
     item = task.items[7]
-    zero = task.context(item, index=7)
+    zero = task.context(item)
     assert zero.startswith("The following are multiple choice questions (with answers) about world history.\n\n")
     assert zero.endswith("world_history test q1?\nA. w1\nB. x1\nC. y1\nD. z1\nAnswer:")
-    three = task.context(item, index=7, num_fewshot=3, seed=5)
-    assert three == task.context(item, index=7, num_fewshot=3, seed=5)  # seeded: reproducible
-    assert three != task.context(item, index=7, num_fewshot=3, seed=6)
+    three = task.contexts(task.items, num_fewshot=3, seed=5)[7]
+    assert three == task.contexts(task.items, num_fewshot=3, seed=6)[7]  # first_n: the seed plays no part
     assert three.count("Answer:") == 4 and "anatomy" not in three.split("\n\n", 1)[1]  # same subject's dev items
+    # lm-eval's MMLU sampler (first_n): the subject's first dev items, in file order, for every item
+    shots = three.split("\n\n")[1:4]
+    assert [s.split("?")[0] for s in shots] == [f"world_history dev q{i}" for i in range(3)]
+    assert shots[1].endswith("Answer: B")
+
+
+def test_generic_jsonl_kshot_draws_like_lm_eval_default_sampler(tmp_path):
+    import random
+
+    path = write_jsonl(tmp_path / "qa.jsonl", [dict(GOOD, question=f"q{i}?") for i in range(4)])
+    write_jsonl(tmp_path / "qa.dev.jsonl", [{"question": f"dev{i}?", "choices": ["x", "y"], "answer": i % 2}
+                                            for i in range(8)])
+    task = load_task(path)
+    assert task.fewshot_sampler == "random"
+    two = task.contexts(task.items, num_fewshot=2, seed=5)
+    assert two == task.contexts(task.items, num_fewshot=2, seed=5)  # seeded: reproducible
+    assert two != task.contexts(task.items, num_fewshot=2, seed=6)
+    rnd = random.Random(5)  # one generator for the task, consumed item after item (lm-eval's ContextSampler)
+    for context in two:
+        shots = rnd.sample(range(8), 2)
+        assert [line for line in context.split("\n") if line.startswith("Question: dev")] == \
+            [f"Question: dev{i}?" for i in shots]
 
 
 def test_generic_jsonl_kshot_needs_a_dev_split(tmp_path):

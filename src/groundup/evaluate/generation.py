@@ -102,6 +102,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+def pass_hat_k(n: int, c: int, k: int) -> float:
+    """pass^k as tau-bench defines it: the chance that k samples drawn without replacement all pass,
+    C(c, k) / C(n, k), as the product of (c - i) / (n - i) over i < k."""
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"need 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        raise ValueError(f"pass^{k} needs at least {k} samples per problem, got {n}")
+    if c < k:
+        return 0.0
+    return float(np.prod((c - np.arange(k)) / (n - np.arange(k))))
+
+
+def pass_power_k(n: int, c: int, k: int) -> float:
+    """pass^k as the plug-in estimate (c / n) ** k: k independent tries with the observed pass rate all pass."""
+    if not 0 <= c <= n or n < 1 or k < 1:
+        raise ValueError(f"need 0 <= c <= n, n >= 1 and k >= 1, got n={n}, c={c}, k={k}")
+    return (c / n) ** k
+
+
 # ---------------------------------------------------------------------------- running candidate code
 
 _GUARD = textwrap.dedent("""\
@@ -190,13 +209,18 @@ def run_programs(programs: Sequence[str], limits: Limits = Limits(), workers: in
 
 
 def pass_at_k_scores(passed: Sequence[Sequence[bool]], ks: Sequence[int]) -> dict[str, float]:
-    """pass@k averaged over problems, for each k no larger than the fewest samples of any problem."""
+    """pass@k and both pass^k (``pass^k``: tau-bench's C(c, k) / C(n, k); ``pass^k_power``: (c / n) ** k) averaged
+    over problems, for each k no larger than the fewest samples of any problem."""
     out: dict[str, Any] = {}
     n_min = min(len(p) for p in passed)
     for k in ks:
-        if k <= n_min:
-            values = [pass_at_k(len(p), sum(p), k) for p in passed]
-            out[f"pass@{k}"] = sum(values) / len(values)
-            out[f"pass@{k}_stderr"] = (float(np.std(values, ddof=1)) / math.sqrt(len(values))
-                                       if len(values) > 1 else math.nan)
+        if k > n_min:
+            continue
+        for name, estimate in ((f"pass@{k}", pass_at_k), (f"pass^{k}", pass_hat_k), (f"pass^{k}_power", pass_power_k)):
+            if k == 1 and name != "pass@1":
+                continue  # all three equal c / n at k = 1
+            values = [estimate(len(p), sum(p), k) for p in passed]
+            out[name] = sum(values) / len(values)
+            out[name + "_stderr"] = (float(np.std(values, ddof=1)) / math.sqrt(len(values))
+                                     if len(values) > 1 else math.nan)
     return out

@@ -6,6 +6,10 @@ context move to the continuation, the pair is encoded whole and split at the con
 an empty context is replaced by the EOS token. ``acc`` takes the choice of highest log-likelihood,
 ``acc_norm`` the highest log-likelihood per character of the choice; the standard error of a mean
 of 0/1 scores is the sample standard deviation over sqrt(n) (lm-eval's ``mean_stderr``).
+
+Each task also reports ``random_baseline`` (the mean over items of 1 / number of choices) and
+``acc_centered`` = (acc - baseline) / (1 - baseline); :func:`core_score` averages the centred accuracies
+of several tasks, as DCLM's CORE score does (``groundup evaluate`` reports it as the ``CORE`` row).
 """
 
 from __future__ import annotations
@@ -64,10 +68,9 @@ def evaluate_multiple_choice(model, tokenizer, task: Task, *, num_fewshot: int =
     all items (the micro average, lm-eval's group score weighted by size).
     """
     items = task.items[:limit] if limit else task.items
-    requests, owner, contexts = [], [], []
-    for i, item in enumerate(items):
-        context = task.context(item, index=i, num_fewshot=num_fewshot, seed=seed)
-        contexts.append(context)
+    requests, owner = [], []
+    contexts = task.contexts(items, num_fewshot=num_fewshot, seed=seed)
+    for i, (item, context) in enumerate(zip(items, contexts, strict=True)):
         for choice in item.choices:
             ctx, cont = encode_pair(tokenizer, context, task.target_delimiter + choice)
             if not cont:
@@ -79,7 +82,7 @@ def evaluate_multiple_choice(model, tokenizer, task: Task, *, num_fewshot: int =
     per_item: list[list] = [[] for _ in items]
     for i, s in zip(owner, scores, strict=True):
         per_item[i].append(s)
-    samples, groups = [], {}
+    samples, groups, baselines = [], {}, {}
     for i, (item, item_scores) in enumerate(zip(items, per_item, strict=True)):
         lls = np.array([s.loglikelihood for s in item_scores])
         lengths = np.array([float(len(c)) for c in item.choices])
@@ -89,8 +92,31 @@ def evaluate_multiple_choice(model, tokenizer, task: Task, *, num_fewshot: int =
             group = groups.setdefault(key, {"acc": [], "acc_norm": []})
             group["acc"].append(acc)
             group["acc_norm"].append(acc_norm)
+            baselines.setdefault(key, []).append(1.0 / len(item.choices))
         samples.append({"task": task.name, "index": i, "source": item.source, "subject": item.subject,
                         "prompt": contexts[i], "choices": item.choices, "gold": item.gold,
                         "loglikelihoods": lls.tolist(), "is_greedy": [s.is_greedy for s in item_scores],
                         "prediction": pred, "prediction_norm": pred_norm, "acc": acc, "acc_norm": acc_norm})
-    return {key: summarize(values) for key, values in groups.items()}, samples
+    results = {}
+    for key, values in groups.items():
+        results[key] = summarize(values)
+        results[key]["random_baseline"] = sum(baselines[key]) / len(baselines[key])
+        results[key]["acc_centered"] = centered(results[key]["acc"], results[key]["random_baseline"])
+    return results, samples
+
+
+def centered(accuracy: float, baseline: float) -> float:
+    """CORE's centring (DCLM): accuracy rescaled so the random baseline is 0 and a perfect score 1,
+    (acc - b) / (1 - b)."""
+    if not 0 <= baseline < 1:
+        raise ValueError(f"a random baseline must lie in [0, 1), got {baseline}")
+    return (accuracy - baseline) / (1.0 - baseline)
+
+
+def core_score(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """A CORE-style aggregate: the mean of each multiple-choice task's centred accuracy (whole tasks, not their
+    subjects); None when no task has one."""
+    values = {task: m["acc_centered"] for task, m in results.items() if "/" not in task and "acc_centered" in m}
+    if not values:
+        return None
+    return {"core": sum(values.values()) / len(values), "n": len(values), "tasks": sorted(values)}

@@ -32,6 +32,7 @@ from groundup import config as configlib
 from groundup.artifacts import JsonlStats, prepare_out, read_jsonl, write_json, write_manifest
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
+from groundup.evaluate.multiple_choice import core_score
 from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
 from groundup.model.io import load_model_dir
 from groundup.model.transformer import first_tensor
@@ -177,6 +178,9 @@ def run(cfg: Config) -> Path:
                                      "files": [str(f) for f in task.files], "sha256": task.sha256()}
         if cfg.judge.url:
             _judge(cfg, samples, results)
+        core = core_score(results)
+        if core is not None and core["n"] > 1:
+            results["CORE"] = core
     if cfg.tokenizers:
         from groundup.evaluate.tokenizer_eval import tokenizer_metrics
 

@@ -126,8 +126,7 @@ def _perplexity(model, tokenizer, task: Task, settings: TaskSettings, *, device=
 
 def _generation(model, tokenizer, task: Task, settings: TaskSettings):
     items = task.items[: settings.limit] if settings.limit else task.items
-    prompts = [task.context(item, index=i, num_fewshot=settings.num_fewshot, seed=settings.seed)
-               for i, item in enumerate(items)]
+    prompts = task.contexts(items, num_fewshot=settings.num_fewshot, seed=settings.seed)
     predictions = gen.generate_until(model, tokenizer, prompts, until=settings.until,
                                      max_new_tokens=settings.max_new_tokens)
     samples = [{"task": task.name, "index": i, "source": item.source, "prompt": prompt,

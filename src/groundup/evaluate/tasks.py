@@ -20,7 +20,8 @@ fields say what it is:
 
 Every bad record raises ``ValueError`` naming the file and line: a missing field, an empty choice
 list, an answer index out of range. k-shot examples come from a dev split (MMLU's ``*_dev.csv``, or a
-``<name>.dev.jsonl`` / ``dev.jsonl`` beside the task file), drawn with a seeded ``random.Random``.
+``<name>.dev.jsonl`` / ``dev.jsonl`` beside the task file), chosen as lm-eval chooses them: MMLU's first dev
+items in file order (its ``first_n`` sampler), otherwise drawn with one seeded ``random.Random`` per task.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Task:
     fewshot_delimiter: str = "\n\n"
     description: str = ""
     """Text before the few-shot examples; may name ``{subject}`` (MMLU's 'The following are ...')."""
+    fewshot_sampler: Literal["first_n", "random"] = "random"
+    """How few-shot examples are chosen, as lm-eval's task for the layout does (``first_n`` for MMLU)."""
 
     def sha256(self) -> str:
         h = hashlib.sha256()
@@ -86,24 +89,33 @@ class Task:
             h.update(f.read_bytes())
         return h.hexdigest()
 
-    def context(self, item: Item, *, index: int = 0, num_fewshot: int = 0, seed: int = 1234) -> str:
-        """Description, ``num_fewshot`` solved examples from the dev split, then the item's query.
+    def contexts(self, items: list[Item], *, num_fewshot: int = 0, seed: int = 1234) -> list[str]:
+        """Each item's prompt: the description, ``num_fewshot`` solved examples from the dev split, then its query.
 
-        Examples are drawn with ``random.Random(seed + index)`` (``index``: the item's place in the task) from the dev items of the same
-        subject when there are enough, so a run is reproducible and each item gets its own examples.
+        Examples come from the dev items of the item's subject when there are enough (else the whole dev split),
+        chosen as lm-evaluation-harness's sampler for the layout chooses them (``fewshot_sampler``):
+        ``first_n`` takes the first dev items in file order (MMLU's canonical examples); ``random`` draws with one
+        ``random.Random(seed)`` for the task, consumed item after item in order (lm-eval's default sampler with
+        its ``fewshot_random_seed``), so the same seed and items give lm-eval's prompts.
         """
+        rnd = random.Random(seed)
+        return [self._context(item, num_fewshot, rnd) for item in items]
+
+    def context(self, item: Item, *, num_fewshot: int = 0, seed: int = 1234) -> str:
+        """One item's prompt, as :meth:`contexts` gives it for a task whose first item it is."""
+        return self.contexts([item], num_fewshot=num_fewshot, seed=seed)[0]
+
+    def _context(self, item: Item, num_fewshot: int, rnd: random.Random) -> str:
         description = self.description.format(subject=(item.subject or self.name).replace("_", " "))
         if num_fewshot <= 0:
             return description + item.query
         pool = [x for x in self.fewshot_pool if x.subject == item.subject] if item.subject else []
         if len(pool) < num_fewshot:
             pool = self.fewshot_pool
-        pool = [x for x in pool if x.query != item.query]
         if len(pool) < num_fewshot:
             raise ValueError(f"task {self.name}: {num_fewshot}-shot asked for, but the dev split has only "
                              f"{len(pool)} usable examples ({', '.join(map(str, self.files))})")
-        rnd = random.Random(seed + index)
-        shots = rnd.sample(pool, num_fewshot)
+        shots = pool[:num_fewshot] if self.fewshot_sampler == "first_n" else rnd.sample(pool, num_fewshot)
         examples = self.fewshot_delimiter.join(x.query + self.target_delimiter + x.target() for x in shots)
         return description + examples + self.fewshot_delimiter + item.query
 
@@ -320,7 +332,7 @@ def load_task(spec: str | Path, *, name: str | None = None) -> Task:
         dev = path.with_name(path.name.replace("_test.csv", "_dev.csv"))
         pool = read_mmlu_csv(dev) if dev != path and dev.is_file() else []
         return Task(name=name, kind="multiple_choice", items=items, fewshot_pool=pool,
-                    files=[path] + ([dev] if pool else []), description=MMLU_DESCRIPTION)
+                    files=[path] + ([dev] if pool else []), description=MMLU_DESCRIPTION, fewshot_sampler="first_n")
     if path.suffix in (".txt", ".md"):
         return Task(name=name, kind="perplexity", items=[Item(query=path.read_text(encoding="utf-8"),
                                                               source=f"{path}:1")], files=[path])
@@ -345,4 +357,4 @@ def _load_mmlu_dir(path: Path, name: str) -> Task:
     items = [item for f in tests for item in read_mmlu_csv(f)]
     pool = [item for f in devs for item in read_mmlu_csv(f)]
     return Task(name=name, kind="multiple_choice", items=items, fewshot_pool=pool, files=tests + devs,
-                description=MMLU_DESCRIPTION)
+                description=MMLU_DESCRIPTION, fewshot_sampler="first_n")

@@ -127,19 +127,25 @@ def parse_conversation(obj: dict) -> list[dict[str, str]]:
     return messages
 
 
+def parse_prompt(obj: dict) -> list[dict[str, str]]:
+    """A record's ``prompt`` as messages; a string prompt is one user message."""
+    if "prompt" not in obj:
+        raise ValueError("missing key 'prompt'")
+    prompt = obj["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    try:
+        return validate_messages(prompt, "prompt")
+    except ChatFormatError as e:
+        raise ValueError(str(e)) from None
+
+
 def parse_preference(obj: dict) -> tuple[list[dict[str, str]], str, str]:
     """(prompt messages, chosen, rejected); a string prompt is one user message."""
     if "prompt" not in obj:
         raise ValueError("missing key 'prompt'")
     _require(obj, ("chosen", "rejected"))
-    prompt = obj["prompt"]
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
-    try:
-        prompt = validate_messages(prompt, "prompt")
-    except ChatFormatError as e:
-        raise ValueError(str(e)) from None
-    return prompt, obj["chosen"], obj["rejected"]
+    return parse_prompt(obj), obj["chosen"], obj["rejected"]
 
 
 def parse_labeled(obj: dict) -> tuple[str, str]:
