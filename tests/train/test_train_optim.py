@@ -71,6 +71,6 @@ def test_embedding_tables_can_learn_at_their_own_rate(optimizer):
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.randint(0, 50, (2, 8)), targets=torch.randint(0, 50, (2, 8))).backward()
     opt.step()
-    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()) if id(p) in tables)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True) if id(p) in tables)
     # the default keeps the two groups (and the optimizer states saved by earlier runs)
     assert len(param_groups(model, 0.1)) == 2
