@@ -20,7 +20,7 @@ import weakref
 import torch
 from torch import nn
 
-from groundup.infer.kv_cache import ReadStep, SlotKVCache
+from groundup.infer.kv_cache import ReadStep, SlotKVCache, visible_keys
 from groundup.infer.weights import PADDINGS, decode_view, default_layout, row_padding
 from groundup.model.transformer import first_tensor
 
@@ -123,7 +123,7 @@ class Decoder:
         """A decode step through the compiled graph: the rows' keys read, the step run, its keys written back."""
         key_len = self.cache.key_len(max(positions))
         k_read, v_read = self.cache.read(slots, key_len)
-        mask = (torch.arange(key_len, device=self.device) <= position_t[:, :, None])[:, None]  # (B, 1, 1, L)
+        mask = visible_keys(key_len, position_t, self.cache.window)  # (B, 1, 1, L)
         pairs = [(j, positions[i], i) for j, sj in enumerate(slots) for i, si in enumerate(slots) if si == sj]
         pair_rows, pair_pos, pair_src = (torch.tensor(col, device=self.device) for col in zip(*pairs, strict=True))
         logits, new_k, new_v = self._compiled(tokens, k_read, v_read, position_t, mask, pair_rows, pair_pos, pair_src)

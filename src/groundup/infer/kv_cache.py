@@ -27,6 +27,16 @@ KEY_BLOCK = 64
 """Keys are read up to the longest row's length rounded up to this multiple."""
 
 
+def visible_keys(key_len: int, positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """(B, 1, T, L) mask of the cache's keys each query at ``positions`` (B, T) sees: its sequence up to its own
+    position, and with a sliding ``window`` only the last ``window`` of those (itself included)."""
+    keys = torch.arange(key_len, device=positions.device)
+    mask = keys <= positions[:, :, None]  # (B, T, L)
+    if window is not None:
+        mask &= keys > positions[:, :, None] - window
+    return mask[:, None]
+
+
 class SlotKVCache:
     """Keys and values of ``num_slots`` sequences, plus one scratch slot: (n_layer, slots + 1, nkv, max_len, hd).
 
@@ -43,6 +53,7 @@ class SlotKVCache:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.num_slots = num_slots
         self.scratch = num_slots
+        self.window = config.sliding_window
         shape = (config.n_layer, num_slots + 1, config.kv_heads, self.max_len, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -94,8 +105,7 @@ class CacheStep:
         self._range = (first, first + B) if slots == list(range(first, first + B)) else None
         self._slots = torch.tensor(slots, device=positions.device)
         self._write_rows = self._slots[:, None]  # (B, 1), broadcast against positions (B, T)
-        keys = torch.arange(key_len, device=positions.device)
-        self.mask = (keys <= positions[:, :, None])[:, None]  # (B, 1, T, L)
+        self.mask = visible_keys(key_len, positions, cache.window)  # (B, 1, T, L)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (S, nkv, max_len, hd)

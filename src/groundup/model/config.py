@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from groundup.model.rope import check_rope_scaling
 
 
 @dataclass(kw_only=True)
@@ -60,18 +62,34 @@ class ModelConfig:
     value_embeddings: bool = False
     """Value embeddings (ResFormer, modded-nanogpt, nanochat): on alternating layers, the last included, a
     per-layer token embedding added to the attention values through a learned per-head gate (starting at 1)."""
+    head_size: int | None = None
+    """Features per attention head; None means n_embd // n_head (Qwen3 and Gemma choose their own)."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE scaling for contexts past the pretraining length, as Hugging Face's rope_parameters write it:
+    {"rope_type": "linear" | "dynamic" | "yarn" | "llama3", "factor": ..., and that type's own keys
+    (original_max_position_embeddings, low_freq_factor, high_freq_factor, beta_fast, ...)}; None: plain RoPE."""
+    sliding_window: int | None = None
+    """Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens before it;
+    None: the whole context."""
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_head > 0 and self.n_embd % self.n_head:
+        if self.n_head > 0 and self.head_size is None and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
             problems.append(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.position == "rope" and self.n_head > 0 and (self.n_embd // self.n_head) % 2:
-            problems.append(f"RoPE needs an even head size, got {self.n_embd // self.n_head}")
+        if self.head_size is not None and self.head_size <= 0:
+            problems.append(f"head_size must be positive or None, got {self.head_size}")
+        elif self.position == "rope" and self.n_head > 0 and self.head_dim % 2:
+            problems.append(f"RoPE needs an even head size, got {self.head_dim}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            problems.append(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        problems += check_rope_scaling(self.rope_scaling)
+        if self.rope_scaling is not None and self.position != "rope":
+            problems.append("rope_scaling needs position='rope'")
         if self.norm not in ("layernorm", "rmsnorm"):
             problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.mlp not in ("gelu", "swiglu", "relu2"):
@@ -92,7 +110,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def mlp_hidden(self) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 
 from groundup.model.config import ModelConfig
 from groundup.model.fused_loss import linear_cross_entropy_fused
+from groundup.model.rope import rope_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -38,14 +39,29 @@ def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
                         bias=config.bias and config.norm_affine)
 
 
-def rope_table(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, (block_size, hd), in the half-split layout Llama checkpoints use."""
-    hd = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
-    t = torch.arange(config.block_size, device=device, dtype=torch.float32)
+def rope_table(config: ModelConfig, device: torch.device | None = None,
+               length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (length or block_size, hd), in the half-split layout Llama checkpoints
+    use, with the config's RoPE scaling (see :mod:`groundup.model.rope`)."""
+    # Dynamic NTK's base depends on the length a forward reaches (``length``); the fixed table is unscaled.
+    inv_freq, attention_factor = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling,
+                                                  seq_len=length, device=device)
+    t = torch.arange(length or config.block_size, device=device, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)  # (T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    if attention_factor != 1.0:  # YaRN's magnitude correction
+        return emb.cos() * attention_factor, emb.sin() * attention_factor
     return emb.cos(), emb.sin()
+
+
+def dynamic_rope_length(config: ModelConfig, positions: torch.Tensor | None, T: int) -> int | None:
+    """With dynamic NTK scaling, the length a forward's RoPE table is computed for when it reaches past the
+    original context (the base grows with it, as transformers computes it); else None (the fixed table)."""
+    scaling = config.rope_scaling
+    if scaling is None or scaling["rope_type"] != "dynamic":
+        return None
+    top = T if positions is None else int(positions.max()) + 1
+    return top if top > int(scaling["original_max_position_embeddings"]) else None
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -250,16 +266,23 @@ class Transformer(nn.Module):
         x = self.dropout(x)
         rope = None
         if self.config.position == "rope":
+            rope_cos, rope_sin = self.rope_cos, self.rope_sin
+            if (length := dynamic_rope_length(self.config, positions, T)) is not None:
+                rope_cos, rope_sin = rope_table(self.config, idx.device, length)
             if positions is None:
-                rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, hd)
+                rope = (rope_cos[:T], rope_sin[:T])  # (T, hd)
             else:
-                rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
+                rope = (rope_cos[positions][:, None], rope_sin[positions][:, None])  # (B, 1, T, hd)
         mask = None
         if segments is not None:
             if cache is not None or segments.shape != idx.shape:
                 raise ValueError(f"segments {tuple(segments.shape)} must match the tokens {tuple(idx.shape)}, "
                                  "without a KV cache")
             mask = document_causal_mask(segments)
+        window = self.config.sliding_window
+        if cache is None and window is not None and window < T:  # with a cache, the cache's mask has the window
+            band = sliding_window_mask(T, window, idx.device)  # (T, T)
+            mask = band if mask is None else mask & band
         for block in self.blocks:
             x = block(x, rope, cache, idx=idx, mask=mask)
         return self.final_norm(x)
@@ -298,6 +321,13 @@ def document_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     T = segments.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+
+
+def sliding_window_mask(T: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) attention mask, True where query i may see key j: i - window < j <= i."""
+    i = torch.arange(T, device=device)
+    distance = i[:, None] - i[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
