@@ -71,6 +71,39 @@ class ModelConfig:
     sliding_window: int | None = None
     """Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens before it;
     None: the whole context."""
+    qk_norm_scope: Literal["head", "all"] = "head"
+    """QK-norm over each head's features ('head': Qwen3, OLMo 2) or over all heads' queries and all keys
+    together ('all': OLMoE)."""
+    moe_experts: int = 0
+    """Routed experts of a mixture-of-experts MLP (model/moe.py); 0: a dense MLP in every layer."""
+    moe_top_k: int = 2
+    """Experts each token is routed to."""
+    moe_hidden: int | None = None
+    """Hidden width of each expert; None means intermediate_size (the dense MLP's width)."""
+    moe_shared_experts: int = 0
+    """Shared experts every token passes through (DeepSeek, Qwen-MoE): one MLP of moe_shared_experts * moe_hidden."""
+    moe_shared_gate: bool = False
+    """A per-token sigmoid gate on the shared experts' output (Qwen-MoE)."""
+    moe_score: Literal["softmax", "sigmoid"] = "softmax"
+    """Router scores: softmax over the experts (Mixtral, OLMoE, Qwen-MoE) or a sigmoid per expert (DeepSeek-V3)."""
+    moe_normalize: bool = True
+    """Renormalize the chosen experts' scores to sum to 1 (Mixtral, DeepSeek-V3; OLMoE and Qwen1.5-MoE do not)."""
+    moe_routed_scale: float = 1.0
+    """Factor on the routed experts' weights (DeepSeek-V3's routed_scaling_factor, 2.5)."""
+    moe_groups: int = 1
+    """Expert groups for group-limited routing (DeepSeek-V3: 8); 1: no grouping."""
+    moe_group_top_k: int = 1
+    """Groups a token's experts may come from, with moe_groups > 1 (DeepSeek-V3: 4)."""
+    moe_dense_layers: int = 0
+    """The first this many layers keep a dense MLP (DeepSeek-V3: 3)."""
+    moe_balance: Literal["aux_loss", "bias"] = "aux_loss"
+    """Load balancing: the Switch/GShard auxiliary loss, or DeepSeek-V3's auxiliary-loss-free bias update."""
+    moe_aux_loss_coef: float = 0.01
+    """Weight of the auxiliary balancing loss in the training loss (with moe_balance='aux_loss')."""
+    moe_z_loss_coef: float = 0.0
+    """Weight of the router z-loss (ST-MoE: 1e-3); 0: logged, not trained on."""
+    moe_bias_rate: float = 1e-3
+    """Step of the auxiliary-loss-free bias update per optimizer step (DeepSeek-V3's gamma)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +121,7 @@ class ModelConfig:
         if self.sliding_window is not None and self.sliding_window < 1:
             problems.append(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
         problems += check_rope_scaling(self.rope_scaling)
+        problems += self._moe_problems()
         if self.rope_scaling is not None and self.position != "rope":
             problems.append("rope_scaling needs position='rope'")
         if self.norm not in ("layernorm", "rmsnorm"):
@@ -103,6 +137,45 @@ class ModelConfig:
             problems.append(f"logit_softcap must be positive or None, got {self.logit_softcap}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+
+    def _moe_problems(self) -> list[str]:
+        if self.qk_norm_scope not in ("head", "all"):
+            return [f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}"]
+        if self.moe_experts == 0:
+            return []
+        problems = []
+        if self.moe_experts < 0:
+            problems.append(f"moe_experts must be >= 0, got {self.moe_experts}")
+        if not 1 <= self.moe_top_k <= self.moe_experts:
+            problems.append(f"moe_top_k ({self.moe_top_k}) must be between 1 and moe_experts ({self.moe_experts})")
+        if self.moe_score not in ("softmax", "sigmoid"):
+            problems.append(f"moe_score must be 'softmax' or 'sigmoid', got {self.moe_score!r}")
+        if self.moe_balance not in ("aux_loss", "bias"):
+            problems.append(f"moe_balance must be 'aux_loss' or 'bias', got {self.moe_balance!r}")
+        if self.moe_groups < 1 or self.moe_experts % self.moe_groups:
+            problems.append(f"moe_groups ({self.moe_groups}) must divide moe_experts ({self.moe_experts})")
+        elif not 1 <= self.moe_group_top_k <= self.moe_groups:
+            problems.append(f"moe_group_top_k ({self.moe_group_top_k}) must be between 1 and moe_groups "
+                            f"({self.moe_groups})")
+        elif self.moe_top_k > self.moe_group_top_k * self.moe_experts // self.moe_groups:
+            problems.append(f"moe_top_k ({self.moe_top_k}) exceeds the experts of moe_group_top_k groups")
+        if not 0 <= self.moe_dense_layers <= self.n_layer:
+            problems.append(f"moe_dense_layers ({self.moe_dense_layers}) must be between 0 and n_layer")
+        if self.moe_shared_experts < 0:
+            problems.append(f"moe_shared_experts must be >= 0, got {self.moe_shared_experts}")
+        if self.moe_shared_gate and not self.moe_shared_experts:
+            problems.append("moe_shared_gate needs moe_shared_experts > 0")
+        if self.bias:
+            problems.append("moe_experts needs bias=False (experts have no biases)")
+        return problems
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` has a mixture-of-experts MLP (every layer after the first moe_dense_layers)."""
+        return self.moe_experts > 0 and layer >= self.moe_dense_layers
+
+    @property
+    def moe_expert_hidden(self) -> int:
+        return self.moe_hidden or self.mlp_hidden
 
     @property
     def kv_heads(self) -> int:

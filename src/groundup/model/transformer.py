@@ -17,6 +17,7 @@ from torch import nn
 
 from groundup.model.config import ModelConfig
 from groundup.model.fused_loss import linear_cross_entropy_fused
+from groundup.model.moe import Experts, MoE, activate, moe_loss
 from groundup.model.rope import rope_frequencies
 
 
@@ -28,6 +29,18 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class HeadsRMSNorm(RMSNorm):
+    """RMSNorm over all heads' features of a (B, h, T, hd) tensor at once: OLMoE's QK-norm on whole projections."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float, affine: bool = True) -> None:
+        super().__init__(heads * head_dim, eps, affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, T, hd = x.shape
+        flat = x.transpose(1, 2).reshape(B, T, h * hd)
+        return super().forward(flat).view(B, T, h, hd).transpose(1, 2)
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -117,7 +130,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.qk_norm:  # over each head's features, before RoPE
+        if config.qk_norm and config.qk_norm_scope == "all":  # over all heads together (OLMoE), before RoPE
+            self.q_norm = HeadsRMSNorm(self.n_head, self.head_dim, config.norm_eps, affine=config.norm_affine)
+            self.k_norm = HeadsRMSNorm(self.n_kv_head, self.head_dim, config.norm_eps, affine=config.norm_affine)
+        elif config.qk_norm:  # over each head's features, before RoPE
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
         else:
@@ -160,25 +176,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, hidden: int | None = None) -> None:
         super().__init__()
-        self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
-        hidden = config.mlp_hidden
+        self.kind = config.mlp
+        hidden = hidden or config.mlp_hidden
         # SwiGLU's gate and up projections are fused into one matmul: fc = [gate; up].
-        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
         self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        elif self.relu2:
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.proj(h))
+        return self.dropout(self.proj(activate(self.fc(x), self.kind)))
+
+
+def make_mlp(config: ModelConfig, layer: int) -> nn.Module:
+    """Block ``layer``'s feed-forward: a dense MLP, or a mixture of experts (with its shared experts' MLP)."""
+    if not config.is_moe_layer(layer):
+        return MLP(config)
+    shared = MLP(config, config.moe_shared_experts * config.moe_expert_hidden) if config.moe_shared_experts else None
+    return MoE(config, shared)
 
 
 class Block(nn.Module):
@@ -187,7 +203,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(config)
         self.attn = Attention(config, layer)
         self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = make_mlp(config, layer)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCacheStep | None = None, *, idx: torch.Tensor | None = None,
@@ -236,9 +252,15 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        for module in self.modules():
+        for name, module in self.named_modules():
             if isinstance(module, ValueEmbedding):
                 nn.init.zeros_(module.gate.weight)  # the gate starts at 2 * sigmoid(0) = 1
+            if isinstance(module, Experts):  # stacked weights: fc like any linear, proj like a residual projection
+                nn.init.normal_(module.fc, mean=0.0, std=std)
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(module.proj)
+                else:
+                    nn.init.normal_(module.proj, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
         if self.config.position == "rope" and self.rope_cos.device.type != "meta":
             cos, sin = rope_table(self.config, self.rope_cos.device)
             self.rope_cos.copy_(cos)
@@ -298,8 +320,11 @@ class Transformer(nn.Module):
         h = self.hidden_states(idx, cache, segments=segments)  # (B, T, C)
         if targets is None:
             return self.logits(h)
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+        loss = linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
                                     cap=self.config.logit_softcap)
+        if self.config.moe_experts and (balance := moe_loss(self)) is not None:
+            loss = loss + balance  # the routers' auxiliary and z losses, as configured
+        return loss
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once
