@@ -252,7 +252,7 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, ValueEmbedding):
                 nn.init.zeros_(module.gate.weight)  # the gate starts at 2 * sigmoid(0) = 1
             if isinstance(module, Experts):  # stacked weights: fc like any linear, proj like a residual projection
