@@ -121,3 +121,36 @@ def test_moe_weights_into_a_dense_shape_are_refused(tmp_path):
     dense = Transformer(tiny(moe_experts=0))
     with pytest.raises(Exception, match="experts"):
         load_model_weights(dense, tmp_path / "moe.safetensors")
+
+
+def test_the_training_step_trains_and_logs_the_experts():
+    from groundup.train.loop import LoopConfig
+    from groundup.train.optim import OptimConfig, build_optimizer
+    from groundup.train.stability import SpikeGuard
+    from groundup.train.step import StepSpec, TrainState, micro_batches, train_step
+
+    torch.manual_seed(0)
+    model = Transformer(tiny(moe_balance="bias")).train()
+    x = torch.randint(0, 64, (4, 17))
+    batch = (x[:, :-1], x[:, 1:])
+
+    class OneBatch:
+        def next_batch(self):
+            return batch
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def load_state_dict(self, state: dict) -> None:
+            pass
+
+    state = TrainState(model=model, optimizer=build_optimizer(model, OptimConfig(lr=3e-3), "cpu"),
+                       sampler=OneBatch(), guard=SpikeGuard(LoopConfig()))
+    spec = StepSpec(loss_fn=lambda m, b: m(*b), tokens_per_micro_batch=batch[0].numel())
+    results = [train_step(state, micro_batches(state.sampler), spec, lr=3e-3, accum=1, grad_clip=1.0)
+               for _ in range(6)]
+    assert results[-1].loss < results[0].loss
+    extras = results[-1].extras
+    assert {"moe_aux_loss", "moe_z_loss", "moe_load_max_over_mean"} <= set(extras)
+    assert abs(sum(extras[f"moe_load_{e}"] for e in range(4)) - 1) < 1e-6
+    assert model.blocks[0].mlp.expert_bias.abs().sum() > 0  # the bias method moved
