@@ -20,7 +20,7 @@ import weakref
 import torch
 from torch import nn
 
-from groundup.infer.kv_cache import ReadStep, SlotKVCache
+from groundup.infer.kv_cache import ReadStep, SlotKVCache, visible_keys
 from groundup.infer.weights import PADDINGS, decode_view, default_layout, row_padding
 from groundup.model.transformer import first_tensor
 
@@ -99,6 +99,11 @@ class Decoder:
 
     def prefill(self, slot: int, ids: list[int], start: int = 0, *, all_positions: bool = False) -> torch.Tensor:
         """Run ``ids`` at positions ``start..`` of ``slot``: logits of the last token (V,), or of each (T, V)."""
+        chunk = self.cache.max_tokens_per_forward or len(ids)
+        if len(ids) > chunk:  # a rolling cache: in pieces whose writes overwrite no key their queries see
+            pieces = [self.prefill(slot, ids[i:i + chunk], start + i, all_positions=all_positions)
+                      for i in range(0, len(ids), chunk)]
+            return torch.cat(pieces) if all_positions else pieces[-1]
         tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
         return self.forward(tokens, [slot], positions, start + len(ids) - 1, all_positions=all_positions)[0]
@@ -123,8 +128,11 @@ class Decoder:
         """A decode step through the compiled graph: the rows' keys read, the step run, its keys written back."""
         key_len = self.cache.key_len(max(positions))
         k_read, v_read = self.cache.read(slots, key_len)
-        mask = (torch.arange(key_len, device=self.device) <= position_t[:, :, None])[:, None]  # (B, 1, 1, L)
-        pairs = [(j, positions[i], i) for j, sj in enumerate(slots) for i, si in enumerate(slots) if si == sj]
+        cache = self.cache
+        mask = visible_keys(key_len, position_t, cache.window, capacity=cache.capacity if cache.rolling else None,
+                            top=cache.slot_tops(slots, position_t))  # (B, 1, 1, L)
+        pairs = [(j, cache.place(positions[i]), i) for j, sj in enumerate(slots) for i, si in enumerate(slots)
+                 if si == sj]
         pair_rows, pair_pos, pair_src = (torch.tensor(col, device=self.device) for col in zip(*pairs, strict=True))
         logits, new_k, new_v = self._compiled(tokens, k_read, v_read, position_t, mask, pair_rows, pair_pos, pair_src)
         self.cache.commit(slots, positions, new_k, new_v)

@@ -469,8 +469,10 @@ class Engine:
         request = seq.request
         sibling = next((s for s in self._slots if s is not None and s is not seq and s.request is request
                         and s.prompt_logits is not None), None)
-        if sibling is not None:  # another choice of this request holds the prompt: copy its keys and values
-            self._copy_prompt(sibling, seq)
+        if sibling is not None and all(d.cache.can_copy(len(sibling.tokens) - len(sibling.output_ids),
+                                                        sibling.position)
+                                       for d in (self.decoder, self.draft) if d is not None):
+            self._copy_prompt(sibling, seq)  # another choice of this request holds the prompt: copy its keys
             return
         ids = list(request.prompt_ids)
         if len(ids) > self.max_len:  # only with truncate_prompt: keep the newest tokens

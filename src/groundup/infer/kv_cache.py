@@ -27,8 +27,38 @@ KEY_BLOCK = 64
 """Keys are read up to the longest row's length rounded up to this multiple."""
 
 
+def visible_keys(key_len: int, positions: torch.Tensor, window: int | None = None, *,
+                 capacity: int | None = None, top: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, T, L) mask of the cache's keys each query at ``positions`` (B, T) sees: its sequence up to its own
+    position, and with a sliding ``window`` only the last ``window`` of those (itself included).
+
+    A rolling cache (``capacity`` places, position p at place p % capacity) holds at place i the newest
+    position written there: with ``top`` (B,) the newest position of each row's sequence, top - (top - i) mod
+    capacity (negative: never written).
+    """
+    places = torch.arange(key_len, device=positions.device)
+    if capacity is None:
+        key_pos = places[None, None]  # (1, 1, L)
+    else:
+        key_pos = (top[:, None] - (top[:, None] - places) % capacity)[:, None]  # (B, 1, L)
+    query = positions[:, :, None]  # (B, T, 1)
+    mask = (key_pos <= query) & (key_pos >= 0)
+    if window is not None:
+        mask &= key_pos > query - window
+    return mask[:, None]
+
+
+def rolling_capacity(max_len: int, window: int | None) -> int:
+    """Places a slot needs: all ``max_len`` positions, or with a sliding window the window plus a block of new
+    tokens (a forward's writes must not overwrite keys its own queries still see), a multiple of KEY_BLOCK."""
+    if window is None:
+        return max_len
+    return min(max_len, -(-(window + KEY_BLOCK - 1) // KEY_BLOCK) * KEY_BLOCK)
+
+
 class SlotKVCache:
-    """Keys and values of ``num_slots`` sequences, plus one scratch slot: (n_layer, slots + 1, nkv, max_len, hd).
+    """Keys and values of ``num_slots`` sequences, plus one scratch slot: (n_layer, slots + 1, nkv, capacity, hd),
+    where capacity is ``max_len``, or with a sliding window about the window (see :func:`rolling_capacity`).
 
     The scratch slot (index ``num_slots``) takes the writes of padding rows (see the engine's batch
     invariance), so that they never touch a sequence's keys.
@@ -43,7 +73,11 @@ class SlotKVCache:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.num_slots = num_slots
         self.scratch = num_slots
-        shape = (config.n_layer, num_slots + 1, config.kv_heads, self.max_len, config.head_dim)
+        self.window = config.sliding_window
+        # A sliding window keeps only the newest keys: position p lives at place p % capacity (a rolling cache).
+        self.capacity = rolling_capacity(self.max_len, self.window)
+        self.rolling = self.capacity < self.max_len
+        shape = (config.n_layer, num_slots + 1, config.kv_heads, self.capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
@@ -51,8 +85,24 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
 
+    @property
+    def max_tokens_per_forward(self) -> int | None:
+        """The most new tokens of one sequence a forward may write (a rolling cache's writes must not overwrite
+        keys its queries still see); None: no limit."""
+        return self.capacity - self.window + 1 if self.rolling else None
+
+    def place(self, position: int) -> int:
+        return position % self.capacity
+
+    def can_copy(self, length: int, source_length: int) -> bool:
+        """Whether a slot whose sequence has ``source_length`` positions still holds the keys a copy of its first
+        ``length`` needs (a rolling cache may have overwritten them)."""
+        return not self.rolling or source_length - length <= self.capacity - self.window
+
     def copy(self, source: int, target: int, length: int) -> None:
-        """Copy the first ``length`` positions of slot ``source`` into slot ``target`` (a shared prompt)."""
+        """Copy the first ``length`` positions of slot ``source`` into slot ``target`` (a shared prompt). A rolling
+        cache copies every place (see :meth:`can_copy`); the target's mask never shows it a later position."""
+        length = self.capacity if self.rolling else length
         with torch.inference_mode():
             self.k[:, target, :, :length] = self.k[:, source, :, :length]
             self.v[:, target, :, :length] = self.v[:, source, :, :length]
@@ -65,7 +115,7 @@ class SlotKVCache:
     def commit(self, slots: list[int], positions: list[int], new_k: torch.Tensor, new_v: torch.Tensor) -> None:
         """Write one token's keys and values (n_layer, B, nkv, hd) for each row at its (slot, position)."""
         rows = torch.tensor(slots, device=self.k.device)
-        at = torch.tensor(positions, device=self.k.device)
+        at = torch.tensor([self.place(p) for p in positions], device=self.k.device)
         self.k[:, rows, :, at] = new_k.transpose(0, 1)  # the indexed place is (B, n_layer, nkv, hd)
         self.v[:, rows, :, at] = new_v.transpose(0, 1)
 
@@ -73,7 +123,17 @@ class SlotKVCache:
         """Keys a step reads: the highest position plus one, rounded up to a multiple of KEY_BLOCK."""
         if top >= self.max_len:
             raise ValueError(f"position {top} is past the KV cache's {self.max_len} positions")
-        return min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.max_len)
+        return min(-(-(top + 1) // KEY_BLOCK) * KEY_BLOCK, self.capacity)
+
+    def slot_tops(self, slots: list[int], positions: torch.Tensor) -> torch.Tensor | None:
+        """(B,) each row's sequence's newest position in this forward (rows of one slot share it); None when
+        the cache is not rolling (a place is then its position)."""
+        if not self.rolling:
+            return None
+        index = torch.tensor(slots, device=positions.device)
+        row_top = positions.amax(dim=1)
+        tops = torch.full((self.num_slots + 1,), -1, dtype=row_top.dtype, device=positions.device)
+        return tops.scatter_reduce(0, index, row_top, "amax")[index]
 
     def step(self, slots: list[int], positions: torch.Tensor, top: int) -> CacheStep:
         """The cache as a forward of tokens at ``positions`` (B, T) in ``slots`` sees it; ``top`` is the
@@ -94,14 +154,15 @@ class CacheStep:
         self._range = (first, first + B) if slots == list(range(first, first + B)) else None
         self._slots = torch.tensor(slots, device=positions.device)
         self._write_rows = self._slots[:, None]  # (B, 1), broadcast against positions (B, T)
-        keys = torch.arange(key_len, device=positions.device)
-        self.mask = (keys <= positions[:, :, None])[:, None]  # (B, 1, T, L)
+        self._places = positions % cache.capacity if cache.rolling else positions  # (B, T)
+        self.mask = visible_keys(key_len, positions, cache.window, capacity=cache.capacity if cache.rolling else None,
+                                 top=cache.slot_tops(slots, positions))  # (B, 1, T, L)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (S, nkv, max_len, hd)
+        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (S, nkv, capacity, hd)
         # (B, T) index pairs select (B, T, nkv, hd) places: the new keys in (B, T, nkv, hd) layout
-        cache_k[self._write_rows, :, self.positions] = k.transpose(1, 2)
-        cache_v[self._write_rows, :, self.positions] = v.transpose(1, 2)
+        cache_k[self._write_rows, :, self._places] = k.transpose(1, 2)
+        cache_v[self._write_rows, :, self._places] = v.transpose(1, 2)
         L = self.key_len
         if self._range is not None:
             lo, hi = self._range

@@ -388,6 +388,10 @@ def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
     model_dir, out = Path(model_dir), Path(out)
     model, tokenizer = load_model_dir(model_dir)
     hf_architecture(model.config)
+    unwritten = [f"{name}={getattr(model.config, name)!r}" for name in ("rope_scaling", "sliding_window", "head_size")
+                 if getattr(model.config, name) is not None]
+    if unwritten:  # llama.cpp has keys for them; groundup's GGUF writer does not write them yet
+        raise UnsupportedModelError(f"{model_dir}: model settings {', '.join(unwritten)} are not written to GGUF")
     path = out if out.suffix == ".gguf" else out / "model.gguf"
     template = model_chat_template(model_dir, tokenizer)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -40,7 +40,7 @@ from groundup.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2")
+IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 """HF ``model_type`` values ``import`` reads."""
 # Non-parameter buffers some checkpoints carry (GPT-2's causal mask, old Llama's RoPE frequencies).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
@@ -55,8 +55,9 @@ class UnsupportedModelError(ValueError):
 
 
 NO_HF_EQUIVALENT = {"qk_norm": False, "norm_affine": True, "logit_softcap": None, "value_embeddings": False}
-"""Block switches that GPT2LMHeadModel and LlamaForCausalLM cannot express, with the value they need
-(``mlp='relu2'`` is refused by the family check below)."""
+"""Block switches that the architectures groundup exports cannot express, with the value they need
+(``mlp='relu2'`` is refused by the family check below; a sliding window and RoPE scaling export as Llama-family
+options: MistralForCausalLM, ``rope_parameters``)."""
 
 
 def hf_architecture(config: ModelConfig) -> str:
@@ -71,6 +72,11 @@ def hf_architecture(config: ModelConfig) -> str:
         raise UnsupportedModelError(f"model switches {', '.join(unmapped)} map onto no Hugging Face or GGUF "
                                     "architecture groundup exports")
     family = config.family
+    if family == "llama" and config.sliding_window is not None and (config.bias or config.qkv_bias):
+        raise UnsupportedModelError("model switches sliding_window with biases map onto no Hugging Face "
+                                    "architecture groundup exports (MistralForCausalLM has no biases)")
+    if family == "gpt2" and config.sliding_window is not None:
+        raise UnsupportedModelError("model switch sliding_window needs the Llama family (GPT2LMHeadModel has none)")
     if family in ("gpt2", "llama"):
         return family
     gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu"}
@@ -93,6 +99,8 @@ class HFLayout:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (``self_attn.q_norm``/``k_norm``: Qwen3)."""
 
 
 def export_layout(config: ModelConfig) -> HFLayout:
@@ -141,6 +149,9 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
                     names[f"{p}attn.proj.{kind}"] = f"{h}self_attn.o_proj.{kind}"
                     names[f"{p}mlp.fc.{kind}"] = f"{h}mlp.gate_proj.{kind}+{h}mlp.up_proj.{kind}"
                     names[f"{p}mlp.proj.{kind}"] = f"{h}mlp.down_proj.{kind}"
+            if config.qk_norm:
+                names[f"{p}attn.q_norm.weight"] = f"{h}self_attn.q_norm.weight"
+                names[f"{p}attn.k_norm.weight"] = f"{h}self_attn.k_norm.weight"
         names["final_norm.weight"] = "model.norm.weight"
     names["lm_head.weight"] = "lm_head.weight"
     return names
@@ -207,6 +218,9 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
             out[h + "self_attn.o_proj.weight"] = state[p + "attn.proj.weight"]
             if layout.o_bias:
                 out[h + "self_attn.o_proj.bias"] = get(p + "attn.proj.bias", C)
+            if layout.qk_norm:
+                out[h + "self_attn.q_norm.weight"] = state[p + "attn.q_norm.weight"]
+                out[h + "self_attn.k_norm.weight"] = state[p + "attn.k_norm.weight"]
             out[h + "post_attention_layernorm.weight"] = state[p + "mlp_norm.weight"]
             gate, up = state[p + "mlp.fc.weight"].chunk(2, dim=0)
             out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
@@ -253,8 +267,12 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
             a = h + "self_attn."
             out[p + "attn_norm.weight"] = t[h + "input_layernorm.weight"]
             out[p + "attn.qkv.weight"] = torch.cat([t[f"{a}{x}_proj.weight"] for x in "qkv"])
-            if config.bias or config.qkv_bias:
-                out[p + "attn.qkv.bias"] = torch.cat([t[f"{a}{x}_proj.bias"] for x in "qkv"])
+            if config.bias or config.qkv_bias:  # absent (an MLP bias only): zeros
+                out[p + "attn.qkv.bias"] = torch.cat([get(f"{a}{x}_proj.bias", t[f"{a}{x}_proj.weight"].shape[0])
+                                                      for x in "qkv"])
+            if layout.qk_norm:
+                out[p + "attn.q_norm.weight"] = t[a + "q_norm.weight"]
+                out[p + "attn.k_norm.weight"] = t[a + "k_norm.weight"]
             out[p + "attn.proj.weight"] = t[a + "o_proj.weight"]
             out[p + "mlp_norm.weight"] = t[h + "post_attention_layernorm.weight"]
             out[p + "mlp.fc.weight"] = torch.cat((t[h + "mlp.gate_proj.weight"], t[h + "mlp.up_proj.weight"]))
@@ -318,24 +336,82 @@ def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_
                 "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout,
                 "embd_pdrop": config.dropout, "attn_pdrop": config.attention_dropout,
                 "scale_attn_weights": True}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+    model_type, arch = "llama", "LlamaForCausalLM"
+    extra: dict[str, Any] = {}
+    if config.sliding_window is not None:
+        model_type, arch = "mistral", "MistralForCausalLM"
+        extra = {"sliding_window": config.sliding_window}
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    max_positions = config.block_size
+    if config.rope_scaling is not None:
+        rope = {**config.rope_scaling, "rope_theta": config.rope_theta}
+        if rope["rope_type"] == "dynamic":  # HF's dynamic scaling reads its original context here
+            max_positions = int(rope.pop("original_max_position_embeddings"))
+    return {"architectures": [arch], "model_type": model_type, **common,
             "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
             "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
             "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
-            "max_position_embeddings": config.block_size, "rms_norm_eps": config.norm_eps,
+            "max_position_embeddings": max_positions, "rms_norm_eps": config.norm_eps,
             "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
-            "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+            "rope_parameters": rope,
             "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
-            "attention_dropout": config.attention_dropout}
+            "attention_dropout": config.attention_dropout, **extra}
 
 
-def _rope_theta(hf: dict[str, Any], where: str) -> float:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in ("default", None):
-        raise UnsupportedModelError(f"{where}: RoPE scaling {rope_type!r} is not supported by groundup's model "
-                                    f"(only plain RoPE)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def _rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None, int]:
+    """RoPE base, scaling (groundup's ``rope_scaling``) and the context length of an HF Llama-shaped config.
+
+    Dynamic NTK scaling stretches past ``max_position_embeddings`` (its original context), so the model's
+    block_size is that times the factor; the other types name their original context themselves.
+    """
+    from groundup.model.rope import ROPE_SCALING_KEYS, check_rope_scaling
+
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    block_size = int(hf["max_position_embeddings"])
+    rope_type = params.pop("rope_type", params.pop("type", "default"))
+    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise UnsupportedModelError(f"{where}: partial_rotary_factor "
+                                    f"{params.get('partial_rotary_factor', hf.get('partial_rotary_factor'))} is "
+                                    "not supported (groundup rotates every feature of a head)")
+    params.pop("partial_rotary_factor", None)
+    if rope_type in ("default", None):
+        return theta, None, block_size
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise UnsupportedModelError(f"{where}: rope_parameters.rope_type {rope_type!r} is not supported "
+                                    f"(groundup computes default, {', '.join(ROPE_SCALING_KEYS)})")
+    scaling = {"rope_type": rope_type, **{k: v for k, v in params.items() if v is not None}}
+    if rope_type == "dynamic":
+        scaling["original_max_position_embeddings"] = block_size
+        block_size = int(block_size * float(scaling.get("factor", 1.0)))
+    if rope_type == "yarn":
+        scaling.setdefault("original_max_position_embeddings", block_size)
+        scaling.setdefault("factor", block_size / scaling["original_max_position_embeddings"])
+    if rope_type == "llama3":
+        scaling.setdefault("original_max_position_embeddings", block_size)
+    problems = check_rope_scaling(scaling)
+    if problems:
+        raise UnsupportedModelError(f"{where}: " + "; ".join(problems))
+    return theta, scaling, block_size
+
+
+def _sliding_window(hf: dict[str, Any], block_size: int, where: str) -> int | None:
+    """The one sliding window every layer uses, or None (full attention); a mix of layer kinds is refused."""
+    model_type, window = hf.get("model_type"), hf.get("sliding_window")
+    kinds = hf.get("layer_types")
+    if model_type != "mistral" and not hf.get("use_sliding_window"):
+        window = None
+    if window is not None and not kinds and model_type != "mistral":  # Qwen: windows from max_window_layers up
+        first = int(hf.get("max_window_layers", 0))
+        kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(hf["num_hidden_layers"])]
+    if kinds and len(set(kinds)) > 1:
+        raise UnsupportedModelError(f"{where}: layer_types mixes {', '.join(sorted(set(kinds)))}; groundup's "
+                                    "model gives every layer the same attention")
+    if kinds and set(kinds) != {"sliding_attention"}:
+        if set(kinds) != {"full_attention"}:
+            raise UnsupportedModelError(f"{where}: layer_types {sorted(set(kinds))} is not supported")
+        return None
+    return int(window) if window is not None and int(window) < block_size else None
 
 
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[ModelConfig, HFLayout]:
@@ -376,30 +452,27 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
     if act != "silu":
         raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (SwiGLU needs 'silu')")
     n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
-    if hf.get("head_dim") not in (None, n_embd // n_head):
-        raise UnsupportedModelError(f"{where}: head_dim {hf['head_dim']} differs from hidden_size / "
-                                    f"num_attention_heads = {n_embd // n_head}; groundup's model needs them equal")
-    block_size = int(need("max_position_embeddings"))
-    window = hf.get("sliding_window")
-    uses_window = model_type == "mistral" or (model_type == "qwen2" and hf.get("use_sliding_window"))
-    if uses_window and window is not None and int(window) < block_size:
-        # Within the window, sliding-window attention is ordinary causal attention: cap the context there.
-        log.warning("%s: sliding_window %d < max_position_embeddings %d; the imported model's block_size is "
-                    "%d (groundup's attention has no sliding window)", where, window, block_size, window)
-        block_size = int(window)
+    need("max_position_embeddings")
+    need("num_hidden_layers")
+    head_dim = hf.get("head_dim")
+    theta, scaling, block_size = _rope(hf, where)
     if model_type == "qwen2":
         layout = HFLayout("llama", qkv_bias=True)
         bias, qkv_bias = False, True
     else:
         attention_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
-        layout = HFLayout("llama", attention_bias, attention_bias, mlp_bias)
+        layout = HFLayout("llama", attention_bias, attention_bias, mlp_bias, qk_norm=model_type == "qwen3")
+        # groundup's ``bias`` covers every linear layer: an MLP bias alone imports with zero attention biases
+        # (the same function), see from_hf_state_dict.
         bias, qkv_bias = attention_bias or mlp_bias, False
     config = ModelConfig.llama(
         name=name, vocab_size=int(need("vocab_size")), block_size=block_size,
         n_layer=int(need("num_hidden_layers")), n_head=n_head,
         n_kv_head=int(hf.get("num_key_value_heads") or n_head), n_embd=n_embd,
+        head_size=None if head_dim in (None, n_embd // n_head) else int(head_dim),
         intermediate_size=int(need("intermediate_size")), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(hf, where), bias=bias, qkv_bias=qkv_bias,
+        rope_theta=theta, rope_scaling=scaling, bias=bias, qkv_bias=qkv_bias, qk_norm=layout.qk_norm,
+        sliding_window=_sliding_window(hf, block_size, where),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
     return config, layout
 

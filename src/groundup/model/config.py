@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from groundup.model.rope import check_rope_scaling
 
 
 @dataclass(kw_only=True)
@@ -60,18 +62,68 @@ class ModelConfig:
     value_embeddings: bool = False
     """Value embeddings (ResFormer, modded-nanogpt, nanochat): on alternating layers, the last included, a
     per-layer token embedding added to the attention values through a learned per-head gate (starting at 1)."""
+    head_size: int | None = None
+    """Features per attention head; None means n_embd // n_head (Qwen3 and Gemma choose their own)."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE scaling for contexts past the pretraining length, as Hugging Face's rope_parameters write it:
+    {"rope_type": "linear" | "dynamic" | "yarn" | "llama3", "factor": ..., and that type's own keys
+    (original_max_position_embeddings, low_freq_factor, high_freq_factor, beta_fast, ...)}; None: plain RoPE."""
+    sliding_window: int | None = None
+    """Sliding-window attention (Mistral): each token sees itself and the sliding_window - 1 tokens before it;
+    None: the whole context."""
+    qk_norm_scope: Literal["head", "all"] = "head"
+    """QK-norm over each head's features ('head': Qwen3, OLMo 2) or over all heads' queries and all keys
+    together ('all': OLMoE)."""
+    moe_experts: int = 0
+    """Routed experts of a mixture-of-experts MLP (model/moe.py); 0: a dense MLP in every layer."""
+    moe_top_k: int = 2
+    """Experts each token is routed to."""
+    moe_hidden: int | None = None
+    """Hidden width of each expert; None means intermediate_size (the dense MLP's width)."""
+    moe_shared_experts: int = 0
+    """Shared experts every token passes through (DeepSeek, Qwen-MoE): one MLP of moe_shared_experts * moe_hidden."""
+    moe_shared_gate: bool = False
+    """A per-token sigmoid gate on the shared experts' output (Qwen-MoE)."""
+    moe_score: Literal["softmax", "sigmoid"] = "softmax"
+    """Router scores: softmax over the experts (Mixtral, OLMoE, Qwen-MoE) or a sigmoid per expert (DeepSeek-V3)."""
+    moe_normalize: bool = True
+    """Renormalize the chosen experts' scores to sum to 1 (Mixtral, DeepSeek-V3; OLMoE and Qwen1.5-MoE do not)."""
+    moe_routed_scale: float = 1.0
+    """Factor on the routed experts' weights (DeepSeek-V3's routed_scaling_factor, 2.5)."""
+    moe_groups: int = 1
+    """Expert groups for group-limited routing (DeepSeek-V3: 8); 1: no grouping."""
+    moe_group_top_k: int = 1
+    """Groups a token's experts may come from, with moe_groups > 1 (DeepSeek-V3: 4)."""
+    moe_dense_layers: int = 0
+    """The first this many layers keep a dense MLP (DeepSeek-V3: 3)."""
+    moe_balance: Literal["aux_loss", "bias"] = "aux_loss"
+    """Load balancing: the Switch/GShard auxiliary loss, or DeepSeek-V3's auxiliary-loss-free bias update."""
+    moe_aux_loss_coef: float = 0.01
+    """Weight of the auxiliary balancing loss in the training loss (with moe_balance='aux_loss')."""
+    moe_z_loss_coef: float = 0.0
+    """Weight of the router z-loss (ST-MoE: 1e-3); 0: logged, not trained on."""
+    moe_bias_rate: float = 1e-3
+    """Step of the auxiliary-loss-free bias update per optimizer step (DeepSeek-V3's gamma)."""
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_head > 0 and self.n_embd % self.n_head:
+        if self.n_head > 0 and self.head_size is None and self.n_embd % self.n_head:
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
             problems.append(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.position == "rope" and self.n_head > 0 and (self.n_embd // self.n_head) % 2:
-            problems.append(f"RoPE needs an even head size, got {self.n_embd // self.n_head}")
+        if self.head_size is not None and self.head_size <= 0:
+            problems.append(f"head_size must be positive or None, got {self.head_size}")
+        elif self.position == "rope" and self.n_head > 0 and self.head_dim % 2:
+            problems.append(f"RoPE needs an even head size, got {self.head_dim}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            problems.append(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        problems += check_rope_scaling(self.rope_scaling)
+        problems += self._moe_problems()
+        if self.rope_scaling is not None and self.position != "rope":
+            problems.append("rope_scaling needs position='rope'")
         if self.norm not in ("layernorm", "rmsnorm"):
             problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.mlp not in ("gelu", "swiglu", "relu2"):
@@ -86,13 +138,52 @@ class ModelConfig:
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
+    def _moe_problems(self) -> list[str]:
+        if self.qk_norm_scope not in ("head", "all"):
+            return [f"qk_norm_scope must be 'head' or 'all', got {self.qk_norm_scope!r}"]
+        if self.moe_experts == 0:
+            return []
+        problems = []
+        if self.moe_experts < 0:
+            problems.append(f"moe_experts must be >= 0, got {self.moe_experts}")
+        if not 1 <= self.moe_top_k <= self.moe_experts:
+            problems.append(f"moe_top_k ({self.moe_top_k}) must be between 1 and moe_experts ({self.moe_experts})")
+        if self.moe_score not in ("softmax", "sigmoid"):
+            problems.append(f"moe_score must be 'softmax' or 'sigmoid', got {self.moe_score!r}")
+        if self.moe_balance not in ("aux_loss", "bias"):
+            problems.append(f"moe_balance must be 'aux_loss' or 'bias', got {self.moe_balance!r}")
+        if self.moe_groups < 1 or self.moe_experts % self.moe_groups:
+            problems.append(f"moe_groups ({self.moe_groups}) must divide moe_experts ({self.moe_experts})")
+        elif not 1 <= self.moe_group_top_k <= self.moe_groups:
+            problems.append(f"moe_group_top_k ({self.moe_group_top_k}) must be between 1 and moe_groups "
+                            f"({self.moe_groups})")
+        elif self.moe_top_k > self.moe_group_top_k * self.moe_experts // self.moe_groups:
+            problems.append(f"moe_top_k ({self.moe_top_k}) exceeds the experts of moe_group_top_k groups")
+        if not 0 <= self.moe_dense_layers <= self.n_layer:
+            problems.append(f"moe_dense_layers ({self.moe_dense_layers}) must be between 0 and n_layer")
+        if self.moe_shared_experts < 0:
+            problems.append(f"moe_shared_experts must be >= 0, got {self.moe_shared_experts}")
+        if self.moe_shared_gate and not self.moe_shared_experts:
+            problems.append("moe_shared_gate needs moe_shared_experts > 0")
+        if self.bias:
+            problems.append("moe_experts needs bias=False (experts have no biases)")
+        return problems
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` has a mixture-of-experts MLP (every layer after the first moe_dense_layers)."""
+        return self.moe_experts > 0 and layer >= self.moe_dense_layers
+
+    @property
+    def moe_expert_hidden(self) -> int:
+        return self.moe_hidden or self.mlp_hidden
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def mlp_hidden(self) -> int:
@@ -149,6 +240,21 @@ PRESETS = {
     "llama-3-8b": lambda: ModelConfig.llama(name="llama-3-8b", vocab_size=128256, n_layer=32, n_head=32,
                                             n_kv_head=8, n_embd=4096, intermediate_size=14336,
                                             block_size=8192, rope_theta=500000.0),
+    # Mixtures of experts (counts on the meta device agree with transformers'; DeepSeek-V3 needs latent attention,
+    # which groundup's model does not have yet).
+    "mixtral-8x7b": lambda: ModelConfig.llama(name="mixtral-8x7b", n_layer=32, n_head=32, n_kv_head=8, n_embd=4096,
+                                              intermediate_size=14336, block_size=32768, rope_theta=1e6,
+                                              moe_experts=8, moe_top_k=2, moe_aux_loss_coef=0.02),
+    "olmoe-1b-7b": lambda: ModelConfig.llama(name="olmoe-1b-7b", vocab_size=50304, n_layer=16, n_head=16,
+                                             n_embd=2048, intermediate_size=1024, block_size=4096,
+                                             qk_norm=True, qk_norm_scope="all", moe_experts=64, moe_top_k=8,
+                                             moe_normalize=False, moe_z_loss_coef=1e-3),
+    "qwen1.5-moe-a2.7b": lambda: ModelConfig.llama(name="qwen1.5-moe-a2.7b", vocab_size=151936, n_layer=24,
+                                                   n_head=16, n_embd=2048, intermediate_size=5632, moe_hidden=1408,
+                                                   block_size=8192, rope_theta=1e6, norm_eps=1e-6, qkv_bias=True,
+                                                   moe_experts=60, moe_top_k=4, moe_shared_experts=4,
+                                                   moe_shared_gate=True, moe_normalize=False,
+                                                   moe_aux_loss_coef=1e-3),
     # Small shapes for laptops and tests.
     "tiny-gpt2": lambda: ModelConfig.gpt2(name="tiny-gpt2", vocab_size=8192, block_size=256, n_layer=4,
                                           n_head=4, n_embd=256),

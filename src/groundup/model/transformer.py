@@ -17,6 +17,8 @@ from torch import nn
 
 from groundup.model.config import ModelConfig
 from groundup.model.fused_loss import linear_cross_entropy_fused
+from groundup.model.moe import Experts, MoE, activate, moe_loss
+from groundup.model.rope import rope_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -29,6 +31,18 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+class HeadsRMSNorm(RMSNorm):
+    """RMSNorm over all heads' features of a (B, h, T, hd) tensor at once: OLMoE's QK-norm on whole projections."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float, affine: bool = True) -> None:
+        super().__init__(heads * head_dim, eps, affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, T, hd = x.shape
+        flat = x.transpose(1, 2).reshape(B, T, h * hd)
+        return super().forward(flat).view(B, T, h, hd).transpose(1, 2)
+
+
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
     """The model's normalization over ``dim`` features (the residual width by default)."""
     dim = dim or config.n_embd
@@ -38,14 +52,29 @@ def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
                         bias=config.bias and config.norm_affine)
 
 
-def rope_table(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, (block_size, hd), in the half-split layout Llama checkpoints use."""
-    hd = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
-    t = torch.arange(config.block_size, device=device, dtype=torch.float32)
+def rope_table(config: ModelConfig, device: torch.device | None = None,
+               length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, (length or block_size, hd), in the half-split layout Llama checkpoints
+    use, with the config's RoPE scaling (see :mod:`groundup.model.rope`)."""
+    # Dynamic NTK's base depends on the length a forward reaches (``length``); the fixed table is unscaled.
+    inv_freq, attention_factor = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling,
+                                                  seq_len=length, device=device)
+    t = torch.arange(length or config.block_size, device=device, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)  # (T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    if attention_factor != 1.0:  # YaRN's magnitude correction
+        return emb.cos() * attention_factor, emb.sin() * attention_factor
     return emb.cos(), emb.sin()
+
+
+def dynamic_rope_length(config: ModelConfig, positions: torch.Tensor | None, T: int) -> int | None:
+    """With dynamic NTK scaling, the length a forward's RoPE table is computed for when it reaches past the
+    original context (the base grows with it, as transformers computes it); else None (the fixed table)."""
+    scaling = config.rope_scaling
+    if scaling is None or scaling["rope_type"] != "dynamic":
+        return None
+    top = T if positions is None else int(positions.max()) + 1
+    return top if top > int(scaling["original_max_position_embeddings"]) else None
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -101,7 +130,10 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.qk_norm:  # over each head's features, before RoPE
+        if config.qk_norm and config.qk_norm_scope == "all":  # over all heads together (OLMoE), before RoPE
+            self.q_norm = HeadsRMSNorm(self.n_head, self.head_dim, config.norm_eps, affine=config.norm_affine)
+            self.k_norm = HeadsRMSNorm(self.n_kv_head, self.head_dim, config.norm_eps, affine=config.norm_affine)
+        elif config.qk_norm:  # over each head's features, before RoPE
             self.q_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
             self.k_norm = RMSNorm(self.head_dim, config.norm_eps, affine=config.norm_affine)
         else:
@@ -144,25 +176,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, hidden: int | None = None) -> None:
         super().__init__()
-        self.swiglu, self.relu2 = config.mlp == "swiglu", config.mlp == "relu2"
-        hidden = config.mlp_hidden
+        self.kind = config.mlp
+        hidden = hidden or config.mlp_hidden
         # SwiGLU's gate and up projections are fused into one matmul: fc = [gate; up].
-        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.kind == "swiglu" else hidden, bias=config.bias)
         self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        elif self.relu2:
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.proj(h))
+        return self.dropout(self.proj(activate(self.fc(x), self.kind)))
+
+
+def make_mlp(config: ModelConfig, layer: int) -> nn.Module:
+    """Block ``layer``'s feed-forward: a dense MLP, or a mixture of experts (with its shared experts' MLP)."""
+    if not config.is_moe_layer(layer):
+        return MLP(config)
+    shared = MLP(config, config.moe_shared_experts * config.moe_expert_hidden) if config.moe_shared_experts else None
+    return MoE(config, shared)
 
 
 class Block(nn.Module):
@@ -171,7 +203,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(config)
         self.attn = Attention(config, layer)
         self.mlp_norm = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = make_mlp(config, layer)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCacheStep | None = None, *, idx: torch.Tensor | None = None,
@@ -223,6 +255,12 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, ValueEmbedding):
                 nn.init.zeros_(module.gate.weight)  # the gate starts at 2 * sigmoid(0) = 1
+            if isinstance(module, Experts):  # stacked weights: fc like any linear, proj like a residual projection
+                nn.init.normal_(module.fc, mean=0.0, std=std)
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(module.proj)
+                else:
+                    nn.init.normal_(module.proj, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
         if self.config.position == "rope" and self.rope_cos.device.type != "meta":
             cos, sin = rope_table(self.config, self.rope_cos.device)
             self.rope_cos.copy_(cos)
@@ -250,16 +288,23 @@ class Transformer(nn.Module):
         x = self.dropout(x)
         rope = None
         if self.config.position == "rope":
+            rope_cos, rope_sin = self.rope_cos, self.rope_sin
+            if (length := dynamic_rope_length(self.config, positions, T)) is not None:
+                rope_cos, rope_sin = rope_table(self.config, idx.device, length)
             if positions is None:
-                rope = (self.rope_cos[:T], self.rope_sin[:T])  # (T, hd)
+                rope = (rope_cos[:T], rope_sin[:T])  # (T, hd)
             else:
-                rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
+                rope = (rope_cos[positions][:, None], rope_sin[positions][:, None])  # (B, 1, T, hd)
         mask = None
         if segments is not None:
             if cache is not None or segments.shape != idx.shape:
                 raise ValueError(f"segments {tuple(segments.shape)} must match the tokens {tuple(idx.shape)}, "
                                  "without a KV cache")
             mask = document_causal_mask(segments)
+        window = self.config.sliding_window
+        if cache is None and window is not None and window < T:  # with a cache, the cache's mask has the window
+            band = sliding_window_mask(T, window, idx.device)  # (T, T)
+            mask = band if mask is None else mask & band
         for block in self.blocks:
             x = block(x, rope, cache, idx=idx, mask=mask)
         return self.final_norm(x)
@@ -275,8 +320,11 @@ class Transformer(nn.Module):
         h = self.hidden_states(idx, cache, segments=segments)  # (B, T, C)
         if targets is None:
             return self.logits(h)
-        return linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
+        loss = linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),
                                     cap=self.config.logit_softcap)
+        if self.config.moe_experts and (balance := moe_loss(self)) is not None:
+            loss = loss + balance  # the routers' auxiliary and z losses, as configured
+        return loss
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once
@@ -298,6 +346,13 @@ def document_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     T = segments.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
     return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+
+
+def sliding_window_mask(T: int, window: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) attention mask, True where query i may see key j: i - window < j <= i."""
+    i = torch.arange(T, device=device)
+    distance = i[:, None] - i[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,

@@ -39,6 +39,15 @@ class ParameterCount:
     """The value-embedding tables of the layers that have one, V x (nkv * hd) each (looked up, not multiplied)."""
     value_gates: int = 0
     """Their per-head gates, min(32, C) x nkv each (multiplied per token)."""
+    routed_experts: int = 0
+    """The routed experts' weights of every MoE layer (a subset of ``mlp``): all resident, k of E used per token."""
+    active_routed_experts: int = 0
+    """The routed experts' weights one token passes through: moe_top_k of them per MoE layer."""
+
+    @property
+    def active(self) -> int:
+        """Parameters one token uses: the total less the routed experts it is not sent to."""
+        return self.total - self.routed_experts + self.active_routed_experts
 
     @property
     def total(self) -> int:
@@ -74,12 +83,14 @@ class ParameterCount:
         """Weights multiplied per token: attention and MLP weight matrices and the head (a tied head is a
         product with the embedding matrix); not the embedding lookups, norms or biases."""
         head = self.lm_head or self.token_embeddings
-        return self.attention + self.mlp - self.linear_biases + head + self.value_gates
+        # Only the routed experts a token is sent to multiply it (the router and the shared experts always do).
+        routed_unused = self.routed_experts - self.active_routed_experts
+        return self.attention + self.mlp - routed_unused - self.linear_biases + head + self.value_gates
 
     def as_dict(self) -> dict[str, int]:
         data = asdict(self)
         data.update(total=self.total, embeddings=self.embeddings, non_embedding=self.non_embedding,
-                    biases=self.biases, per_layer=self.per_layer, matmul=self.matmul)
+                    biases=self.biases, per_layer=self.per_layer, matmul=self.matmul, active=self.active)
         return data
 
 
@@ -108,13 +119,23 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
 
     up = 2 * H if cfg.mlp == "swiglu" else H
     mlp_bias = (up + C) if cfg.bias else 0
-    mlp = L * (C * up + H * C + mlp_bias)
+    n_moe = sum(cfg.is_moe_layer(layer) for layer in range(L))
+    mlp = (L - n_moe) * (C * up + H * C + mlp_bias)
+    routed = active_routed = 0
+    if n_moe:  # per MoE layer: router C·E, E experts, shared experts (one MLP), the shared gate C
+        He = cfg.moe_expert_hidden
+        expert = C * (2 * He if cfg.mlp == "swiglu" else He) + He * C
+        shared = cfg.moe_shared_experts * expert + (C if cfg.moe_shared_gate else 0)
+        mlp += n_moe * (C * cfg.moe_experts + cfg.moe_experts * expert + shared)
+        routed = n_moe * cfg.moe_experts * expert
+        active_routed = n_moe * cfg.moe_top_k * expert
 
     # LayerNorm carries a shift exactly when the model has biases (nn.LayerNorm(bias=cfg.bias)); parameter-free
     # norms (norm_affine off) carry nothing. QK-norm adds a query and a key norm of hd per layer (RMSNorm).
     shift = C if (cfg.norm == "layernorm" and cfg.bias and cfg.norm_affine) else 0
     scale = C if cfg.norm_affine else 0
-    qk_norms = L * 2 * hd if (cfg.qk_norm and cfg.norm_affine) else 0
+    per_layer_qk = (nh + nkv) * hd if cfg.qk_norm_scope == "all" else 2 * hd
+    qk_norms = L * per_layer_qk if (cfg.qk_norm and cfg.norm_affine) else 0
     norms = (2 * L + 1) * (scale + shift) + qk_norms
     n_ve = sum(cfg.has_value_embedding(layer) for layer in range(L))
 
@@ -130,4 +151,6 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
         n_layer=L,
         value_embeddings=n_ve * V * nkv * hd,
         value_gates=n_ve * min(32, C) * nkv,
+        routed_experts=routed,
+        active_routed_experts=active_routed,
     )

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from groundup.model.moe import moe_stats, update_expert_bias
 from groundup.parallel.env import ParallelState
 from groundup.train.optim import set_lr
 from groundup.train.stability import SpikeGuard
@@ -162,10 +163,20 @@ def train_step(state: TrainState, batches: Iterator[Any], spec: StepSpec, *, lr:
         result.spike, result.zscore = state.guard.is_spike(result.loss)
         if not result.spike:
             state.optimizer.step()
+            update_expert_bias(state.model)  # DeepSeek-V3's balancing, where configured (no-op otherwise)
+    result.extras.update(moe_metrics(state.model))
     state.optimizer.zero_grad(set_to_none=True)
     if not result.spike:
         state.advance(tokens)
     return result
+
+
+def moe_metrics(model: nn.Module) -> dict[str, float]:
+    """The MoE layers' auxiliary and z losses, max/mean expert load, and each expert's share of this step's
+    routed tokens (``moe_load_<e>``, summed over layers) as metrics; empty for a dense model."""
+    stats = moe_stats(model)  # reads and resets the loads counted over this step's micro-batches
+    loads = stats.pop("moe_expert_load", [])
+    return {**stats, **{f"moe_load_{e}": share for e, share in enumerate(loads)}}
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float, parallel: ParallelState | None) -> float:

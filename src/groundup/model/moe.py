@@ -1,0 +1,191 @@
+"""The mixture-of-experts feed-forward block: a router, routed experts, shared experts, dropless dispatch.
+
+Shapes: N tokens (B * T flattened), C = n_embd, E routed experts, k experts per token, H an expert's hidden
+width. Each token's router scores (softmax or sigmoid of C -> E logits) pick its top k experts, optionally
+only among the best ``moe_group_top_k`` of ``moe_groups`` expert groups (DeepSeek-V3); the chosen experts'
+outputs are summed with the scores as weights, renormalized over the k where configured. Shared experts
+(DeepSeek, Qwen-MoE) see every token.
+
+Dispatch is dropless: the N * k (token, expert) pairs are sorted by expert, each expert multiplies its
+contiguous run of tokens (one ``torch._grouped_mm`` over all experts where the kernel exists, else a loop over
+the experts that got tokens), and the results are scattered back. No token is dropped for capacity.
+
+Load balancing: a Switch/GShard auxiliary loss (E * sum_e f_e * P_e over k, 1 when balanced) or DeepSeek-V3's
+auxiliary-loss-free bias, added to the scores for the choice only and moved by :func:`update_expert_bias`
+after each optimizer step towards the under-loaded experts; an optional router z-loss keeps the logits small.
+The block keeps this forward's losses and each expert's token count for the training loop to read; the
+model knows nothing of training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from groundup.model.config import ModelConfig
+
+
+def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP nonlinearity on ``h`` (..., up): SwiGLU (``h`` is [gate; up]), ReLU², or GELU (tanh)."""
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    if kind == "relu2":
+        return F.relu(h).square()
+    return F.gelu(h, approximate="tanh")
+
+
+def _grouped_mm_ok(x: torch.Tensor) -> bool:
+    # The fused kernel is CUDA-only (Hopper and later) and bfloat16; elsewhere the loop over experts runs.
+    return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+
+
+class Experts(nn.Module):
+    """E feed-forward experts with stacked weights: ``fc`` (E, up, C) with up = 2H for SwiGLU ([gate; up],
+    the layout of transformers' Mixtral), ``proj`` (E, C, H)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        E, C, H = config.moe_experts, config.n_embd, config.moe_expert_hidden
+        self.kind = config.mlp
+        self.fc = nn.Parameter(torch.empty(E, 2 * H if self.kind == "swiglu" else H, C))
+        self.proj = nn.Parameter(torch.empty(E, C, H))
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
+        if _grouped_mm_ok(x):
+            offsets = counts.cumsum(0).to(torch.int32)
+            h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
+            return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
+        out = torch.empty_like(x)
+        start = 0
+        for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
+            if n:
+                rows = slice(start, start + n)
+                out[rows] = activate(x[rows] @ self.fc[e].t(), self.kind) @ self.proj[e].t()
+                start += n
+        return out
+
+
+class MoE(nn.Module):
+    """Router, routed experts and shared experts in place of one MLP."""
+
+    def __init__(self, config: ModelConfig, shared: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        E = config.moe_experts
+        self.router = nn.Linear(config.n_embd, E, bias=False)
+        self.experts = Experts(config)
+        self.shared = shared  # an MLP of moe_shared_experts * H hidden units, built by the block
+        self.shared_gate = nn.Linear(config.n_embd, 1, bias=False) if config.moe_shared_gate else None
+        # DeepSeek-V3's score correction: added to the scores for the choice of experts, never to the weights.
+        self.register_buffer("expert_bias", torch.zeros(E), persistent=config.moe_balance == "bias")
+        # What the training loop reads after a forward (and resets): losses of the last forward, token counts
+        # per expert since the last reset.
+        self.register_buffer("expert_load", torch.zeros(E), persistent=False)
+        self.aux_loss: torch.Tensor | None = None
+        self.z_loss: torch.Tensor | None = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router on ``x`` (N, C): chosen experts (N, k), their weights (N, k), and the scores (N, E)."""
+        cfg = self.config
+        logits = self.router(x).float()  # (N, E)
+        scores = logits.softmax(dim=-1) if cfg.moe_score == "softmax" else logits.sigmoid()
+        choice = scores + self.expert_bias if cfg.moe_balance == "bias" else scores
+        if cfg.moe_groups > 1:  # group-limited routing: only the best groups' experts compete
+            N, E, G = choice.shape[0], choice.shape[1], cfg.moe_groups
+            grouped = choice.view(N, G, E // G)
+            # DeepSeek-V3 ranks a group by the sum of its top-2 scores (its best one when groups hold one expert)
+            group_score = grouped.topk(min(2, E // G), dim=-1).values.sum(-1)  # (N, G)
+            keep = torch.zeros_like(group_score, dtype=torch.bool)
+            keep.scatter_(1, group_score.topk(cfg.moe_group_top_k, dim=-1).indices, True)
+            choice = grouped.masked_fill(~keep[..., None], float("-inf")).view(N, E)
+        chosen = choice.topk(cfg.moe_top_k, dim=-1).indices  # (N, k)
+        weights = scores.gather(1, chosen)  # (N, k)
+        if cfg.moe_normalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        if torch.is_grad_enabled():  # training: losses and loads for the loop (inference keeps no state)
+            self._losses(logits, scores, chosen)
+        return chosen, weights * cfg.moe_routed_scale, scores
+
+    def _losses(self, logits: torch.Tensor, scores: torch.Tensor, chosen: torch.Tensor) -> None:
+        cfg = self.config
+        N, E, k = scores.shape[0], scores.shape[1], cfg.moe_top_k
+        counts = torch.bincount(chosen.flatten(), minlength=E)
+        with torch.no_grad():
+            self.expert_load += counts.to(self.expert_load.dtype)
+        probs = scores / scores.sum(dim=-1, keepdim=True) if cfg.moe_score == "sigmoid" else scores
+        # Switch/GShard: E * sum_e (tokens to e / (N k)) * (mean probability of e); 1 when perfectly balanced.
+        self.aux_loss = E * (counts.to(probs.dtype) / (N * k) * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()  # ST-MoE's router z-loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        flat = x.reshape(-1, C)  # (N, C)
+        chosen, weights, _ = self.route(flat)  # (N, k), (N, k)
+        k = chosen.shape[1]
+        expert_of = chosen.flatten()  # (N k,)
+        order = expert_of.argsort(stable=True)  # the (token, expert) pairs sorted by expert
+        token_of = order // k
+        counts = torch.bincount(expert_of, minlength=self.config.moe_experts)  # (E,)
+        y = self.experts(flat[token_of], counts)  # (N k, C)
+        y = y * weights.flatten()[order, None].to(y.dtype)
+        out = torch.zeros_like(flat).index_add_(0, token_of, y)  # (N, C)
+        if self.shared is not None:
+            shared = self.shared(flat)
+            if self.shared_gate is not None:  # Qwen-MoE: a sigmoid gate per token on the shared experts
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            out = out + shared
+        return out.view(B, T, C)
+
+
+def moe_layers(model: nn.Module) -> list[MoE]:
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+def moe_loss(model: nn.Module) -> torch.Tensor | None:
+    """The configured auxiliary and z losses of the last forward, summed over layers (None: no MoE layer ran)."""
+    layers = [m for m in moe_layers(model) if m.aux_loss is not None]
+    if not layers:
+        return None
+    cfg = layers[0].config
+    total = 0.0
+    for m in layers:
+        if cfg.moe_balance == "aux_loss" and cfg.moe_aux_loss_coef:
+            total = total + cfg.moe_aux_loss_coef * m.aux_loss
+        if cfg.moe_z_loss_coef:
+            total = total + cfg.moe_z_loss_coef * m.z_loss
+    return total if isinstance(total, torch.Tensor) else None
+
+
+@torch.no_grad()
+def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list[float]]:
+    """Auxiliary loss, z-loss (means over layers, of the last forward), and each expert's share of the routed
+    tokens since the last reset, summed over layers; max/mean load (1 is perfect balance). Empty without MoE."""
+    layers = moe_layers(model)
+    if not layers:
+        return {}
+    load = torch.stack([m.expert_load for m in layers]).sum(0)
+    stats: dict[str, float | list[float]] = {}
+    if layers[0].aux_loss is not None:
+        stats["moe_aux_loss"] = float(torch.stack([m.aux_loss.detach() for m in layers]).mean())
+        stats["moe_z_loss"] = float(torch.stack([m.z_loss.detach() for m in layers]).mean())
+    if load.sum() > 0:
+        stats["moe_load_max_over_mean"] = float(load.max() / load.mean())
+        stats["moe_expert_load"] = (load / load.sum()).tolist()
+    if reset:
+        for m in layers:
+            m.expert_load.zero_()
+    return stats
+
+
+@torch.no_grad()
+def update_expert_bias(model: nn.Module) -> None:
+    """DeepSeek-V3's auxiliary-loss-free balancing, after an optimizer step: each layer's bias moves by
+    ``moe_bias_rate`` towards the experts that got fewer tokens than the mean (sign of the gap), from the
+    loads counted since the loads were last reset (:func:`moe_stats` resets them: call this first)."""
+    for m in moe_layers(model):
+        if m.config.moe_balance == "bias" and m.expert_load.sum() > 0:
+            m.expert_bias += m.config.moe_bias_rate * torch.sign(m.expert_load.mean() - m.expert_load)

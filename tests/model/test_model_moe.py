@@ -1,0 +1,156 @@
+"""The mixture-of-experts block: published counts, dispatch against a plain loop, losses, balancing, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from groundup.model.config import ModelConfig
+from groundup.model.moe import MoE, moe_stats, update_expert_bias
+from groundup.model.transformer import MLP, Transformer, count_parameters
+from groundup.plan.params import count_parameters as planned
+
+PUBLISHED = {  # transformers on the meta device
+    "mixtral-8x7b": 46_702_792_704,
+    "olmoe-1b-7b": 6_919_161_856,
+    "qwen1.5-moe-a2.7b": 14_315_784_192,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_moe_presets_count_exactly(name):
+    cfg = ModelConfig.from_name(name)
+    assert count_parameters(cfg) == PUBLISHED[name] == planned(cfg).total
+
+
+def test_active_parameters_of_mixtral():
+    counts = planned(ModelConfig.from_name("mixtral-8x7b"))
+    # 2 of 8 experts per token: 32 layers x 6 unused experts x 3 x 4096 x 14336 fewer
+    assert counts.active == counts.total - 32 * 6 * 3 * 4096 * 14336 == 12_879_925_248
+
+
+def tiny(**moe) -> ModelConfig:
+    base = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, moe_experts=4, moe_top_k=2,
+                moe_hidden=16)
+    return ModelConfig.llama(**{**base, **moe})
+
+
+def reference(block: MoE, x: torch.Tensor) -> torch.Tensor:
+    """The block's function written as a loop over tokens and their chosen experts."""
+    flat = x.reshape(-1, x.shape[-1])
+    chosen, weights, _ = block.route(flat)
+    out = torch.zeros_like(flat)
+    for n in range(flat.shape[0]):
+        for e, w in zip(chosen[n].tolist(), weights[n], strict=True):
+            h = flat[n] @ block.experts.fc[e].t()
+            gate, up = h.chunk(2)
+            out[n] += w * ((torch.nn.functional.silu(gate) * up) @ block.experts.proj[e].t())
+        if block.shared is not None:
+            s = block.shared(flat[n:n + 1])[0]
+            out[n] += torch.sigmoid(block.shared_gate(flat[n])) * s if block.shared_gate is not None else s
+    return out.view_as(x)
+
+
+@pytest.mark.parametrize("moe", [
+    {},
+    {"moe_score": "sigmoid", "moe_groups": 2, "moe_group_top_k": 1, "moe_routed_scale": 2.5},
+    {"moe_shared_experts": 2, "moe_shared_gate": True, "moe_normalize": False},
+])
+def test_dropless_dispatch_equals_the_loop(moe):
+    torch.manual_seed(0)
+    model = Transformer(tiny(**moe))
+    block = model.blocks[1].mlp
+    assert isinstance(block, MoE)
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        assert torch.allclose(block(x), reference(block, x), atol=1e-5)
+
+
+def test_group_limited_routing_keeps_to_the_best_groups():
+    torch.manual_seed(0)
+    block = Transformer(tiny(moe_experts=8, moe_groups=4, moe_group_top_k=1, moe_score="sigmoid")).blocks[0].mlp
+    chosen, _, _ = block.route(torch.randn(50, 32))
+    assert (chosen // 2).unique(dim=1).shape[1] == 1 or all(len(set((row // 2).tolist())) == 1 for row in chosen)
+
+
+def test_first_layers_dense_and_losses_in_training():
+    torch.manual_seed(0)
+    model = Transformer(tiny(n_layer=3, moe_dense_layers=1, moe_z_loss_coef=1e-3))
+    assert isinstance(model.blocks[0].mlp, MLP) and isinstance(model.blocks[2].mlp, MoE)
+    idx = torch.randint(0, 64, (2, 16))
+    loss = model(idx, idx)
+    loss.backward()
+    assert model.blocks[1].mlp.router.weight.grad.abs().sum() > 0  # the aux loss reaches the router
+    stats = moe_stats(model)
+    assert stats["moe_aux_loss"] >= 1.0 - 1e-6 and stats["moe_z_loss"] > 0  # 1 is perfect balance
+    assert len(stats["moe_expert_load"]) == 4 and abs(sum(stats["moe_expert_load"]) - 1) < 1e-6
+    assert moe_stats(model).get("moe_expert_load") is None  # read once, then reset
+
+
+def test_bias_balancing_moves_towards_the_idle_experts():
+    torch.manual_seed(0)
+    model = Transformer(tiny(moe_balance="bias", moe_bias_rate=0.01))
+    block = model.blocks[0].mlp
+    with torch.no_grad():
+        block.router.weight.zero_()
+        block.router.weight[0] = 1.0  # expert 0 takes every token whose features sum positive
+    x = torch.randn(64, 32).abs()
+    block.route(x)
+    update_expert_bias(model)
+    load = block.expert_load
+    assert block.expert_bias[0] < 0 and load[0] == 64  # the overloaded expert is pushed down
+    assert all(block.expert_bias[e] > 0 for e in range(4) if load[e] < load.mean())  # the idle ones up
+    assert any(k.endswith("expert_bias") for k in model.state_dict())  # saved with the weights
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"moe_top_k": 5}, "moe_top_k"),
+    ({"moe_groups": 3}, "moe_groups"),
+    ({"moe_shared_gate": True}, "moe_shared_gate"),
+    ({"bias": True}, "bias=False"),
+])
+def test_bad_moe_settings_are_named(changes, named):
+    with pytest.raises(ValueError, match=named):
+        tiny(**changes)
+
+
+def test_moe_weights_into_a_dense_shape_are_refused(tmp_path):
+    from groundup.model.io import load_model_weights, save_model_weights
+
+    save_model_weights(Transformer(tiny()), tmp_path / "moe.safetensors")
+    dense = Transformer(tiny(moe_experts=0))
+    with pytest.raises(Exception, match="experts"):
+        load_model_weights(dense, tmp_path / "moe.safetensors")
+
+
+def test_the_training_step_trains_and_logs_the_experts():
+    from groundup.train.loop import LoopConfig
+    from groundup.train.optim import OptimConfig, build_optimizer
+    from groundup.train.stability import SpikeGuard
+    from groundup.train.step import StepSpec, TrainState, micro_batches, train_step
+
+    torch.manual_seed(0)
+    model = Transformer(tiny(moe_balance="bias")).train()
+    x = torch.randint(0, 64, (4, 17))
+    batch = (x[:, :-1], x[:, 1:])
+
+    class OneBatch:
+        def next_batch(self):
+            return batch
+
+        def state_dict(self) -> dict:
+            return {}
+
+        def load_state_dict(self, state: dict) -> None:
+            pass
+
+    state = TrainState(model=model, optimizer=build_optimizer(model, OptimConfig(lr=3e-3), "cpu"),
+                       sampler=OneBatch(), guard=SpikeGuard(LoopConfig()))
+    spec = StepSpec(loss_fn=lambda m, b: m(*b), tokens_per_micro_batch=batch[0].numel())
+    results = [train_step(state, micro_batches(state.sampler), spec, lr=3e-3, accum=1, grad_clip=1.0)
+               for _ in range(6)]
+    assert results[-1].loss < results[0].loss
+    extras = results[-1].extras
+    assert {"moe_aux_loss", "moe_z_loss", "moe_load_max_over_mean"} <= set(extras)
+    assert abs(sum(extras[f"moe_load_{e}"] for e in range(4)) - 1) < 1e-6
+    assert model.blocks[0].mlp.expert_bias.abs().sum() > 0  # the bias method moved
