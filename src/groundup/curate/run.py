@@ -99,15 +99,17 @@ def _check(cfg: Config) -> None:
 
 
 def merge_read_stats(results: list[dict]) -> dict:
-    merged = {"documents": 0, "bytes": 0, "skipped": {}, "skip_examples": []}
+    merged = {"documents": 0, "bytes": 0, "skipped": {}, "replaced_bytes": {}, "skip_examples": []}
     for r in results:
         read = r["read"]
         merged["documents"] += read["documents"]
         merged["bytes"] += read["bytes"]
-        for reason, n in read["skipped"].items():
-            merged["skipped"][reason] = merged["skipped"].get(reason, 0) + n
+        for key in ("skipped", "replaced_bytes"):
+            for reason, n in read.get(key, {}).items():  # a marker from before replaced_bytes has none
+                merged[key][reason] = merged[key].get(reason, 0) + n
         merged["skip_examples"].extend(read["skip_examples"])
     merged["skipped"] = dict(sorted(merged["skipped"].items()))
+    merged["replaced_bytes"] = dict(sorted(merged["replaced_bytes"].items()))
     merged["skip_examples"] = merged["skip_examples"][:50]
     return merged
 
