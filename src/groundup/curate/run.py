@@ -63,6 +63,9 @@ class Config:
     """Records larger than this are skipped and counted (a 50 MB line is not a web page)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     """The filtering and redaction steps and their thresholds (defaults: FineWeb's)."""
+    decontaminate: list[str] | str = field(default_factory=list)
+    """Evaluation files (JSONL, Parquet or text): drop every document that shares a word 13-gram with one of their
+    items (adds the `decontaminate` step at the end of the recipe; stats.json counts the drops per file)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Global deduplication after filtering; set exact and near to false to skip it."""
     executor: str = "local"
@@ -95,6 +98,12 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"unknown warc_backend {cfg.warc_backend!r} (fastwarc or warcio)")
     if cfg.max_document_bytes <= 0 or cfg.task_bytes <= 0:
         raise ValueError("max_document_bytes and task_bytes must be positive")
+    if isinstance(cfg.decontaminate, str):
+        cfg.decontaminate = [cfg.decontaminate]
+    if cfg.decontaminate and not any("decontaminate" in step for step in cfg.recipe.steps):
+        from groundup.curate.recipe import resolve_steps
+
+        cfg.recipe.steps = resolve_steps([*cfg.recipe.steps, {"decontaminate": {"files": list(cfg.decontaminate)}}])
     build_steps(cfg.recipe)  # a step's own checks (an unknown extractor or PII kind) fail before any work starts
 
 
