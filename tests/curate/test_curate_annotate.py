@@ -19,9 +19,7 @@ from groundup.curate import annotate, scorer
 from groundup.curate import run as curate
 from groundup.curate.annotate import parse_score, read_annotations
 
-FILLER = ("river garden window market station engine village library doctor winter mountain letter kitchen "
-          "bridge forest harbor farmer student painter museum island valley journey castle bottle machine "
-          "meadow candle theater orchard sailor tower lantern basket pocket ladder carpet mirror").split()
+FILLER = ["river", "garden", "window", "market", "station", "engine", "village", "library", "doctor", "winter", "mountain", "letter", "kitchen", "bridge", "forest", "harbor", "farmer", "student", "painter", "museum", "island", "valley", "journey", "castle", "bottle", "machine", "meadow", "candle", "theater", "orchard", "sailor", "tower", "lantern", "basket", "pocket", "ladder", "carpet", "mirror"]
 
 
 def document(rng: random.Random, score: int) -> str:
