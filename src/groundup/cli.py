@@ -25,6 +25,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "probe": ("groundup.probe.run", "Measure this machine: matmul peaks, memory bandwidth, disk reads, collectives, topology."),
     "launch": ("groundup.probe.launch", "Write (and submit) a Slurm script running a stage under torchrun on N nodes."),
     "curate": ("groundup.curate.run", "Clean, filter, deduplicate and redact web text (WARC/WET, JSONL, Parquet) into shards."),
+    "annotate": ("groundup.curate.annotate", "Score documents 0-5 with an LLM behind an OpenAI-compatible URL (FineWeb-Edu's rubric)."),
+    "train-scorer": ("groundup.curate.scorer", "Learn a fast quality scorer (hashed n-gram linear model) from annotations."),
     "run": ("groundup.run", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
     "tokenizer": ("groundup.tokenizer.run", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),

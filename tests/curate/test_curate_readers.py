@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 
 import pytest
@@ -146,3 +147,89 @@ def test_text_folder_empty_and_invalid_files(tmp_path):
     warc_empty = tmp_path / "e.warc.gz"
     warc_empty.write_bytes(b"")
     assert read(warc_empty)[1].skipped == {"empty file": 1}
+
+
+def _record_bytes(path):
+    """Each record of a WARC written by write_warc: its gzip member (.gz) or its bytes from ``WARC/1.``."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        import zlib
+
+        members, rest = [], data
+        while rest:
+            d = zlib.decompressobj(31)
+            d.decompress(rest)
+            members.append(rest[: len(rest) - len(d.unused_data)])
+            rest = d.unused_data
+        return members
+    return [b"WARC/1." + r for r in data.split(b"WARC/1.")[1:]]
+
+
+GARBAGE = {"random": bytes(range(256)) * 3, "gzip member": b"\x1f\x8b\x08\x00" + bytes(range(7, 250)) * 2}
+
+
+@pytest.mark.parametrize("backend", ["fastwarc", "warcio"])
+@pytest.mark.parametrize("compressed", [True, False])
+@pytest.mark.parametrize("garbage", sorted(GARBAGE))
+def test_whole_record_followed_by_garbage_is_kept(tmp_path, backend, compressed, garbage):
+    """A valid record is never lost because of what follows it (warcio reads such a file to the garbage)."""
+    if not compressed and garbage == "gzip member":
+        pytest.skip("a gzip member inside a plain WARC is the 'random' case")
+    path = write_warc(tmp_path / ("a.warc.gz" if compressed else "a.warc"), PAGES, gzip=compressed)
+    size = path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(GARBAGE[garbage])
+    docs, stats = read(path, warc_backend=backend)
+    assert [d.url for d in docs] == [url for url, _ in PAGES]
+    assert sum(stats.skipped.values()) == 1 and stats.examples[0].startswith(f"{path}:{size}: unreadable data after")
+
+
+@pytest.mark.parametrize("backend", ["fastwarc", "warcio"])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_garbage_between_records_is_counted_once_and_both_sides_kept(tmp_path, backend, compressed):
+    path = write_warc(tmp_path / ("a.warc.gz" if compressed else "a.warc"), PAGES, gzip=compressed)
+    records = _record_bytes(path)
+    junk = GARBAGE["gzip member" if compressed else "random"]
+    path.write_bytes(b"".join(records[:2]) + junk + b"".join(records[2:]))
+    docs, stats = read(path, warc_backend=backend)
+    assert [d.url for d in docs] == [url for url, _ in PAGES]
+    assert sum(stats.skipped.values()) == 1
+    assert stats.examples[0].startswith(f"{path}:{len(records[0]) + len(records[1])}: unreadable")
+
+
+@pytest.mark.parametrize("backend", ["fastwarc", "warcio"])
+@pytest.mark.parametrize("verify", [True, False])
+def test_corrupt_tail_record_is_counted_once(tmp_path, backend, verify):
+    path = write_warc(tmp_path / "a.warc.gz", PAGES)
+    records = _record_bytes(path)
+    path.write_bytes(b"".join(records[:-1]) + records[-1][: len(records[-1]) // 2])
+    docs, stats = read(path, warc_backend=backend, verify_digests=verify)
+    assert [d.url for d in docs] == [url for url, _ in PAGES[:-1]]
+    assert sum(stats.skipped.values()) == 1, stats.skipped
+    assert stats.examples[0].startswith(f"{path}:{sum(len(r) for r in records[:-1])}: ")
+
+
+@pytest.mark.parametrize("backend", ["fastwarc", "warcio"])
+@pytest.mark.parametrize("declared", [True, False])
+def test_invalid_utf8_is_replaced_and_counted(tmp_path, backend, declared):
+    html = "<html><head><meta charset='utf-8'></head><body><p>caf\udce9 au lait, na\u00efve</p></body></html>"
+    content_type = "text/html; charset=utf-8" if declared else "text/html"
+    path = tmp_path / "a.warc.gz"
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        http = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
+        body = html.encode("utf-8", errors="surrogateescape")  # the lone \xe9 byte of Latin-1 in a UTF-8 page
+        writer.write_record(writer.create_warc_record("http://a.example/", "response", payload=io.BytesIO(body),
+                                                      http_headers=http))
+    docs, stats = read(path, warc_backend=backend)
+    assert len(docs) == 1 and "caf\ufffd au lait, na\u00efve" in docs[0].text
+    assert stats.replaced_bytes == {"undecodable bytes (utf-8)": 1} and not stats.skipped
+    assert stats.as_dict()["replaced_bytes"] == {"undecodable bytes (utf-8)": 1}
+    from groundup.curate.run import merge_read_stats
+
+    older = {"documents": 1, "bytes": 5, "skipped": {}, "skip_examples": []}  # a marker written before the count
+    merged = merge_read_stats([{"read": stats.as_dict()}, {"read": stats.as_dict()}, {"read": older}])
+    assert merged["replaced_bytes"] == {"undecodable bytes (utf-8)": 2} and merged["documents"] == 3

@@ -46,12 +46,21 @@ class Document:
 
 @dataclass
 class ReadStats:
-    """What a reader saw: documents read and records skipped, with the reason and place of each skip."""
+    """What a reader saw: documents read, records skipped (with the reason and place of each skip) and
+    bytes replaced in documents that were kept (by reason, with the place of the first few)."""
 
     documents: int = 0
     bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    replaced_bytes: dict[str, int] = field(default_factory=dict)
+
+    def replace(self, reason: str, where: str, count: int) -> None:
+        """``count`` bytes of a kept document could not be read as they were and were replaced."""
+        self.replaced_bytes[reason] = self.replaced_bytes.get(reason, 0) + count
+        if len(self.examples) < 20:
+            self.examples.append(f"{where}: {count} byte(s) replaced: {reason}")
+        log.warning("replaced %d byte(s) at %s: %s", count, where, reason)
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -61,7 +70,7 @@ class ReadStats:
 
     def as_dict(self) -> dict:
         return {"documents": self.documents, "bytes": self.bytes, "skipped": dict(self.skipped),
-                "skip_examples": list(self.examples)}
+                "replaced_bytes": dict(self.replaced_bytes), "skip_examples": list(self.examples)}
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:

@@ -9,6 +9,7 @@ extraction of the FineWeb recipe, for runs that want to reproduce it.
 from __future__ import annotations
 
 import re
+from codecs import lookup as codec_lookup
 from dataclasses import dataclass
 
 from groundup.curate.steps import Filter
@@ -16,20 +17,51 @@ from groundup.curate.text import Document
 
 EXTRACTORS = ("resiliparse", "trafilatura")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_ESCAPED = re.compile("[\udc80-\udcff]")
+# <meta charset="x"> or <meta http-equiv="Content-Type" content="text/html; charset=x">, HTML5's prescan in short
+_META_CHARSET = re.compile(rb"<meta[^>]*?charset\s*=\s*[\"']?\s*([A-Za-z0-9_.:-]+)", re.IGNORECASE)
 
 
-def decode_html(body: bytes, charset: str | None = None) -> str:
-    """HTML bytes to text: the declared charset if it decodes, else a detected one (resiliparse), else UTF-8."""
-    if charset:
+def decode_bytes(body: bytes, charset: str | None = None) -> tuple[str, int, str]:
+    """Bytes (an HTML page, a WET record) to text, how many bytes did not decode (each now U+FFFD) and the codec.
+
+    The declared charset when it names a codec; without one, UTF-8 if the bytes are valid UTF-8, else the
+    charset of a ``<meta>`` tag, else the one resiliparse detects, else UTF-8. Bytes that do not decode are
+    replaced and counted; resiliparse's own ``bytes_to_str`` is not used, since it drops such bytes without
+    a trace or re-decodes a whole UTF-8 page as Latin-1.
+    """
+    codec = _codec(charset)
+    if codec is None:
         try:
-            return body.decode(charset)
-        except (LookupError, UnicodeDecodeError):
+            return body.decode("utf-8"), 0, "utf-8"
+        except UnicodeDecodeError:
             pass
+        meta = _META_CHARSET.search(body[:4096])
+        codec = _codec(meta.group(1).decode("ascii")) if meta else None
+    if codec is None:
+        try:
+            from resiliparse.parse.encoding import detect_encoding
+
+            codec = _codec(detect_encoding(body))
+        except ImportError:
+            pass
+    codec = codec or "utf-8"
     try:
-        from resiliparse.parse.encoding import bytes_to_str, detect_encoding
-    except ImportError:
-        return body.decode("utf-8", errors="replace")
-    return bytes_to_str(body, detect_encoding(body))
+        return body.decode(codec), 0, codec
+    except UnicodeDecodeError:
+        pass
+    # surrogateescape turns each undecodable byte into one lone surrogate: count them, then replace
+    text = body.decode(codec, errors="surrogateescape")
+    return _ESCAPED.sub("\ufffd", text), len(_ESCAPED.findall(text)), codec
+
+
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codec_lookup(name).name
+    except LookupError:
+        return None
 
 
 def extract_resiliparse(html: str) -> str:

@@ -4,11 +4,18 @@ Every document keeps its source file and offset: the WARC record's byte offset, 
 line number (from 1), the Parquet row (from 0), 0 for a text file. Bad input is skipped and
 counted in a :class:`~groundup.corpus.ReadStats` with its file and offset, never raised:
 
-- a truncated gzip stream or WARC record: what was read before stays, the rest is counted;
+- a truncated gzip stream or WARC record: what was read before stays, the rest is counted once,
+  at the offset of the gzip member that is cut;
 - a WARC record whose length is wrong: its block digest fails (when the record has one) or
   the next header does not parse, so it is dropped and reading resumes at the next record;
-- invalid UTF-8, malformed JSON, a record over ``max_document_bytes``, an empty file, a
-  Parquet file without the text column: skipped and counted.
+- a whole record followed by garbage (a corrupt gzip member, stray bytes): the record is kept
+  (it is checked on its own: its block ends in CRLF CRLF where its length says), the garbage is
+  counted and reading resumes at the next record after it;
+- bytes of a WARC/WET record that do not decode in its charset: replaced by U+FFFD and counted
+  (``replaced_bytes``, by reason); invalid UTF-8 in a JSONL line or text file, malformed JSON, a record
+  over ``max_document_bytes``, an empty file, a Parquet file without the text column: skipped and counted.
+
+Each skipped record is counted once, under one reason.
 
 A run raises a clear error only when no document at all could be read (see ``run``).
 """
@@ -23,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from groundup.corpus import ReadStats, parse_json_line
-from groundup.curate.extract import decode_html
+from groundup.curate.extract import decode_bytes
 from groundup.curate.text import Document
 
 log = logging.getLogger(__name__)
@@ -273,6 +280,8 @@ def _warcio_records(f, base: int, wet: bool, verify: bool, max_bytes: int) -> It
         skip = _header_skip(offset, url, declared, max_bytes)
         if skip is None and verify and rec.digest_checker.passed is False:
             skip = _Record(offset, url, skip=_DIGEST_MISMATCH)
+        if skip is None and getattr(rec.raw_stream, "limit", 0) > 0:  # the stream ended inside the record
+            skip = _Record(offset, url, skip="truncated record")
         if skip is not None:
             yield skip
             continue
@@ -292,30 +301,66 @@ def _warcio_records(f, base: int, wet: bool, verify: bool, max_bytes: int) -> It
         yield _Record(offset, url, date, body, charset, html=not wet)
 
 
-def _gzip_ends_whole(path: Path, start: int) -> bool:
-    """Whether the gzip members from ``start`` to the end of the file are all complete."""
+def _gzip_break(path: Path, start: int) -> int | None:
+    """The offset of the first gzip member from ``start`` on that is corrupt or cut short, or None if all end whole."""
     with open(path, "rb") as f:
         f.seek(start)
-        member = zlib.decompressobj(31)
-        fed = False
+        member, member_start, position, fed = zlib.decompressobj(31), start, start, False
         try:
             while chunk := f.read(_CHUNK):
                 while chunk:
                     member.decompress(chunk, 1 << 16)
                     fed = True
+                    rest = member.unused_data if member.eof else member.unconsumed_tail
+                    position += len(chunk) - len(rest)
                     if member.eof:
-                        chunk = member.unused_data
-                        member, fed = zlib.decompressobj(31), False
-                    else:
-                        chunk = member.unconsumed_tail
+                        member, member_start, fed = zlib.decompressobj(31), position, False
+                    chunk = rest
         except zlib.error:
-            return False
-    return member.eof or not fed
+            return member_start
+    return member_start if fed else None
+
+
+def _record_end(path: Path, offset: int, gzipped: bool, max_bytes: int) -> int | None:
+    """Where the record at ``offset`` ends if it is whole on its own (its block is followed by CRLF CRLF
+    where its Content-Length says, and in a .gz file its gzip member ends there too), else None."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if gzipped:
+            member = zlib.decompressobj(31)
+            data = bytearray()
+            try:
+                while not member.eof and len(data) <= max_bytes + (1 << 16) and (chunk := f.read(1 << 16)):
+                    data += member.decompress(chunk)
+            except zlib.error:
+                return None
+            if not member.eof:
+                return None
+            consumed = f.tell() - len(member.unused_data) - offset
+        else:
+            data = bytearray(f.read(min(max_bytes, 1 << 16)))
+    header_end = data.find(b"\r\n\r\n")
+    if header_end < 0:
+        return None
+    length = None
+    for line in bytes(data[:header_end]).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = int(value)
+    if length is None or length > max_bytes:
+        return None
+    block_end = header_end + 4 + length
+    if gzipped:
+        return offset + consumed if bytes(data[block_end:]) == b"\r\n\r\n" else None
+    with open(path, "rb") as f:
+        f.seek(offset + block_end)
+        return offset + block_end + 4 if f.read(4) == b"\r\n\r\n" else None
 
 
 def _next_record_start(path: Path, after: int, gzipped: bool) -> int | None:
     """Where the next record may start after a broken one: the next gzip member, or the next ``WARC/`` line."""
-    marker = b"\x1f\x8b\x08" if gzipped else b"\nWARC/1."
+    # a false start (the marker inside a record's content) fails to parse and is passed over uncounted
+    marker = b"\x1f\x8b\x08" if gzipped else b"WARC/1."
     with open(path, "rb") as f:
         f.seek(after)
         carry = b""
@@ -328,18 +373,16 @@ def _next_record_start(path: Path, after: int, gzipped: bool) -> int | None:
             i = data.find(marker)
             if i >= 0:
                 start = position - len(carry) + i
-                return start if gzipped else start + 1
+                return start
             carry = data[-(len(marker) - 1):]
             position += len(chunk)
 
 
-def read_warc(path: Path, stats: ReadStats, *, wet: bool = False, backend: str = "fastwarc",
-              verify_digests: bool = True, max_document_bytes: int = 5_000_000) -> Iterator[Document]:
-    """Response records with HTML (WARC) or conversion records with text (WET), resyncing after a broken record."""
+def _record_source(backend: str):
     if backend == "fastwarc":
         try:
             import fastwarc  # noqa: F401
-            records = _fastwarc_records
+            return _fastwarc_records
         except ImportError:
             backend = "warcio"
     if backend == "warcio":
@@ -347,60 +390,85 @@ def read_warc(path: Path, stats: ReadStats, *, wet: bool = False, backend: str =
             import warcio  # noqa: F401
         except ImportError as e:
             raise ImportError("reading WARC needs fastwarc or warcio: pip install 'groundup[data]'") from e
-        records = _warcio_records
-    elif backend != "fastwarc":
-        raise ValueError(f"unknown WARC backend {backend!r} (fastwarc or warcio)")
+        return _warcio_records
+    raise ValueError(f"unknown WARC backend {backend!r} (fastwarc or warcio)")
+
+
+_QUIET = ("not HTML", "HTTP status")  # expected in a crawl: counted without a warning
+
+
+def read_warc(path: Path, stats: ReadStats, *, wet: bool = False, backend: str = "fastwarc",
+              verify_digests: bool = True, max_document_bytes: int = 5_000_000) -> Iterator[Document]:
+    """Response records with HTML (WARC) or conversion records with text (WET), resyncing after a broken record."""
+    records = _record_source(backend)
     source = str(path)
     if path.stat().st_size == 0:
         stats.skip("empty file", source)
         return
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    start = 0
+    start: int | None = 0
     while start is not None:
         pending: _Record | None = None  # a record is handed out once the next header parsed (or the file ended)
         last = start
         try:
             with open(path, "rb") as f:
                 f.seek(start)
-                base = start if backend == "warcio" else 0  # fastwarc reports positions in the file itself
+                base = start if records is _warcio_records else 0  # fastwarc reports positions in the file itself
                 for rec in records(f, base, wet, verify_digests, max_document_bytes):
                     if pending is not None:
                         yield from _emit(pending, source, stats)
                     pending, last = rec, rec.offset
-            if pending is not None:
-                yield from _emit(pending, source, stats)
-            # both parsers stop quietly at a cut gzip member: check that the stream ends whole
-            if gzipped and not _gzip_ends_whole(path, last):
-                stats.skip("truncated gzip stream (records after this one are lost)", f"{source}:{last}")
-            return
         except Exception as e:  # a header that does not parse, a broken gzip member
-            if pending is not None:
-                stats.skip("record length does not match its content (the next header is broken)",
-                           f"{source}:{pending.offset}")
-                where = pending.offset
-            else:
-                where = last
-                stats.skip(f"unreadable record ({type(e).__name__}: {e})", f"{source}:{where}")
-            start = _next_record_start(path, where + 1, gzipped)
+            start = yield from _after_break(path, source, stats, pending, last, gzipped, e, max_document_bytes,
+                                            resyncing=start > 0)
+            continue
+        if pending is not None:
+            yield from _emit(pending, source, stats)
+        # both parsers stop quietly at a cut gzip member: check that the stream ends whole
+        cut = _gzip_break(path, last) if gzipped else None
+        already_counted = cut == last and pending is not None and pending.skip is not None
+        if cut is not None and not already_counted:
+            stats.skip("truncated gzip stream (the record here and any after it are lost)", f"{source}:{cut}")
+        return
+
+
+def _after_break(path: Path, source: str, stats: ReadStats, pending: _Record | None, last: int, gzipped: bool,
+                 error: Exception, max_bytes: int, resyncing: bool):
+    """Count what broke once, hand out the record before it if that one is whole; return where to resume.
+
+    A broken stretch is counted once: when reading resumed inside it (a false start) and failed again
+    before any record, that failure is the same stretch and is not counted again."""
+    kind = type(error).__name__
+    log.debug("%s:%d: %s: %s", source, last, kind, error)
+    if pending is None:
+        if not resyncing:
+            stats.skip(f"unreadable record ({kind})", f"{source}:{last}")
+        return _next_record_start(path, last + 1, gzipped)
+    end = _record_end(path, pending.offset, gzipped, max_bytes)
+    if end is not None:  # the record is whole: what follows it is broken, not the record
+        yield from _emit(pending, source, stats)
+        stats.skip(f"unreadable data after a record ({kind})", f"{source}:{end}")
+        return _next_record_start(path, end + 1, gzipped)
+    if pending.skip is not None and not pending.skip.startswith(_QUIET):
+        yield from _emit(pending, source, stats)  # already a reason to skip it (its digest failed): counted once
+    else:
+        stats.skip("record length does not match its content (the next header is broken)",
+                   f"{source}:{pending.offset}")
+    return _next_record_start(path, pending.offset + 1, gzipped)
 
 
 def _emit(rec: _Record, source: str, stats: ReadStats) -> Iterator[Document]:
     where = f"{source}:{rec.offset}"
     if rec.skip is not None:
-        if rec.skip in ("not HTML",) or rec.skip.startswith("HTTP status"):
-            stats.skipped[rec.skip] = stats.skipped.get(rec.skip, 0) + 1  # expected in a crawl: counted quietly
+        if rec.skip.startswith(_QUIET):
+            stats.skipped[rec.skip] = stats.skipped.get(rec.skip, 0) + 1
         else:
             stats.skip(rec.skip, where)
         return
-    if rec.html:
-        text = decode_html(rec.body, rec.charset)
-    else:
-        try:
-            text = rec.body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            stats.skip(f"invalid UTF-8 at byte {e.start}", where)
-            return
+    text, replaced, codec = decode_bytes(rec.body, rec.charset)
+    if replaced:
+        stats.replace(f"undecodable bytes ({codec})", where, replaced)
     stats.documents += 1
     stats.bytes += len(rec.body)
     doc = Document(text, source, rec.offset, rec.url, html=rec.html)

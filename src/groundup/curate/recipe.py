@@ -32,6 +32,7 @@ from argparse import ArgumentError
 from dataclasses import dataclass, field
 from typing import Any
 
+from groundup.curate.decontam import Decontaminate
 from groundup.curate.extract import Extractor
 from groundup.curate.filters.c4 import C4QualityFilter
 from groundup.curate.filters.fineweb import FineWebQualityFilter
@@ -40,6 +41,7 @@ from groundup.curate.filters.language import LanguageFilter
 from groundup.curate.filters.length import LengthFilter
 from groundup.curate.filters.url import URLFilter
 from groundup.curate.pii import PIIRedactor
+from groundup.curate.scorer import ScoreFilter
 from groundup.curate.steps import Filter, Formatter, Step
 from groundup.curate.unicode import UnicodeFixer
 
@@ -71,7 +73,8 @@ def register_step(cls: type[Step]) -> type[Step]:
 
 
 for _builtin in (URLFilter, Extractor, UnicodeFixer, LengthFilter, LanguageFilter, GopherRepetitionFilter,
-                 GopherQualityFilter, C4QualityFilter, FineWebQualityFilter, PIIRedactor):
+                 GopherQualityFilter, C4QualityFilter, FineWebQualityFilter, PIIRedactor, Decontaminate,
+                 ScoreFilter):
     register_step(_builtin)
 
 FINEWEB_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -96,7 +99,7 @@ class RecipeConfig:
         default_factory=lambda: [{name: dict(params)} for name, params in FINEWEB_STEPS])
     """The steps in order, each `name` or `name: {parameter: value, ...}` (unnamed parameters keep their
     defaults). Steps: url_filter, extract, unicode_fix, length, language, gopher_repetition, gopher_quality,
-    c4_quality, fineweb_quality, pii; docs/curate.md lists their parameters. Default: FineWeb's recipe."""
+    c4_quality, fineweb_quality, pii, decontaminate, score; docs/curate.md lists their parameters. Default: FineWeb's recipe."""
 
     def __post_init__(self) -> None:
         self.steps = resolve_steps(self.steps)

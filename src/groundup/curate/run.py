@@ -63,6 +63,9 @@ class Config:
     """Records larger than this are skipped and counted (a 50 MB line is not a web page)."""
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     """The filtering and redaction steps and their thresholds (defaults: FineWeb's)."""
+    decontaminate: list[str] | str = field(default_factory=list)
+    """Evaluation files (JSONL, Parquet or text): drop every document that shares a word 13-gram with one of their
+    items (adds the `decontaminate` step at the end of the recipe; stats.json counts the drops per file)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Global deduplication after filtering; set exact and near to false to skip it."""
     executor: str = "local"
@@ -95,19 +98,27 @@ def _check(cfg: Config) -> None:
         raise ValueError(f"unknown warc_backend {cfg.warc_backend!r} (fastwarc or warcio)")
     if cfg.max_document_bytes <= 0 or cfg.task_bytes <= 0:
         raise ValueError("max_document_bytes and task_bytes must be positive")
+    if isinstance(cfg.decontaminate, str):
+        cfg.decontaminate = [cfg.decontaminate]
+    if cfg.decontaminate and not any("decontaminate" in step for step in cfg.recipe.steps):
+        from groundup.curate.recipe import resolve_steps
+
+        cfg.recipe.steps = resolve_steps([*cfg.recipe.steps, {"decontaminate": {"files": list(cfg.decontaminate)}}])
     build_steps(cfg.recipe)  # a step's own checks (an unknown extractor or PII kind) fail before any work starts
 
 
 def merge_read_stats(results: list[dict]) -> dict:
-    merged = {"documents": 0, "bytes": 0, "skipped": {}, "skip_examples": []}
+    merged = {"documents": 0, "bytes": 0, "skipped": {}, "replaced_bytes": {}, "skip_examples": []}
     for r in results:
         read = r["read"]
         merged["documents"] += read["documents"]
         merged["bytes"] += read["bytes"]
-        for reason, n in read["skipped"].items():
-            merged["skipped"][reason] = merged["skipped"].get(reason, 0) + n
+        for key in ("skipped", "replaced_bytes"):
+            for reason, n in read.get(key, {}).items():  # a marker from before replaced_bytes has none
+                merged[key][reason] = merged[key].get(reason, 0) + n
         merged["skip_examples"].extend(read["skip_examples"])
     merged["skipped"] = dict(sorted(merged["skipped"].items()))
+    merged["replaced_bytes"] = dict(sorted(merged["replaced_bytes"].items()))
     merged["skip_examples"] = merged["skip_examples"][:50]
     return merged
 

@@ -180,12 +180,14 @@ class Chain:
             stats = self.stats.steps[step.name]
             start = clock() if self.timed else 0.0
             survivors = []
-            for i in alive:
+            # a filter with filter_batch (decontamination) decides for the whole batch in one call
+            batch = step.filter_batch([docs[i] for i in alive]) if hasattr(step, "filter_batch") else None
+            for position, i in enumerate(alive):
                 doc = docs[i]
                 stats.documents_in += 1
                 stats.bytes_in += doc.nbytes
                 if isinstance(step, Filter):
-                    keep, reason = step.filter(doc)
+                    keep, reason = batch[position] if batch is not None else step.filter(doc)
                     if not keep:
                         stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
                         drops.append((i, step.name, reason))

@@ -11,21 +11,21 @@ from pathlib import Path
 
 from groundup.curate.text import Document
 
-COLUMNS = ("text", "source", "offset", "url", "date", "language", "language_score")
+COLUMNS = ("text", "source", "offset", "url", "date", "language", "language_score", "score")
 DROPPED_COLUMNS = (*COLUMNS, "step", "reason")
 
 
 def _schema(columns: tuple[str, ...]):
     import pyarrow as pa
 
-    types = {"offset": pa.int64(), "language_score": pa.float64()}
+    types = {"offset": pa.int64(), "language_score": pa.float64(), "score": pa.float64()}
     return pa.schema([(name, types.get(name, pa.string())) for name in columns])
 
 
 def document_row(doc: Document) -> dict:
     return {"text": doc.text, "source": doc.source, "offset": doc.offset, "url": doc.url,
             "date": doc.meta.get("date"), "language": doc.meta.get("language"),
-            "language_score": doc.meta.get("language_score")}
+            "language_score": doc.meta.get("language_score"), "score": doc.meta.get("score")}
 
 
 class ParquetShardWriter:

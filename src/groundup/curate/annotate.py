@@ -1,0 +1,253 @@
+"""Annotate documents with an LLM through any OpenAI-compatible URL: a 0-5 score per document from a rubric.
+
+The default rubric is FineWeb-Edu's additive educational-value prompt (Penedo et al. 2024); ``prompt``
+replaces it (a text with ``{text}`` where the document goes). Each document's score is appended to
+``annotations.jsonl`` as soon as it arrives, keyed by the SHA-256 of its text, so a killed run started
+again asks only for the documents it has no score for: none twice, none missing. Requests run on a
+bounded pool of threads, with retries and exponential backoff on HTTP 5xx, 429 and timeouts. Replies
+without a score, failed requests and their places are counted in ``stats.json`` with the tokens used
+(from the server's ``usage``) and their cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from groundup.artifacts import write_json
+from groundup.corpus import ReadStats
+from groundup.curate.readers import list_inputs, read_file
+
+log = logging.getLogger(__name__)
+
+FINEWEB_EDU_PROMPT = """Below is an extract from a web page. Evaluate whether the page has a high educational value \
+and could be useful in an educational setting for teaching from primary school to grade school levels using the \
+additive 5-point scoring system described below. Points are accumulated based on the satisfaction of each criterion:
+
+- Add 1 point if the extract provides some basic information relevant to educational topics, even if it includes \
+some irrelevant or non-academic content like advertisements and promotional material.
+- Add another point if the extract addresses certain elements pertinent to education but does not align closely \
+with educational standards. It might mix educational content with non-educational material, offering a \
+superficial overview of potentially useful topics, or presenting information in a disorganized manner and \
+incoherent writing style.
+- Award a third point if the extract is appropriate for educational use and introduces key concepts relevant to \
+school curricula. It is coherent though it may not be comprehensive or could include some extraneous information. \
+It may resemble an introductory section of a textbook or a basic tutorial that is suitable for learning but has \
+notable limitations like treating concepts that are too complex for grade school students.
+- Grant a fourth point if the extract highly relevant and beneficial for educational purposes for a level not \
+higher than grade school, exhibiting a clear and consistent writing style. It could be similar to a chapter from \
+a textbook or a tutorial, offering substantial educational content, including exercises and solutions, with \
+minimal irrelevant information, and the concepts aren't too advanced for grade school students. The content is \
+coherent, focused, and valuable for structured learning.
+- Bestow a fifth point if the extract is outstanding in its educational value, perfectly suited for teaching \
+either at primary school or grade school. It follows detailed reasoning, the writing style is easy to follow and \
+offers profound and thorough insights into the subject matter, devoid of any non-educational or complex content.
+
+The extract:
+{text}
+
+After examining the extract:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: "Educational score: <total points>\""""
+
+_SCORE_LINE = re.compile(r"score\s*[:=]?\s*\**\s*([0-5](?:\.\d+)?)\b", re.IGNORECASE)
+_FRACTION = re.compile(r"\b([0-5](?:\.\d+)?)\s*(?:/|out of)\s*5\b", re.IGNORECASE)
+_LONE = re.compile(r"^\s*\**([0-5](?:\.\d+)?)\**\s*\.?\s*$")
+
+
+def parse_score(reply: str, max_score: float = 5) -> float | None:
+    """The score in a reply: the last ``score: N`` (any case, markdown bold allowed), else the last ``N/5`` or
+    ``N out of 5``, else a reply that is only a number; None when there is none in [0, max_score]."""
+    for pattern in (_SCORE_LINE, _FRACTION):
+        found = pattern.findall(reply)
+        if found:
+            value = float(found[-1])
+            return value if 0 <= value <= max_score else None
+    lone = _LONE.match(reply)
+    return float(lone.group(1)) if lone else None
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Score documents 0-5 with an LLM behind an OpenAI-compatible URL (FineWeb-Edu's rubric by default)."""
+
+    input: list[str] | str = field(default_factory=list)
+    """Documents: curate shards (.parquet), JSONL, text files or folders (the `text` field or column)."""
+    out: Path = Path("runs/annotations")
+    """Output directory: annotations.jsonl (hash, source, offset, text, score, reply) and stats.json."""
+    url: str = "http://127.0.0.1:8000/v1"
+    """Base URL of an OpenAI-compatible server (`groundup serve`, vLLM, a hosted API)."""
+    model: str = "default"
+    """Model name sent with each request."""
+    prompt: str = FINEWEB_EDU_PROMPT
+    """The rubric: a text with {text} where the document goes (default: FineWeb-Edu's additive 0-5 prompt)."""
+    prompt_file: Path | None = None
+    """Read the rubric from this file instead of `prompt`."""
+    api_key: str | None = None
+    """Sent as `Authorization: Bearer` (None: no header)."""
+    max_chars: int = 10_000
+    """Documents are cut to this many characters before they go in the prompt."""
+    max_tokens: int = 256
+    """Tokens the server may generate per reply."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    retries: int = 4
+    """Retries of a request after a 5xx, a 429, a timeout or a refused connection (with exponential backoff)."""
+    backoff_seconds: float = 1.0
+    """The first retry waits this long, each next one twice as long."""
+    timeout_seconds: float = 60.0
+    """A request without an answer after this long is a timeout."""
+    limit: int | None = None
+    """Annotate at most this many documents (None: all)."""
+    price_per_million_input_tokens: float = 0.0
+    """For the cost counter, in your currency."""
+    price_per_million_output_tokens: float = 0.0
+    """For the cost counter, in your currency."""
+    text_field: str = "text"
+    """Field (JSONL) or column (Parquet) holding the text."""
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    retries: int = 0
+    annotated: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, reason: str, where: str) -> None:
+        with self.lock:
+            self.failed[reason] = self.failed.get(reason, 0) + 1
+            if len(self.examples) < 20:
+                self.examples.append(f"{where}: {reason}")
+        log.warning("annotate %s: %s", where, reason)
+
+
+def _request(cfg: Config, prompt: str, counts: _Counts) -> tuple[str, dict]:
+    """The reply text and usage of one chat completion, retried on 5xx, 429, timeouts and refused connections."""
+    body = json.dumps({"model": cfg.model, "messages": [{"role": "user", "content": prompt}],
+                       "max_tokens": cfg.max_tokens, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    if cfg.api_key:
+        headers["Authorization"] = f"Bearer {cfg.api_key}"
+    url = cfg.url.rstrip("/") + "/chat/completions"
+    for attempt in range(cfg.retries + 1):
+        with counts.lock:
+            counts.requests += 1
+            counts.retries += attempt > 0
+        try:
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(req, timeout=cfg.timeout_seconds) as response:
+                data = json.loads(response.read())
+            return data["choices"][0]["message"]["content"] or "", data.get("usage") or {}
+        except urllib.error.HTTPError as e:
+            error = f"HTTP {e.code}"
+            if e.code != 429 and e.code < 500:
+                raise RuntimeError(error) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            error = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "connection"
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RuntimeError("malformed response") from None
+        if attempt < cfg.retries:
+            time.sleep(cfg.backoff_seconds * 2 ** attempt)
+    raise RuntimeError(f"{error} after {cfg.retries + 1} tries")
+
+
+def _annotate_one(cfg: Config, prompt: str, doc, key: str, counts: _Counts) -> dict | None:
+    where = f"{doc.source}:{doc.offset}"
+    try:
+        reply, usage = _request(cfg, prompt.replace("{text}", doc.text[: cfg.max_chars]), counts)
+    except RuntimeError as e:
+        counts.fail(str(e), where)
+        return None
+    with counts.lock:
+        counts.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        counts.completion_tokens += int(usage.get("completion_tokens") or 0)
+    score = parse_score(reply)
+    if score is None:
+        counts.fail("no score in the reply", where)
+        return None
+    return {"hash": key, "source": doc.source, "offset": doc.offset, "text": doc.text, "score": score,
+            "reply": reply}
+
+
+def read_annotations(path: Path) -> Iterator[dict]:
+    """The records of an annotations.jsonl; a line cut by a kill (the last one) is passed over."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "hash" in record and "score" in record:
+                yield record
+
+
+def run(cfg: Config) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompt = cfg.prompt_file.read_text(encoding="utf-8") if cfg.prompt_file else cfg.prompt
+    if "{text}" not in prompt:
+        raise ValueError("the rubric prompt has no {text} placeholder for the document")
+    specs = [cfg.input] if isinstance(cfg.input, str) else list(cfg.input)
+    if not specs:
+        raise ValueError("no input given: pass --input with documents (curate shards, JSONL, text)")
+    path = out / "annotations.jsonl"
+    done = {r["hash"] for r in read_annotations(path)}
+    counts, read_stats = _Counts(cached=len(done)), ReadStats()
+    with open(path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(cfg.concurrency) as pool:
+        pending: set = set()
+
+        def drain(block_until: int) -> None:
+            nonlocal pending
+            while len(pending) > block_until:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record = future.result()
+                    if record is not None:
+                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        sink.flush()  # on disk as it arrives: a kill loses only the requests in flight
+                        counts.annotated += 1
+
+        submitted = 0
+        for file in list_inputs(specs):
+            for doc in read_file(file, read_stats, text_field=cfg.text_field):
+                key = text_hash(doc.text)
+                if key in done or (cfg.limit is not None and submitted >= cfg.limit):
+                    continue
+                done.add(key)  # a duplicate text is asked once
+                submitted += 1
+                pending.add(pool.submit(_annotate_one, cfg, prompt, doc, key, counts))
+                drain(cfg.concurrency * 2)
+        drain(0)
+    cost = (counts.prompt_tokens * cfg.price_per_million_input_tokens
+            + counts.completion_tokens * cfg.price_per_million_output_tokens) / 1e6
+    write_json(out / "stats.json", {
+        "annotated": counts.annotated, "already_annotated": counts.cached, "requests": counts.requests,
+        "retries": counts.retries, "failed": dict(sorted(counts.failed.items())), "failed_examples": counts.examples,
+        "prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens, "cost": round(cost, 6),
+        "read": read_stats.as_dict()})
+    log.info("annotate: %d documents scored (%d already), %d failed, %d tokens, cost %.4f", counts.annotated,
+             counts.cached, sum(counts.failed.values()), counts.prompt_tokens + counts.completion_tokens, cost)
+    return out
