@@ -64,7 +64,8 @@ def main() -> None:
     if hasattr(fasttext, "train_supervised"):  # a package named fasttext without it is not the fastText bindings
         with tempfile.TemporaryDirectory() as tmp:
             train = Path(tmp) / "train.txt"
-            train.write_text("".join(f"__label__{s} {t}\n" for t, s in zip(texts[:2000], scores[:2000])))
+            train.write_text("".join(f"__label__{s} {t}\n" for t, s in
+                                         zip(texts[:2000], scores[:2000], strict=True)))
             ft = fasttext.train_supervised(str(train), wordNgrams=2, epoch=3, verbose=0, thread=1)
         t0 = time.perf_counter()
         for t in texts:
