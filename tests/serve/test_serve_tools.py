@@ -193,3 +193,20 @@ def test_bad_tool_requests_are_400_naming_the_field(live_server, body, param, me
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and message in error["message"], error
+
+
+def test_hf_export_renders_tools_as_the_server_does(serve_tools_dir, tmp_path):
+    """The exported chat template: transformers' apply_chat_template(messages, tools=...) gives the server's text."""
+    transformers = pytest.importorskip("transformers")
+    from groundup.interop.hf import export_hf
+
+    out = export_hf(serve_tools_dir, tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    for messages, tools in [(HISTORY, TOOLS), (HISTORY[1:3], TOOLS), (HISTORY[:2], None)]:
+        ours = render_chat(messages, tools=tools, add_generation_prompt=True)
+        theirs = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        assert theirs == ours
+    dict_arguments = [{**HISTORY[2], "tool_calls": [{"id": "call_1", "type": "function",
+                                                     "function": {"name": "search", "arguments": {"query": "é"}}}]}]
+    assert tokenizer.apply_chat_template(HISTORY[:2] + dict_arguments, tools=TOOLS, tokenize=False) == \
+        render_chat(HISTORY[:2] + dict_arguments, tools=TOOLS)
