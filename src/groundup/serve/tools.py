@@ -119,15 +119,10 @@ class ToolCallParser:
     def _step(self, delta: Delta) -> bool:
         """Consume what the buffer allows in the current state; True when the state changed (go again)."""
         if self.state == "text":
-            at = self.buffer.find(TOOL_CALL_OPEN)
-            if at < 0:
-                keep = _held_back(self.buffer, TOOL_CALL_OPEN)
-                self._text(delta, self.buffer[: len(self.buffer) - keep])
-                self.buffer = self.buffer[len(self.buffer) - keep:]
+            if not self._until(TOOL_CALL_OPEN, lambda text: self._text(delta, text)):
                 return False
-            self._text(delta, self.buffer[:at])
             self._space = ""
-            self.buffer, self.state = self.buffer[at + len(TOOL_CALL_OPEN):], "head"
+            self.state = "head"
             return True
         if self.state == "head":
             head = _HEAD.match(self.buffer)
@@ -140,14 +135,22 @@ class ToolCallParser:
             delta.add_call_entry({"index": len(self.calls) - 1, **call, "function": dict(call["function"])})
             self.buffer, self.state = self.buffer[head.end():], "arguments"
             return True
-        at = self.buffer.find(_END)
+        if not self._until(_END, lambda text: self._arguments(delta, text)):
+            return False
+        self.state = "text"
+        return True
+
+    def _until(self, marker: str, take) -> bool:
+        """Give ``take`` the buffer up to ``marker`` and drop the marker (True), or, with no marker yet, all of the
+        buffer but an end that may be the marker's start (False)."""
+        at = self.buffer.find(marker)
         if at < 0:
-            keep = _held_back(self.buffer, _END)
-            self._arguments(delta, self.buffer[: len(self.buffer) - keep])
+            keep = _held_back(self.buffer, marker)
+            take(self.buffer[: len(self.buffer) - keep])
             self.buffer = self.buffer[len(self.buffer) - keep:]
             return False
-        self._arguments(delta, self.buffer[:at])
-        self.buffer, self.state = self.buffer[at + len(_END):], "text"
+        take(self.buffer[:at])
+        self.buffer = self.buffer[at + len(marker):]
         return True
 
     def _text(self, delta: Delta, text: str) -> None:
