@@ -19,7 +19,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "ray": {"ray": "ray"},
     "interop": {"transformers": "transformers", "gguf": "gguf", "peft": "peft"},
     "eval": {"lm_eval": "lm-eval", "sacrebleu": "sacrebleu", "rouge_score": "rouge-score", "httpx": "httpx"},
-    "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "xgrammar": "xgrammar", "httpx": "httpx"},
+    "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "xgrammar": "xgrammar", "httpx": "httpx", "jsonschema": "jsonschema"},
     "report": {"tensorboard": "tensorboard"},
     "telemetry": {"pynvml": "nvidia-ml-py"},
 }

@@ -143,3 +143,20 @@ def test_batches_are_numbered_and_older_states_read_the_same():
     c = ExampleBatches(lengths, 3, list, seed=1)
     c.load_state_dict({"epoch": 1, "position": 2, "seed": 1})  # the form checkpoints had before numbering
     assert c.batches == 6 and c.next_batch() == straight[6]
+
+
+def test_tool_use_conversation_trains_the_calls_and_answers_not_the_results(tokenizer, tmp_path):
+    tools = [{"type": "function", "function": {"name": "calc", "parameters": {
+        "type": "object", "required": ["expression"], "properties": {"expression": {"type": "string"}}}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"expression": "2+3"}'}}
+    messages = [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "5"}, {"role": "assistant", "content": "It is 5."}]
+    path = write_jsonl(tmp_path / "tools.jsonl", [{"messages": messages, "tools": tools}])
+    (example,) = load_examples(path, tokenizer, DEFAULT_CHAT_TEMPLATE, 4096, DataStats(), skip_bad_lines=False)
+    assert tokenizer.decode(example.ids) == render_chat(messages, tools=tools)
+    trained = tokenizer.decode([label for label in example.labels if label != IGNORE_INDEX])
+    assert trained == ('<tool_call>\n{"name": "calc", "arguments": {"expression": "2+3"}}\n</tool_call><|im_end|>'
+                       "It is 5.<|im_end|>")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [*messages[:2], {**messages[2], "tool_call_id": "c9"}]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: messages\[2\].tool_call_id"):
+        load_examples(bad, tokenizer, DEFAULT_CHAT_TEMPLATE, 4096, DataStats(), skip_bad_lines=False)

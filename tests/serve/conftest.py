@@ -46,6 +46,12 @@ def harness_model_dir(spine_tokenizer, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def serve_tools_dir(spine_tokenizer, tmp_path_factory) -> Path:
+    """GPT-2-style tiny random model with room for a tools system prompt (about 800 tokens of this vocabulary)."""
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "tools", spine_tokenizer, seed=7, block_size=1536)
+
+
+@pytest.fixture(scope="session")
 def serve_model(serve_model_dir):
     return load_model_dir(serve_model_dir)
 

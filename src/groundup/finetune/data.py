@@ -3,7 +3,9 @@
 Record shapes (one JSON object per line):
 
 - instruction (Alpaca): ``{"instruction", "input" (optional), "output", "system" (optional)}``
-- chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, multi-turn
+- chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``, multi-turn; with tool
+  use, ``"tools": [OpenAI tool objects]`` beside the messages, assistant messages with ``tool_calls`` and
+  ``tool`` messages answering them (``tool_call_id``): the calls are trained, the tool results are not
 - preference (DPO): ``{"prompt": str or messages, "chosen": str, "rejected": str}``
 - classification: ``{"text": str, "label": str or int}``
 
@@ -140,6 +142,18 @@ def parse_prompt(obj: dict) -> list[dict[str, str]]:
         raise ValueError(str(e)) from None
 
 
+def parse_tools(obj: dict) -> list[dict] | None:
+    """A chat record's ``tools`` (OpenAI's ``{"type": "function", "function": {"name", ...}}``), or None."""
+    tools = obj.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+            for t in tools):
+        raise ValueError("'tools' must be a list of {'type': 'function', 'function': {'name', 'parameters'}}")
+    return tools
+
+
 def parse_preference(obj: dict) -> tuple[list[dict[str, str]], str, str]:
     """(prompt messages, chosen, rejected); a string prompt is one user message."""
     if "prompt" not in obj:
@@ -180,12 +194,14 @@ def encode_with_specials(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def chat_segments(messages: list[dict[str, str]], template: str | None) -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, trained) pieces: the assistant answers are the trained ones."""
+def chat_segments(messages: list[dict[str, Any]], template: str | None,
+                  tools: list[dict] | None = None) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, trained) pieces: the assistant answers (their tool calls included)
+    are the trained ones; tool results are context."""
     pieces: list[tuple[str, bool]] = []
     done = ""  # rendering of the messages handled so far
     for k, message in enumerate(messages):
-        full = render_chat(messages[: k + 1], template)
+        full = render_chat(messages[: k + 1], template, tools=tools)
         if not full.startswith(done):
             raise ValueError("the chat template does not render conversations prefix by prefix; "
                              "loss masks cannot be found for it")
@@ -193,7 +209,7 @@ def chat_segments(messages: list[dict[str, str]], template: str | None) -> list[
             pieces.append((full[len(done):], False))
         else:
             # (a conversation that opens with the assistant has no generation prompt to render: all trained)
-            prompt = render_chat(messages[:k], template, add_generation_prompt=True) if k else ""
+            prompt = render_chat(messages[:k], template, add_generation_prompt=True, tools=tools) if k else ""
             if not prompt.startswith(done) or not full.startswith(prompt):
                 raise ValueError("the chat template's generation prompt is not a prefix of the assistant turn")
             answer = full[len(prompt):]

@@ -31,6 +31,7 @@ from groundup.finetune.data import (
     pack_examples,
     pad_batch,
     parse_conversation,
+    parse_tools,
     read_jsonl,
     tokenize_segments,
     train_val,
@@ -62,7 +63,8 @@ def load_examples(path: Path, tokenizer, template: str, max_len: int, stats: Dat
     """Read, render, tokenize and truncate every conversation of ``path``."""
 
     def parse(obj: dict) -> Example | None:
-        return truncate(tokenize_segments(tokenizer, chat_segments(parse_conversation(obj), template)), max_len, stats)
+        pieces = chat_segments(parse_conversation(obj), template, tools=parse_tools(obj))
+        return truncate(tokenize_segments(tokenizer, pieces), max_len, stats)
 
     examples = [e for e in read_jsonl(path, parse, stats, skip_bad_lines=skip_bad_lines) if e is not None]
     if not examples:

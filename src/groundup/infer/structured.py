@@ -1,8 +1,18 @@
 """Structured output: response formats compiled into xgrammar grammars, applied as token masks by the engine.
 
-JSON schemas, any JSON object, regular expressions and EBNF grammars become xgrammar grammars over the
-model's vocabulary (:class:`GrammarFactory`); the engine keeps one ``GrammarMatcher`` per sequence and
-masks the tokens it forbids before each draw.
+JSON schemas, any JSON object, regular expressions, EBNF grammars and tool calls become xgrammar grammars
+over the model's vocabulary (:class:`GrammarFactory`); the engine keeps one ``GrammarMatcher`` per sequence
+and masks the tokens it forbids before each draw.
+
+Tool calls are written in the Hermes/Qwen format of the default chat template
+(:data:`groundup.tokenizer.chat.TOOL_CALL_OPEN`)::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+``required`` and a named tool are constrained from the first token; ``auto`` leaves the text free and
+constrains from the moment the model writes the opening tag (xgrammar's triggered structural tags).
 """
 
 from __future__ import annotations
@@ -80,11 +90,48 @@ class GrammarFactory:
         """Any JSON object (OpenAI's ``json_object`` mode; xgrammar's built-in JSON grammar admits any value)."""
         return self.json_schema({"type": "object"})
 
+    def tool_calls(self, tools: list[dict], choice: str, *, parallel: bool = True) -> StructuredOutput:
+        """Calls of ``tools`` (each ``{"name", "parameters"}``, parameters a JSON schema) in the chat template's
+        format. ``choice``: ``"auto"`` (free text; a call, once opened, follows its tool's schema),
+        ``"required"`` (only calls, at least one) or a tool's name (exactly one call of it). With ``parallel``
+        false, at most one call. No control-character ban here: the tags and free text need newlines."""
+        from xgrammar.structural_tag import (
+            StructuralTag,
+            TagFormat,
+            TagsWithSeparatorFormat,
+            TriggeredTagsFormat,
+        )
+
+        from groundup.tokenizer.chat import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+        def tag(tool: dict) -> TagFormat:
+            # At most one whitespace character between JSON tokens: a weak model cannot spend its budget on it.
+            return TagFormat(begin=f'{TOOL_CALL_OPEN}\n{{"name": "{tool["name"]}", "arguments": ',
+                             content=_arguments_json(tool.get("parameters")), end=f"}}\n{TOOL_CALL_CLOSE}")
+
+        if choice == "auto":
+            fmt = TriggeredTagsFormat(triggers=[TOOL_CALL_OPEN], tags=[tag(t) for t in tools],
+                                      stop_after_first=not parallel)
+        elif choice == "required":
+            fmt = TagsWithSeparatorFormat(tags=[tag(t) for t in tools], separator="\n", at_least_one=True,
+                                          stop_after_first=not parallel)
+        else:
+            (named,) = [t for t in tools if t["name"] == choice]
+            fmt = tag(named)
+        return StructuredOutput(self.compiler.compile_structural_tag(StructuralTag(format=fmt)))
+
     def regex(self, pattern: str) -> StructuredOutput:
         return StructuredOutput(self.compiler.compile_regex(pattern))
 
     def grammar(self, ebnf: str) -> StructuredOutput:
         return StructuredOutput(self.compiler.compile_grammar(ebnf))
+
+
+def _arguments_json(schema: dict | None):
+    """xgrammar's JSON-schema content, at most one whitespace character in a row (None: any JSON object)."""
+    from xgrammar.structural_tag import JSONSchemaFormat
+
+    return JSONSchemaFormat(json_schema=schema if schema is not None else {"type": "object"}, max_whitespace_cnt=1)
 
 
 def apply_grammars(logits: torch.Tensor, matchers: list, grammars: list[StructuredOutput], rows: list[int]) -> None:

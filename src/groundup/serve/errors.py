@@ -27,6 +27,9 @@ log = logging.getLogger("groundup.serve")
 
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+LEGACY_FIELDS = {"functions": " (deprecated by OpenAI: send 'tools')",
+                 "function_call": " (deprecated by OpenAI: send 'tool_choice')"}
+"""Fields OpenAI deprecated, and what to send instead (named in the 400 answer)."""
 _TYPE_OF_STATUS = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
@@ -100,6 +103,12 @@ def install_error_handlers(app: fastapi.FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(APIError(400, "the request body is not valid JSON", code="invalid_json"),
                                   request_id(http))
+        unknown = [".".join(str(p) for p in e.get("loc", ()) if p != "body") for e in errors
+                   if e.get("type") == "extra_forbidden"]
+        if unknown:  # OpenAI's answer to a field it does not know: 400 naming it, never a silent drop
+            hint = LEGACY_FIELDS.get(unknown[0], "")
+            return error_response(APIError(400, f"unrecognized request argument(s): {', '.join(unknown)}{hint}",
+                                           param=unknown[0], code="unknown_parameter"), request_id(http))
         message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request body")
         return error_response(APIError(400, message, param=where or None), request_id(http))
 

@@ -2,7 +2,8 @@
 
 Fields follow the OpenAI API; extras that vLLM also accepts (top_k, min_p, repetition_penalty,
 stop_token_ids, ignore_eos, prompt_logprobs, guided_json / guided_regex / guided_grammar) are read
-too, so clients written for vLLM work unchanged. Unknown fields are ignored, as OpenAI does.
+too, so clients written for vLLM work unchanged. A field the server does not know is answered 400
+naming it, as OpenAI answers: a setting is never dropped silently.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 class StreamOptions(_Body):
@@ -69,6 +70,34 @@ class CompletionRequest(SamplingFields):
 class ChatMessage(_Body):
     role: str
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's calls: OpenAI's ``{id, type: "function", function: {name, arguments}}``."""
+    tool_call_id: str | None = None
+    """A tool message: the id of the call it answers."""
+    refusal: str | None = None
+
+
+class FunctionDefinition(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """The arguments' JSON schema (None: any JSON object)."""
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionName
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -77,6 +106,11 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """``none``, ``auto`` (the default with tools), ``required``, or ``{"type": "function", "function":
+    {"name": ...}}``."""
+    parallel_tool_calls: bool = True
 
 
 class TokenizeRequest(_Body):
@@ -86,6 +120,8 @@ class TokenizeRequest(_Body):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+    tools: list[Tool] | None = None
 
 
 class DetokenizeRequest(_Body):

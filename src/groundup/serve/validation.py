@@ -72,16 +72,66 @@ def completion_requests(state: ServerState, body: CompletionRequest) -> list[Req
                     score_only=score_only, grammar=grammar) for ids in prompts]
 
 
-def chat_request(state: ServerState, body: ChatCompletionRequest) -> Request:
-    """The engine request of a /v1/chat/completions body: the conversation through the chat template."""
-    ids = encode_prompt(state, render_messages(state, body.messages, body.add_generation_prompt))
+def chat_request(state: ServerState, body: ChatCompletionRequest) -> tuple[Request, bool]:
+    """The engine request of a /v1/chat/completions body: the conversation (and its tools) through the chat
+    template; and whether the answer may hold tool calls (to be parsed out of its text)."""
+    tools, choice = check_tools(body)
+    ids = encode_prompt(state, render_messages(state, body.messages, body.add_generation_prompt, tools))
     check_logprobs("top_logprobs", body.top_logprobs, state.limits.max_logprobs)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = max_tokens_for(state, asked, [ids], default=state.limits.default_max_tokens, allow_zero=False)
     params = sampling_params(state, body, max_tokens, extra_stop_ids=state.end_of_turn)
     grammar = compile_grammar(state, body)
+    calls = bool(tools) and choice != "none"
+    if calls:
+        if grammar is not None:
+            raise APIError(400, "response_format (or guided_*) cannot be combined with tools unless tool_choice "
+                                "is 'none'", param="response_format")
+        functions = [{"name": t.function.name, "parameters": t.function.parameters} for t in body.tools or []]
+        try:
+            grammar = state.grammars.tool_calls(functions, choice, parallel=body.parallel_tool_calls)
+        except (RuntimeError, ValueError, TypeError) as e:  # a schema valid for jsonschema that xgrammar rejects
+            reason = _XGRAMMAR_PREFIX.sub("", str(e).strip())
+            raise APIError(400, f"cannot compile the tools' schemas: {reason}", param="tools") from None
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    return Request(prompt_ids=ids, params=params, n=body.n, logprobs=logprobs, grammar=grammar)
+    return Request(prompt_ids=ids, params=params, n=body.n, logprobs=logprobs, grammar=grammar), calls
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_tools(body: ChatCompletionRequest) -> tuple[list[dict], str]:
+    """The tools as the chat template receives them (OpenAI's objects) and the tool choice: ``none``, ``auto``,
+    ``required`` or a tool's name. Each tool's parameters must be a valid JSON Schema (checked with jsonschema)."""
+    import jsonschema
+
+    tools = body.tools or []
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        name = tool.function.name
+        if not _TOOL_NAME.fullmatch(name) or name in names:
+            raise APIError(400, f"tools[{i}].function.name: {name!r} must be 1 to 64 letters, digits, '_' or '-', "
+                                "and unique", param=f"tools[{i}].function.name")
+        names.add(name)
+        schema = tool.function.parameters
+        if schema is not None:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as e:
+                where = "".join(f"[{p!r}]" for p in e.path)
+                raise APIError(400, f"tools[{i}].function.parameters{where} is not valid JSON Schema: {e.message}",
+                               param=f"tools[{i}].function.parameters") from None
+    choice = body.tool_choice
+    if choice is None:
+        return [t.model_dump(exclude_none=True) for t in tools], "auto" if tools else "none"
+    if not isinstance(choice, str):
+        choice = choice.function.name
+        if choice not in names:
+            raise APIError(400, f"tool_choice names the function {choice!r}, which is not in tools",
+                           param="tool_choice")
+    elif choice != "none" and not tools:
+        raise APIError(400, f"tool_choice {choice!r} needs tools", param="tool_choice")
+    return [t.model_dump(exclude_none=True) for t in tools], choice
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -127,7 +177,8 @@ def prompt_list(state: ServerState, prompt: Any) -> list[list[int]]:
     return prompts
 
 
-def render_messages(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+def render_messages(state: ServerState, messages: list[ChatMessage], add_generation_prompt: bool,
+                    tools: list[dict] | None = None) -> str:
     plain = []
     for m in messages:
         content = m.content
@@ -135,9 +186,15 @@ def render_messages(state: ServerState, messages: list[ChatMessage], add_generat
             if any(part.get("type") != "text" for part in content):
                 raise APIError(400, "only text content parts are supported", param="messages")
             content = "".join(str(part.get("text", "")) for part in content)
-        plain.append({"role": m.role, "content": content or ""})
+        message = {"role": m.role, "content": content or ""}
+        if m.tool_calls:
+            message["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None or m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id
+        plain.append(message)
     try:
-        return render_chat(validate_messages(plain), state.chat_template, add_generation_prompt=add_generation_prompt)
+        return render_chat(validate_messages(plain), state.chat_template, add_generation_prompt=add_generation_prompt,
+                           tools=tools)
     except ChatFormatError as e:
         raise APIError(400, str(e), param="messages") from None
     except Exception as e:  # a template's raise_exception, say

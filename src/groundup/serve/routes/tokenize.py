@@ -22,7 +22,8 @@ router = fastapi.APIRouter()
 async def tokenize(body: TokenizeRequest, state: State):
     check_model(state, body.model)
     if body.messages is not None:
-        text = render_messages(state, body.messages, body.add_generation_prompt)
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        text = render_messages(state, body.messages, body.add_generation_prompt, tools)
     elif body.prompt is not None:
         text = body.prompt
     else:
