@@ -121,7 +121,7 @@ class MCPTools:
         try:
             listed = self._run(start(), timeout)
         except Exception as e:  # noqa: BLE001 (any failure to start is one error naming the server)
-            raise MCPError(f"MCP server {name!r}: cannot connect and list its tools: {one_line(e)}") from None
+            raise MCPError(f"MCP server {name!r}: cannot connect and list its tools: {one_line(leaf(e))}") from None
         self._clients[name] = client
         taken = {t.name for t in self.tools}
         for remote in listed:
@@ -136,7 +136,7 @@ class MCPTools:
                 result = self._run(client.call_tool(tool_name, arguments, read_timeout_seconds=self.timeout),
                                    self.timeout + 1)
             except Exception as e:  # noqa: BLE001 (a dead server, a timeout, a protocol error: one line)
-                raise ToolError(f"MCP server {server!r}, tool {tool_name}: {one_line(e)}") from None
+                raise ToolError(f"MCP server {server!r}, tool {tool_name}: {one_line(leaf(e))}") from None
             text = result_text(result)
             if result.is_error:
                 raise ToolError(f"MCP server {server!r}, tool {tool_name} failed: {text}")
@@ -171,6 +171,14 @@ class MCPTools:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def leaf(error: BaseException) -> BaseException:
+    """The first error inside (nested) exception groups: anyio's task groups wrap what went wrong."""
+    # duck-typed: Python 3.10 has no BaseExceptionGroup (anyio uses the exceptiongroup backport there)
+    while isinstance(getattr(error, "exceptions", None), tuple) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 def result_text(result: Any) -> str:

@@ -10,14 +10,17 @@ default: a host starts ``groundup mcp-serve`` itself) or Streamable HTTP; the SD
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from groundup.apps.client import ChatModel
 from groundup.apps.endpoint import endpoint, is_url
+from groundup.apps.trace import AppError, one_line
 from groundup.extras import require_extra
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,21 @@ class Capabilities:
             return read_json(Path(out) / "eval" / "results.json")["results"]
 
 
+def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its errors raised as the SDK's ToolError, whose message reaches the client (the SDK
+    keeps any other exception's text on the server)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError, KeyError, AppError) as e:
+            raise ToolError(one_line(e) if isinstance(e, AppError) else " ".join(str(e).split())) from e
+
+    return call
+
+
 def build_server(capabilities: Capabilities) -> Any:
     """The SDK's ``MCPServer`` with groundup's tools."""
     from mcp.server.mcpserver import MCPServer
@@ -124,7 +142,7 @@ def build_server(capabilities: Capabilities) -> Any:
     server = MCPServer("groundup", version=__version__,
                        instructions="groundup's tools: plan a model's training, count tokens, generate, evaluate.")
     for fn in (plan, capabilities.count_tokens, capabilities.generate, capabilities.evaluate):
-        server.add_tool(fn)
+        server.add_tool(reported(fn))
     return server
 
 
