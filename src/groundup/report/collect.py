@@ -75,6 +75,8 @@ class Run:
     samples: list[tuple[Path, list[dict]]] = field(default_factory=list)
     probes: list[tuple[Path, dict]] = field(default_factory=list)
     """probe.json files (`groundup probe`) found in the run dir."""
+    traces: list[tuple[Path, list[dict]]] = field(default_factory=list)
+    """trace.jsonl files (`groundup agent`, groundup.apps): one record per model call and tool call."""
     problems: list[str] = field(default_factory=list)
 
     def rel(self, path: Path) -> str:
@@ -145,6 +147,22 @@ def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
     problems.extend(f"{example}, skipped" for example in stats.examples)
     if stats.skipped > len(stats.examples):
         problems.append(f"{path}: {stats.skipped - len(stats.examples)} more bad lines skipped")
+    return out
+
+
+def _trace(path: Path, problems: list[str], limit: int = 20_000) -> list[dict]:
+    """The model and tool calls of an application's ``trace.jsonl`` (the first ``limit``)."""
+    out: list[dict] = []
+    stats = JsonlStats()
+    try:
+        for _, record in read_jsonl(path, stats=stats):
+            if record.get("kind") in ("model", "tool") and isinstance(record.get("latency_s"), (int, float)):
+                out.append(record)
+                if len(out) >= limit:
+                    break
+    except OSError as e:
+        problems.append(f"{path}: unreadable ({e})")
+    problems.extend(f"{example}, skipped" for example in stats.examples)
     return out
 
 
@@ -228,6 +246,10 @@ def collect(path: str | Path, *, max_points: int = 2000, label: str | None = Non
             probe = _read_json(d / "probe.json", problems)
             if isinstance(probe, dict) and probe.get("stage") == "probe":
                 run.probes.append((d / "probe.json", probe))
+        if (d / "trace.jsonl").is_file():
+            trace = _trace(d / "trace.jsonl", problems)
+            if trace:
+                run.traces.append((d / "trace.jsonl", trace))
         if (d / "samples.jsonl").is_file():
             samples = _samples(d / "samples.jsonl", problems)
             if samples:
