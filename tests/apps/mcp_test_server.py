@@ -1,6 +1,9 @@
 """A small MCP server written with the official SDK, for the tests: stdio, or Streamable HTTP on the port given."""
 
-import os, sys, time
+import os
+import sys
+import time
+
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("test-tools")

@@ -2,8 +2,8 @@ import json
 import time
 
 import pytest
-from conftest import call, last_user, tool_results
 
+from conftest import call, last_user, tool_results
 from groundup.apps import Agent, ChatModel, EndpointError, Trace
 
 
@@ -96,9 +96,9 @@ def test_a_4xx_is_not_retried_and_an_unreachable_endpoint_is_named(fake_openai):
     with ChatModel(server.url, retry_delay=0.01) as model, pytest.raises(EndpointError, match="HTTP 400"):
         model.complete("hi")
     assert len(server.requests) == 1
-    with ChatModel("http://127.0.0.1:9", model="m", retries=1, retry_delay=0.01, timeout=2) as model:
-        with pytest.raises(EndpointError, match=r"127.0.0.1:9/v1/chat/completions: connection failed .*2 tries"):
-            model.complete("hi")
+    with ChatModel("http://127.0.0.1:9", model="m", retries=1, retry_delay=0.01, timeout=2) as model, \
+            pytest.raises(EndpointError, match=r"127.0.0.1:9/v1/chat/completions: connection failed .*2 tries"):
+        model.complete("hi")
 
 
 def test_a_slow_endpoint_times_out(fake_openai):

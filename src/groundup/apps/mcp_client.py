@@ -14,6 +14,7 @@ share::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -150,7 +151,7 @@ class MCPTools:
             return
 
         async def stop_all() -> None:
-            for task, holder in self._keepers:
+            for _, holder in self._keepers:
                 if "stop" in holder:
                     holder["stop"].set()
             tasks = [task for task, _ in self._keepers]
@@ -159,10 +160,9 @@ class MCPTools:
             for task in tasks:
                 task.cancel()
 
-        try:
+        # closing: a server that already died has nothing to leave
+        with contextlib.suppress(Exception):
             self._run(stop_all(), 10)
-        except Exception:  # noqa: BLE001, S110 (closing: a server that already died has nothing to leave)
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

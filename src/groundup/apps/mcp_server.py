@@ -13,8 +13,8 @@ import contextlib
 import functools
 import logging
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,8 +106,8 @@ class Capabilities:
             tasks: task files or folders, comma-separated (name=path names one)
             model: the model dir (default: the served model's)
         """
-        from groundup.evaluate import run as evaluate_run
         from groundup.artifacts import read_json
+        from groundup.evaluate import run as evaluate_run
 
         model_dir = Path(model) if model else self.model_dir
         if model_dir is None:

@@ -5,7 +5,6 @@ the run's outcome to ``out/result.json``."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
