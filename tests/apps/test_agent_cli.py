@@ -10,13 +10,13 @@ from groundup.report.page import render
 
 def test_groundup_agent_runs_a_task_with_python_tools_and_the_report_draws_its_trace(
         fake_openai, tmp_path, monkeypatch, capsys):
-    (tmp_path / "my_tools.py").write_text("def multiply(a: int, b: int) -> int:\n"
+    (tmp_path / "tools_for_agent_cli.py").write_text("def multiply(a: int, b: int) -> int:\n"
                                           "    '''Multiply two integers.'''\n    return a * b\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     server = fake_openai(lambda body: {"tool_calls": [call("multiply", {"a": 6, "b": 7})]} if not tool_results(body)
                          else "It is " + tool_results(body)[0]["content"])
     out = tmp_path / "run" / "agent"
-    assert main(["agent", "--model", server.url, "--tools", "my_tools:multiply", "--out", str(out),
+    assert main(["agent", "--model", server.url, "--tools", "tools_for_agent_cli:multiply", "--out", str(out),
                  "What is 6 times 7?"]) == 0
     assert capsys.readouterr().out.strip() == "It is 42"
     result = json.loads((out / "result.json").read_text())

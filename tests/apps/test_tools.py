@@ -99,16 +99,16 @@ def test_a_hanging_tool_times_out_without_hanging_the_caller():
 
 
 def test_as_tools_and_load_tools(tmp_path, monkeypatch):
-    (tmp_path / "my_tools.py").write_text("def a(x: int) -> int:\n    return x\n\n"
+    (tmp_path / "tools_for_test_tools.py").write_text("def a(x: int) -> int:\n    return x\n\n"
                                           "def b(y: str) -> str:\n    return y\n\nTOOLS = [a, b]\nBY_NAME = {'a': a}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert [t.name for t in load_tools("my_tools:TOOLS")] == ["a", "b"]
-    assert [t.name for t in load_tools("my_tools:BY_NAME")] == ["a"]
+    assert [t.name for t in load_tools("tools_for_test_tools:TOOLS")] == ["a", "b"]
+    assert [t.name for t in load_tools("tools_for_test_tools:BY_NAME")] == ["a"]
     assert [t.name for t in as_tools(tool(weather))] == ["weather"]
     with pytest.raises(ValueError, match="module:object"):
-        load_tools("my_tools")
+        load_tools("tools_for_test_tools")
     with pytest.raises(ValueError, match="has no attribute NOPE"):
-        load_tools("my_tools:NOPE")
+        load_tools("tools_for_test_tools:NOPE")
     with pytest.raises(ValueError, match="cannot import"):
         load_tools("no_such_module_here:X")
     with pytest.raises(TypeError, match="not a tool"):

@@ -570,8 +570,8 @@ def eval_section(runs: Sequence[Run]) -> str:
 
 def trace_section(runs: Sequence[Run]) -> str:
     """Application runs (groundup.apps' trace.jsonl): every model and tool call, latency and tokens."""
-    if not any(r.traces for r in runs):
-        return section("apps", "Agents and workflows", None, not_run="no trace.jsonl in the run dir")
+    if not any(r.traces for r in runs):  # most runs have no application: no section, no entry in the nav
+        return ""
     parts = [missing_in(runs, lambda r: r.traces)]
     labelled = [(f"{run.label}: {run.rel(path)}", records) for run in runs for path, records in run.traces]
     parts.append(figure(plots.trace_figure(labelled), "model and tool calls over time",
@@ -730,6 +730,8 @@ SECTIONS = [("overview", "Overview"), ("recipe", "Recipe"), ("data", "Data"), ("
             ("pretrain", "Pretraining"), ("finetune", "Fine-tuning"), ("evaluation", "Evaluation"),
             ("samples", "Samples"), ("apps", "Agents"), ("checkpoints", "Checkpoints"), ("hardware", "Hardware"),
             ("timings", "Timings")]
+OPTIONAL = {"apps"}
+"""Sections left out (with their entry in the nav) where no run has what they draw."""
 
 
 def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -> str:
@@ -738,7 +740,8 @@ def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -
                 trace_section(runs), checkpoints_section(runs), hardware_section(runs), timings_section(runs),
                 problems_section(runs)]
     not_run = {anchor for anchor, _ in SECTIONS if f'id="{anchor}" class="notrun"' in "".join(sections)}
-    nav = "".join(f'<a href="#{a}"{" class=off" if a in not_run else ""}>{esc(n)}</a>' for a, n in SECTIONS)
+    shown = [(a, n) for a, n in SECTIONS if a not in OPTIONAL or f'id="{a}"' in "".join(sections)]
+    nav = "".join(f'<a href="#{a}"{" class=off" if a in not_run else ""}>{esc(n)}</a>' for a, n in shown)
     title = title or ("groundup run: " + runs[0].label if len(runs) == 1
                       else "groundup runs: " + ", ".join(r.label for r in runs))
     paths = " · ".join(esc(r.path.resolve()) for r in runs)
