@@ -11,6 +11,7 @@ or was killed; what could not be read is listed in ``problems``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,13 @@ def _checkpoints(path: Path, problems: list[str]) -> list[Checkpoint]:
     return found
 
 
-def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
-    """Prompt/completion pairs of a ``samples.jsonl`` (other shapes, e.g. evaluation samples, are left out)."""
+def _records(path: Path, problems: list[str], keep: Callable[[dict], bool], limit: int) -> list[dict]:
+    """The first ``limit`` records of a JSONL file that ``keep`` accepts; what is unreadable goes to ``problems``."""
     out: list[dict] = []
     stats = JsonlStats()
     try:
         for _, record in read_jsonl(path, stats=stats):
-            if "prompt" in record and "completion" in record:
+            if keep(record):
                 out.append(record)
                 if len(out) >= limit:
                     break
@@ -150,20 +151,15 @@ def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
     return out
 
 
+def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
+    """Prompt/completion pairs of a ``samples.jsonl`` (other shapes, e.g. evaluation samples, are left out)."""
+    return _records(path, problems, lambda r: "prompt" in r and "completion" in r, limit)
+
+
 def _trace(path: Path, problems: list[str], limit: int = 20_000) -> list[dict]:
     """The model and tool calls of an application's ``trace.jsonl`` (the first ``limit``)."""
-    out: list[dict] = []
-    stats = JsonlStats()
-    try:
-        for _, record in read_jsonl(path, stats=stats):
-            if record.get("kind") in ("model", "tool") and isinstance(record.get("latency_s"), (int, float)):
-                out.append(record)
-                if len(out) >= limit:
-                    break
-    except OSError as e:
-        problems.append(f"{path}: unreadable ({e})")
-    problems.extend(f"{example}, skipped" for example in stats.examples)
-    return out
+    return _records(path, problems, lambda r: r.get("kind") in ("model", "tool")
+                    and isinstance(r.get("latency_s"), (int, float)), limit)
 
 
 def vocab_token_lengths(tokenizer_json: Path) -> list[int] | None:
