@@ -42,6 +42,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "classify": ("groundup.infer.classify", "Label texts with a classifier dir (from `groundup finetune classify`)."),
     "serve": ("groundup.serve.run", "Serve a model dir over an OpenAI-compatible HTTP API (continuous batching, streaming, structured output)."),
     "chat": ("groundup.serve.chat", "Chat with a model dir in the terminal (history, chat template, streaming)."),
+    "agent": ("groundup.apps.run", "Run an agent on one task: a model (URL or model dir), Python tools, MCP servers' tools."),
+    "mcp-serve": ("groundup.apps.mcp_server", "Serve groundup's capabilities (plan, evaluate, generate, count tokens) as MCP tools."),
     "report": ("groundup.report.run", "Write one HTML page with plots of every stage of a run (or several runs overlaid)."),
 }
 

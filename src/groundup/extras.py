@@ -22,6 +22,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "serve": {"fastapi": "fastapi", "uvicorn": "uvicorn", "xgrammar": "xgrammar", "httpx": "httpx", "jsonschema": "jsonschema"},
     "report": {"tensorboard": "tensorboard"},
     "telemetry": {"pynvml": "nvidia-ml-py"},
+    "apps": {"mcp": "mcp", "httpx": "httpx", "jsonschema": "jsonschema"},
 }
 
 NEEDED: dict[str, tuple[str, ...]] = {
@@ -33,6 +34,7 @@ NEEDED: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn"),
     "report": ("tensorboard",),
     "telemetry": ("pynvml",),
+    "apps": ("httpx", "jsonschema"),
 }
 
 

@@ -11,6 +11,7 @@ or was killed; what could not be read is listed in ``problems``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ class Run:
     samples: list[tuple[Path, list[dict]]] = field(default_factory=list)
     probes: list[tuple[Path, dict]] = field(default_factory=list)
     """probe.json files (`groundup probe`) found in the run dir."""
+    traces: list[tuple[Path, list[dict]]] = field(default_factory=list)
+    """trace.jsonl files (`groundup agent`, groundup.apps): one record per model call and tool call."""
     problems: list[str] = field(default_factory=list)
 
     def rel(self, path: Path) -> str:
@@ -130,13 +133,13 @@ def _checkpoints(path: Path, problems: list[str]) -> list[Checkpoint]:
     return found
 
 
-def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
-    """Prompt/completion pairs of a ``samples.jsonl`` (other shapes, e.g. evaluation samples, are left out)."""
+def _records(path: Path, problems: list[str], keep: Callable[[dict], bool], limit: int) -> list[dict]:
+    """The first ``limit`` records of a JSONL file that ``keep`` accepts; what is unreadable goes to ``problems``."""
     out: list[dict] = []
     stats = JsonlStats()
     try:
         for _, record in read_jsonl(path, stats=stats):
-            if "prompt" in record and "completion" in record:
+            if keep(record):
                 out.append(record)
                 if len(out) >= limit:
                     break
@@ -146,6 +149,17 @@ def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
     if stats.skipped > len(stats.examples):
         problems.append(f"{path}: {stats.skipped - len(stats.examples)} more bad lines skipped")
     return out
+
+
+def _samples(path: Path, problems: list[str], limit: int = 50) -> list[dict]:
+    """Prompt/completion pairs of a ``samples.jsonl`` (other shapes, e.g. evaluation samples, are left out)."""
+    return _records(path, problems, lambda r: "prompt" in r and "completion" in r, limit)
+
+
+def _trace(path: Path, problems: list[str], limit: int = 20_000) -> list[dict]:
+    """The model and tool calls of an application's ``trace.jsonl`` (the first ``limit``)."""
+    return _records(path, problems, lambda r: r.get("kind") in ("model", "tool")
+                    and isinstance(r.get("latency_s"), (int, float)), limit)
 
 
 def vocab_token_lengths(tokenizer_json: Path) -> list[int] | None:
@@ -228,6 +242,10 @@ def collect(path: str | Path, *, max_points: int = 2000, label: str | None = Non
             probe = _read_json(d / "probe.json", problems)
             if isinstance(probe, dict) and probe.get("stage") == "probe":
                 run.probes.append((d / "probe.json", probe))
+        if (d / "trace.jsonl").is_file():
+            trace = _trace(d / "trace.jsonl", problems)
+            if trace:
+                run.traces.append((d / "trace.jsonl", trace))
         if (d / "samples.jsonl").is_file():
             samples = _samples(d / "samples.jsonl", problems)
             if samples:

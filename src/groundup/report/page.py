@@ -568,6 +568,31 @@ def eval_section(runs: Sequence[Run]) -> str:
     return section("evaluation", "Evaluation", "".join(parts))
 
 
+def trace_section(runs: Sequence[Run]) -> str:
+    """Application runs (groundup.apps' trace.jsonl): every model and tool call, latency and tokens."""
+    if not any(r.traces for r in runs):  # most runs have no application: no section, no entry in the nav
+        return ""
+    parts = [missing_in(runs, lambda r: r.traces)]
+    labelled = [(f"{run.label}: {run.rel(path)}", records) for run in runs for path, records in run.traces]
+    parts.append(figure(plots.trace_figure(labelled), "model and tool calls over time",
+                        "Each call from its start to its end."))
+    rows = []
+    for label, records in labelled:
+        by_name: dict[tuple[str, str], list[dict]] = {}
+        for r in records:
+            by_name.setdefault((r["kind"], str(r.get("name"))), []).append(r)
+        for (kind, name), calls in by_name.items():
+            latencies = sorted(c["latency_s"] for c in calls)
+            tokens = [sum(c.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")) for c in calls]
+            errors = [c.get("error") for c in calls if not c.get("ok", True)]
+            rows.append([label, kind, name, len(calls), len(errors), fmt(latencies[len(latencies) // 2], 3),
+                         fmt(latencies[-1], 3), f"{sum(tokens):,}" if kind == "model" else "—",
+                         errors[0] if errors else ""])
+    parts.append(table(["trace", "kind", "name", "calls", "failed", "median s", "max s", "tokens", "first error"],
+                       rows, numeric_from=3))
+    return section("apps", "Agents and workflows", "".join(parts))
+
+
 def samples_section(runs: Sequence[Run], limit: int) -> str:
     if not any(r.samples for r in runs):
         return section("samples", "Generated samples", None, not_run="no samples.jsonl in the run dir")
@@ -703,15 +728,20 @@ def problems_section(runs: Sequence[Run]) -> str:
 
 SECTIONS = [("overview", "Overview"), ("recipe", "Recipe"), ("data", "Data"), ("tokenizer", "Tokenizer"),
             ("pretrain", "Pretraining"), ("finetune", "Fine-tuning"), ("evaluation", "Evaluation"),
-            ("samples", "Samples"), ("checkpoints", "Checkpoints"), ("hardware", "Hardware"), ("timings", "Timings")]
+            ("samples", "Samples"), ("apps", "Agents"), ("checkpoints", "Checkpoints"), ("hardware", "Hardware"),
+            ("timings", "Timings")]
+OPTIONAL = {"apps"}
+"""Sections left out (with their entry in the nav) where no run has what they draw."""
 
 
 def render(runs: Sequence[Run], *, title: str | None = None, samples: int = 8) -> str:
     sections = [overview_section(runs), recipe_section(runs), data_section(runs), tokenizer_section(runs),
                 pretrain_section(runs), finetune_section(runs), eval_section(runs), samples_section(runs, samples),
-                checkpoints_section(runs), hardware_section(runs), timings_section(runs), problems_section(runs)]
+                trace_section(runs), checkpoints_section(runs), hardware_section(runs), timings_section(runs),
+                problems_section(runs)]
     not_run = {anchor for anchor, _ in SECTIONS if f'id="{anchor}" class="notrun"' in "".join(sections)}
-    nav = "".join(f'<a href="#{a}"{" class=off" if a in not_run else ""}>{esc(n)}</a>' for a, n in SECTIONS)
+    shown = [(a, n) for a, n in SECTIONS if a not in OPTIONAL or f'id="{a}"' in "".join(sections)]
+    nav = "".join(f'<a href="#{a}"{" class=off" if a in not_run else ""}>{esc(n)}</a>' for a, n in shown)
     title = title or ("groundup run: " + runs[0].label if len(runs) == 1
                       else "groundup runs: " + ", ".join(r.label for r in runs))
     paths = " · ".join(esc(r.path.resolve()) for r in runs)

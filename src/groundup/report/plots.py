@@ -395,3 +395,28 @@ def collectives_figure(runs: Sequence[tuple[str, dict]]) -> bytes | None:
     fig.suptitle("Collectives: bus bandwidth by size")
     fig.tight_layout()
     return to_png(fig)
+
+
+def trace_figure(traces: Sequence[tuple[str, list[dict]]]) -> bytes | None:
+    """Each model and tool call of an application run as a bar from its start to its end (one row per
+    call, in order; failed calls hatched), one panel per trace."""
+    traces = [(label, records) for label, records in traces if records][:4]
+    if not traces:
+        return None
+    plt = _plt()
+    rows = max(len(records) for _, records in traces)
+    fig, axes = plt.subplots(len(traces), 1, figsize=(WIDTH, min(12, 1.2 + 0.18 * rows) * len(traces)),
+                             squeeze=False)
+    for ax, (label, records) in zip(axes[:, 0], traces, strict=True):
+        t0 = min(r.get("start", 0) for r in records)
+        for i, r in enumerate(records):
+            ok = r.get("ok", True)
+            ax.barh(i, r["latency_s"], left=r.get("start", t0) - t0, height=0.7,
+                    color=color(0 if r["kind"] == "model" else 1), hatch=None if ok else "///",
+                    edgecolor="black" if not ok else None)
+        ax.invert_yaxis()
+        ax.set_yticks([])
+        ax.set_title(f"{label}: {len(records)} calls (blue: model, orange: tool; hatched: failed)", fontsize=9)
+        ax.set_xlabel("seconds since the first call")
+    fig.tight_layout()
+    return to_png(fig)
