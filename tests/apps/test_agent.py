@@ -2,8 +2,8 @@ import json
 import time
 
 import pytest
+from fake_openai import call, last_user, tool_results
 
-from conftest import call, last_user, tool_results
 from groundup.apps import Agent, ChatModel, EndpointError, Trace
 
 

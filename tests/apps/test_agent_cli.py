@@ -1,6 +1,7 @@
 import json
 
-from conftest import call, tool_results
+from fake_openai import call, tool_results
+
 from groundup.apps import ChatModel
 from groundup.apps.endpoint import endpoint
 from groundup.cli import main

@@ -5,9 +5,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_openai import call, tool_results
 
 import groundup
-from conftest import call, tool_results
 from groundup.apps import Agent, ChatModel, ToolError, Trace, run_tool
 from groundup.apps.endpoint import free_port
 from groundup.apps.mcp_client import MCPError, MCPTools, read_servers

@@ -2,8 +2,8 @@ import json
 import re
 
 import pytest
+from fake_openai import last_user
 
-from conftest import last_user
 from groundup.apps import ChatModel, GateError, Step, chain, orchestrate, refine, route, sections, vote
 from groundup.apps.workflows import pick, subtasks_of
 
