@@ -322,3 +322,15 @@ def test_non_finite_loss_skips_the_update(spine_tokens, tmp_path, monkeypatch, o
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "skipped_non_finite"] == [1]
     assert all(torch.isfinite(t).all() for t in weights(out).values())
+
+
+def test_compile_without_a_cpu_compiler_trains_eagerly_with_a_warning(monkeypatch, caplog):
+    from groundup.parallel import apply_compile as compile_mod
+
+    model = Transformer(MODEL)
+    monkeypatch.setattr(compile_mod.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with caplog.at_level("WARNING"):
+        assert compile_mod.apply_compile(model) is model
+    assert "no C++ compiler" in caplog.text
+    assert all(block._compiled_call_impl is None for block in model.blocks)  # nothing was compiled
