@@ -10,22 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
+from browser import ARTIFACTS, CHROMIUM_ARGS, chromium_or_skip
 from groundup.report import run as report_stage
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def chromium_or_skip() -> str:
-    pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed: pip install playwright")
-    path = CHROMIUM if CHROMIUM.is_file() else shutil.which("chromium")
-    if not path:
-        pytest.skip("no Chromium at /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it)")
-    return str(path)
 
 
 def render_in_chromium(html: Path, screenshot: Path) -> dict:

@@ -6,7 +6,7 @@ one line in ``ROUTERS`` (docs/serve.md, "Adding an endpoint").
 
 from __future__ import annotations
 
-from groundup.serve.routes import chat, completions, models, monitoring, tokenize
+from groundup.serve.routes import chat, completions, models, monitoring, tokenize, ui
 
-ROUTERS = [completions.router, chat.router, models.router, tokenize.router, monitoring.router]
+ROUTERS = [completions.router, chat.router, models.router, tokenize.router, monitoring.router, ui.router]
 """Every router the app mounts, in this order."""

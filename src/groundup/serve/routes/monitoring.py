@@ -10,8 +10,9 @@ from groundup.serve.metrics import render_metrics
 from groundup.serve.state import State
 
 router = fastapi.APIRouter()
-OPEN_PATHS = ("/health", "/metrics")
-"""Routes answered without the API key (load balancers and scrapers have none)."""
+OPEN_PATHS = ("/health", "/metrics", "/")
+"""Routes answered without the API key: load balancers and scrapers have none, and the chat page (``/``)
+asks the user for it."""
 
 
 @router.get("/health")
