@@ -161,7 +161,10 @@ class Attention(nn.Module):
             k, v, mask = cache.update(self.layer, k, v)  # (B, nkv, L, hd), (B, 1, T, L)
             # Each (row, head) pair is its own attention problem: a row's result does not depend on the other
             # rows of the batch (the engine's batch invariance; checked on the machine's kernels by the tests).
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)  # (B, nh, T, hd)
+            if q.device.type == "cpu" and T <= CPU_MATMUL_ATTENTION_ROWS:
+                y = attend_by_matmul(q, k, v, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nh)  # (B, nh, T, hd)
         else:
             if nkv != nh:
                 # Grouped-query attention: each key/value head serves nh // nkv query heads.
@@ -187,6 +190,24 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(activate(self.fc(x), self.kind)))
+
+
+CPU_MATMUL_ATTENTION_ROWS = 64
+"""Queries per row up to which attention over the cache runs as two batched matmuls on the CPU (decode steps
+and speculative verification). PyTorch's fused CPU kernel gave a row other bits in a batch of three than
+alone on two threads (the same bits on one thread; an AMD EPYC), which breaks the engine's batch invariance."""
+
+
+def attend_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √hd, where ``mask``) v for q (B, nh, T, hd), k and v (B, nkv, L, hd), mask (B, 1, T, L)
+    True where a query may attend: each (row, key head) one product, so a row's bits do not depend on the
+    batch. Query heads are grouped under their key head as ``enable_gqa`` groups them."""
+    B, nh, T, hd = q.shape
+    nkv, L = k.shape[1], k.shape[2]
+    g = nh // nkv
+    scores = torch.matmul(q.reshape(B, nkv, g * T, hd), k.transpose(-1, -2)) * hd ** -0.5  # (B, nkv, g*T, L)
+    scores = scores.view(B, nkv, g, T, L).masked_fill(~mask.unsqueeze(2), float("-inf"))
+    return torch.matmul(scores.softmax(-1).view(B, nkv, g * T, L), v).view(B, nh, T, hd)
 
 
 def make_mlp(config: ModelConfig, layer: int) -> nn.Module:
