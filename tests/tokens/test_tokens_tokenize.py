@@ -60,6 +60,28 @@ def test_output_is_the_same_for_any_number_of_workers(tokens_dir, tokenize_confi
     assert (one["tokens"], one["bytes"], one["documents"]) == (two["tokens"], two["bytes"], two["documents"])
 
 
+def test_workers_start_from_a_fork_server_while_other_threads_run(tokens_dir, tokenize_config, tmp_path):
+    """A process running other threads (a server, an engine, a notebook's) does not fork its workers: a child
+    forked while a thread holds a lock can wait on it forever. The fork server's workers give the same bytes."""
+    import threading
+
+    from groundup.processes import pool_context
+
+    assert pool_context().get_start_method() == ("fork" if threading.active_count() == 1 else "forkserver")
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        assert pool_context().get_start_method() == "forkserver"
+        assert pool_context(fork=False).get_start_method() == "forkserver"
+        out = tokenize_stage.run(tokenize_config(tmp_path / "two", workers=2, chunk_bytes=3000))
+    finally:
+        stop.set()
+        busy.join()
+    for split in ("train.bin", "val.bin"):
+        assert (out / split).read_bytes() == (tokens_dir / split).read_bytes()
+
+
 def test_token_dtype_choice():
     assert tokenize_stage.token_dtype(300) == np.uint16
     assert tokenize_stage.token_dtype(65536) == np.uint16  # ids 0..65535 fit

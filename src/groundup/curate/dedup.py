@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from groundup.curate.hashing import GOLDEN, MASK64, fmix64, shingles_from_words
+from groundup.processes import pool_context
 
 log = logging.getLogger(__name__)
 
@@ -403,15 +403,9 @@ def _sign_all(shards: list[_Shard], run_dir: Path, cfg: DedupConfig, workers: in
                 results[task[0].index] = _sign_shard(task)
                 progress.update(task[0].rows)
         else:
-            # Not fork: the parent has usually started pyarrow's threads by now, and a child forked
-            # while one of them holds a lock waits on it forever (seen here). A fork server is a
-            # fresh process without those threads that forks workers quickly; spawn elsewhere.
-            if "forkserver" in mp.get_all_start_methods():
-                ctx = mp.get_context("forkserver")
-                ctx.set_forkserver_preload([__name__])
-            else:
-                ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks))) as pool:
+            # Not fork: the parent has usually started pyarrow's threads by now (native threads, not counted
+            # by pool_context), and a child forked while one of them holds a lock waits on it forever (seen here).
+            with pool_context(fork=False, preload=[__name__]).Pool(min(workers, len(tasks))) as pool:
                 for task, result in zip(tasks, pool.imap(_sign_shard, tasks), strict=True):
                     results[task[0].index] = result
                     progress.update(task[0].rows)

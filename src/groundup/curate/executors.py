@@ -9,10 +9,11 @@ hands over the tasks without a valid marker.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
+
+from groundup.processes import pool_context
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,7 @@ class LocalExecutor:
             for task in tasks:
                 yield fn(task)
             return
-        # fork starts workers in milliseconds; where it is unavailable, spawn works the same, slower.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(min(self.workers, len(tasks)), maxtasksperchild=None) as pool:
+        with pool_context().Pool(min(self.workers, len(tasks)), maxtasksperchild=None) as pool:
             yield from pool.imap_unordered(fn, tasks, chunksize=1)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from groundup.artifacts import (
     write_manifest,
 )
 from groundup.corpus import STDLIB, Document, ReadStats, load_documents, split_of
+from groundup.processes import pool_context
 from groundup.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int, initi
         for item in items:
             yield fn(item)
         return
-    # fork starts workers in milliseconds; where it is unavailable, spawn works the same, slower.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = pool_context()
     max_pending = max_pending or 2 * workers
     with ctx.Pool(workers, initializer=initializer, initargs=initargs) as pool:
         pending: deque = deque()
