@@ -1,8 +1,8 @@
 """Tool calls: validity of constrained calls through the server, and the cost of constrained ``auto`` decoding.
 
 Validity: ``--requests`` chat requests with tools at temperature 1 through ``groundup serve``'s app (in
-process, under uvicorn, with the official ``openai`` client) against a random tiny model (2 x 64 over the
-benchmark tokenizer of serve_common.py, unless ``--model``), cycling through ``required`` (one call, and parallel calls),
+process, under uvicorn, with the official ``openai`` client) against a random model over the benchmark
+tokenizer of serve_common.py (``--shape test``: 2 x 64; ``tiny``: the main job's 4 x 256; or ``--model``), cycling through ``required`` (one call, and parallel calls),
 a named tool and ``auto``. Every call must parse as strict JSON and validate against its tool's schema
 with ``jsonschema``; a call cut by ``max_tokens`` counts as a failure.
 
@@ -10,7 +10,7 @@ Overhead: the engine in process, the same prompt decoded free and under the ``au
 model writes text; the grammar watches for ``<tool_call>``), ``--tokens`` tokens at temperature 1, batch 1
 and 8, medians of ``--rounds`` alternating rounds.
 
-    PYTHONPATH=src python benchmarks/tool_calls.py [--requests 200] [--rounds 3] [--tokens 64]
+    PYTHONPATH=src python benchmarks/tool_calls.py [--shape test|tiny] [--requests 200] [--rounds 3] [--tokens 64]
 """
 
 from __future__ import annotations
@@ -43,19 +43,29 @@ CHOICES = [("required", False), ("required", True), ({"type": "function", "funct
            ("auto", True)]
 
 
-def tiny_model_dir(work: Path) -> Path:
-    """A random tiny model (2 x 64, as the tests' models) over the benchmark tokenizer."""
+def tiny_model_dir(work: Path, shape: str = "test") -> Path:
+    """A random model over the benchmark tokenizer: ``test`` 2 x 64 (as the tests' models), or ``tiny`` the
+    main job's shape (recipes/tiny.yaml's model: 4 x 256, vocabulary 8,192) with room for the tools prompt."""
+    from importlib import resources
+
+    import yaml
+
     from groundup.model.config import ModelConfig
     from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
     from serve_common import VOCAB, bench_tokenizer
 
-    out = work / "tiny-model"
+    out = work / f"{shape}-model"
     if (out / "manifest.json").is_file():
         return out
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, block_size=1024, n_layer=2, n_head=4, n_embd=64, init_std=0.2))
-    return save_model_dir(out, model, tokenizer_file=bench_tokenizer(work / "tokenizer"), stage="benchmark", config={})
+    if shape == "test":
+        config = ModelConfig(vocab_size=VOCAB, block_size=1024, n_layer=2, n_head=4, n_embd=64, init_std=0.2)
+    else:
+        recipe = yaml.safe_load(resources.files("groundup").joinpath("recipes/tiny.yaml").read_text())
+        config = ModelConfig(**{**recipe["pretrain"]["model"], "block_size": 1024})
+    return save_model_dir(out, Transformer(config), tokenizer_file=bench_tokenizer(work / "tokenizer"),
+                          stage="benchmark", config={})
 
 
 def check_calls(message, finish: str) -> tuple[int, int, str | None]:
@@ -162,7 +172,9 @@ def overhead(model_dir: Path, rounds: int, tokens: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, default=None, help="model dir (default: a random tiny model, 2 x 64)")
+    ap.add_argument("--model", type=Path, default=None, help="model dir (default: a random model of --shape)")
+    ap.add_argument("--shape", choices=("test", "tiny"), default="test",
+                    help="the random model: 'test' 2 x 64, 'tiny' the main job's 4 x 256 (vocabulary 8,192)")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
@@ -172,7 +184,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model_dir = args.model or tiny_model_dir(args.work)
+    model_dir = args.model or tiny_model_dir(args.work, args.shape)
     t0 = time.perf_counter()
     result = {"model": str(model_dir), "validity": validity(model_dir, args.requests, args.max_tokens)}
     result["validity_seconds"] = time.perf_counter() - t0
