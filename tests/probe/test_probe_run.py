@@ -72,6 +72,9 @@ def test_a_slow_format_is_timed_on_a_smaller_product(monkeypatch):
     monkeypatch.setattr(hardware, "best_seconds", lambda *a, **k: 0.5)  # a 512x512 product taking 0.5 s
     assert probe_stage.fit_matmul_size(2048, "bf16", "cpu") == 512  # 4 s at 1024, over the 2 s budget
     assert probe_stage.fit_matmul_size(256, "bf16", "cpu") == 256
+    monkeypatch.setattr(hardware, "best_seconds", lambda *a, **k: 0.1)  # 0.8 s at 1024: within 2 s, not 0.3 s
+    assert probe_stage.fit_matmul_size(2048, "bf16", "cpu") == 1024
+    assert probe_stage.fit_matmul_size(2048, "bf16", "cpu", budget_seconds=0.3) == 512
 
 
 def test_under_torchrun_the_sweep_is_over_torchruns_ranks(tmp_path):

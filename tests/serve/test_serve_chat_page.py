@@ -110,7 +110,7 @@ def test_chat_page_streams_stops_and_renders_tool_calls(page_server, sent_chunks
         browser, page, problems, requests = open_page(p, page_server.url)
         try:
             # 1. a message: tokens stream onto the page
-            page.fill("#max_tokens", "48")
+            page.fill("#max_tokens", "120")
             page.fill("#input", "Tell me about **bold** things.")
             page.press("#input", "Enter")
             wait_until(page, "document.querySelectorAll('.msg.assistant').length === 1")

@@ -134,7 +134,9 @@ def measure_matmuls(dtypes: list[str], size: int, seconds: float, device: str) -
         if supported[dtype]:
             out[dtype] = {"skipped": supported[dtype]}
             continue
-        fitted = fit_matmul_size(size, dtype, device)
+        # one product within the timing window: a format this device emulates slowly (fp16 on most CPUs)
+        # would otherwise take most of a quick probe
+        fitted = fit_matmul_size(size, dtype, device, budget_seconds=min(2.0, seconds))
         flops = hardware.measure_matmul_flops(fitted, 3, seconds, dtype=dtype, device=device)
         out[dtype] = {"flops": flops, "size": fitted, "best_seconds": 2.0 * fitted**3 / flops}
     return out
