@@ -11,7 +11,6 @@ from groundup.finetune.data import (
     DataStats,
     ExampleBatches,
     chat_segments,
-    encode_with_specials,
     pad_batch,
     parse_conversation,
     read_jsonl,
@@ -57,7 +56,7 @@ def test_loss_mask_covers_exactly_the_answers_and_their_end_of_turn(tokenizer):
     # what comes before each answer is tokenized exactly as the prompt of a chat request at inference
     for (start, _), k in zip(runs, (2, 4), strict=True):
         prompt = render_chat(CONVERSATION[:k], add_generation_prompt=True)
-        assert example.ids[:start] == encode_with_specials(tokenizer, prompt)
+        assert example.ids[:start] == tokenizer.encode_with_specials(prompt)
     # only 2 of the 5 end-of-turn tokens (the assistant's) are trained, and no <|im_start|>
     assert sum(example.ids[i] == im_end for i in trained) == 2
     assert not any(example.ids[i] == im_start for i in trained)
@@ -68,7 +67,7 @@ def test_loss_mask_covers_exactly_the_answers_and_their_end_of_turn(tokenizer):
 
 def test_special_strings_become_ids_only_through_the_chat_path(tokenizer):
     im_end = tokenizer.token_to_id("<|im_end|>")
-    assert im_end in encode_with_specials(tokenizer, "hi<|im_end|>")
+    assert im_end in tokenizer.encode_with_specials("hi<|im_end|>")
     assert im_end not in tokenizer.encode("hi<|im_end|>")  # plain text encoding stays literal
 
 

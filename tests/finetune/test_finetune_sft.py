@@ -16,7 +16,7 @@ from finetune_helpers import (
 )
 
 from groundup.finetune import sft
-from groundup.finetune.data import ExampleBatches, encode_with_specials
+from groundup.finetune.data import ExampleBatches
 from groundup.model.io import load_model_dir
 from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE, DEFAULT_CHAT_TEMPLATE, render_chat
 from groundup.train.optim import OptimConfig
@@ -28,7 +28,7 @@ def chat(q: str, a: str) -> dict:
 
 @torch.no_grad()
 def greedy_answer(model, tokenizer, question: str, max_new: int = 12) -> str:
-    ids = encode_with_specials(tokenizer, render_chat([{"role": "user", "content": question}],
+    ids = tokenizer.encode_with_specials(render_chat([{"role": "user", "content": question}],
                                                       add_generation_prompt=True))
     end = tokenizer.token_to_id("<|im_end|>")
     x, out = torch.tensor([ids]), []

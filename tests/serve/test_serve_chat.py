@@ -50,3 +50,33 @@ def test_serve_chat_cli_on_stdin(serve_model_dir):
     # streamed answers, one per line; after /reset the same question gets the same greedy answer
     assert proc.stdout == f"{expected}\n{expected}\n"
     assert "[conversation reset]" in proc.stderr
+
+
+def test_chat_prompts_are_encoded_as_fine_tuning_encodes_them(live_server, serve_model_dir):
+    """The server's and `groundup chat`'s prompt ids are the ids SFT trained before the answer: the template's
+    <|im_start|> and <|im_end|> as their special ids, not as the characters of their strings."""
+    import httpx
+
+    from groundup.finetune.data import chat_segments, tokenize_segments
+    from groundup.tokenizer.chat import render_chat
+
+    _, tokenizer = load_model_dir(serve_model_dir)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+    example = tokenize_segments(tokenizer, chat_segments([*messages, {"role": "assistant", "content": "hi"}], None))
+    trained_from = next(i for i, label in enumerate(example.labels) if label != -100)
+    prompt = example.ids[:trained_from]
+    assert tokenizer.special_tokens["<|im_start|>"] in prompt
+    assert len(tokenizer.encode(render_chat(messages, add_generation_prompt=True))) > len(prompt)  # as text: longer
+
+    body = {"model": "tiny", "messages": messages, "max_tokens": 1, "temperature": 0}
+    usage = httpx.post(live_server.url + "/v1/chat/completions", json=body, timeout=30).json()["usage"]
+    assert usage["prompt_tokens"] == len(prompt)
+
+    engine = Engine(*load_model_dir(serve_model_dir), max_seqs=1)
+    try:
+        session = ChatSession(engine, DEFAULT_CHAT_TEMPLATE, SamplingParams(temperature=0, max_new_tokens=1),
+                              system="Be brief.")
+        session.messages.append({"role": "user", "content": "hello there"})
+        assert session._prompt_ids() == prompt
+    finally:
+        engine.shutdown()

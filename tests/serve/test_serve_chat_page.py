@@ -109,7 +109,9 @@ def test_chat_page_streams_stops_and_renders_tool_calls(page_server, sent_chunks
     with sync_playwright() as p:
         browser, page, problems, requests = open_page(p, page_server.url)
         try:
-            # 1. a message: tokens stream onto the page
+            # 1. a message: tokens stream onto the page (greedy: a random model that ends its turn early in
+            # a sampled answer would leave nothing to stop below)
+            page.fill("#temperature", "0")
             page.fill("#max_tokens", "120")
             page.fill("#input", "Tell me about **bold** things.")
             page.press("#input", "Enter")

@@ -27,7 +27,6 @@ dropped and counted as ``dropped_no_target``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,25 +174,6 @@ def parse_labeled(obj: dict) -> tuple[str, str]:
 # ---------------------------------------------------------------------------- tokenization
 
 
-def encode_with_specials(tokenizer, text: str) -> list[int]:
-    """Encode ``text``, turning the tokenizer's special-token strings (``<|im_start|>``) into their ids.
-
-    ``Tokenizer.encode`` treats every string as ordinary text on purpose (a document quoting
-    ``<|endoftext|>`` must not end); rendered chat templates are the one place specials are meant.
-    """
-    specials = tokenizer.special_tokens
-    if not specials:
-        return tokenizer.encode(text)
-    pattern = re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")")
-    ids: list[int] = []
-    for i, piece in enumerate(pattern.split(text)):
-        if i % 2:
-            ids.append(specials[piece])
-        elif piece:
-            ids.extend(tokenizer.encode(piece))
-    return ids
-
-
 def chat_segments(messages: list[dict[str, Any]], template: str | None,
                   tools: list[dict] | None = None) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, trained) pieces: the assistant answers (their tool calls included)
@@ -234,7 +214,7 @@ def tokenize_segments(tokenizer, pieces: list[tuple[str, bool]]) -> Example:
     ids: list[int] = []
     labels: list[int] = []
     for text, trained in pieces:
-        piece = encode_with_specials(tokenizer, text)
+        piece = tokenizer.encode_with_specials(text)
         ids += piece
         labels += piece if trained else [IGNORE_INDEX] * len(piece)
     return Example(ids, labels)

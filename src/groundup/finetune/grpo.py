@@ -52,7 +52,6 @@ from groundup.finetune.data import (
     IGNORE_INDEX,
     DataStats,
     ExampleBatches,
-    encode_with_specials,
     parse_prompt,
     read_jsonl,
     train_val,
@@ -140,7 +139,7 @@ def load_prompts(path: Path, tokenizer, template: str, needed: set[str], max_len
         missing = sorted(k for k in needed if obj.get(k) is None)
         if missing:
             raise ValueError(f"missing {', '.join(map(repr, missing))} (the rewards need it)")
-        ids = encode_with_specials(tokenizer, render_chat(messages, template, add_generation_prompt=True))
+        ids = tokenizer.encode_with_specials(render_chat(messages, template, add_generation_prompt=True))
         if len(ids) >= max_len:
             raise ValueError(f"prompt of {len(ids)} tokens leaves no room to answer within {max_len}")
         return Prompt(ids, obj)

@@ -54,7 +54,8 @@ class ChatSession:
     def _prompt_ids(self) -> list[int]:
         budget = self.engine.max_len - 1 - min(self.params.max_new_tokens, self.engine.max_len // 2)
         while True:
-            ids = self.engine.tokenizer.encode(render_chat(self.messages, self.template, add_generation_prompt=True))
+            ids = self.engine.tokenizer.encode_with_specials(render_chat(self.messages, self.template,
+                                                                         add_generation_prompt=True))
             first_turn = 1 if self.system else 0
             if len(ids) <= budget or len(self.messages) - first_turn <= 1:
                 return ids[-budget:]

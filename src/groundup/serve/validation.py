@@ -76,7 +76,8 @@ def chat_request(state: ServerState, body: ChatCompletionRequest) -> tuple[Reque
     """The engine request of a /v1/chat/completions body: the conversation (and its tools) through the chat
     template; and whether the answer may hold tool calls (to be parsed out of its text)."""
     tools, choice = check_tools(body)
-    ids = encode_prompt(state, render_messages(state, body.messages, body.add_generation_prompt, tools))
+    # the rendered template's special-token strings become their ids, as fine-tuning trained on them
+    ids = encode_prompt(state, render_messages(state, body.messages, body.add_generation_prompt, tools), specials=True)
     check_logprobs("top_logprobs", body.top_logprobs, state.limits.max_logprobs)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = max_tokens_for(state, asked, [ids], default=state.limits.default_max_tokens, allow_zero=False)
@@ -137,8 +138,10 @@ def check_tools(body: ChatCompletionRequest) -> tuple[list[dict], str]:
 # ---------------------------------------------------------------------------- prompts
 
 
-def encode_prompt(state: ServerState, text: str) -> list[int]:
-    ids = state.tokenizer.encode(text)
+def encode_prompt(state: ServerState, text: str, *, specials: bool = False) -> list[int]:
+    """Ids of a prompt: a completion's text as ordinary text, a rendered chat template (``specials``) with its
+    special-token strings as their ids."""
+    ids = state.tokenizer.encode_with_specials(text) if specials else state.tokenizer.encode(text)
     if not ids:
         eos = state.tokenizer.eos_id
         if eos is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,9 +255,29 @@ class Tokenizer:
     # ------------------------------------------------------------------------ encode / decode
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, special-token strings included as ordinary text (a document quoting
+        ``<|endoftext|>`` must not end; see :meth:`encode_with_specials` for rendered chat templates)."""
         if self._tiktoken is not None:
             return self._tiktoken.encode_ordinary(text)
         return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Ids of ``text`` with the special-token strings (``<|im_start|>``) turned into their ids: for text a
+        chat template rendered, which fine-tuning trains on and generation must be prompted with alike
+        (as transformers' ``apply_chat_template`` tokenizes it)."""
+        if not self._special:
+            return self.encode(text)
+        ids: list[int] = []
+        for i, piece in enumerate(self._special_pattern.split(text)):
+            if i % 2:
+                ids.append(self._special[piece])
+            elif piece:
+                ids.extend(self.encode(piece))
+        return ids
+
+    @functools.cached_property
+    def _special_pattern(self) -> re.Pattern:
+        return re.compile("(" + "|".join(re.escape(s) for s in sorted(self._special, key=len, reverse=True)) + ")")
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         texts = list(texts)

@@ -3,7 +3,8 @@
 lm-evaluation-harness's ``local-completions`` model finds these (its "remote" tokenizer backend) and
 then needs no tokenizer files of its own: it counts context tokens with ``/tokenize`` and looks the
 EOS token up by its text. Elsewhere groundup encodes special-token strings inside text as ordinary
-text; a prompt that is exactly one special token's string is that token here, so the lookup works.
+text (but for a rendered chat template); a prompt that is exactly one special token's string is that
+token here, so the lookup works.
 """
 
 from __future__ import annotations
