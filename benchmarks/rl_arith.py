@@ -49,18 +49,21 @@ def write_data(out: Path, args) -> dict[str, Path]:
     return paths
 
 
-def base_model(out: Path, corpus: Path, args) -> Path:
+def base_model(out: Path, corpus: Path, args, *, vocab_size: int = 300, block_size: int = 64,
+               pattern: str = "gpt4") -> Path:
+    """A byte-level BPE trained on ``corpus`` and a random tiny-llama of ``args.layers`` x ``args.width`` over it
+    (4 heads, MLP 4 x width), saved as a model dir under ``out``."""
     from groundup.model.config import ModelConfig
     from groundup.model.io import save_model_dir
     from groundup.model.transformer import Transformer
     from groundup.tokenizer import Tokenizer
     from groundup.tokenizer import run as tokenizer_stage
 
-    tok_dir = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=out / "tokenizer", vocab_size=300,
-                                                         val_fraction=0.0))
+    tok_dir = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=out / "tokenizer",
+                                                         vocab_size=vocab_size, pattern=pattern, val_fraction=0.0))
     vocab = Tokenizer.from_file(tok_dir).vocab_size
     torch.manual_seed(args.seed)
-    config = ModelConfig.from_name("tiny-llama", vocab_size=vocab, block_size=64, n_layer=args.layers,
+    config = ModelConfig.from_name("tiny-llama", vocab_size=vocab, block_size=block_size, n_layer=args.layers,
                                    n_embd=args.width, n_head=4, n_kv_head=4, intermediate_size=4 * args.width)
     return save_model_dir(out / "base", Transformer(config), tokenizer_file=tok_dir, stage="benchmark", config={})
 

@@ -1,0 +1,378 @@
+"""Learned tool use end to end on CPU: SFT on calculator conversations, then groundup's Agent on held-out problems.
+
+Everything is made here, offline: arithmetic word problems from templates (``Ana has 437 marbles and finds
+285 more. How many marbles does she have now?``; addition, subtraction, multiplication and two-step problems,
+numbers of two and three digits), a byte-level BPE tokenizer trained on the training conversations (every
+number below 1000 one token), a tiny-recipe Llama-style model (random init, ``--layers`` x ``--width``),
+then ``groundup finetune sft`` on two kinds of conversation:
+
+- with the tool, exactly as groundup's :class:`~groundup.apps.Agent` renders them (its system prompt, the
+  tools ``calc`` and the agent's own ``scratchpad`` in the system turn): the user's problem, the assistant's
+  call ``calc({"expression": "437+285"})``, the tool's result ``722``, the assistant's ``The answer is 722.``;
+- without tools (``--direct`` of them): the problem, then ``The answer is 722.`` straight away.
+
+The SFT model is then served by ``groundup serve`` in process (uvicorn on a loopback port, tool calls
+constrained by xgrammar) and scored on ``--held-out`` problems twice: by an ``Agent`` with ``calc`` (a fresh
+one per problem, greedy), and by the same model asked with no tools in the request. Held-out problems
+share no (operation, numbers) with training, every name in them is one training never uses, and a share of
+them (``--new-templates``) use wordings training never shows. Correct: the last number of the final answer
+equals the truth. Failures of the agent are counted by kind: no call, bad arguments (not JSON, against the
+schema, or an expression ``calc`` refuses), wrong expression (a result other than the truth), wrong answer
+(the right result, then another number or none). Prints a table and writes ``tool_use.json`` in ``--out``::
+
+    nice -n 10 python benchmarks/tool_use.py --out /tmp/tool_use --threads 2
+
+The goal of the issue: at least 90% correct with the tool on 200 held-out problems, in at most 20 minutes
+on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (about a
+minute) that checks the path, not the goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import operator
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from rl_arith import base_model
+
+# ---------------------------------------------------------------------------- the tool
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _value(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        v = _value(node.operand)
+        return v if isinstance(node.op, ast.UAdd) else -v
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _value(node.left), _value(node.right)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise ValueError("division by zero")
+        return _OPS[type(node.op)](left, right)
+    raise ValueError(f"only numbers, + - * / and parentheses are allowed, not {ast.dump(node)[:40]}")
+
+
+def calc(expression: str) -> str:
+    """Evaluate an arithmetic expression: numbers, + - * / and parentheses.
+
+    Args:
+        expression: the expression, with the numbers written out
+    """
+    if len(expression) > 200:
+        raise ValueError("the expression is longer than 200 characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"not an arithmetic expression: {expression!r}") from None
+    value = _value(tree.body)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    return str(round(value, 6) if isinstance(value, float) else value)
+
+
+# ---------------------------------------------------------------------------- word problems
+
+# (operation, wording, expression): the wording names {name}, {pr} (she/he), {item} and the numbers {a} {b} {c};
+# the expression is written with the numbers in the order the wording gives them.
+TEMPLATES = [
+    ("add", "{name} has {a} {item} and finds {b} more. How many {item} does {pr} have now?", "{a}+{b}"),
+    ("add", "There are {a} {item} in a basket. {name} puts in {b} more. How many {item} are in the basket now?",
+     "{a}+{b}"),
+    ("add", "{name} collected {a} {item} on Monday and {b} {item} on Tuesday. How many {item} did {pr} collect "
+     "in all?", "{a}+{b}"),
+    ("add", "A shop sold {a} {item} in the morning and {b} in the afternoon. How many {item} did it sell that day?",
+     "{a}+{b}"),
+    ("add", "{name} gave {b} {item} to a friend and still has {a}. How many {item} did {pr} have at first?",
+     "{b}+{a}"),
+    ("sub", "{name} has {a} {item} and gives away {b}. How many {item} does {pr} have left?", "{a}-{b}"),
+    ("sub", "There were {a} {item} on the shelf. {name} took {b} of them. How many {item} are still on the shelf?",
+     "{a}-{b}"),
+    ("sub", "{name} had {a} {item} but lost {b} on the way home. How many {item} does {pr} have now?", "{a}-{b}"),
+    ("sub", "A farm had {a} {item}. It sold {b} of them at the market. How many {item} does the farm have left?",
+     "{a}-{b}"),
+    ("mul", "{name} buys {a} boxes of {item}. Each box holds {b} {item}. How many {item} does {pr} have?",
+     "{a}*{b}"),
+    ("mul", "There are {a} rows of {item} with {b} {item} in each row. How many {item} are there?", "{a}*{b}"),
+    ("mul", "{name} packs {b} {item} into each of {a} bags. How many {item} does {pr} pack?", "{b}*{a}"),
+    ("mul", "A class has {a} students and each student brings {b} {item}. How many {item} do they bring in all?",
+     "{a}*{b}"),
+    ("two", "{name} has {a} {item}, finds {b} more and then gives away {c}. How many {item} does {pr} have now?",
+     "{a}+{b}-{c}"),
+    ("two", "A bus has {a} people on it. At the stop {b} people get on and {c} get off. How many people are on "
+     "the bus now?", "{a}+{b}-{c}"),
+    ("two", "{name} had {a} {item}, bought {b} more and then lost {c}. How many {item} does {pr} have left?",
+     "{a}+{b}-{c}"),
+]
+# Wordings training never shows (one per operation).
+NEW_TEMPLATES = [
+    ("add", "{name} had {a} {item}. A neighbour brought {b} more. How many {item} does {name} have in total?",
+     "{a}+{b}"),
+    ("sub", "{name} bought {a} {item} and used {b} of them. How many {item} are left over?", "{a}-{b}"),
+    ("mul", "Each crate holds {b} {item}. {name} fills {a} crates. How many {item} are in the crates?", "{b}*{a}"),
+    ("two", "A library had {a} {item}. It got {b} new ones and lent out {c}. How many {item} are in the library "
+     "now?", "{a}+{b}-{c}"),
+]
+TRAIN_NAMES = [("Ana", "she"), ("Ben", "he"), ("Chloe", "she"), ("David", "he"), ("Emma", "she"), ("Farid", "he"),
+               ("Grace", "she"), ("Hugo", "he"), ("Ines", "she"), ("Jack", "he"), ("Kira", "she"), ("Liam", "he"),
+               ("Maya", "she"), ("Noah", "he"), ("Olga", "she"), ("Pablo", "he"), ("Rosa", "she"), ("Sam", "he"),
+               ("Tara", "she"), ("Victor", "he")]
+NEW_NAMES = [("Yuki", "she"), ("Omar", "he"), ("Lena", "she"), ("Marco", "he"), ("Priya", "she"), ("Tomas", "he"),
+             ("Zoe", "she"), ("Kwame", "he")]
+ITEMS = ["marbles", "apples", "stickers", "pencils", "cards", "shells", "coins", "stamps", "cookies", "buttons",
+         "beads", "eggs", "nails", "candles", "books", "oranges"]
+
+
+def numbers(rng: random.Random, op: str) -> tuple[int, ...]:
+    if op == "add":
+        return rng.randint(100, 999), rng.randint(100, 999)
+    if op == "sub":
+        a = rng.randint(200, 999)
+        return a, rng.randint(100, a - 1)
+    if op == "mul":
+        return rng.randint(12, 99), rng.randint(12, 99)
+    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    return a, b, rng.randint(100, min(999, a + b - 1))
+
+
+def problem(rng: random.Random, template: tuple[str, str, str], names, nums: tuple[int, ...] | None = None) -> dict:
+    op, wording, expression = template
+    nums = nums or numbers(rng, op)
+    name, pr = rng.choice(names)
+    fields = dict(zip("abc", nums, strict=False), name=name, pr=pr, item=rng.choice(ITEMS))
+    expr = expression.format(**fields)
+    return {"op": op, "numbers": list(nums), "question": wording.format(**fields), "expression": expr,
+            "answer": int(calc(expr))}
+
+
+def make_problems(args) -> tuple[list[dict], list[dict]]:
+    """Training problems and held-out ones: no (operation, numbers) in both; held-out names are new, and
+    ``--new-templates`` of the held-out problems use the new wordings."""
+    rng = random.Random(args.seed + 1)
+    n_new = round(args.held_out * args.new_templates)
+    held_out = [dict(problem(rng, rng.choice(TEMPLATES), NEW_NAMES), wording="seen") for _ in range(args.held_out - n_new)]
+    held_out += [dict(problem(rng, NEW_TEMPLATES[i % len(NEW_TEMPLATES)], NEW_NAMES), wording="new")
+                 for i in range(n_new)]
+    taken = {(p["op"], tuple(p["numbers"])) for p in held_out}
+    rng = random.Random(args.seed)
+    train: list[dict] = []
+    while len(train) < args.train + args.direct:
+        template = rng.choice(TEMPLATES)
+        nums = numbers(rng, template[0])
+        if (template[0], nums) not in taken:
+            train.append(problem(rng, template, TRAIN_NAMES, nums))
+    return train, held_out
+
+
+# ---------------------------------------------------------------------------- conversations
+
+
+def agent_prompt() -> tuple[str, list[dict]]:
+    """The system prompt and tool specs groundup's Agent sends with ``calc`` (its scratchpad tool included)."""
+    from groundup.apps.agent import SYSTEM, Agent
+
+    return SYSTEM, [t.spec() for t in Agent(None, [calc]).tools.values()]
+
+
+def answer_text(value: int | str) -> str:
+    return f"The answer is {value}."
+
+
+def tool_conversation(p: dict, system: str, specs: list[dict]) -> dict:
+    call = {"id": "call_0", "type": "function",
+            "function": {"name": "calc", "arguments": json.dumps({"expression": p["expression"]})}}
+    return {"tools": specs, "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": p["question"]},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": calc(p["expression"])},
+        {"role": "assistant", "content": answer_text(p["answer"])}]}
+
+
+def direct_conversation(p: dict) -> dict:
+    return {"messages": [{"role": "user", "content": p["question"]},
+                         {"role": "assistant", "content": answer_text(p["answer"])}]}
+
+
+def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict[str, Path]:
+    from groundup.tokenizer.chat import render_chat
+
+    system, specs = agent_prompt()
+    records = [tool_conversation(p, system, specs) for p in train[: args.train]]
+    records += [direct_conversation(p) for p in train[args.train:]]
+    random.Random(args.seed).shuffle(records)
+    paths = {name: out / f"{name}.jsonl" for name in ("sft", "held_out", "corpus")}
+    with open(paths["sft"], "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    with open(paths["held_out"], "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in held_out)
+    with open(paths["corpus"], "w") as f:  # the tokenizer's text: rendered training conversations, markers out
+        for r in records[: args.tokenizer_conversations]:
+            text = render_chat(r["messages"], tools=r.get("tools"))
+            f.write(json.dumps({"text": text.replace("<|im_start|>", "").replace("<|im_end|>", "")}) + "\n")
+        # and every number below 1000, three times: each becomes one token (the split keeps digits in runs of
+        # at most three), so copying a number is copying a token or two, whichever numbers the problems hold.
+        for _ in range(3):
+            f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------------------- scoring
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+def last_number(text: str | None) -> int | None:
+    found = _NUMBER.findall(text or "")
+    return int(found[-1]) if found else None
+
+
+def with_tool(model, p: dict, max_tokens: int) -> dict:
+    """One held-out problem through a fresh Agent with ``calc``; the outcome and its kind."""
+    from groundup.apps import Agent
+
+    agent = Agent(model, [calc], max_steps=3, timeout=120, tool_timeout=5, temperature=0.0, max_tokens=max_tokens)
+    result = agent.run(p["question"])
+    got = last_number(result.answer)
+    calls = result.tool_calls
+    if got == p["answer"]:
+        kind = "correct"
+    elif not calls:
+        kind = "no call"
+    elif any("error" in c for c in calls):
+        kind = "bad arguments"
+    elif calls[0].get("result") != str(p["answer"]):
+        kind = "wrong expression"
+    else:
+        kind = "wrong answer"
+    return {"kind": kind, "answer": result.answer, "stopped": result.stopped, "error": result.error, "calls": calls,
+            "got": got}
+
+
+def without_tool(model, p: dict, max_tokens: int) -> dict:
+    reply = model.chat([{"role": "user", "content": p["question"]}], temperature=0.0, max_tokens=max_tokens)
+    got = last_number(reply.content)
+    kind = "correct" if got == p["answer"] else ("no number" if got is None else "wrong answer")
+    return {"kind": kind, "answer": reply.content, "got": got}
+
+
+def evaluate(url: str, held_out: list[dict], fn, args) -> tuple[list[dict], float]:
+    from groundup.apps import ChatModel
+
+    started = time.perf_counter()
+    with ChatModel(url, timeout=120, retries=0) as model, ThreadPoolExecutor(args.concurrency) as pool:
+        outcomes = list(pool.map(lambda p: fn(model, p, args.max_tokens), held_out))
+    return outcomes, time.perf_counter() - started
+
+
+def summary(outcomes: list[dict], held_out: list[dict]) -> dict:
+    kinds: dict[str, int] = {}
+    for o in outcomes:
+        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
+    by = {}
+    for key, values in (("wording", ("seen", "new")), ("op", ("add", "sub", "mul", "two"))):
+        for v in values:
+            chosen = [o for o, p in zip(outcomes, held_out, strict=True) if p[key] == v]
+            if chosen:
+                by[f"{key}={v}"] = sum(o["kind"] == "correct" for o in chosen) / len(chosen)
+    return {"accuracy": kinds.get("correct", 0) / len(outcomes), "kinds": kinds, "accuracy_by": by,
+            "problems_with_calls": sum(bool(o.get("calls")) for o in outcomes),
+            "calls": sum(len(o.get("calls") or []) for o in outcomes)}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/tool_use"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=int, default=4000, help="tool-use conversations to train on")
+    parser.add_argument("--direct", type=int, default=1000, help="conversations without tools to train on")
+    parser.add_argument("--held-out", type=int, default=200)
+    parser.add_argument("--new-templates", type=float, default=0.25,
+                        help="share of the held-out problems worded as training never shows")
+    parser.add_argument("--tokenizer-conversations", type=int, default=1500)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
+    parser.add_argument("--concurrency", type=int, default=8, help="problems in flight at once (engine batch)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a small run (about a minute): checks the path only")
+    args = parser.parse_args()
+    if args.quick:
+        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 300
+
+    from groundup.finetune import sft
+    from groundup.train.loop import LoopConfig
+    from groundup.train.optim import OptimConfig
+    from tool_calls import InProcessServer
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train, held_out = make_problems(args)
+    paths = write_data(args.out, train, held_out, args)
+    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size)
+    prep_seconds = time.perf_counter() - t_start
+
+    started = time.perf_counter()
+    sft_dir = sft.run(sft.Config(model=base, data=paths["sft"], out=args.out / "sft", val_fraction=0.0,
+                                 batch_size=args.batch_size, device="cpu", threads=args.threads, overwrite=True,
+                                 optim=OptimConfig(lr=args.lr, warmup_steps=20, weight_decay=0.0),
+                                 train=LoopConfig(max_steps=args.steps, log_every=25, eval_every=0,
+                                                  checkpoint_every=0, progress_bar=False)))
+    sft_seconds = time.perf_counter() - started
+    losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
+    print(f"SFT: {args.steps} steps in {sft_seconds:.0f} s; loss " +
+          ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
+
+    server = InProcessServer(sft_dir, args.max_tokens)
+    try:
+        tool_out, tool_seconds = evaluate(server.url, held_out, with_tool, args)
+        direct_out, direct_seconds = evaluate(server.url, held_out, without_tool, args)
+    finally:
+        server.close()
+    total = time.perf_counter() - t_start
+    tool, direct = summary(tool_out, held_out), summary(direct_out, held_out)
+
+    n = len(held_out)
+    print(f"\n{n} held-out problems ({sum(p['wording'] == 'new' for p in held_out)} in wordings training never "
+          f"shows; every name new; no (operation, numbers) seen in training)")
+    print("\n| | correct | accuracy | problems with a call | calls | failures | seconds |\n|---|---|---|---|---|---|---|")
+    for name, s, secs in (("with tool (Agent + calc)", tool, tool_seconds), ("without tool", direct, direct_seconds)):
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(s["kinds"].items()) if k != "correct") or "none"
+        print(f"| {name} | {s['kinds'].get('correct', 0)}/{n} | {100 * s['accuracy']:.1f}% | "
+              f"{s['problems_with_calls']} | {s['calls']} | {failures} | {secs:.0f} |")
+    print("\naccuracy by subset (with tool / without):",
+          ", ".join(f"{k} {100 * tool['accuracy_by'][k]:.0f}% / {100 * direct['accuracy_by'][k]:.0f}%"
+                    for k in tool["accuracy_by"]))
+    print(f"time: data, tokenizer and model {prep_seconds:.0f} s, SFT {sft_seconds:.0f} s, with tool "
+          f"{tool_seconds:.0f} s, without {direct_seconds:.0f} s; total {total:.0f} s ({total / 60:.1f} min)")
+    print(f"goal (>= 90% with the tool): {'met' if tool['accuracy'] >= 0.9 else 'missed'}")
+    examples = [{"question": p["question"], "truth": p["answer"], "with_tool": t, "without_tool": d}
+                for p, t, d in zip(held_out, tool_out, direct_out, strict=True)]
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "with_tool": tool, "without_tool": direct,
+              "seconds": {"prep": prep_seconds, "sft": sft_seconds, "with_tool": tool_seconds,
+                          "without_tool": direct_seconds, "total": total},
+              "sft_loss": losses, "problems": examples}
+    (args.out / "tool_use.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
