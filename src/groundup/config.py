@@ -95,6 +95,24 @@ class Parser(ArgumentParser):
 _POSITIONAL, _ALIASES, _REMAINDER = "groundup.positional", "groundup.aliases", "groundup.remainder"
 
 
+def import_object(spec: str, *, label: str, usage: str) -> Any:
+    """The object a ``module:attribute`` spec names (``attribute`` may be dotted), imported; a ValueError
+    starting with ``label`` and the spec when it is malformed (``usage`` says what to write), the module
+    cannot be imported or the attribute is missing."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{label} {spec!r}: {usage}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"{label} {spec!r}: cannot import {module_name}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{label} {spec!r}: {module_name} has no attribute {attr}")
+        obj = getattr(obj, part)
+    return obj
+
+
 def positional(*, nargs: str = "?", metavar: str | None = None,
                loads: Callable[[str], Path] | None = None) -> dict[str, Any]:
     """Field metadata: the field is a positional argument (``nargs`` as in argparse: ``?``, ``*``, ``+``).

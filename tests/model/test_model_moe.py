@@ -9,6 +9,7 @@ from groundup.model.config import ModelConfig
 from groundup.model.moe import MoE, moe_stats, update_expert_bias
 from groundup.model.transformer import MLP, Transformer, count_parameters
 from groundup.plan.params import count_parameters as planned
+from one_batch import train_on_one_batch
 
 PUBLISHED = {  # transformers on the meta device
     "mixtral-8x7b": 46_702_792_704,
@@ -124,31 +125,10 @@ def test_moe_weights_into_a_dense_shape_are_refused(tmp_path):
 
 
 def test_the_training_step_trains_and_logs_the_experts():
-    from groundup.train.loop import LoopConfig
-    from groundup.train.optim import OptimConfig, build_optimizer
-    from groundup.train.stability import SpikeGuard
-    from groundup.train.step import StepSpec, TrainState, micro_batches, train_step
-
     torch.manual_seed(0)
     model = Transformer(tiny(moe_balance="bias")).train()
     x = torch.randint(0, 64, (4, 17))
-    batch = (x[:, :-1], x[:, 1:])
-
-    class OneBatch:
-        def next_batch(self):
-            return batch
-
-        def state_dict(self) -> dict:
-            return {}
-
-        def load_state_dict(self, state: dict) -> None:
-            pass
-
-    state = TrainState(model=model, optimizer=build_optimizer(model, OptimConfig(lr=3e-3), "cpu"),
-                       sampler=OneBatch(), guard=SpikeGuard(LoopConfig()))
-    spec = StepSpec(loss_fn=lambda m, b: m(*b), tokens_per_micro_batch=batch[0].numel())
-    results = [train_step(state, micro_batches(state.sampler), spec, lr=3e-3, accum=1, grad_clip=1.0)
-               for _ in range(6)]
+    results = train_on_one_batch(model, (x[:, :-1], x[:, 1:]), 6)
     assert results[-1].loss < results[0].loss
     extras = results[-1].extras
     assert {"moe_aux_loss", "moe_z_loss", "moe_load_max_over_mean"} <= set(extras)

@@ -31,10 +31,7 @@ from groundup.model.config import ModelConfig
 from groundup.model.io import load_model_dir, save_model_dir
 from groundup.model.lora import LoRAConfig, apply_lora
 from groundup.model.quant import Int8Linear, QuantConfig, quantize_model
-from groundup.train.loop import LoopConfig
-from groundup.train.optim import OptimConfig, build_optimizer
-from groundup.train.stability import SpikeGuard
-from groundup.train.step import StepSpec, TrainState, micro_batches, train_step
+from one_batch import train_on_one_batch
 
 SHAPE = dict(vocab_size=384, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, norm="rmsnorm",
              position="rope", bias=False, init_std=0.2)
@@ -93,24 +90,8 @@ def test_the_training_step_trains_the_block():
     model = toy_model().train()
     torch.manual_seed(1)
     x = torch.randint(0, SHAPE["vocab_size"], (4, 32))
-    batch = (x[:, :-1], x[:, 1:])
-
-    class OneBatch:
-        def next_batch(self):
-            return batch
-
-        def state_dict(self) -> dict:
-            return {}
-
-        def load_state_dict(self, state: dict) -> None:
-            pass
-
-    state = TrainState(model=model, optimizer=build_optimizer(model, OptimConfig(lr=3e-3), "cpu"),
-                       sampler=OneBatch(), guard=SpikeGuard(LoopConfig()))
-    spec = StepSpec(loss_fn=lambda m, b: m(*b), tokens_per_micro_batch=batch[0].numel())
     before = model.blocks[0].mlp.fc.weight.detach().clone()
-    losses = [train_step(state, micro_batches(state.sampler), spec, lr=3e-3, accum=1, grad_clip=1.0).loss
-              for _ in range(8)]
+    losses = [r.loss for r in train_on_one_batch(model, (x[:, :-1], x[:, 1:]), 8)]
     assert losses[-1] < 0.8 * losses[0]
     assert not torch.equal(before, model.blocks[0].mlp.fc.weight)
 

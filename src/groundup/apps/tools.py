@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import importlib
 import inspect
 import json
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from groundup.apps.trace import AppError
+from groundup.config import import_object
 
 _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
 
@@ -136,19 +136,7 @@ def as_tools(obj: Any) -> list[Tool]:
 
 def load_tools(spec: str) -> list[Tool]:
     """``module:object`` (``object`` a function, Tool, list or dict of them) -> its tools."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"--tools {spec!r}: write module:object, e.g. mypkg.tools:TOOLS")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"--tools {spec!r}: cannot import {module_name}: {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"--tools {spec!r}: {module_name} has no attribute {attr}")
-        obj = getattr(obj, part)
-    return as_tools(obj)
+    return as_tools(import_object(spec, label="--tools", usage="write module:object, e.g. mypkg.tools:TOOLS"))
 
 
 def parse_arguments(tool: Tool, arguments: str | dict) -> dict[str, Any]:

@@ -18,7 +18,6 @@ thread); write a function that can hang as ``tests`` instead, which run in a kil
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import threading
@@ -26,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from groundup.config import import_object
 from groundup.evaluate.answers import answers_match
 from groundup.evaluate.generation import Limits, code_program, run_programs
 
@@ -57,16 +57,9 @@ def required_fields(names: Sequence[str]) -> set[str]:
 
 def load_function(spec: str) -> RewardFn:
     """``package.module:function`` imported; a clear error when either is missing."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"reward {spec!r}: expected one of {', '.join(BUILTIN)} or 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"reward {spec!r}: cannot import {module_name!r} ({e})") from None
-    fn = getattr(module, attr, None)
+    fn = import_object(spec, label="reward", usage=f"expected one of {', '.join(BUILTIN)} or 'module:function'")
     if not callable(fn):
-        raise ValueError(f"reward {spec!r}: {module_name} has no function {attr!r}")
+        raise ValueError(f"reward {spec!r}: {spec.replace(':', '.')} is not a function")
     return fn
 
 
