@@ -70,8 +70,13 @@ class ParallelState:
     dp_rank: int = 0
     dp_size: int = 1
     tp_size: int = 1
+    pp_size: int = 1
+    pp_rank: int = 0
+    cp_size: int = 1
+    cp_rank: int = 0
+    ep_size: int = 1
     mesh: Any = None
-    """The DeviceMesh, dims ('dp',) or ('dp', 'tp'); None for one process."""
+    """The DeviceMesh, dims a subsequence of ('pp', 'dp', 'cp', 'tp') ('dp' always); None for one process."""
     data_parallel: str = "none"
     """'ddp', 'fsdp' or 'none' (what wraps the model)."""
 
@@ -110,14 +115,27 @@ def _collective_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def build_mesh(env: DistEnv, tensor_parallel: int):
-    """A DeviceMesh of world_size ranks: 1-D ('dp',), or 2-D ('dp', 'tp') with tp innermost, so the ranks
-    of a tensor-parallel group are neighbours (the same node under torchrun's rank order)."""
+def mesh_shape(world_size: int, *, pipeline_parallel: int = 1, context_parallel: int = 1,
+               tensor_parallel: int = 1) -> dict[str, int]:
+    """The mesh's dimensions, outermost first: 'pp', 'dp', 'cp', 'tp' (those of size 1 left out, but 'dp').
+
+    The data-parallel degree is what the others leave of the world; a product that does not divide the
+    world size is an error naming the settings."""
+    inner = pipeline_parallel * context_parallel * tensor_parallel
+    if world_size % inner:
+        raise ValueError(
+            f"parallel: pipeline_parallel={pipeline_parallel} x context_parallel={context_parallel} x "
+            f"tensor_parallel={tensor_parallel} = {inner} does not divide the world size {world_size}")
+    dims = {"pp": pipeline_parallel, "dp": world_size // inner, "cp": context_parallel, "tp": tensor_parallel}
+    return {name: size for name, size in dims.items() if size > 1 or name == "dp"}
+
+
+def build_mesh(env: DistEnv, tensor_parallel: int = 1, *, pipeline_parallel: int = 1, context_parallel: int = 1):
+    """A DeviceMesh of world_size ranks with dims ('pp', 'dp', 'cp', 'tp') (see :func:`mesh_shape`), tp
+    innermost so the ranks of a tensor-parallel group are neighbours (the same node under torchrun's rank
+    order), pp outermost (stages exchange only activations, so they may span nodes)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    if env.world_size % tensor_parallel:
-        raise ValueError(f"world size {env.world_size} is not divisible by tensor_parallel={tensor_parallel}")
-    dp = env.world_size // tensor_parallel
-    if tensor_parallel == 1:
-        return init_device_mesh(env.device.type, (dp,), mesh_dim_names=("dp",))
-    return init_device_mesh(env.device.type, (dp, tensor_parallel), mesh_dim_names=("dp", "tp"))
+    dims = mesh_shape(env.world_size, pipeline_parallel=pipeline_parallel, context_parallel=context_parallel,
+                      tensor_parallel=tensor_parallel)
+    return init_device_mesh(env.device.type, tuple(dims.values()), mesh_dim_names=tuple(dims))
