@@ -129,8 +129,6 @@ def test_grpo_logs_rollout_metrics_samples_and_held_out_pass_rate(base_gpt2, tmp
     assert (out / "chat_template.jinja").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="not yet bitwise: after a checkpoint load the engine samples other rollouts from bitwise-equal "
-                                       "weights and the same seeds; under investigation")
 def test_grpo_resumes_exactly(base_gpt2, tmp_path, monkeypatch):
     from finetune_helpers import assert_same_weights
 

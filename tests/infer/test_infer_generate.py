@@ -95,6 +95,28 @@ def test_cached_greedy_equals_recomputed_greedy(family):
     assert module_state(model) == before
 
 
+@pytest.mark.parametrize("edit", ["fused_adamw", "data"])
+def test_generation_follows_weights_changed_behind_the_version_counters(edit):
+    """Fused AdamW and edits through ``.data`` change weights without moving their version counters; the
+    cached decode layout must see it, or a model generates from its weights as they were (GRPO's rollouts)."""
+    model = tiny_model("llama")
+    prompt = [11, 42, 7, 99, 3, 250]
+    before = list(generate_tokens(model, prompt, GREEDY))
+    versions = [p._version for p in model.parameters()]
+    if edit == "fused_adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+        model(torch.tensor([prompt])).logsumexp(-1).mean().backward()
+        optimizer.step()
+    else:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data.mul_(-1.5)
+    assert [p._version for p in model.parameters()] == versions  # the counters did not move
+    after = list(generate_tokens(model, prompt, GREEDY))
+    assert after == greedy_reference(model, prompt, GREEDY.max_new_tokens)
+    assert after != before
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_sliding_past_block_size_matches_recomputation(family):
     model = tiny_model(family, block_size=16)

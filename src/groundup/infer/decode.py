@@ -19,6 +19,7 @@ import weakref
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from groundup.infer.kv_cache import ReadStep, SlotKVCache, visible_keys
 from groundup.infer.weights import PADDINGS, decode_view, default_layout, row_padding
@@ -27,9 +28,35 @@ from groundup.model.transformer import first_tensor
 _VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+_OPTIMIZER_STEPS = [0]
+"""Optimizer steps taken in this process, by any ``torch.optim.Optimizer`` (a global post-step hook)."""
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+@torch.no_grad()
+def _checksum(t: torch.Tensor) -> int:
+    """The sum of a tensor's bits read as integers of its element size: it moves with any change to the values
+    but for a coincidence (a permutation, or changes that cancel)."""
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    as_int = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return int(t.reshape(-1).view(as_int).sum(dtype=torch.int64))
+
+
 def _weights_key(model: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced or modified in place (an optimizer step, a load)."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    """Changes whenever a parameter is replaced or modified: pointers and version counters (a load, an in-place
+    edit), the process's optimizer steps (fused AdamW updates parameters without moving their version
+    counters), and a checksum of the values (for edits through ``.data``, which bypass the counters too)."""
+    params = list(model.parameters())
+    return (_OPTIMIZER_STEPS[0], tuple((p.data_ptr(), p._version) for p in params),
+            tuple(_checksum(p) for p in params))
 
 
 def cached_view(model: nn.Module, layout: str = "auto") -> tuple[nn.Module, str]:
