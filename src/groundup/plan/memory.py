@@ -179,7 +179,7 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     dropout, attention_dropout = cfg.dropout > 0, cfg.attention_dropout > 0
     t = tensor_parallel
-    whole = 1 if sequence_parallel else t  # what the replicated tensors are divided by
+    whole = t if sequence_parallel else 1  # what the tensors plain TP keeps whole are divided by
 
     # Whole under plain tensor parallelism: the two norms' inputs, the qkv and MLP inputs, dropout masks.
     replicated = 2 * C * a + C * a + C * a + (2 * C if dropout else 0)
