@@ -91,7 +91,50 @@ def test_flags_parse_into_the_config():
     ({"seq_len": 100_000}, "exceeds the model's block_size"),
     ({"model": "gpt5"}, "unknown model 'gpt5'"),
     ({"interconnect": "smoke-signals"}, "unknown interconnect"),
+    ({"tp": 0}, "tp must be positive"),
+    ({"pp": 3, "gpus": 3}, "n_layer=4 does not split into pp=3 stages"),
+    ({"cp": 3, "gpus": 3, "seq_len": 100}, r"seq_len=100 is not divisible by 2 x cp = 6"),
+    ({"tp": 4, "gpus": 6}, "tp x pp x cp = 4 x 1 x 1 = 4 does not divide gpus=6"),
+    ({"pp": 2, "gpus": 2, "pp_schedule": "PipeDream"}, "unknown pipeline schedule 'PipeDream'"),
+    ({"cp": 2, "gpus": 2, "flash_attention": False}, "cp > 1 needs flash_attention"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         run(Config(**{"model": "tiny-gpt2", "out": tmp_path, **changes}))
+
+
+def test_plan_with_pipeline_and_context_parallelism(tmp_path, capsys):
+    from groundup.plan.parallelism import bubble_fraction
+
+    # 16 devices = pp 2 x dp 2 x cp 2 x tp 2, 4 pipeline micro-batches (grad_accum), 1F1B: bubble 1/(4+1) = 0.2
+    run(Config(model="tiny-llama", tokens=1e8, gpus=16, tp=2, pp=2, cp=2, grad_accum=4, micro_batch=2, seq_len=256,
+               out=tmp_path / "plan"))
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    par = plan["parallelism"]
+    assert par["layout"]["dp"] == 2 and par["layout"]["data_group"] == 4
+    assert par["bubble"] == pytest.approx(0.2) == bubble_fraction("1F1B", 2, 4)
+    assert par["schedules"]["Interleaved1F1B"]["bubble"] == pytest.approx(1 / 9)  # (p−1)/(v·m+p−1), v = 2
+    assert [r["role"] for r in par["ranks"]] == ["first", "last"]
+    assert par["memory_per_device"] == max(r["total"] for r in par["ranks"])
+    assert {t["dimension"] for t in par["communication"]} == {"dp", "tp", "pp", "cp"}
+    assert par["context_parallel"]["chunk_tokens"] == 128
+    # sequences per step count data-parallel replicas only: 2 per micro-batch x 4 micro-batches x dp 2
+    assert plan["compute"]["sequences_per_step"] == 16
+    table = capsys.readouterr().out
+    for row in ("parallelism (dp 2 x tp 2 x pp 2 x cp 2 = 16 devices)", "pipeline bubble", "every schedule",
+                "pp traffic per step", "cp traffic per step", "cp overlap", "memory, pp rank 0 (first)"):
+        assert row in table
+
+
+def test_parallel_flags_parse():
+    from jsonargparse import ArgumentParser
+
+    from groundup import config as config_io
+
+    parser = config_io.build_parser(Config)
+    ns = parser.parse_args(config_io.normalize_flags(
+        ["--model", "llama-2-7b", "--gpus", "64", "--pp", "4", "--cp", "2", "--tp", "8",
+         "--pp-schedule", "Interleaved1F1B", "--pp-virtual-stages", "2"]))
+    init = ArgumentParser.instantiate_classes(parser, ns)
+    cfg = Config(**{k: v for k, v in vars(init).items() if k != "config"})
+    assert (cfg.pp, cfg.cp, cfg.tp, cfg.pp_schedule, cfg.pp_virtual_stages) == (4, 2, 8, "Interleaved1F1B", 2)

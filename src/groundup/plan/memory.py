@@ -137,7 +137,8 @@ class Activations:
 
 def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None = None,
                      bytes_per_value: int = 2, checkpointing: bool = False,
-                     flash_attention: bool = True) -> Activations:
+                     flash_attention: bool = True, tensor_parallel: int = 1, sequence_parallel: bool = False,
+                     context_parallel: int = 1, layers: int | None = None) -> Activations:
     """Activations stored for backward, per micro-batch of ``micro_batch`` sequences of ``seq_len``.
 
     Per token and block, with a bytes per value, C width, q = n_head·head_dim, kv = n_kv_head·head_dim,
@@ -154,35 +155,54 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     For a GPT-2 block (H = 4C, MHA, dropout, unfused attention, a = 2) this is s·b·C·(34 + 5·n_head·s/C),
     Korthikanti's figure. Full activation checkpointing keeps each block's input (C·a per token) and
     recomputes one block at a time in backward.
+
+    Per device under model parallelism (Korthikanti et al. 2022, sections 4.2.1-4.2.2): with
+    ``tensor_parallel`` t the head-split and MLP-width terms are divided by t while the norm, qkv-input and
+    MLP-input tensors and the dropout masks stay whole (s·b·h·(10 + 24/t + 5·a·s/(h·t)) for a GPT block);
+    with ``sequence_parallel`` those are divided by t too (s·b·h·(34 + 5·a·s/h)/t), and so is the
+    checkpointed block input. ``context_parallel`` cp gives each device s/cp of every sequence: every
+    per-token term, the head's included, is divided by cp (context parallelism runs attention blockwise
+    with a fused kernel, so it needs ``flash_attention``). ``layers``: the blocks counted (a pipeline
+    stage's share; default all of them).
     """
     s = seq_len or cfg.block_size
+    n_layer = cfg.n_layer if layers is None else layers
     if micro_batch <= 0 or s <= 0:
         raise ValueError(f"micro_batch and seq_len must be positive, got {micro_batch}, {s}")
+    if tensor_parallel < 1 or context_parallel < 1 or n_layer < 0:
+        raise ValueError(f"tensor_parallel and context_parallel must be >= 1 and layers >= 0, got "
+                         f"{tensor_parallel}, {context_parallel}, {n_layer}")
+    if context_parallel > 1 and not flash_attention:
+        raise ValueError("context_parallel > 1 runs attention blockwise with a fused kernel: flash_attention must "
+                         "be on")
     a, C, H = bytes_per_value, cfg.n_embd, cfg.mlp_hidden
     q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     dropout, attention_dropout = cfg.dropout > 0, cfg.attention_dropout > 0
+    t = tensor_parallel
+    whole = t if sequence_parallel else 1  # what the tensors plain TP keeps whole are divided by
 
-    per_token = 2 * C * a + C * a + (q + 2 * kv) * a
+    # Whole under plain tensor parallelism: the two norms' inputs, the qkv and MLP inputs, dropout masks.
+    replicated = 2 * C * a + C * a + C * a + (2 * C if dropout else 0)
+    split = (q + 2 * kv) * a  # heads are split across tensor-parallel ranks, and so is the MLP width
     if flash_attention:
-        per_token += q * a + cfg.n_head * 4
+        split += q * a + cfg.n_head * 4
     else:
-        per_token += cfg.n_head * s * a + q * a
+        split += cfg.n_head * s * a + q * a
         if attention_dropout:
-            per_token += cfg.n_head * s * (1 + a)
+            split += cfg.n_head * s * (1 + a)
     swiglu = cfg.mlp == "swiglu"
-    per_token += C * a + (2 * H if swiglu else H) * a + (2 * H if swiglu else H) * a
-    if dropout:
-        per_token += 2 * C
+    split += (2 * H if swiglu else H) * a + (2 * H if swiglu else H) * a
+    per_token = replicated / whole + split / t
 
-    tokens = micro_batch * s
+    tokens = micro_batch * s / context_parallel
     per_layer = tokens * per_token
     if checkpointing:
-        layers = cfg.n_layer * tokens * C * a + per_layer
+        stored = n_layer * tokens * C * a / whole + per_layer
     else:
-        layers = cfg.n_layer * per_layer
+        stored = n_layer * per_layer
     # Final norm input and head input (C·a each), and the fp32 log-softmax output cross-entropy keeps.
     head = tokens * (2 * C * a + 4 * cfg.vocab_size)
-    return Activations(per_layer=per_layer, layers=layers, head=head)
+    return Activations(per_layer=per_layer, layers=stored, head=head)
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -57,14 +57,18 @@ Rows = list[tuple[str, str]]
 def rows(plan: dict[str, Any]) -> list[tuple[str, Rows]]:
     """The table's sections, as (title, [(label, value)])."""
     mem, inf = plan["memory"]["chosen"], plan["inference"]
+    lay = plan["parallelism"]["layout"]
+    model_parallel = (lay["tp"], lay["pp"], lay["cp"], lay["ep"]) != (1, 1, 1, 1)
     return [
         ("model", model_rows(plan)),
         ("parameters", parameter_rows(plan)),
         ("compute", compute_rows(plan)),
         ("time and cost", time_cost_rows(plan)),
-        (f"training memory per device ({mem['precision']}, {mem['sharding']}, {mem['gpus']} device(s))",
-         memory_rows(plan)),
+        (f"training memory per device ({mem['precision']}, {mem['sharding']}, {mem['gpus']} device(s)"
+         + (", data parallel only: see parallelism" if model_parallel else "") + ")", memory_rows(plan)),
         ("interconnect", interconnect_rows(plan)),
+        (f"parallelism (dp {lay['dp']} x tp {lay['tp']} x pp {lay['pp']} x cp {lay['cp']}"
+         + (f", ep {lay['ep']}" if lay["ep"] > 1 else "") + f" = {lay['gpus']} devices)", parallelism_rows(plan)),
         (f"inference ({inf['precision']}, batch {inf['batch']}, context {inf['context']})", inference_rows(plan)),
     ]
 
@@ -153,6 +157,45 @@ def interconnect_rows(plan: dict[str, Any]) -> Rows:
         ("time", f"{fmt_seconds(net['seconds'])} against {fmt_seconds(net['compute_seconds'])} of compute: "
                  f"{net['share']:.1%} of the step if not overlapped"),
     ]
+
+
+def schedule_label(name: str, figures: dict[str, Any]) -> str:
+    v = figures["virtual_stages"]
+    return f"{name}{'' if v == 1 else f' (v={v})'} {figures['bubble']:.1%}"
+
+
+def parallelism_rows(plan: dict[str, Any]) -> Rows:
+    par = plan["parallelism"]
+    lay = par["layout"]
+    out: Rows = [("mesh", f"('pp', 'dp', 'cp', 'tp') = ({lay['pp']}, {lay['dp']}, {lay['cp']}, {lay['tp']}); "
+                          f"gradients reduced over dp x cp = {lay['data_group']}"
+                          + (", sequence parallel" if lay["sequence_parallel"] else ""))]
+    for r in par["ranks"]:
+        label = "memory per device" if r["role"] == "only" else f"memory, pp rank {r['rank']} ({r['role']})"
+        out.append((label, f"{fmt_bytes(r['total'])}: states {fmt_bytes(r['model_states'])} "
+                           f"({fmt_count(r['parameters'])} params, {r['layers']} blocks), activations "
+                           f"{fmt_bytes(r['activations'])} ({r['in_flight']:g} micro-batch(es) in flight)"
+                           + (f", gathered {fmt_bytes(r['gathered_weights'])}" if r["gathered_weights"] else "")
+                           + ("" if r["fits"] is None else ": fits" if r["fits"] else ": DOES NOT FIT")))
+    if lay["pp"] > 1:
+        out.append(("pipeline bubble", f"{par['bubble']:.1%} with {lay['schedule']} (p={lay['pp']}, "
+                                       f"m={lay['microbatches']}, v={lay['virtual_stages']}): steps take "
+                                       f"{par['step_stretch']:.2f}x the compute"))
+        out.append(("every schedule", ", ".join(schedule_label(name, s) for name, s in par["schedules"].items())))
+    for tr in par["communication"]:
+        share = tr["share_of_compute"]
+        out.append((f"{tr['dimension']} traffic per step",
+                     f"{fmt_bytes(tr['bytes_per_step'])} per device, {tr['collective']} over {tr['group']} ranks "
+                     f"[{tr['formula']}]; {fmt_seconds(tr['seconds'])} "
+                     f"{'across nodes' if tr['across_nodes'] else 'within a node'} at "
+                     f"{tr['bandwidth'] / 1e9:,.0f} GB/s"
+                     + ("" if share is None else f", {share:.1%} of compute")))
+    cp = par["context_parallel"]
+    if cp:
+        out.append(("cp overlap", f"chunks of {cp['chunk_tokens']:,.0f} tokens; K/V exchange hides behind attention "
+                                  f"from about {cp['overlap_min_tokens']:,.0f} tokens per chunk: "
+                                  + ("overlapped" if cp["overlaps"] else "exposed")))
+    return out
 
 
 def inference_rows(plan: dict[str, Any]) -> Rows:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from groundup.model.config import PRESETS, ModelConfig
-from groundup.plan import compute, hardware, inference, interconnect, memory
+from groundup.plan import compute, hardware, inference, interconnect, memory, parallelism
 from groundup.plan.params import ParameterCount, count_parameters
 
 
@@ -51,7 +51,7 @@ class Config:
     """A probe.json from `groundup probe`: plan with its measured matmul peak, memory bandwidth and all-reduce
     bus bandwidth (and the device's memory) instead of the table's figures for `gpu`."""
     gpus: int = 1
-    """Devices training together (data parallel)."""
+    """Devices training together: tp x pp x cp x dp, the data-parallel degree dp being what is left."""
     gpus_per_node: int = 8
     """Devices per node: beyond this the all-reduce crosses the network."""
     mfu: float = 0.4
@@ -75,7 +75,25 @@ class Config:
     seq_len: int | None = None
     """Training sequence length; None: the model's block_size."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step (gradient accumulation)."""
+    """Micro-batches per optimizer step (gradient accumulation); with pp > 1 the micro-batches each pipeline step
+    runs (m)."""
+    tp: int = 1
+    """Tensor-parallel degree (`parallel.tensor_parallel`): attention heads and MLP width split this many ways."""
+    pp: int = 1
+    """Pipeline-parallel degree (`parallel.pipeline_parallel`): the blocks split into this many stages."""
+    cp: int = 1
+    """Context-parallel degree (`parallel.context_parallel`): each sequence split this many ways (ring attention)."""
+    ep: int = 1
+    """Expert-parallel degree (`parallel.expert_parallel`, MoE models): routed experts split over this many of
+    the dp x cp ranks."""
+    pp_schedule: str = "1F1B"
+    """Pipeline schedule (`parallel.pipeline_schedule`): GPipe, 1F1B, Interleaved1F1B, LoopedBFS,
+    InterleavedZeroBubble, ZBVZeroBubble."""
+    pp_virtual_stages: int | None = None
+    """Model chunks per pipeline rank; None: 2 for the interleaved, looped and ZB-V schedules, else 1."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism with tp: norms and dropout split along the sequence too (plans only;
+    `groundup pretrain`'s tensor parallelism keeps them whole)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward instead of storing them."""
     flash_attention: bool = True
@@ -130,9 +148,20 @@ def resolve_model(cfg: Config) -> ModelConfig:
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
+def data_parallel_degree(cfg: Config) -> int:
+    """dp: the devices left once tp, pp and cp have their share (at least 1)."""
+    return max(1, cfg.gpus // (cfg.tp * cfg.pp * cfg.cp))
+
+
+def layout_for(cfg: Config) -> parallelism.Layout:
+    return parallelism.Layout(gpus=cfg.gpus, tp=cfg.tp, pp=cfg.pp, cp=cfg.cp, ep=cfg.ep, schedule=cfg.pp_schedule,
+                              virtual_stages=parallelism.virtual_stages_for(cfg.pp_schedule, cfg.pp_virtual_stages),
+                              microbatches=cfg.grad_accum, sequence_parallel=cfg.sequence_parallel)
+
+
 def check_config(cfg: Config, model: ModelConfig) -> None:
     problems = []
-    for name in ("gpus", "gpus_per_node", "micro_batch", "grad_accum", "inference_batch"):
+    for name in ("gpus", "gpus_per_node", "micro_batch", "grad_accum", "inference_batch", "tp", "pp", "cp", "ep"):
         if getattr(cfg, name) <= 0:
             problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
     for name in ("tokens", "seq_len", "context", "peak_flops", "bandwidth", "power_watts"):
@@ -147,8 +176,11 @@ def check_config(cfg: Config, model: ModelConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value > model.block_size:
             problems.append(f"{name} ({value}) exceeds the model's block_size ({model.block_size})")
+    if cfg.cp > 1 and not cfg.flash_attention:
+        problems.append("cp > 1 needs flash_attention (ring attention is a blockwise, fused kernel)")
     if problems:
         raise ValueError("invalid plan config: " + "; ".join(problems))
+    parallelism.check_layout(model, layout_for(cfg), seq_len=cfg.seq_len or model.block_size)
 
 
 def peak_for(acc: hardware.Accelerator, precision: str) -> float:
@@ -181,6 +213,7 @@ def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> di
             **dataclasses.asdict(sync),
         },
         "inference": plan_inference(cfg, model, acc, cfg.context or model.block_size),
+        "parallelism": plan_parallelism(cfg, model, acc, seq_len, sync.compute_seconds, peak),
     }
 
 
@@ -188,7 +221,7 @@ def plan_compute(cfg: Config, model: ModelConfig, count: ParameterCount, tokens:
     """FLOPs of the whole training (6ND and the exact count), per token and per step, and the loss-optimal size."""
     n = count.total
     flops_6nd = compute.training_flops(None, tokens, n_params=n)
-    sequences_per_step = cfg.micro_batch * cfg.grad_accum * cfg.gpus
+    sequences_per_step = cfg.micro_batch * cfg.grad_accum * data_parallel_degree(cfg)
     tokens_per_step = sequences_per_step * seq_len
     megatron = compute.megatron_step_flops(model, sequences_per_step, seq_len)
     return {
@@ -223,12 +256,74 @@ def plan_gradient_sync(cfg: Config, model: ModelConfig, acc: hardware.Accelerato
     measured = acc.measured_bus_bandwidth if cfg.interconnect is None else None
     intra = measured or hardware.get_link(cfg.interconnect or acc.link).bandwidth
     inter = hardware.get_link(cfg.network).bandwidth
-    busbw = interconnect.effective_bus_bandwidth(cfg.gpus, cfg.gpus_per_node, intra, inter)
+    layout = layout_for(cfg)
+    if (cfg.tp, cfg.pp, cfg.cp, cfg.ep) != (1, 1, 1, 1):
+        # Under model parallelism each device reduces the gradients of its own share, across dp x cp.
+        n_params = parallelism.rank_parameters(model, layout, 0).total
+    span = layout.data_group * cfg.tp
+    busbw = interconnect.effective_bus_bandwidth(span, cfg.gpus_per_node, intra, inter)
     step_flops_per_device = compute.flops_per_token(model, seq_len) * tokens_per_step / cfg.gpus
     return interconnect.gradient_sync(n_params, gradient_bytes=memory.get_precision(cfg.precision).gradients,
-                                      gpus=cfg.gpus, bus_bandwidth_bytes_per_s=busbw,
+                                      gpus=layout.data_group, bus_bandwidth_bytes_per_s=busbw,
                                       step_flops_per_device=step_flops_per_device, peak_flops=peak, mfu=cfg.mfu,
                                       sharding=cfg.sharding)
+
+
+def plan_parallelism(cfg: Config, model: ModelConfig, acc: hardware.Accelerator, seq_len: int,
+                     compute_seconds: float, peak: float) -> dict[str, Any]:
+    """Memory per device of the first and last pipeline ranks, the pipeline bubble of the chosen and every
+    schedule, and each dimension's bytes per step with the time they take on the links they cross."""
+    layout = layout_for(cfg)
+    ranks = parallelism.pipeline_memory(model, layout, precision=cfg.precision, sharding=cfg.sharding,
+                                        micro_batch=cfg.micro_batch, seq_len=seq_len,
+                                        activation_checkpointing=cfg.activation_checkpointing,
+                                        flash_attention=cfg.flash_attention, device_memory=acc.memory_bytes)
+    p, m = layout.pp, layout.microbatches
+    bubble = parallelism.bubble_fraction(layout.schedule, p, m, layout.virtual_stages)
+    schedules = {}
+    for name in parallelism.SCHEDULES:
+        v = layout.virtual_stages if name in parallelism.MULTI_CHUNK and layout.virtual_stages > 1 else \
+            parallelism.virtual_stages_for(name)
+        schedules[name] = {"virtual_stages": v, "bubble": parallelism.bubble_fraction(name, p, m, v),
+                           "in_flight_first_rank": parallelism.in_flight_microbatches(name, p, m, v, 0)}
+    measured = acc.measured_bus_bandwidth if cfg.interconnect is None else None
+    intra = measured or hardware.get_link(cfg.interconnect or acc.link).bandwidth
+    inter = hardware.get_link(cfg.network).bandwidth
+    # Mesh ('pp', 'dp', 'cp', 'tp'), tp innermost: a dimension's group spans its degree times the inner ones.
+    span = {"tp": cfg.tp, "cp": cfg.tp * cfg.cp, "ep": cfg.tp * cfg.ep, "dp": cfg.tp * layout.data_group,
+            "pp": cfg.gpus}
+    traffic = []
+    for tr in parallelism.communication(model, layout, precision=cfg.precision, sharding=cfg.sharding,
+                                        micro_batch=cfg.micro_batch, seq_len=seq_len,
+                                        activation_checkpointing=cfg.activation_checkpointing):
+        across = span[tr.dimension] > cfg.gpus_per_node
+        bw = min(intra, inter) if across else intra
+        seconds = tr.bytes_per_step / bw
+        traffic.append({**dataclasses.asdict(tr), "across_nodes": across, "bandwidth": bw, "seconds": seconds,
+                        "share_of_compute": seconds / compute_seconds if compute_seconds else None})
+    a = memory.get_precision(cfg.precision).activations
+    cp_figures = None
+    if cfg.cp > 1:
+        link = min(intra, inter) if span["cp"] > cfg.gpus_per_node else intra
+        need = parallelism.cp_overlap_min_tokens(model, flops_per_s=peak * cfg.mfu, link_bytes_per_s=link,
+                                                 bytes_per_value=a)
+        chunk = seq_len / cfg.cp
+        cp_figures = {"chunk_tokens": chunk, "overlap_min_tokens": need, "overlaps": chunk >= need,
+                      "kv_bytes_per_layer_forward": parallelism.ring_kv_bytes(
+                          model, cp=cfg.cp, micro_batch=cfg.micro_batch, seq_len=seq_len, bytes_per_value=a,
+                          tp=cfg.tp)}
+    worst = max(ranks, key=lambda r: r.total)
+    return {
+        "layout": layout.as_dict(),
+        "ranks": [r.as_dict() for r in ranks],
+        "memory_per_device": worst.total,
+        "fits": worst.fits,
+        "bubble": bubble,
+        "step_stretch": 1 / (1 - bubble),
+        "schedules": schedules,
+        "communication": traffic,
+        "context_parallel": cp_figures,
+    }
 
 
 def plan_time_cost(cfg: Config, acc: hardware.Accelerator, training_flops: float, tokens: float, peak: float,
