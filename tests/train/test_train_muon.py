@@ -108,6 +108,19 @@ def test_the_gram_form_agrees_with_the_plain_iteration(shape):
     assert orthogonalize(g, steps=5, dtype=torch.float32).shape == shape
 
 
+def test_matrices_of_one_shape_are_orthogonalised_as_a_stack_alike():
+    gen = torch.Generator().manual_seed(3)
+    updates = [torch.randn(shape, generator=gen) for shape in [(96, 32), (32, 32), (96, 32), (32, 192), (96, 32)]]
+    stacked = muon.orthogonalize_all(updates, steps=5, dtype=torch.float32)
+    for update, result in zip(updates, stacked, strict=True):
+        alone = orthogonalize(update, steps=5, dtype=torch.float32)
+        assert result.shape == update.shape
+        assert (result - alone).abs().max() <= 1e-5 * alone.abs().max()
+    # bf16 keeps one matrix at a time: torch.optim.Muon's bits
+    in_bf16 = muon.orthogonalize_all(updates, steps=5, dtype=torch.bfloat16)
+    assert all(torch.equal(r, orthogonalize(u, steps=5, dtype=torch.bfloat16)) for u, r in zip(updates, in_bf16))
+
+
 def test_in_bf16_the_iteration_is_torch_muons_bit_for_bit():
     for shape in [(96, 32), (32, 96)]:
         g = torch.randn(shape, generator=torch.Generator().manual_seed(2))

@@ -109,31 +109,42 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 
 def orthogonalize(update: torch.Tensor, *, steps: int, dtype: torch.dtype, eps: float = EPS) -> torch.Tensor:
-    """The Newton–Schulz approximation of U V^T for the matrix ``update`` = U S V^T, in ``dtype``.
+    """The Newton–Schulz approximation of U V^T for the matrix ``update`` = U S V^T, in ``dtype``; a stack
+    of matrices (..., rows, cols) is orthogonalised matrix by matrix in batched products.
 
     torch.optim.Muon's iteration (in bf16 the same bits); in fp32 a matrix at least about twice as long as
     wide iterates in its Gram form (:func:`_gram_newton_schulz`), which costs fewer FLOPs."""
     x = update.to(dtype)
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the smaller Gram matrix
-        x = x.T
-    x = x.div(x.norm().clamp(min=eps))  # spectral norm at most 1
-    m, n = x.shape
+        x = x.mT
+    if x.dim() == 2:
+        x = x.div(x.norm().clamp(min=eps))  # spectral norm at most 1
+    else:
+        x = x.div(torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps))
+    m, n = x.shape[-2:]
     # FLOPs a step: the plain iteration 2m²n + 2m³ + 2m²n; the Gram form 8m³, plus 2m²n twice in all (less 6m³)
     if dtype == torch.float32 and 4 * m * m * n + (8 * steps - 6) * m**3 < steps * (4 * m * m * n + 2 * m**3):
         x = _gram_newton_schulz(x, steps)
     else:
         x = _newton_schulz(x, steps)
-    return x.T if tall else x
+    return x.mT if tall else x
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float, alpha: float = 1.0) -> torch.Tensor:
+    """``beta * bias + alpha * a @ b`` for matrices or stacks of them."""
+    if a.dim() == 2:
+        return torch.addmm(bias, a, b, beta=beta, alpha=alpha)
+    return torch.baddbmm(bias, a, b, beta=beta, alpha=alpha)
 
 
 def _newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
     """torch.optim.Muon's quintic iteration on a wide ``x`` (rows <= cols) of spectral norm at most 1."""
     a, b, c = NS_COEFFICIENTS
     for _ in range(steps):
-        gram = x @ x.T
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.addmm(x, poly, x, beta=a)
+        gram = x @ x.mT
+        poly = _addmm(gram, gram, gram, beta=b, alpha=c)
+        x = _addmm(x, poly, x, beta=a)
     return x
 
 
@@ -146,11 +157,11 @@ def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
     iteration. The same in exact arithmetic; in fp32 it agrees with the plain iteration to about 1e-5
     relative (tested). In bf16 the Gram form drifts, so bf16 keeps the plain iteration."""
     a, b, c = NS_COEFFICIENTS
-    gram = x @ x.T
+    gram = x @ x.mT
     q = None
     for k in range(steps):
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        poly.diagonal().add_(a)  # P_k
+        poly = _addmm(gram, gram, gram, beta=b, alpha=c)
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)  # P_k
         q = poly if q is None else poly @ q
         if k < steps - 1:
             gram = poly @ (poly @ gram)  # A_{k+1} = P_k² A_k
@@ -159,22 +170,41 @@ def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
 
 def orthogonalize_all(updates: list[torch.Tensor], *, steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """:func:`orthogonalize` of each update; a DTensor update is gathered whole first and its result handed
-    back in the same placements (this rank's shard)."""
-    out = []
-    for update in updates:
-        if not _is_dtensor(update):
-            out.append(orthogonalize(update, steps=steps, dtype=dtype))
-            continue
-        from torch.distributed.tensor import distribute_tensor
+    back in the same placements (this rank's shard).
 
-        if update.device.type != update.device_mesh.device_type:
-            raise ValueError(f"optim.optimizer=muon gathers each sharded matrix on the {update.device_mesh.device_type} "
-                             f"mesh, but its update is on {update.device.type} (parallel.fsdp_cpu_offload): "
-                             "turn the offload off or use optim.optimizer=adamw")
-        whole = orthogonalize(update.full_tensor(), steps=steps, dtype=dtype)
-        # every rank holds the same whole result: each keeps its shard, without communication
-        out.append(distribute_tensor(whole.contiguous(), update.device_mesh, update.placements, src_data_rank=None))
-    return out
+    In fp32, plain matrices of one shape (the same projection of every block) are stacked and iterated
+    together in batched products: on a CPU, small products cost more than their FLOPs, and a stack of a
+    model's blocks takes about half the time of one product after the other. bf16 keeps one matrix at a
+    time, bit for bit torch.optim.Muon's."""
+    out: list[torch.Tensor | None] = [None] * len(updates)
+    stacks: dict[tuple, list[int]] = {}
+    for i, update in enumerate(updates):
+        if _is_dtensor(update):
+            out[i] = _orthogonalize_sharded(update, steps=steps, dtype=dtype)
+        elif dtype == torch.float32:
+            stacks.setdefault((tuple(update.shape), update.dtype, update.device), []).append(i)
+        else:
+            out[i] = orthogonalize(update, steps=steps, dtype=dtype)
+    for members in stacks.values():
+        if len(members) == 1:
+            out[members[0]] = orthogonalize(updates[members[0]], steps=steps, dtype=dtype)
+            continue
+        results = orthogonalize(torch.stack([updates[i] for i in members]), steps=steps, dtype=dtype)
+        for i, result in zip(members, results.unbind(0), strict=True):
+            out[i] = result
+    return out  # type: ignore[return-value]
+
+
+def _orthogonalize_sharded(update: torch.Tensor, *, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    from torch.distributed.tensor import distribute_tensor
+
+    if update.device.type != update.device_mesh.device_type:
+        raise ValueError(f"optim.optimizer=muon gathers each sharded matrix on the {update.device_mesh.device_type} "
+                         f"mesh, but its update is on {update.device.type} (parallel.fsdp_cpu_offload): "
+                         "turn the offload off or use optim.optimizer=adamw")
+    whole = orthogonalize(update.full_tensor(), steps=steps, dtype=dtype)
+    # every rank holds the same whole result: each keeps its shard, without communication
+    return distribute_tensor(whole.contiguous(), update.device_mesh, update.placements, src_data_rank=None)
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
