@@ -82,3 +82,19 @@ def test_bad_input_is_refused(bad):
 def test_as_dict_is_plain():
     d = memory.training_memory(dataclasses.replace(ModelConfig(), n_layer=2)).as_dict()
     assert d["total"] == pytest.approx(d["model_states"] + d["activations"] + d["gathered_weights"])
+
+
+def test_a_mixture_of_experts_block_keeps_the_activations_of_its_k_experts():
+    import dataclasses
+
+    from groundup.plan.memory import activation_bytes
+
+    moe = ModelConfig.from_name("mixtral-8x7b")
+    dense = dataclasses.replace(moe, moe_experts=0)
+    a = activation_bytes(moe, micro_batch=1, seq_len=1024)
+    b = activation_bytes(dense, micro_batch=1, seq_len=1024)
+    # per token, beyond the dense block: a second SwiGLU expert of width 14336 (gate and up, silu and product:
+    # 4 x 14336 values of 2 bytes), the 2 dispatched copies of the 4096-wide input, 8 fp32 router logits
+    extra = 4 * 14336 * 2 + 2 * 4096 * 2 + 8 * 4
+    assert a.per_layer - b.per_layer == 1024 * extra
+    assert a.layers - b.layers == 32 * 1024 * extra

@@ -164,6 +164,10 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     per-token term, the head's included, is divided by cp (context parallelism runs attention blockwise
     with a fused kernel, so it needs ``flash_attention``). ``layers``: the blocks counted (a pipeline
     stage's share; default all of them).
+
+    Mixture-of-experts blocks (after the first ``moe_dense_layers``) count the MLP terms once for each of
+    the k routed experts a token passes through and each shared expert, at the experts' width, plus the
+    router's fp32 logits and the k dispatched copies of the token's input.
     """
     s = seq_len or cfg.block_size
     n_layer = cfg.n_layer if layers is None else layers
@@ -191,15 +195,27 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
         if attention_dropout:
             split += cfg.n_head * s * (1 + a)
     swiglu = cfg.mlp == "swiglu"
-    split += (2 * H if swiglu else H) * a + (2 * H if swiglu else H) * a
-    per_token = replicated / whole + split / t
 
+    def mlp(width: int) -> int:  # the up projection's output and the activation's, per token through it
+        return (2 * width if swiglu else width) * a * 2
+
+    per_token = replicated / whole + (split + mlp(H)) / t
     tokens = micro_batch * s / context_parallel
     per_layer = tokens * per_token
+    moe_layers = 0
+    if cfg.moe_experts:
+        # A mixture-of-experts block: each token passes through k routed experts and the shared ones, each of
+        # width H_e; the router keeps its logits (E per token, fp32) and dispatch the k copies of each token.
+        He = cfg.moe_expert_hidden
+        moe_mlp = (cfg.moe_top_k + cfg.moe_shared_experts) * mlp(He) + cfg.moe_top_k * C * a + cfg.moe_experts * 4
+        moe_layers = max(n_layer - min(cfg.moe_dense_layers, n_layer), 0)
+        moe_per_layer = tokens * (replicated / whole + (split + moe_mlp) / t)
     if checkpointing:
-        stored = n_layer * tokens * C * a / whole + per_layer
+        stored = n_layer * tokens * C * a / whole + (max(per_layer, moe_per_layer) if moe_layers else per_layer)
     else:
-        stored = n_layer * per_layer
+        stored = (n_layer - moe_layers) * per_layer + (moe_layers * moe_per_layer if moe_layers else 0)
+    if moe_layers:
+        per_layer = max(per_layer, moe_per_layer)
     # Final norm input and head input (C·a each), and the fp32 log-softmax output cross-entropy keeps.
     head = tokens * (2 * C * a + 4 * cfg.vocab_size)
     return Activations(per_layer=per_layer, layers=stored, head=head)
