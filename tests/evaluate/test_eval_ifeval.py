@@ -296,7 +296,14 @@ def test_capital_word_frequency_agrees_with_lm_eval(lm_eval_ifeval):
 
 
 def test_ifeval_task_through_the_stage(eval_model_dir, tmp_path):
+    """A chat model dir (a chat_template.jinja, as fine-tuning leaves): prompted through its template."""
+    import shutil
+
     from groundup.evaluate import run as evaluate
+    from groundup.tokenizer.chat import write_chat_template
+
+    model_dir = shutil.copytree(eval_model_dir, tmp_path / "chat-model")
+    write_chat_template(model_dir)
 
     path = _write(tmp_path / "ifeval.jsonl", [
         {"key": 1, "prompt": "Write a line without commas.", "instruction_id_list": ["punctuation:no_comma"],
@@ -304,7 +311,7 @@ def test_ifeval_task_through_the_stage(eval_model_dir, tmp_path):
         {"key": 2, "prompt": "Answer in fewer than 400 words, and wrap it in quotes.",
          "instruction_id_list": ["length_constraints:number_words", "startend:quotation"],
          "kwargs": [{"num_words": 400, "relation": "less than"}, {}]}])
-    out = evaluate.run(evaluate.Config(model=eval_model_dir, tasks=[str(path)], out=tmp_path / "eval",
+    out = evaluate.run(evaluate.Config(model=model_dir, tasks=[str(path)], out=tmp_path / "eval",
                                        ifeval_max_new_tokens=12, progress=False))
     results = json.loads((out / "results.json").read_text())["results"]
     metrics = results["ifeval"]
@@ -320,7 +327,7 @@ def test_ifeval_task_through_the_stage(eval_model_dir, tmp_path):
     for s in samples:
         items = load_task(path).items[s["index"]].instructions
         assert s["follow_instruction_list"] == [ifeval.follows(s["prediction"], i) for i in items]
-        assert s["chat"] is False  # the test model dir has no chat template
+        assert s["chat"] is True
 
 
 def test_chat_model_is_prompted_through_its_template(eval_model, monkeypatch):

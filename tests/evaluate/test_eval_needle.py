@@ -68,7 +68,12 @@ def test_lengths_beyond_the_block_size_are_refused(tokenizer):
         needle.grid_prompts(tokenizer, NeedleSettings(lengths=[20]), block_size=512)
     with pytest.raises(ValueError, match=r"needle\.depths"):
         NeedleSettings(depths=[0.5, 1.5])
-    assert needle.default_lengths(512, 16) == [124, 248, 372, 496]
+    assert needle.default_lengths(512, 16, shortest=100) == [199, 298, 397, 496]
+    with pytest.raises(ValueError, match=r"needle: the model's block_size \(64\) less needle\.max_new_tokens \(16\) "
+                                         r"leaves 48 tokens"):
+        needle.grid_prompts(tokenizer, NeedleSettings(), block_size=64)
+    assert [p.length for p in needle.grid_prompts(tokenizer, NeedleSettings(depths=[0.5]), block_size=1024)] == \
+        needle.default_lengths(1024, 16, needle.fixed_tokens(tokenizer))
 
 
 def test_scorer_reads_the_first_number():

@@ -78,8 +78,8 @@ class NeedleSettings:
     """The needle-in-a-haystack grid (the task ``needle`` in `--tasks`)."""
 
     lengths: list[int] = field(default_factory=list)
-    """Prompt lengths in tokens (empty: four, evenly spaced up to the model's block_size less
-    `needle.max_new_tokens`). Each plus `needle.max_new_tokens` must fit the block size."""
+    """Prompt lengths in tokens (empty: four, evenly spaced from a prompt with no filler up to the model's
+    block_size less `needle.max_new_tokens`). Each plus `needle.max_new_tokens` must fit the block size."""
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     """Where the needle goes, as a fraction of the filler (0: at its start, 1: at its end)."""
     samples: int = 1
@@ -192,9 +192,15 @@ def build_prompt(tokenizer, sentence_ids: Sequence[Sequence[int]], *, length: in
                         needle_tokens=len(needle), filler_before=position, filler_tokens=budget)
 
 
-def default_lengths(block_size: int, max_new_tokens: int, count: int = 4) -> list[int]:
+def default_lengths(block_size: int, max_new_tokens: int, shortest: int, count: int = 4) -> list[int]:
+    """``count`` lengths evenly spaced above ``shortest`` (a prompt with no filler), the last the longest prompt
+    the context holds with its answer."""
     usable = block_size - max_new_tokens
-    return sorted({max(1, round(usable * k / count)) for k in range(1, count + 1)})
+    if usable <= shortest:
+        raise ValueError(f"needle: the model's block_size ({block_size}) less needle.max_new_tokens "
+                         f"({max_new_tokens}) leaves {usable} tokens, no more than the {shortest} of the intro, "
+                         "needle and question alone; the model's context is too short for this test")
+    return sorted({round(shortest + (usable - shortest) * k / count) for k in range(1, count + 1)})
 
 
 def check_lengths(lengths: Sequence[int], block_size: int, max_new_tokens: int) -> None:
@@ -208,7 +214,7 @@ def check_lengths(lengths: Sequence[int], block_size: int, max_new_tokens: int) 
 
 def grid_prompts(tokenizer, settings: NeedleSettings, *, block_size: int, seed: int = 1234) -> list[NeedlePrompt]:
     """Every prompt of the grid, lengths outer, depths inner, ``settings.samples`` per cell; deterministic."""
-    lengths = list(settings.lengths) or default_lengths(block_size, settings.max_new_tokens)
+    lengths = list(settings.lengths) or default_lengths(block_size, settings.max_new_tokens, fixed_tokens(tokenizer))
     check_lengths(lengths, block_size, settings.max_new_tokens)
     sentences = filler_sentences(settings.filler)
     sentence_ids = [tokenizer.encode(" " + s) for s in sentences]

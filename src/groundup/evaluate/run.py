@@ -33,7 +33,7 @@ from groundup.artifacts import JsonlStats, prepare_out, read_jsonl, write_json, 
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.multiple_choice import core_score
-from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
+from groundup.evaluate.suite import NEEDLE_TASK, TaskSettings, evaluate_task, load_tasks, split_specs
 from groundup.model.io import load_model_dir
 from groundup.model.transformer import first_tensor
 from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE
@@ -147,7 +147,7 @@ def _judge(cfg: Config, samples: list[dict], results: dict[str, dict[str, Any]])
 
 def inputs_of(cfg: Config) -> list[str | Path | None]:
     """Every path the evaluation reads (a task given as ``name=path`` counts both ways)."""
-    specs = [str(s) for s in split_specs(cfg.tasks)]
+    specs = [str(s) for s in split_specs(cfg.tasks) if str(s).split("=", 1)[-1] != NEEDLE_TASK]  # no file
     return [cfg.model, cfg.against, *specs, *(s.split("=", 1)[-1] for s in specs), *cfg.tokenizers,
             *cfg.tokenizer_texts, *cfg.parallel]
 
