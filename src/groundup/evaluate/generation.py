@@ -35,23 +35,46 @@ from groundup.extras import import_extra
 # ---------------------------------------------------------------------------- generation
 
 
-def generate_until(model, tokenizer, contexts: str | Sequence[str], *, until: Sequence[str] = (),
-                   max_new_tokens: int = 256, temperature: float = 0.0,
-                   seeds: Sequence[int | None] | None = None) -> str | list[str]:
+def generate_until(model, tokenizer, contexts: str | Sequence[str] | Sequence[Sequence[int]], *,
+                   until: Sequence[str] = (), max_new_tokens: int = 256, temperature: float = 0.0,
+                   seeds: Sequence[int | None] | None = None, chat_template: str | None = None) -> str | list[str]:
     """Continue each context, all through one inference engine (continuous batching); each text is cut before
     the first stop sequence. Greedy unless temperature > 0; ``seeds[i]`` seeds context i's draws. Greedy
     results equal one generation per context, bit for bit (the engine is batch-invariant). One context (a
-    string) gives one text."""
+    string) gives one text; a context may also be token ids, fed as they are.
+
+    With ``chat_template`` (a chat model's), each context is the one user turn of a conversation rendered with
+    it, the assistant's turn opened, encoded with the template's special tokens as fine-tuning encodes them,
+    and each answer ends at the template's end of turn (ChatML's ``<|im_end|>``) or EOS."""
     from groundup.infer.generate import generate_batch
     from groundup.infer.sampling import SamplingParams
 
     single = isinstance(contexts, str)
     contexts = [contexts] if single else list(contexts)
+    stop_ids: list[int] = []
+    if chat_template is not None:
+        contexts = [chat_prompt_ids(tokenizer, c, chat_template) for c in contexts]
+        stop_ids = end_of_turn_ids(tokenizer, chat_template)
     seeds = list(seeds) if seeds is not None else [0] * len(contexts)
-    params = [SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop=list(until), seed=seed)
-              for seed in seeds]
+    params = [SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, stop=list(until), seed=seed,
+                             stop_token_ids=stop_ids) for seed in seeds]
     texts = [result.text for result in generate_batch(model, tokenizer, contexts, params)]
     return texts[0] if single else texts
+
+
+def chat_prompt_ids(tokenizer, text: str, template: str) -> list[int]:
+    """``text`` as the user turn of a conversation rendered with ``template``, the assistant's turn opened."""
+    from groundup.tokenizer.chat import render_chat
+
+    rendered = render_chat([{"role": "user", "content": text}], template, add_generation_prompt=True)
+    return tokenizer.encode_with_specials(rendered)
+
+
+def end_of_turn_ids(tokenizer, template: str) -> list[int]:
+    """Tokens that end an assistant turn: the special tokens the template writes whose names end in ``end|>``
+    (ChatML's ``<|im_end|>``), as GRPO's rollouts stop."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    return sorted({i for name, i in specials.items() if name in template and name.endswith("end|>")})
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -33,9 +33,10 @@ from groundup.artifacts import JsonlStats, prepare_out, read_jsonl, write_json, 
 from groundup.evaluate.generation import Limits  # noqa: F401 (jsonargparse resolves inherited hints here)
 from groundup.evaluate.judge import Judge, JudgeConfig
 from groundup.evaluate.multiple_choice import core_score
-from groundup.evaluate.suite import TaskSettings, evaluate_task, load_tasks, split_specs
+from groundup.evaluate.suite import NEEDLE_TASK, TaskSettings, evaluate_task, load_tasks, split_specs
 from groundup.model.io import load_model_dir
 from groundup.model.transformer import first_tensor
+from groundup.tokenizer.chat import CHAT_TEMPLATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _judge(cfg: Config, samples: list[dict], results: dict[str, dict[str, Any]])
 
 def inputs_of(cfg: Config) -> list[str | Path | None]:
     """Every path the evaluation reads (a task given as ``name=path`` counts both ways)."""
-    specs = [str(s) for s in split_specs(cfg.tasks)]
+    specs = [str(s) for s in split_specs(cfg.tasks) if str(s).split("=", 1)[-1] != NEEDLE_TASK]  # no file
     return [cfg.model, cfg.against, *specs, *(s.split("=", 1)[-1] for s in specs), *cfg.tokenizers,
             *cfg.tokenizer_texts, *cfg.parallel]
 
@@ -168,13 +169,15 @@ def run(cfg: Config) -> Path:
         model, tokenizer = load_model_dir(cfg.model, device=cfg.device)
         device = first_tensor(model).device
         model_meta = model_info(Path(cfg.model), model)
+        template_file = Path(cfg.model) / CHAT_TEMPLATE_FILE
+        chat_template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
         for task in tasks:
             log.info("task %s: %d items (%s)", task.name, len(task.items), task.kind)
             scores, task_samples = evaluate_task(model, tokenizer, task, cfg.settings(), device=device,
-                                                 progress=cfg.progress)
+                                                 progress=cfg.progress, chat_template=chat_template)
             results.update(scores)
             samples.extend(task_samples)
-            task_files[task.name] = {"kind": task.kind, "file": str(task.files[0]),
+            task_files[task.name] = {"kind": task.kind, "file": str(task.files[0]) if task.files else None,
                                      "files": [str(f) for f in task.files], "sha256": task.sha256()}
         if cfg.judge.url:
             _judge(cfg, samples, results)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -14,7 +14,11 @@ from groundup.evaluate import generation as gen
 from groundup.evaluate.generation import Limits
 from groundup.evaluate.lm import LMScore, score_documents, score_token_documents, split_token_shard
 from groundup.evaluate.multiple_choice import evaluate_multiple_choice, summarize
+from groundup.evaluate.needle import NeedleSettings
 from groundup.evaluate.tasks import Task, load_task
+
+NEEDLE_TASK = "needle"
+"""The task spec of the needle-in-a-haystack grid (generated, not read from a file)."""
 
 
 @dataclass(kw_only=True)
@@ -44,6 +48,14 @@ class TaskSettings:
     """Code: the k of pass@k reported (those up to code_samples)."""
     code_limits: Limits = field(default_factory=Limits)
     """Code: time and memory limits of each candidate program."""
+    ifeval_max_new_tokens: int = 1280
+    """IFEval: most tokens per response (lm-eval's ifeval: 1280); a response ends at EOS or the chat template's
+    end of turn, never at `until`."""
+    chat: Literal["auto", "on", "off"] = "auto"
+    """IFEval: prompt as the user turn of the model dir's chat template ('auto': when the model dir has a
+    chat_template.jinja, as fine-tuned chat models do; 'on': ChatML when it has none; 'off': the bare prompt)."""
+    needle: NeedleSettings = field(default_factory=NeedleSettings)
+    """Needle in a haystack (the task `needle`): the grid of prompt lengths and depths."""
 
 
 def token_shard_task(path: Path) -> Task:
@@ -60,12 +72,19 @@ def split_specs(specs: str | Sequence[str | Path]) -> list[str | Path]:
     return list(specs)
 
 
+def needle_task(name: str = NEEDLE_TASK) -> Task:
+    """The needle-in-a-haystack grid as a task: its prompts are built at run time, in the model's tokens."""
+    return Task(name=name, kind="needle", items=[], files=[])
+
+
 def load_tasks(specs: str | Sequence[str | Path]) -> list[Task]:
     specs = split_specs(specs)
     tasks = []
     for spec in specs:
         path = Path(str(spec).split("=", 1)[-1]) if not Path(str(spec)).exists() else Path(spec)
-        if path.suffix == ".bin":
+        if str(path) == NEEDLE_TASK and not path.exists():
+            tasks.append(needle_task(str(spec).split("=", 1)[0] if "=" in str(spec) else NEEDLE_TASK))
+        elif path.suffix == ".bin":
             tasks.append(token_shard_task(path))
         else:
             tasks.append(load_task(spec))
@@ -76,9 +95,10 @@ def load_tasks(specs: str | Sequence[str | Path]) -> list[Task]:
     return tasks
 
 
-def evaluate_task(model, tokenizer, task: Task, settings: TaskSettings, *, device=None,
-                  progress: bool = False) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Scores ({result key: {metric: value}}) and samples of one task."""
+def evaluate_task(model, tokenizer, task: Task, settings: TaskSettings, *, device=None, progress: bool = False,
+                  chat_template: str | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Scores ({result key: {metric: value}}) and samples of one task. ``chat_template``: the model's, for the
+    tasks that prompt a chat model through it (IFEval, as `settings.chat` says)."""
     if task.kind == "multiple_choice":
         return evaluate_multiple_choice(model, tokenizer, task, num_fewshot=settings.num_fewshot,
                                         seed=settings.seed, batch_size=settings.batch_size, limit=settings.limit,
@@ -89,6 +109,10 @@ def evaluate_task(model, tokenizer, task: Task, settings: TaskSettings, *, devic
         return _generation(model, tokenizer, task, settings)
     if task.kind == "code":
         return _code(model, tokenizer, task, settings)
+    if task.kind == "ifeval":
+        return _ifeval(model, tokenizer, task, settings, chat_template)
+    if task.kind == "needle":
+        return _needle(model, tokenizer, task, settings)
     raise ValueError(f"task {task.name}: unknown kind {task.kind!r}")
 
 
@@ -160,6 +184,38 @@ def _code(model, tokenizer, task: Task, settings: TaskSettings):
     metrics = gen.pass_at_k_scores(passed, settings.pass_k)
     metrics["n"] = len(items)
     return {task.name: metrics}, samples
+
+
+def _ifeval(model, tokenizer, task: Task, settings: TaskSettings, chat_template: str | None):
+    from groundup.evaluate import ifeval
+    from groundup.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
+
+    items = task.items[: settings.limit] if settings.limit else task.items
+    template = {"auto": chat_template, "on": chat_template or DEFAULT_CHAT_TEMPLATE, "off": None}[settings.chat]
+    responses = gen.generate_until(model, tokenizer, [item.query for item in items], until=[],
+                                   max_new_tokens=settings.ifeval_max_new_tokens, chat_template=template)
+    scored = [ifeval.score_response(r, item.instructions) for item, r in zip(items, responses, strict=True)]
+    metrics: dict[str, Any] = ifeval.aggregate(scored)
+    metrics["n"] = len(items)
+    results = {task.name: metrics}
+    for instruction_id, scores in ifeval.per_instruction([item.instructions for item in items], scored).items():
+        results[f"{task.name}/{instruction_id}"] = scores
+    samples = [{"task": task.name, "index": i, "source": item.source, "prompt": item.query, "chat": template is not None,
+                "instruction_id_list": [x["id"] for x in item.instructions], "prediction": response,
+                "follow_instruction_list": s["strict"], "follow_instruction_list_loose": s["loose"]}
+               for i, (item, response, s) in enumerate(zip(items, responses, scored, strict=True))]
+    return results, samples
+
+
+def _needle(model, tokenizer, task: Task, settings: TaskSettings):
+    from groundup.evaluate.needle import evaluate_needle
+
+    def generate(prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+        return gen.generate_until(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+
+    metrics, samples = evaluate_needle(generate, tokenizer, settings.needle, block_size=model.config.block_size,
+                                       seed=settings.seed)
+    return {task.name: metrics}, [{"task": task.name, **s} for s in samples]
 
 
 def flat_scores(results: dict[str, dict[str, Any]]) -> dict[str, float]:

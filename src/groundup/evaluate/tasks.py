@@ -15,6 +15,7 @@ fields say what it is:
     generic         question, choices, answer (index or the choice's text)      ``Question: {q}\\nAnswer:``
     generation      prompt (or question), answer / reference / references
     code            prompt, test, entry_point (HumanEval)
+    ifeval          prompt, instruction_id_list, kwargs (IFEval)                the prompt as it is
     perplexity      text (or a .txt file)
     ==============  =========================================================  ==================================
 
@@ -38,7 +39,7 @@ from typing import Any, Literal
 
 from groundup.artifacts import JsonlError, JsonlStats, read_jsonl
 
-TaskKind = Literal["multiple_choice", "generation", "code", "perplexity"]
+TaskKind = Literal["multiple_choice", "generation", "code", "perplexity", "ifeval", "needle"]
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -57,6 +58,8 @@ class Item:
     test: str = ""
     """Code: the test program run after a candidate (it calls ``check(entry_point)`` when given)."""
     entry_point: str = ""
+    instructions: list[dict[str, Any]] = field(default_factory=list)
+    """IFEval: the instructions to check, ``[{"id", "kwargs"}]`` (see :mod:`groundup.evaluate.ifeval`)."""
     subject: str | None = None
     """A subset name reported on its own (MMLU's subject, HellaSwag's activity)."""
     source: str = ""
@@ -168,6 +171,14 @@ def parse_record(record: dict, source: str) -> tuple[str, Item]:
     """Recognise a JSONL record's layout and turn it into an Item; returns (layout, item)."""
     if not isinstance(record, dict):
         raise _fail(source, f"expected a JSON object, got {type(record).__name__}")
+    if "instruction_id_list" in record:
+        from groundup.evaluate.ifeval import IFEvalRecordError, parse_instructions
+
+        try:
+            instructions = parse_instructions(record, source)
+        except IFEvalRecordError as e:
+            raise TaskFileError(str(e)) from None
+        return "ifeval", Item(query=record["prompt"], instructions=instructions, source=source)
     if "ctx_a" in record or "endings" in record:
         ctx_b = str(_require(record, "ctx_b", source, "HellaSwag"))
         query = _hellaswag_preprocess(f"{_require(record, 'activity_label', source, 'HellaSwag')}: "
@@ -300,7 +311,7 @@ TRUTHFULQA_PRIMER = (  # the six-question primer of TruthfulQA's paper, as lm-ev
 KIND_OF_LAYOUT: dict[str, TaskKind] = {
     "hellaswag": "multiple_choice", "piqa": "multiple_choice", "truthfulqa_mc1": "multiple_choice",
     "arc": "multiple_choice", "multiple_choice": "multiple_choice", "generation": "generation", "code": "code",
-    "perplexity": "perplexity",
+    "perplexity": "perplexity", "ifeval": "ifeval",
 }
 MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
 

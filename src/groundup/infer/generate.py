@@ -110,9 +110,10 @@ class GenerationResult:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def _prompt_ids(tokenizer: TokenizerLike, prompt: str) -> list[int]:
-    """The prompt's tokens; an empty prompt starts a new document (documents are separated by EOS)."""
-    ids = tokenizer.encode(prompt)
+def _prompt_ids(tokenizer: TokenizerLike, prompt: str | Sequence[int]) -> list[int]:
+    """The prompt's tokens (a prompt given as token ids is taken as it is); an empty prompt starts a new
+    document (documents are separated by EOS)."""
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
     if not ids:
         if tokenizer.eos_id is None:
             raise ValueError("empty prompt, and the tokenizer has no EOS token to start a new document from")
@@ -155,9 +156,11 @@ def generate(model: torch.nn.Module, tokenizer: TokenizerLike, prompt: str, para
                             draft_acceptance=engine.stats.draft_acceptance_rate)
 
 
-def generate_batch(model: torch.nn.Module, tokenizer: TokenizerLike, prompts: Sequence[str],
+def generate_batch(model: torch.nn.Module, tokenizer: TokenizerLike, prompts: Sequence[str | Sequence[int]],
                    params: SamplingParams | Sequence[SamplingParams], *, max_seqs: int = 8) -> list[GenerationResult]:
     """Generate for many prompts at once (continuous batching, ``max_seqs`` at a time); results in order.
+    A prompt is text, or token ids taken as they are (a rendered chat template's specials, a prompt built to
+    an exact length).
 
     Greedy results equal one :func:`generate` call per prompt, bit for bit (the engine is batch-invariant).
     """

@@ -543,6 +543,11 @@ def eval_section(runs: Sequence[Run]) -> str:
         per_run.append((run.label, merged))
     parts.append(figure(plots.eval_figure(per_run), "evaluation scores", "Bars: the score; whiskers: its "
                         "standard error over the items."))
+    grids = [(run.label if len(runs) > 1 else "", task, scores["grid"]) for run, (_, merged) in zip(runs, per_run, strict=True)
+             for task, scores in merged.items() if isinstance(scores.get("grid"), dict)]
+    parts.append(figure(plots.needle_figure(grids), "needle in a haystack heat map", "Needle in a haystack: "
+                        "the share of prompts whose answer held the hidden number, by prompt length (tokens) and "
+                        "where in the filler the needle was put."))
     rows = []
     tasks: list[str] = []
     for _, merged in per_run:

@@ -347,6 +347,41 @@ def eval_figure(runs: Sequence[tuple[str, dict[str, dict]]], max_panels: int = 6
     return to_png(fig)
 
 
+def needle_figure(grids: Sequence[tuple[str, str, dict]], max_panels: int = 6) -> bytes | None:
+    """Needle in a haystack: per (run, task, grid) a heat map of retrieval accuracy, prompt length across,
+    needle depth down (0% at the top: the needle at the start of the filler)."""
+    grids = [g for g in grids if isinstance(g[2], dict) and g[2].get("accuracy")][:max_panels]
+    if not grids:
+        return None
+    plt = _plt()
+    ncols = min(len(grids), 2)
+    nrows = math.ceil(len(grids) / ncols)
+    most = max(len(g["depths"]) for _, _, g in grids)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, (0.45 * most + 1.6) * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(grids):]:
+        ax.set_visible(False)
+    image = None
+    for i, (ax, (label, task, grid)) in enumerate(zip(axes.flat, grids, strict=False)):
+        values = np.array(grid["accuracy"], dtype=float).T  # (depths, lengths)
+        image = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        for (row, col), v in np.ndenumerate(values):
+            if v == v:  # NaN: a cell with no prompts
+                ax.text(col, row, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if 0.25 < v < 0.85 else "white")
+        ax.set_xticks(np.arange(len(grid["lengths"])), [f"{n:,}" for n in grid["lengths"]])
+        ax.set_yticks(np.arange(len(grid["depths"])), [f"{d:.0%}" for d in grid["depths"]])
+        ax.grid(False)
+        per_cell = grid.get("samples_per_cell")
+        title = (f"{label}: {task}" if label else task) + (f" ({per_cell} prompts per cell)" if per_cell else "")
+        ax.set(title=title, xlabel="prompt length (tokens)")
+        if i % ncols == 0:
+            ax.set_ylabel("needle depth (share of the filler before it)")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="retrieval accuracy", shrink=0.9)
+    fig.suptitle("Needle in a haystack: retrieval accuracy by length and depth")
+    return to_png(fig)
+
+
 def timings_figure(runs: Sequence[tuple[str, dict[str, float]]]) -> bytes | None:
     """Wall-clock seconds of every stage, one bar per stage (grouped by run); log scale when they differ a lot."""
     runs = [(label, t) for label, t in runs if t]
