@@ -113,3 +113,13 @@ def test_context_parallel_training_equals_one_process(runs, name):
     a, b = weights(runs["single"]), weights(runs[name])
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_fine_tuning_refuses_context_parallelism(spine_model, tmp_path):
+    from groundup.finetune.common import setup
+    from groundup.finetune.continued import Config
+    from groundup.parallel.config import ParallelConfig
+
+    cfg = Config(model=spine_model, out=tmp_path / "ft", device="cpu", parallel=ParallelConfig(context_parallel=2))
+    with pytest.raises(ValueError, match=r"parallel.context_parallel=2: .* by `groundup pretrain` only"):
+        setup(cfg)
