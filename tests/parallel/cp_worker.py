@@ -4,7 +4,7 @@ process; then pretraining runs (as parallel_worker.py does them) in the same pro
 
 argv[1]: a JSON list. A check is {"name", "preset": a model preset (tiny-llama), "model": ModelConfig overrides,
 "segments": bool (documents: document-causal attention), "ignore": "none" | "some" | "rank1" (targets set to -100:
-30% of them, or every one rank 1 of 2 holds), "tp": int}; rank 0 prints one line of the worst differences over
+30% of them, or every one rank 1 of 2 holds), "tp": int, "ac": bool (activation checkpointing)}; rank 0 prints one line of the worst differences over
 the ranks, and every rank exits non-zero on a mismatch. A pretraining run is {"tokens": ..., "out": ..., plus
 overrides of the test config}."""
 
@@ -48,7 +48,7 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, p in model.named_parameters():
         g = p.grad
-        out[name] = g.full_tensor() if isinstance(g, DTensor) else g
+        out[name.replace("_checkpoint_wrapped_module.", "")] = g.full_tensor() if isinstance(g, DTensor) else g
     return out
 
 
@@ -81,6 +81,10 @@ def main() -> None:
 
             apply_tp(model, mesh["tp"])
         apply_cp(model, mesh)
+        if case.get("ac"):  # backward recomputes each block, its K/V gather included
+            from groundup.parallel.apply_ac import apply_ac
+
+            apply_ac(model, "full")
         model.train()
         loss = model(idx, targets, **kwargs)
         loss.backward()

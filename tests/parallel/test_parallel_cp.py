@@ -76,7 +76,8 @@ CHECKS_2 = [{"name": "rope_gqa"}, {"name": "window", "model": {"sliding_window":
             {"name": "value_embeddings_qk_norm", "model": {"value_embeddings": True, "qk_norm": True}},
             {"name": "learned_positions", "preset": "tiny-gpt2", "model": {"n_kv_head": None}},
             {"name": "some_targets_ignored", "ignore": "some"},
-            {"name": "all_targets_of_rank_1_ignored", "ignore": "rank1"}]
+            {"name": "all_targets_of_rank_1_ignored", "ignore": "rank1"},
+            {"name": "activation_checkpointing", "ac": True, "segments": True}]
 CHECKS_4 = [{"name": "tp2_cp2_documents_window", "tp": 2, "segments": True, "model": {"sliding_window": 9}},
             {"name": "cp4_some_targets_ignored", "ignore": "some"}]
 
@@ -84,9 +85,10 @@ CHECKS_4 = [{"name": "tp2_cp2_documents_window", "tp": 2, "segments": True, "mod
 @pytest.fixture(scope="module")
 def runs(spine_tokens, tmp_path_factory) -> dict:
     """One process with 2x accumulation; on 2 ranks: the one-batch checks, then pretraining with CP under DDP; on
-    4 ranks: the checks, then TP x CP (2 x 2, FSDP2 over the flattened dp x cp ranks)."""
+    4 ranks: the checks, then TP x CP (2 x 2, FSDP2 over the flattened dp x cp ranks); then the CP run's step-10
+    checkpoint resumed in one process."""
     root = tmp_path_factory.mktemp("cp")
-    out = {name: root / name for name in ("single", "cp", "tp_cp")}
+    out = {name: root / name for name in ("single", "cp", "tp_cp", "cp_to_one")}
     torch.set_num_threads(1)
     pretrain.run(make_config(tokens=spine_tokens, out=out["single"]))
     two = torchrun([*CHECKS_2, {"tokens": spine_tokens, "out": out["cp"], "parallel": {"context_parallel": 2}}],
@@ -94,6 +96,8 @@ def runs(spine_tokens, tmp_path_factory) -> dict:
     four = torchrun([*CHECKS_4, {"tokens": spine_tokens, "out": out["tp_cp"],
                                  "parallel": {"context_parallel": 2, "tensor_parallel": 2}}],
                     nproc=4, worker="cp_worker.py")
+    pretrain.run(make_config(tokens=spine_tokens, out=out["cp_to_one"],
+                             resume=str(out["cp"] / "checkpoints" / "step-000010")))
     return {**out, "stdout": {2: two.stdout, 4: four.stdout}}
 
 
@@ -123,3 +127,11 @@ def test_fine_tuning_refuses_context_parallelism(spine_model, tmp_path):
     cfg = Config(model=spine_model, out=tmp_path / "ft", device="cpu", parallel=ParallelConfig(context_parallel=2))
     with pytest.raises(ValueError, match=r"parallel.context_parallel=2: .* by `groundup pretrain` only"):
         setup(cfg)
+
+
+def test_a_context_parallel_checkpoint_resumes_in_one_process(runs):
+    import json
+
+    state = json.loads((runs["cp"] / "checkpoints" / "step-000010" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["sampler"]["batches"] == 20  # 2 ranks, one data-parallel index
+    assert_same_losses(losses(runs["single"]), losses(runs["cp_to_one"]), range(11, 21))
