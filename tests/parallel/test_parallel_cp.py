@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from parallel_common import MODEL, assert_same_losses, losses, make_config, torchrun, weights
@@ -11,6 +13,7 @@ from parallel_common import MODEL, assert_same_losses, losses, make_config, torc
 from groundup.model.transformer import document_causal_mask, sliding_window_mask
 from groundup.parallel.apply_cp import (
     SequenceShard,
+    check_mesh,
     check_model,
     check_sequence_length,
     local_positions,
@@ -64,11 +67,12 @@ def test_options_it_cannot_compute_exactly_are_refused_by_name():
 
     with pytest.raises(ValueError, match="attention_dropout"):
         check_model(dataclasses.replace(MODEL, attention_dropout=0.1))
-    moe = dataclasses.replace(MODEL, moe_experts=4, moe_top_k=2)
-    with pytest.raises(ValueError, match="moe_aux_loss_coef"):
-        check_model(moe)
-    check_model(dataclasses.replace(moe, moe_balance="bias"))
+    with pytest.raises(ValueError, match="a mixture of experts \\(model.moe_experts=4\\)"):
+        check_model(dataclasses.replace(MODEL, moe_experts=4, moe_top_k=2))
     check_model(dataclasses.replace(MODEL, sliding_window=8, value_embeddings=True, qk_norm=True))
+    with pytest.raises(ValueError, match="parallel.pipeline_parallel > 1"):
+        check_mesh(SimpleNamespace(mesh_dim_names=("pp", "dp", "cp")))
+    check_mesh(SimpleNamespace(mesh_dim_names=("dp", "cp", "tp")))
 
 
 CHECKS_2 = [{"name": "rope_gqa"}, {"name": "window", "model": {"sliding_window": 7}},

@@ -52,10 +52,17 @@ def check_model(config) -> None:
     if config.attention_dropout:
         raise ValueError(f"parallel.context_parallel > 1 does not apply attention_dropout "
                          f"({config.attention_dropout}); set model.attention_dropout=0")
-    if config.moe_experts and (config.moe_balance == "aux_loss" and config.moe_aux_loss_coef or config.moe_z_loss_coef):
-        raise ValueError("parallel.context_parallel > 1 with a mixture of experts' auxiliary or z loss "
-                         "(model.moe_aux_loss_coef, model.moe_z_loss_coef) would balance each rank's share of the "
-                         "sequence, not the sequence; use model.moe_balance=bias and moe_z_loss_coef=0")
+    if config.moe_experts:
+        raise ValueError(f"parallel.context_parallel > 1 does not support a mixture of experts (model.moe_experts="
+                         f"{config.moe_experts}): its balancing (auxiliary and z losses, bias updates) would see each "
+                         "rank's share of the sequence, not the sequence")
+
+
+def check_mesh(mesh) -> None:
+    """Refuse the layouts context parallelism does not compose with, naming the setting."""
+    if "pp" in mesh.mesh_dim_names:
+        raise ValueError("parallel.context_parallel > 1 does not compose with parallel.pipeline_parallel > 1 "
+                         "(the sequence is split at the model's forward, which a pipeline stage does not run)")
 
 
 def local_positions(seq_len: int, cp: int, rank: int, device: torch.device | None = None) -> torch.Tensor:
@@ -185,6 +192,7 @@ def apply_cp(model: nn.Module, mesh) -> nn.Module:
     wrap the model). Also flattens 'dp' x 'cp' into 'dp_cp', the ranks that replicate (DDP) or shard (FSDP)
     the parameters: CP ranks hold the same parameters and their gradients are averaged with the dp ranks'."""
     check_model(model.config)
+    check_mesh(mesh)
     mesh["dp", "cp"]._flatten("dp_cp")
     cp = ContextParallel(model, mesh["cp"])
     model.register_forward_pre_hook(cp.pre_forward, with_kwargs=True)
