@@ -15,13 +15,13 @@ micro-batch that moves (cp - 1) / cp of the sequence's K/V in forward and as muc
 moves too), and each rank holds the whole sequence's K/V for backward (O(T) per layer; a ring with online
 softmax would hold two chunks, at the price of a hand-written backward). Attention's FLOPs are split evenly.
 
-The model file stays free of distributed code: the model's own KV-cache interface (:class:`~groundup.model.
-transformer.KVCacheStep`: each token at its own position, attending to the keys and values the object hands
-back under its mask) is exactly what a CP rank needs, so :class:`SequenceShard` implements it and a forward
-pre-hook on the model splits the batch and passes one in. RoPE (and learned positions) read the global
-positions from it.
+The model file stays free of distributed code: the model's own KV-cache interface
+(:class:`groundup.model.transformer.KVCacheStep`: each token at its own position, attending to the keys and
+values the object hands back under its mask) is exactly what a CP rank needs, so :class:`SequenceShard`
+implements it and a forward pre-hook on the model splits the batch and passes one in. RoPE (and learned
+positions) read the global positions from it. The attention scores are (2 s) x T per rank: 1 / cp of them.
 
-**Loss.** Rank r's forward returns ``cp x (sum of its tokens' losses) / (tokens of the whole batch)``: the
+**Loss.** Rank r's forward returns ``cp x (sum of its tokens' losses) / (targets of the whole batch)``: the
 mean over the cp ranks (what the step logs, and what DDP/FSDP's gradient averaging over dp x cp computes) is
 the whole sequence's mean loss and gradient, ignored (-100) targets included.
 
