@@ -149,6 +149,9 @@ def setup(cfg: BaseConfig, *, adapt=None, keep_trainable: tuple[str, ...] = ()) 
     if cfg.lora.enabled and cfg.parallel.tensor_parallel > 1:
         raise ValueError("LoRA does not compose with parallel.tensor_parallel > 1 (the adapters' rows would have "
                          "to follow the sharded fused layers); use data parallelism: parallel.data_parallel=fsdp")
+    if cfg.parallel.context_parallel > 1:
+        raise ValueError(f"parallel.context_parallel={cfg.parallel.context_parallel}: sequences are split over ranks "
+                         "by `groundup pretrain` only; fine-tune with parallel.context_parallel=1")
     rt = runtime.init_runtime(device=cfg.device, precision=cfg.precision, threads=cfg.threads,
                               backend=cfg.parallel.backend)
     device = rt.device

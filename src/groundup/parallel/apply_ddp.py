@@ -7,14 +7,17 @@ from torch import nn
 
 
 def apply_ddp(model: nn.Module, mesh, device: torch.device) -> nn.Module:
-    """Wrap ``model`` in DDP over the mesh's 'dp' dimension (call after every other model change).
+    """Wrap ``model`` in DDP over the mesh's 'dp' dimension, 'dp' x 'cp' under context parallelism (call after
+    every other model change).
 
     DDP averages gradients over the ranks, so with the loss of each micro-batch divided by the local
     accumulation count the gradient equals a single process's over the same global batch.
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    group = mesh["dp"].get_group() if mesh is not None else None
+    from groundup.parallel.apply_cp import data_mesh
+
+    group = data_mesh(mesh).get_group() if mesh is not None else None
     device_ids = [device.index] if device.type == "cuda" else None
     # Buffers (RoPE tables) are computed identically on every rank: no need to sync them each forward.
     return DDP(model, device_ids=device_ids, process_group=group, forward_sync_buffers=False)

@@ -50,10 +50,13 @@ def mixed_precision_policy(param_dtype: torch.dtype | None):
 
 def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True,
                cpu_offload: bool = False) -> nn.Module:
-    """Shard ``model`` over the mesh's 'dp' dimension in place (blocks, adapters, then the root)."""
+    """Shard ``model`` over the mesh's 'dp' dimension in place (blocks, adapters, then the root); over 'dp' x
+    'cp' under context parallelism (its ranks hold the same parameters)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    dp_mesh = mesh["dp"] if mesh is not None and mesh.mesh_dim_names and "dp" in mesh.mesh_dim_names else mesh
+    from groundup.parallel.apply_cp import data_mesh
+
+    dp_mesh = data_mesh(mesh) if mesh is not None and mesh.mesh_dim_names and "dp" in mesh.mesh_dim_names else mesh
     kwargs = {"mesh": dp_mesh, "mp_policy": mixed_precision_policy(param_dtype),
               "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     for unit in lora_units(model):

@@ -4,7 +4,9 @@ The global stream is :class:`~groundup.tokens.datasets.RandomWindows`'s numbered
 micro-batch, data-parallel rank r of R takes batch ``position + r`` and every rank advances the shared
 position by R. One process with accumulation k and R processes with accumulation k / R therefore train
 on exactly the same batches per optimizer step, and the sampler's state is the global position alone,
-so a checkpoint taken on 4 ranks resumes on 2 (or 1) in the same place of the stream.
+so a checkpoint taken on 4 ranks resumes on 2 (or 1) in the same place of the stream. Under context
+parallelism the ranks of one data-parallel index read the same batches, and each keeps its share of every
+sequence (:mod:`groundup.parallel.apply_cp`).
 """
 
 from __future__ import annotations

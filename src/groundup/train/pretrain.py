@@ -19,6 +19,7 @@ from groundup.evaluate.lm import LMScore, score_shard
 from groundup.model.config import ModelConfig
 from groundup.model.io import save_model_dir
 from groundup.model.transformer import Transformer
+from groundup.parallel.apply_cp import check_sequence_length
 from groundup.parallel.config import ParallelConfig
 from groundup.parallel.data import RankBatches
 from groundup.plan.compute import flops_per_token
@@ -204,6 +205,7 @@ def run(cfg: Config) -> Path:
     seq_len = cfg.seq_len or model_cfg.block_size
     if seq_len > model_cfg.block_size:
         raise ValueError(f"seq_len {seq_len} exceeds the model's block_size {model_cfg.block_size}")
+    check_sequence_length(seq_len, cfg.parallel.context_parallel)
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
     resolved = dataclasses.replace(cfg, model=model_cfg, seq_len=seq_len, preset=None)
