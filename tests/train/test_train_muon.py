@@ -118,7 +118,7 @@ def test_matrices_of_one_shape_are_orthogonalised_as_a_stack_alike():
         assert (result - alone).abs().max() <= 1e-5 * alone.abs().max()
     # bf16 keeps one matrix at a time: torch.optim.Muon's bits
     in_bf16 = muon.orthogonalize_all(updates, steps=5, dtype=torch.bfloat16)
-    assert all(torch.equal(r, orthogonalize(u, steps=5, dtype=torch.bfloat16)) for u, r in zip(updates, in_bf16))
+    assert all(torch.equal(r, orthogonalize(u, steps=5, dtype=torch.bfloat16)) for u, r in zip(updates, in_bf16, strict=True))
 
 
 def test_in_bf16_the_iteration_is_torch_muons_bit_for_bit():
