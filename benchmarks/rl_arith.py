@@ -72,7 +72,7 @@ def held_out_pass(model_dir: Path, held_out: Path) -> float:
     from groundup.finetune import grpo
     from groundup.finetune.data import DataStats
     from groundup.model.io import load_model_dir
-    from groundup.tokenizer.chat import read_chat_template
+    from groundup.tokenizer.chat import end_of_turn_ids, read_chat_template
 
     model, tokenizer = load_model_dir(model_dir)
     template = read_chat_template(model_dir)
@@ -80,7 +80,7 @@ def held_out_pass(model_dir: Path, held_out: Path) -> float:
     rewards = grpo.Rewards(names=["numeric"], weights=[1.0], format_regex="", timeout_s=1.0,
                            test_limits=grpo.Limits())
     return grpo.held_out_pass_rate(model, prompts, rewards, tokenizer, max_new_tokens=8,
-                                   stop_ids=grpo.stop_tokens(tokenizer, template))["val_pass_rate"]
+                                   stop_ids=end_of_turn_ids(tokenizer, template, eos=True))["val_pass_rate"]
 
 
 def main() -> None:

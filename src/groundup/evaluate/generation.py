@@ -48,6 +48,7 @@ def generate_until(model, tokenizer, contexts: str | Sequence[str] | Sequence[Se
     and each answer ends at the template's end of turn (ChatML's ``<|im_end|>``) or EOS."""
     from groundup.infer.generate import generate_batch
     from groundup.infer.sampling import SamplingParams
+    from groundup.tokenizer.chat import end_of_turn_ids
 
     single = isinstance(contexts, str)
     contexts = [contexts] if single else list(contexts)
@@ -68,13 +69,6 @@ def chat_prompt_ids(tokenizer, text: str, template: str) -> list[int]:
 
     rendered = render_chat([{"role": "user", "content": text}], template, add_generation_prompt=True)
     return tokenizer.encode_with_specials(rendered)
-
-
-def end_of_turn_ids(tokenizer, template: str) -> list[int]:
-    """Tokens that end an assistant turn: the special tokens the template writes whose names end in ``end|>``
-    (ChatML's ``<|im_end|>``), as GRPO's rollouts stop."""
-    specials = getattr(tokenizer, "special_tokens", {}) or {}
-    return sorted({i for name, i in specials.items() if name in template and name.endswith("end|>")})
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -59,7 +59,7 @@ from groundup.finetune.data import (
 from groundup.finetune.rewards import RewardCounts, Rewards, required_fields
 from groundup.infer.engine import Engine, Event, Request
 from groundup.infer.sampling import SamplingParams
-from groundup.tokenizer.chat import read_chat_template, render_chat, write_chat_template
+from groundup.tokenizer.chat import end_of_turn_ids, read_chat_template, render_chat, write_chat_template
 from groundup.train.loop import LoopConfig
 
 log = logging.getLogger(__name__)
@@ -377,14 +377,6 @@ class RolloutSampler:
 # ---------------------------------------------------------------------------- the method
 
 
-def stop_tokens(tokenizer, template: str) -> list[int]:
-    """Tokens that end an assistant turn: the template's end-of-turn special (ChatML's ``<|im_end|>``) if the
-    tokenizer has it, and EOS."""
-    specials = getattr(tokenizer, "special_tokens", {}) or {}
-    ids = [i for name, i in specials.items() if name in template and name.endswith("end|>")]
-    return sorted(set(ids + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])))
-
-
 @torch.no_grad()
 def held_out_pass_rate(model, prompts: list[Prompt], rewards: Rewards, tokenizer, *, max_new_tokens: int,
                        stop_ids: list[int]) -> dict[str, float]:
@@ -421,7 +413,7 @@ def run(cfg: Config) -> Path:
         write_json(out / "data_stats.json", stats.as_dict())
     log.info("GRPO: %d training and %d held-out prompts, %d completions each", len(train), len(val), cfg.group_size)
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
-    stop_ids = stop_tokens(s.tokenizer, template)
+    stop_ids = end_of_turn_ids(s.tokenizer, template, eos=True)
     ref_model = None
     if cfg.beta > 0:  # the starting model (LoRA's B is zero, so the adapted model equals its base), frozen
         ref_model = copy.deepcopy(unwrap(s.model)).eval().requires_grad_(False)

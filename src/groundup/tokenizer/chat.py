@@ -184,3 +184,14 @@ def write_chat_template(model_dir: str | Path, template: str | None = None) -> P
     path = Path(model_dir) / CHAT_TEMPLATE_FILE
     path.write_text(template or DEFAULT_CHAT_TEMPLATE, encoding="utf-8")
     return path
+
+
+def end_of_turn_ids(tokenizer, template: str, *, eos: bool = False) -> list[int]:
+    """Tokens that end an assistant turn: the special tokens ``template`` writes whose names end in ``end|>``
+    (ChatML's ``<|im_end|>``), and the tokenizer's EOS with ``eos``. Generation from a chat prompt stops at
+    them (evaluation, GRPO's rollouts)."""
+    specials = getattr(tokenizer, "special_tokens", {}) or {}
+    ids = {i for name, i in specials.items() if name in template and name.endswith("end|>")}
+    if eos and tokenizer.eos_id is not None:
+        ids.add(tokenizer.eos_id)
+    return sorted(ids)
