@@ -24,12 +24,13 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class EndpointError(RuntimeError):
@@ -117,6 +118,14 @@ def error_message(body: bytes, fallback: str = "") -> str:
 _OPENER = urllib.request.build_opener()
 
 
+def _read_up_to(stream, size: int) -> bytes:
+    parts, left = [], size
+    while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def _timed_out(error: BaseException) -> bool:
     reason = getattr(error, "reason", error)
     return isinstance(reason, TimeoutError) or "timed out" in str(reason)
@@ -124,12 +133,15 @@ def _timed_out(error: BaseException) -> bool:
 
 def request(method: str, url: str, *, body: bytes | None = None, headers: Mapping[str, str] | None = None,
             timeout: float = 60.0, policy: RetryPolicy | None = None,
-            on_attempt: Callable[[int], None] | None = None, sleep: Callable[[float], None] = time.sleep
-            ) -> Response:
+            on_attempt: Callable[[int], None] | None = None, sleep: Callable[[float], None] = time.sleep,
+            max_bytes: int | None = None, into: BinaryIO | None = None) -> Response:
     """One HTTP request with :class:`RetryPolicy`'s retries; any 2xx or 3xx answer is returned as it is.
 
     ``on_attempt(n)`` is called before each try (n from 0). The whole body is read inside the try, so
-    a connection dropped mid-body is retried like one dropped before the answer.
+    a connection dropped mid-body is retried like one dropped before the answer. ``max_bytes``: read at
+    most this many bytes of the body and close the connection (a server that ignores a Range header
+    sends the whole file). ``into``: stream the body into this file (emptied before each try) instead of
+    memory; the response's ``body`` is then empty.
     """
     policy = policy or RetryPolicy()
     problem, reason, status = "", "", None
@@ -140,7 +152,13 @@ def request(method: str, url: str, *, body: bytes | None = None, headers: Mappin
         try:
             req = urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method)
             with _OPENER.open(req, timeout=timeout) as answer:
-                data = answer.read()
+                if into is not None:
+                    into.seek(0)
+                    into.truncate()
+                    shutil.copyfileobj(answer, into, 1 << 20)
+                    data = b""
+                else:
+                    data = answer.read() if max_bytes is None else _read_up_to(answer, max_bytes)
                 return Response(answer.status, answer.headers, data, url, attempt + 1)
         except urllib.error.HTTPError as e:
             status = e.code
