@@ -180,3 +180,15 @@ def test_request_returns_any_2xx_as_is_with_its_headers(scripted):
     response = request("POST", server.url + "/chat/completions", body=b"{}", policy=fast())
     assert response.status == 200 and response.headers["Content-Type"] == "application/json"
     assert json.loads(response.body)["usage"]["prompt_tokens"] == 11
+
+
+def test_the_judge_retries_through_the_shared_client(scripted):
+    from groundup.evaluate.judge import Judge, JudgeConfig
+
+    server = scripted((429, {"Retry-After": "0"}), 503, "Fair. Rating: [[7]]")
+    judge = Judge(JudgeConfig(url=server.url, model="m", backoff_s=0.01))
+    assert judge.score("Sky?", "blue")[0] == 7.0 and len(server.requests) == 3
+    server = scripted(401)
+    with pytest.raises(EndpointError, match=r"^POST .*/v1/chat/completions: HTTP 401: scripted 401 second line$"):
+        Judge(JudgeConfig(url=server.url, model="m")).score("Sky?", "blue")
+    assert len(server.requests) == 1
