@@ -27,6 +27,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "curate": ("groundup.curate.run", "Clean, filter, deduplicate and redact web text (WARC/WET, JSONL, Parquet) into shards."),
     "annotate": ("groundup.curate.annotate", "Score documents 0-5 with an LLM behind an OpenAI-compatible URL (FineWeb-Edu's rubric)."),
     "train-scorer": ("groundup.curate.scorer", "Learn a fast quality scorer (hashed n-gram linear model) from annotations."),
+    "cc-fetch": ("groundup.curate.ccindex", "Choose Common Crawl records from CDX index shards and fetch them by HTTP Range into WARC files."),
+    "synth": ("groundup.curate.synth", "Generate instructions, Q&A or textbook passages through an OpenAI-compatible URL, deduplicated and filtered."),
     "run": ("groundup.run", "Run every stage of a recipe in order (default: the tiny recipe on the embedded corpus)."),
     "tokenizer": ("groundup.tokenizer.run", "Train a byte-level BPE tokenizer."),
     "tokenize": ("groundup.tokens.tokenize", "Turn text into train.bin / val.bin token shards."),

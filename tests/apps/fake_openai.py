@@ -20,7 +20,7 @@ def call(name: str, arguments: dict | str, id: str | None = None) -> dict:
 
 class FakeOpenAI:
     """``script(body) -> reply``: a str (content), a dict (the message: content and/or tool_calls), or an
-    int (answer with that HTTP status). ``delay``: seconds each answer takes (to see concurrency)."""
+    int (answer with that HTTP status), or ``(status, headers)`` (an error with headers, e.g. Retry-After). ``delay``: seconds each answer takes (to see concurrency)."""
 
     def __init__(self, script: Callable[[dict], Any], *, delay: float = 0.0) -> None:
         import uvicorn
@@ -51,6 +51,9 @@ class FakeOpenAI:
             finally:
                 with self._lock:
                     self.in_flight -= 1
+            if isinstance(reply, tuple):
+                return JSONResponse({"error": {"message": "scripted failure", "type": "server_error"}},
+                                    status_code=reply[0], headers=reply[1])
             if isinstance(reply, int):
                 return JSONResponse({"error": {"message": "scripted failure", "type": "server_error"}},
                                     status_code=reply)

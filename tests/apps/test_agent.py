@@ -91,6 +91,26 @@ def test_an_endpoint_returning_500s_ends_the_loop_with_a_clear_error(fake_openai
     assert record["ok"] is False and record["attempts"] == 3 and "HTTP 500" in record["error"]
 
 
+def test_a_429_is_retried_after_the_servers_retry_after(fake_openai, tmp_path):
+    # A rate limit is a reason to wait, not to fail: the apps' client retries a 429 like a 5xx (it did not
+    # before the clients were one), waiting the server's Retry-After rather than its own backoff.
+    server = fake_openai(scripted((429, {"Retry-After": "1"}), "fine"))
+    with Trace(tmp_path / "trace.jsonl") as trace, ChatModel(server.url, trace=trace, retries=2,
+                                                            retry_delay=0.01) as model:
+        start = time.monotonic()
+        assert model.complete("hi") == "fine"
+        waited = time.monotonic() - start
+    assert 0.9 <= waited < 4 and len(server.requests) == 2
+    record = json.loads((tmp_path / "trace.jsonl").read_text())
+    assert record["ok"] is True and record["attempts"] == 2
+    # a 429 on every try ends with the one-line error, after the tries allowed
+    server = fake_openai(lambda body: (429, {"Retry-After": "0"}))
+    with ChatModel(server.url, retries=1, retry_delay=0.01) as model, \
+            pytest.raises(EndpointError, match=r"HTTP 429: scripted failure \(after 2 tries\)"):
+        model.complete("hi")
+    assert len(server.requests) == 2
+
+
 def test_a_4xx_is_not_retried_and_an_unreachable_endpoint_is_named(fake_openai):
     server = fake_openai(lambda body: 400)
     with ChatModel(server.url, retry_delay=0.01) as model, pytest.raises(EndpointError, match="HTTP 400"):

@@ -2,7 +2,8 @@
 
 The score of a document is the number of distinct words of ``EDU_WORDS`` in it (0-5). A document with
 ``PROSE`` gets a reply with no score; with ``FAIL500`` a 500 on its first request; with ``SLOW`` a reply
-after ``slow_seconds`` on its first request (a timeout for the client). Runs on 127.0.0.1 only.
+after ``slow_seconds`` on its first request (a timeout for the client). ``reply(prompt)``, when given,
+writes the reply instead of the scoring rule (the synth tests). Runs on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def document_of(prompt: str) -> str:
 
 
 class FakeLLM:
-    def __init__(self, delay: float = 0.0, slow_seconds: float = 2.0):
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 2.0, reply=None):
         self.seen: Counter[str] = Counter()
         self.lock = threading.Lock()
         server = self
@@ -51,9 +52,12 @@ class FakeLLM:
                     return
                 if "SLOW" in doc and first:
                     time.sleep(slow_seconds)
-                reply = ("What a lovely page." if "PROSE" in doc
-                         else f"The page is fine. **Educational score: {rule_score(doc)}**")
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}],
+                if reply is not None:
+                    text = reply(body["messages"][0]["content"])
+                else:
+                    text = ("What a lovely page." if "PROSE" in doc
+                            else f"The page is fine. **Educational score: {rule_score(doc)}**")
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
                                    "usage": {"prompt_tokens": 100, "completion_tokens": 10}}).encode()
                 try:
                     self.send_response(200)

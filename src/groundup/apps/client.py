@@ -1,20 +1,22 @@
 """A client of any OpenAI-compatible chat endpoint (``groundup serve``, vLLM, llama.cpp, OpenAI itself).
 
-Thin on purpose: one ``POST /v1/chat/completions`` per call over httpx, with a timeout on every request,
-a bounded number of retries for 5xx answers and dropped connections, and one trace record per call.
-An endpoint that keeps failing raises :class:`EndpointError` naming the URL, the status and the reason.
+Thin on purpose: one ``POST /v1/chat/completions`` per call through groundup's shared client
+(:mod:`groundup.endpoint`): a timeout on every request, a bounded number of retries with exponential
+backoff for 5xx answers, 429s (their Retry-After honoured), timeouts and refused or dropped connections,
+and one trace record per call. An endpoint that keeps failing raises :class:`EndpointError` naming the
+URL, the status and the reason.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from groundup import endpoint
 from groundup.apps.trace import AppError, Trace
+from groundup.endpoint import api_base
+
+__all__ = ["ChatModel", "EndpointError", "Reply", "ToolCall", "api_base", "parse_reply"]
 
 
 class EndpointError(AppError):
@@ -48,29 +50,25 @@ class Reply:
         return message
 
 
-def api_base(url: str) -> str:
-    """``http://host:port`` or ``http://host:port/v1`` (with or without a trailing slash) -> ``.../v1``."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
 class ChatModel:
     """Chat completions from one endpoint. Thread-safe (workflows call it from several threads)."""
 
     def __init__(self, url: str, *, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 retries: int = 2, retry_delay: float = 0.5, trace: Trace | None = None,
-                 **defaults: Any) -> None:
+                 retries: int = 2, retry_delay: float = 0.5, max_retry_after: float = 60.0,
+                 trace: Trace | None = None, **defaults: Any) -> None:
         """``model``: the id to send (default: the first the endpoint lists); ``timeout``: seconds for each
-        request; ``retries``: further tries after a 5xx answer or a dropped connection; ``defaults``:
-        request fields sent with every call (``temperature``, ``max_tokens``, ...)."""
+        request; ``retries``: further tries after a 5xx or 429 answer, a timeout or a dropped connection,
+        ``retry_delay`` seconds after the first failure and twice as long after each next one (a 429's
+        Retry-After instead, up to ``max_retry_after``); ``defaults``: request fields sent with every call
+        (``temperature``, ``max_tokens``, ...)."""
         self.base = api_base(url)
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
         self.trace = trace if trace is not None else Trace()
         self.defaults = defaults
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(headers=headers, timeout=timeout)
+        self.client = endpoint.ChatClient(self.base, api_key=api_key, timeout=timeout, policy=endpoint.RetryPolicy(
+            retries=retries, backoff_seconds=retry_delay, max_retry_after_seconds=max_retry_after))
         self._model = model
 
     @property
@@ -105,34 +103,17 @@ class ChatModel:
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float,
                  fields: dict[str, Any] | None = None) -> Any:
-        url = self.base + path
-        problem = ""
-        for attempt in range(self.retries + 1):
+        def attempt(n: int) -> None:
             if fields is not None:
-                fields["attempts"] = attempt + 1
-            if attempt:
-                time.sleep(self.retry_delay * 2 ** (attempt - 1))
-            try:
-                response = self.http.request(method, url, json=body, timeout=timeout)
-            except httpx.TimeoutException:
-                problem = f"no answer within {timeout:g} s"
-                continue
-            except httpx.TransportError as e:
-                problem = f"connection failed ({type(e).__name__}: {e})"
-                continue
-            if response.status_code >= 500:
-                problem = f"HTTP {response.status_code}: {_error_text(response)}"
-                continue
-            if response.status_code >= 400:  # the request itself is wrong: retrying changes nothing
-                raise EndpointError(f"{method} {url}: HTTP {response.status_code}: {_error_text(response)}")
-            try:
-                return response.json()
-            except json.JSONDecodeError:
-                raise EndpointError(f"{method} {url}: the answer is not JSON: {response.text[:200]!r}") from None
-        raise EndpointError(f"{method} {url}: {problem} (after {self.retries + 1} tries)")
+                fields["attempts"] = n + 1
+
+        try:
+            return self.client.call(method, path, body, timeout=timeout, on_attempt=attempt)[0]
+        except endpoint.EndpointError as e:
+            raise EndpointError(str(e)) from None
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to release (each request opens its own connection); kept for ``with ChatModel(...)``."""
 
     def __enter__(self) -> ChatModel:
         return self
@@ -141,25 +122,16 @@ class ChatModel:
         self.close()
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        error = response.json().get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (json.JSONDecodeError, AttributeError):
-        message = None
-    return " ".join(str(message or response.text or response.reason_phrase).split())[:300]
-
-
 def parse_reply(data: Any, where: str) -> Reply:
     """A chat completion's first choice; a malformed answer raises EndpointError naming what is missing."""
     try:
-        choice = data["choices"][0]
-        message = choice["message"]
+        reply = endpoint.parse_chat(data, f"{where}/chat/completions")
         calls = [ToolCall(id=str(c.get("id") or f"call_{i}"), name=c["function"]["name"],
                           arguments=c["function"].get("arguments") or "{}")
-                 for i, c in enumerate(message.get("tool_calls") or [])]
-    except (KeyError, IndexError, TypeError) as e:
+                 for i, c in enumerate(reply.message.get("tool_calls") or [])]
+    except endpoint.EndpointError as e:
+        raise EndpointError(str(e)) from None
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
         raise EndpointError(f"{where}/chat/completions: malformed answer (missing {e}): {str(data)[:200]}") from None
-    usage = data.get("usage") or {}
-    return Reply(content=message.get("content"), tool_calls=calls, finish_reason=choice.get("finish_reason"),
-                 prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+    return Reply(content=reply.content, tool_calls=calls, finish_reason=reply.finish_reason,
+                 prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens)

@@ -4,7 +4,8 @@ The default rubric is FineWeb-Edu's additive educational-value prompt (Penedo et
 replaces it (a text with ``{text}`` where the document goes). Each document's score is appended to
 ``annotations.jsonl`` as soon as it arrives, keyed by the SHA-256 of its text, so a killed run started
 again asks only for the documents it has no score for: none twice, none missing. Requests run on a
-bounded pool of threads, with retries and exponential backoff on HTTP 5xx, 429 and timeouts. Replies
+bounded pool of threads through the shared client (:mod:`groundup.endpoint`): retries with exponential
+backoff on HTTP 5xx, 429 (honouring Retry-After), timeouts and refused connections. Replies
 without a score, failed requests and their places are counted in ``stats.json`` with the tokens used
 (from the server's ``usage``) and their cost.
 """
@@ -16,9 +17,6 @@ import json
 import logging
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 from groundup.artifacts import write_json
 from groundup.corpus import ReadStats
 from groundup.curate.readers import list_inputs, read_file
+from groundup.endpoint import ChatClient, EndpointError, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -141,43 +140,30 @@ class _Counts:
         log.warning("annotate %s: %s", where, reason)
 
 
-def _request(cfg: Config, prompt: str, counts: _Counts) -> tuple[str, dict]:
-    """The reply text and usage of one chat completion, retried on 5xx, 429, timeouts and refused connections."""
-    body = json.dumps({"model": cfg.model, "messages": [{"role": "user", "content": prompt}],
-                       "max_tokens": cfg.max_tokens, "temperature": 0}).encode()
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key:
-        headers["Authorization"] = f"Bearer {cfg.api_key}"
-    url = cfg.url.rstrip("/") + "/chat/completions"
-    for attempt in range(cfg.retries + 1):
+def _client(cfg: Config) -> ChatClient:
+    return ChatClient(cfg.url, api_key=cfg.api_key, timeout=cfg.timeout_seconds,
+                      policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_seconds))
+
+
+def _request(client: ChatClient, cfg: Config, prompt: str, counts: _Counts) -> tuple[str, dict]:
+    """The reply text and usage of one chat completion (the shared client retries 5xx, 429, timeouts and
+    refused connections)."""
+
+    def attempt(n: int) -> None:
         with counts.lock:
             counts.requests += 1
-            counts.retries += attempt > 0
-        try:
-            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=cfg.timeout_seconds) as response:
-                data = json.loads(response.read())
-            return data["choices"][0]["message"]["content"] or "", data.get("usage") or {}
-        except urllib.error.HTTPError as e:
-            error = f"HTTP {e.code}"
-            if e.code != 429 and e.code < 500:
-                raise RuntimeError(error) from None
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as e:
-            reason = getattr(e, "reason", e)
-            error = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "connection"
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise RuntimeError("malformed response") from None
-        if attempt < cfg.retries:
-            time.sleep(cfg.backoff_seconds * 2 ** attempt)
-    raise RuntimeError(f"{error} after {cfg.retries + 1} tries")
+            counts.retries += n > 0
+
+    reply = client.complete(prompt, model=cfg.model, max_tokens=cfg.max_tokens, temperature=0, on_attempt=attempt)
+    return reply.content or "", {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
 
 
-def _annotate_one(cfg: Config, prompt: str, doc, key: str, counts: _Counts) -> dict | None:
+def _annotate_one(client: ChatClient, cfg: Config, prompt: str, doc, key: str, counts: _Counts) -> dict | None:
     where = f"{doc.source}:{doc.offset}"
     try:
-        reply, usage = _request(cfg, prompt.replace("{text}", doc.text[: cfg.max_chars]), counts)
-    except RuntimeError as e:
-        counts.fail(str(e), where)
+        reply, usage = _request(client, cfg, prompt.replace("{text}", doc.text[: cfg.max_chars]), counts)
+    except EndpointError as e:
+        counts.fail(_failure(e), where)
         return None
     with counts.lock:
         counts.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -188,6 +174,15 @@ def _annotate_one(cfg: Config, prompt: str, doc, key: str, counts: _Counts) -> d
         return None
     return {"hash": key, "source": doc.source, "offset": doc.offset, "text": doc.text, "score": score,
             "reply": reply}
+
+
+def _failure(error: EndpointError) -> str:
+    """A failed request's reason as stats.json counts it: short, the same for every document it hit."""
+    if error.reason == "malformed answer" or error.reason == "not JSON":
+        return "malformed response"
+    if error.attempts > 1:
+        return f"{error.reason} after {error.attempts} tries"
+    return error.reason
 
 
 def read_annotations(path: Path) -> Iterator[dict]:
@@ -216,6 +211,7 @@ def run(cfg: Config) -> Path:
     path = out / "annotations.jsonl"
     done = {r["hash"] for r in read_annotations(path)}
     counts, read_stats = _Counts(cached=len(done)), ReadStats()
+    client = _client(cfg)
     with open(path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(cfg.concurrency) as pool:
         pending: set = set()
 
@@ -238,7 +234,7 @@ def run(cfg: Config) -> Path:
                     continue
                 done.add(key)  # a duplicate text is asked once
                 submitted += 1
-                pending.add(pool.submit(_annotate_one, cfg, prompt, doc, key, counts))
+                pending.add(pool.submit(_annotate_one, client, cfg, prompt, doc, key, counts))
                 drain(cfg.concurrency * 2)
         drain(0)
     cost = (counts.prompt_tokens * cfg.price_per_million_input_tokens

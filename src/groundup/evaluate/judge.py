@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from groundup.extras import import_extra
+from groundup.endpoint import ChatClient, RetryPolicy
 
 RUBRIC = ("Please act as an impartial judge and evaluate the quality of the response provided by an AI "
           "assistant to the user question displayed below. Your evaluation should consider factors such as the "
@@ -47,28 +47,27 @@ class JudgeConfig:
     """'score': rate each answer 1-10; 'pairwise': compare with the answers of `against`."""
     timeout_s: float = 120.0
     """Seconds to wait for one judgement."""
+    retries: int = 2
+    """Further tries of a judgement after a 5xx, a 429 (its Retry-After honoured), a timeout or a refused or
+    dropped connection, with exponential backoff; any other 4xx fails at once."""
+    backoff_s: float = 1.0
+    """The first retry waits this long, each next one twice as long."""
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig, client=None) -> None:
-        httpx = import_extra("httpx", "eval", purpose="the LLM judge")
+    """Asks the judge through the shared client (:mod:`groundup.endpoint`): its timeout and retry rules;
+    an endpoint that keeps failing raises :class:`~groundup.endpoint.EndpointError` naming the URL and status."""
+
+    def __init__(self, cfg: JudgeConfig, client: ChatClient | None = None) -> None:
         if not cfg.url:
             raise ValueError("judge: no URL given")
         self.cfg = cfg
-        headers = {}
-        key = os.environ.get(cfg.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self.client = client or httpx.Client(base_url=cfg.url.rstrip("/"), headers=headers, timeout=cfg.timeout_s)
+        self.client = client or ChatClient(cfg.url, api_key=os.environ.get(cfg.api_key_env) or None,
+                                           timeout=cfg.timeout_s,
+                                           policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_s))
 
     def ask(self, prompt: str) -> str:
-        response = self.client.post("/chat/completions", json={
-            "model": self.cfg.model, "temperature": 0, "max_tokens": 1024,
-            "messages": [{"role": "user", "content": prompt}],
-        })
-        if response.status_code != 200:
-            raise RuntimeError(f"judge at {self.cfg.url} answered HTTP {response.status_code}: {response.text[:300]}")
-        return response.json()["choices"][0]["message"]["content"]
+        return self.client.complete(prompt, model=self.cfg.model, temperature=0, max_tokens=1024).content or ""
 
     def score(self, question: str, answer: str, reference: str | None = None) -> tuple[float | None, str]:
         """A 1-10 rating (None when the judge gave none it could parse) and the judge's text."""
