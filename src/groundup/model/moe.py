@@ -8,7 +8,10 @@ outputs are summed with the scores as weights, renormalized over the k where con
 
 Dispatch is dropless: the N * k (token, expert) pairs are sorted by expert, each expert multiplies its
 contiguous run of tokens (one ``torch._grouped_mm`` over all experts where the kernel exists, else a loop over
-the experts that got tokens), and the results are scattered back. No token is dropped for capacity.
+the experts that got tokens), and the results are scattered back. No token is dropped for capacity. The sorted
+tokens reach the experts through the block's ``dispatcher``: None runs every expert here; expert parallelism
+(``groundup.parallel.apply_ep``) puts in one that sends each token to the process holding its expert and
+brings the results back, so this file holds no distributed code.
 
 Load balancing: a Switch/GShard auxiliary loss (E * sum_e f_e * P_e over k, 1 when balanced) or DeepSeek-V3's
 auxiliary-loss-free bias, added to the scores for the choice only and moved by :func:`update_expert_bias`
@@ -42,9 +45,26 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(x.device)[0] >= 9)
 
 
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
+                   sizes: list[int] | None = None) -> torch.Tensor:
+    """Each expert's rows of ``x`` (M, in), sorted by expert with ``counts`` (E,) rows each, times its weight:
+    row block e of the result is ``x_e @ w[e].T`` for ``w`` (E, out, in). One ``torch._grouped_mm`` where the
+    kernel runs, else a loop over the experts with rows (``sizes``: ``counts`` as a list, to sync once)."""
+    if _grouped_mm_ok(x):
+        return torch._grouped_mm(x, w.transpose(-2, -1), offs=counts.cumsum(0).to(torch.int32))
+    out = x.new_empty(x.shape[0], w.shape[1])
+    start = 0
+    for e, n in enumerate(counts.tolist() if sizes is None else sizes):
+        if n:
+            out[start:start + n] = x[start:start + n] @ w[e].t()
+            start += n
+    return out
+
+
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights: ``fc`` (E, up, C) with up = 2H for SwiGLU ([gate; up],
-    the layout of transformers' Mixtral), ``proj`` (E, C, H)."""
+    the layout of transformers' Mixtral), ``proj`` (E, C, H). Every parameter of this module (LoRA's expert
+    adapters too) has the experts as its first dimension: expert parallelism splits them along it."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -55,18 +75,9 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
-        if _grouped_mm_ok(x):
-            offsets = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
-            return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
-        out = torch.empty_like(x)
-        start = 0
-        for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
-            if n:
-                rows = slice(start, start + n)
-                out[rows] = activate(x[rows] @ self.fc[e].t(), self.kind) @ self.proj[e].t()
-                start += n
-        return out
+        sizes = None if _grouped_mm_ok(x) else counts.tolist()  # one host sync per layer for the loop
+        h = grouped_linear(x, self.fc, counts, sizes)  # (M, up)
+        return grouped_linear(activate(h, self.kind), self.proj, counts, sizes)
 
 
 class MoE(nn.Module):
@@ -87,6 +98,9 @@ class MoE(nn.Module):
         self.register_buffer("expert_load", torch.zeros(E), persistent=False)
         self.aux_loss: torch.Tensor | None = None
         self.z_loss: torch.Tensor | None = None
+        # ``dispatcher(experts, x, counts)`` in place of ``experts(x, counts)`` on the tokens sorted by expert
+        # (same shapes in and out): None here; expert parallelism sets one that runs them where they live.
+        self.dispatcher = None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router on ``x`` (N, C): chosen experts (N, k), their weights (N, k), and the scores (N, E)."""
@@ -130,7 +144,10 @@ class MoE(nn.Module):
         order = expert_of.argsort(stable=True)  # the (token, expert) pairs sorted by expert
         token_of = order // k
         counts = torch.bincount(expert_of, minlength=self.config.moe_experts)  # (E,)
-        y = self.experts(flat[token_of], counts)  # (N k, C)
+        if self.dispatcher is None:
+            y = self.experts(flat[token_of], counts)  # (N k, C)
+        else:
+            y = self.dispatcher(self.experts, flat[token_of], counts)
         y = y * weights.flatten()[order, None].to(y.dtype)
         out = torch.zeros_like(flat).index_add_(0, token_of, y)  # (N, C)
         if self.shared is not None:

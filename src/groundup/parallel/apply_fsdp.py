@@ -49,13 +49,16 @@ def mixed_precision_policy(param_dtype: torch.dtype | None):
 
 
 def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True,
-               cpu_offload: bool = False) -> nn.Module:
-    """Shard ``model`` over the mesh's 'dp' dimension in place (blocks, adapters, then the root)."""
+               cpu_offload: bool = False, ignored_params=()) -> nn.Module:
+    """Shard ``model`` over the mesh's 'dp' dimension in place (blocks, adapters, then the root), all but
+    ``ignored_params`` (expert parallelism's sharded experts, left as they are)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     dp_mesh = mesh["dp"] if mesh is not None and mesh.mesh_dim_names and "dp" in mesh.mesh_dim_names else mesh
     kwargs = {"mesh": dp_mesh, "mp_policy": mixed_precision_policy(param_dtype),
               "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    if ignored_params:
+        kwargs["ignored_params"] = set(ignored_params)
     for unit in lora_units(model):
         fully_shard(unit, reshard_after_forward=reshard_after_forward, **kwargs)
     blocks = list(model.blocks)
