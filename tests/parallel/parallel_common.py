@@ -59,10 +59,10 @@ HERE = Path(__file__).parent
 SRC = HERE.parents[1] / "src"
 
 
-def torchrun(runs: list[dict], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Launch 2 gloo ranks of parallel_worker.py doing ``runs`` one after the other (see its docstring)."""
+def torchrun(runs: list[dict], env: dict | None = None, check: bool = True, nproc: int = 2) -> subprocess.CompletedProcess:
+    """Launch ``nproc`` (2) gloo ranks of parallel_worker.py doing ``runs`` one after the other (see its docstring)."""
     runs = [{k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for run in runs]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(HERE / "parallel_worker.py"), json.dumps(runs)]
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
                 **(env or {})}

@@ -76,8 +76,12 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
         sizes = None if _grouped_mm_ok(x) else counts.tolist()  # one host sync per layer for the loop
-        h = grouped_linear(x, self.fc, counts, sizes)  # (M, up)
-        return grouped_linear(activate(h, self.kind), self.proj, counts, sizes)
+        h = self.linear("fc", x, counts, sizes)  # (M, up)
+        return self.linear("proj", activate(h, self.kind), counts, sizes)
+
+    def linear(self, name: str, x: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None) -> torch.Tensor:
+        """Weight ``name`` ('fc' or 'proj') of each expert on its rows of ``x`` (LoRA adds its update here)."""
+        return grouped_linear(x, getattr(self, name), counts, sizes)
 
 
 class MoE(nn.Module):
@@ -180,7 +184,8 @@ def moe_loss(model: nn.Module) -> torch.Tensor | None:
 @torch.no_grad()
 def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list[float]]:
     """Auxiliary loss, z-loss (means over layers, of the last forward), and each expert's share of the routed
-    tokens since the last reset, summed over layers; max/mean load (1 is perfect balance). Empty without MoE."""
+    tokens since the last reset, summed over layers; max/mean load (1 is perfect balance) of that sum and of the
+    worst layer on its own (summing layers can hide one layer's imbalance). Empty without MoE."""
     layers = moe_layers(model)
     if not layers:
         return {}
@@ -191,6 +196,8 @@ def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list
         stats["moe_z_loss"] = float(torch.stack([m.z_loss.detach() for m in layers]).mean())
     if load.sum() > 0:
         stats["moe_load_max_over_mean"] = float(load.max() / load.mean())
+        stats["moe_layer_load_max_over_mean"] = max(float(m.expert_load.max() / m.expert_load.mean())
+                                                    for m in layers if m.expert_load.sum() > 0)
         stats["moe_expert_load"] = (load / load.sum()).tolist()
     if reset:
         for m in layers:
