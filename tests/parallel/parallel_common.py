@@ -3,6 +3,7 @@ fc), the launcher of 2 gloo ranks, and a run's losses and weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -70,3 +71,22 @@ def torchrun(runs: list[dict], env: dict | None = None, check: bool = True, npro
     if check and done.returncode != 0:
         raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     return done
+
+
+@contextlib.contextmanager
+def preset_expert_bias(values: list[float] | None):
+    """MoE layers built inside start with this routing bias (moe_balance='bias'): a large one on some experts
+    sends every token to them."""
+    from groundup.model.moe import MoE
+
+    original = MoE.__init__
+    if values is not None:
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            self.expert_bias.copy_(torch.tensor(values))
+
+        MoE.__init__ = init
+    try:
+        yield
+    finally:
+        MoE.__init__ = original

@@ -1,6 +1,7 @@
 """Expert parallelism on 2 gloo processes (CPU): a mixture-of-experts model with its experts split over the ranks
-(tokens moved by all-to-all) trains as one process does, under DDP and FSDP2; its checkpoint resumes in one
-process; its model dir is the one process's; bad settings are named."""
+(tokens moved by all-to-all) trains as one process does, under DDP and FSDP2, with LoRA on the experts too, and
+when one rank's experts get no token; its checkpoint resumes in one process; its model dir is the one process's;
+bad settings are named."""
 
 from __future__ import annotations
 
@@ -9,29 +10,51 @@ from pathlib import Path
 
 import pytest
 import torch
-from parallel_common import assert_same_losses, losses, make_config, torchrun, weights
+from parallel_common import assert_same_losses, losses, make_config, preset_expert_bias, torchrun, weights
+from safetensors.torch import load_file
 
 from groundup.train import pretrain
 
+# every token to experts 2 and 3, both on rank 1: rank 0's experts get none
+COLLAPSED = [0.0, 0.0, 10.0, 10.0]
 # 4 experts, 2 per token, DeepSeek-V3's bias balancing (a fast rate, for the 20 steps): the bias moves with the
 # loads, which are then global ones on every rank
 MOE = {"moe_experts": 4, "moe_top_k": 2, "moe_hidden": 32, "moe_balance": "bias", "moe_bias_rate": 1e-2}
 
 
+def lora_args(base: Path, tokens: Path, out: Path, *extra: str) -> list[str]:
+    """`groundup finetune continue` with LoRA on the experts' stacked weights and the attention."""
+    return ["continue", "--model", str(base), "--tokens", str(tokens), "--out", str(out), "--seq_len", "32",
+            "--eval_windows", "2", "--device", "cpu", "--batch_size", "2", "--seed", "3", "--optim.lr", "3e-3",
+            "--optim.warmup_steps", "2", "--train.max_steps", "6", "--train.grad_accum", "2",
+            "--train.log_every", "1", "--train.eval_every", "0", "--train.progress_bar", "false",
+            "--lora.enabled", "true", "--lora.targets", '["*.mlp.experts", "*.attn.qkv"]', *extra]
+
+
 @pytest.fixture(scope="module")
 def runs(spine_tokens, tmp_path_factory) -> dict[str, Path]:
-    """One process with 2x accumulation; on 2 ranks with expert_parallel=2: DDP and FSDP2; then the DDP run's
-    step-10 checkpoint resumed in one process."""
+    """One process with 2x accumulation; on 2 ranks with expert_parallel=2: DDP and FSDP2, and LoRA (experts
+    and attention) on the one-process model under DDP; then the DDP run's step-10 checkpoint resumed in one
+    process, and the LoRA run in one process."""
+    from groundup import cli
+
     root = tmp_path_factory.mktemp("experts")
-    out = {name: root / name for name in ("single", "ep_ddp", "ep_fsdp", "ep_to_one")}
+    out = {name: root / name for name in ("single", "ep_ddp", "ep_fsdp", "ep_to_one", "lora", "ep_lora",
+                                          "collapsed", "ep_collapsed")}
     torch.set_num_threads(1)
     pretrain.run(make_config(tokens=spine_tokens, out=out["single"], model=MOE))
+    with preset_expert_bias(COLLAPSED):
+        pretrain.run(make_config(tokens=spine_tokens, out=out["collapsed"], model=MOE, max_steps=6))
     torchrun([
         {"tokens": spine_tokens, "out": out["ep_ddp"], "model": MOE,
          "parallel": {"data_parallel": "ddp", "expert_parallel": 2}},
         {"tokens": spine_tokens, "out": out["ep_fsdp"], "model": MOE,
          "parallel": {"data_parallel": "fsdp", "expert_parallel": 2}},
+        {"finetune": lora_args(out["single"], spine_tokens, out["ep_lora"], "--parallel.expert_parallel", "2")},
+        {"tokens": spine_tokens, "out": out["ep_collapsed"], "model": MOE, "max_steps": 6, "expert_bias": COLLAPSED,
+         "parallel": {"data_parallel": "ddp", "expert_parallel": 2}},
     ])
+    assert cli.main(["finetune", *lora_args(out["single"], spine_tokens, out["lora"])]) == 0
     pretrain.run(make_config(tokens=spine_tokens, out=out["ep_to_one"], model=MOE,
                              resume=str(out["ep_ddp"] / "checkpoints" / "step-000010")))
     return out
@@ -65,3 +88,48 @@ def test_expert_parallel_fsdp_equals_one_process(runs):
 
 def test_expert_parallel_checkpoint_resumes_in_one_process(runs):
     assert_same_losses(losses(runs["single"]), losses(runs["ep_to_one"]), range(11, 21))
+
+
+def test_lora_on_the_experts_under_expert_parallelism_equals_one_process(runs):
+    assert_same_losses(losses(runs["lora"]), losses(runs["ep_lora"]), range(1, 7))
+    a = load_file(str(runs["lora"] / "adapter" / "adapter.safetensors"))
+    b = load_file(str(runs["ep_lora"] / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and a["blocks.1.mlp.experts.fc_lora_B"].shape == (4, 64, 8)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert a["blocks.1.mlp.experts.proj_lora_B"].abs().sum() > 0  # the expert adapters trained
+    w1, w2 = weights(runs["lora"]), weights(runs["ep_lora"])  # the merged models
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
+def test_a_rank_whose_experts_get_no_token_keeps_step_with_the_others(runs):
+    # rank 0's experts receive nothing all run: it still joins every all-to-all (forward and backward) and its
+    # experts get the zero gradient one process gives them
+    assert metric(runs["collapsed"], "moe_load_max_over_mean")[1] == 2.0  # half the experts take every token
+    assert_same_losses(losses(runs["collapsed"]), losses(runs["ep_collapsed"]), range(1, 7))
+    w1, w2 = weights(runs["collapsed"]), weights(runs["ep_collapsed"])
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
+def test_bad_expert_parallel_settings_are_named():
+    from groundup.model.config import ModelConfig
+    from groundup.model.transformer import Transformer
+    from groundup.parallel.apply_ep import check_ep
+    from groundup.parallel.config import ParallelConfig
+    from groundup.parallel.env import DistEnv
+    from groundup.parallel.parallelize import parallelize
+
+    moe = ModelConfig.from_name("tiny-llama", n_layer=1, n_embd=32, n_head=4, n_kv_head=2, vocab_size=64,
+                                block_size=16, moe_experts=6, moe_top_k=2)
+    with pytest.raises(ValueError, match=r"model.moe_experts=6 is not divisible by parallel.expert_parallel=4"):
+        check_ep(moe, 4, 4)
+    with pytest.raises(ValueError, match=r"parallel.expert_parallel=3 must divide the data-parallel degree 4"):
+        check_ep(moe, 3, 4)
+    with pytest.raises(ValueError, match=r"parallel.expert_parallel=2 needs a mixture-of-experts model"):
+        check_ep(ModelConfig.from_name("tiny-llama", n_layer=1), 2, 2)
+    check_ep(moe, 2, 4)  # 6 experts, 3 per rank, two groups of 2 ranks
+    with pytest.raises(ValueError, match=r"parallel.expert_parallel must be >= 1, got 0"):
+        ParallelConfig(expert_parallel=0)
+    with pytest.raises(ValueError, match=r"parallel.expert_parallel=2 needs several processes"):
+        parallelize(Transformer(moe), ParallelConfig(expert_parallel=2), DistEnv())
+    with pytest.raises(ValueError, match=r"moe_top_k \(7\) must be between 1 and moe_experts \(6\)"):
+        ModelConfig.from_name("tiny-llama", n_layer=1, moe_experts=6, moe_top_k=7)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from groundup.artifacts import read_json, write_json
-from groundup.model.moe import Experts, grouped_linear
+from groundup.model.moe import Experts, activate, grouped_linear
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -115,12 +115,18 @@ class LoRAExperts(Experts):
                                                                   dtype=weight.dtype)))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def linear(self, name: str, x: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None) -> torch.Tensor:
-        out = grouped_linear(x, getattr(self, name), counts, sizes)
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Experts.forward`: ``x`` (M, C) sorted by expert, ``counts`` (E,) rows each: (M, C)."""
+        h = self.linear("fc", x, counts)  # (M, up)
+        return self.linear("proj", activate(h, self.kind), counts)
+
+    def linear(self, name: str, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Weight ``name`` ('fc' or 'proj') of each expert, with its adapter, on the expert's rows of ``x``."""
+        out = grouped_linear(x, getattr(self, name), counts)
         if name not in self.adapted:
             return out
-        low = grouped_linear(self.lora_dropout(x), getattr(self, f"{name}_lora_A"), counts, sizes)  # (M, r)
-        return out + grouped_linear(low, getattr(self, f"{name}_lora_B"), counts, sizes) * self.scaling
+        low = grouped_linear(self.lora_dropout(x), getattr(self, f"{name}_lora_A"), counts)  # (M, r)
+        return out + grouped_linear(low, getattr(self, f"{name}_lora_B"), counts) * self.scaling
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The adapter of weight ``name`` as a dense update (E, out, in)."""

@@ -45,16 +45,15 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(x.device)[0] >= 9)
 
 
-def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
-                   sizes: list[int] | None = None) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Each expert's rows of ``x`` (M, in), sorted by expert with ``counts`` (E,) rows each, times its weight:
     row block e of the result is ``x_e @ w[e].T`` for ``w`` (E, out, in). One ``torch._grouped_mm`` where the
-    kernel runs, else a loop over the experts with rows (``sizes``: ``counts`` as a list, to sync once)."""
+    kernel runs, else a loop over the experts with rows (LoRA's expert adapters run through it)."""
     if _grouped_mm_ok(x):
         return torch._grouped_mm(x, w.transpose(-2, -1), offs=counts.cumsum(0).to(torch.int32))
     out = x.new_empty(x.shape[0], w.shape[1])
     start = 0
-    for e, n in enumerate(counts.tolist() if sizes is None else sizes):
+    for e, n in enumerate(counts.tolist()):
         if n:
             out[start:start + n] = x[start:start + n] @ w[e].t()
             start += n
@@ -63,8 +62,7 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor,
 
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights: ``fc`` (E, up, C) with up = 2H for SwiGLU ([gate; up],
-    the layout of transformers' Mixtral), ``proj`` (E, C, H). Every parameter of this module (LoRA's expert
-    adapters too) has the experts as its first dimension: expert parallelism splits them along it."""
+    the layout of transformers' Mixtral), ``proj`` (E, C, H)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -75,13 +73,18 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
-        sizes = None if _grouped_mm_ok(x) else counts.tolist()  # one host sync per layer for the loop
-        h = self.linear("fc", x, counts, sizes)  # (M, up)
-        return self.linear("proj", activate(h, self.kind), counts, sizes)
-
-    def linear(self, name: str, x: torch.Tensor, counts: torch.Tensor, sizes: list[int] | None) -> torch.Tensor:
-        """Weight ``name`` ('fc' or 'proj') of each expert on its rows of ``x`` (LoRA adds its update here)."""
-        return grouped_linear(x, getattr(self, name), counts, sizes)
+        if _grouped_mm_ok(x):
+            offsets = counts.cumsum(0).to(torch.int32)
+            h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
+            return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
+        out = torch.empty_like(x)
+        start = 0
+        for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
+            if n:
+                rows = slice(start, start + n)
+                out[rows] = activate(x[rows] @ self.fc[e].t(), self.kind) @ self.proj[e].t()
+                start += n
+        return out
 
 
 class MoE(nn.Module):

@@ -10,9 +10,9 @@ token's experts locally and the block sorts the (token, expert) pairs by expert,
 the rank that owns the expert; the ranks swap their per-expert counts (one small all-to-all), the tokens go
 to their experts' ranks (``all_to_all_single`` with uneven splits), each rank regroups what it received by
 local expert and runs its experts (the block's own grouped-matmul or loop path, on the local shards), and
-the results travel back by the reverse all-to-all. Both all-to-alls are differentiable
-(``torch.distributed.nn.functional``), so backward sends the gradients of the results to the experts'
-ranks and those of the inputs back to the tokens' ranks.
+the results travel back by the reverse all-to-all. Both all-to-alls are differentiable, so backward sends
+the gradients of the results to the experts' ranks and those of the inputs back to the tokens' ranks; a
+rank whose experts got no token still takes part in both (its empty result stays in the autograd graph).
 
 Parameters: each expert tensor becomes a DTensor ``Shard(0)`` over the 'ep' mesh, so state dicts and DCP
 checkpoints see the whole (E, ...) tensor: a checkpoint written at one EP degree loads at another or in one
@@ -58,12 +58,26 @@ def ep_mesh(mesh, ep: int):
     return mesh["dp"]._unflatten(0, (dp // ep, ep), ("dp_mod_ep", "ep"))
 
 
-def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
-    """Differentiable ``all_to_all_single`` of ``x``'s rows: ``send[r]`` rows to rank r, ``recv[r]`` from it."""
-    from torch.distributed.nn.functional import all_to_all_single
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` of rows, differentiable: backward sends the gradients back the way they came."""
 
-    out = x.new_empty(sum(recv), *x.shape[1:])
-    return all_to_all_single(out, x.contiguous(), recv, send, group=group)
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
+        ctx.send, ctx.recv, ctx.group = send, recv, group
+        out = x.new_empty(sum(recv), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), recv, send, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        back = grad.new_empty(sum(ctx.send), *grad.shape[1:])
+        dist.all_to_all_single(back, grad.contiguous(), ctx.send, ctx.recv, group=ctx.group)
+        return back, None, None, None
+
+
+def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
+    """``send[r]`` rows of ``x`` to rank r, ``recv[r]`` rows from it (a collective of ``group``)."""
+    return _AllToAll.apply(x, send, recv, group)
 
 
 class AllToAllDispatch:
@@ -90,6 +104,11 @@ class AllToAllDispatch:
         received = _all_to_all(x, send, recv, self.group)
         weights = {name: p.to_local() if isinstance(p, DTensor) else p for name, p in experts.named_parameters()}
         y = functional_call(experts, weights, (received[order], got.sum(0)))
+        if y.shape[0] == 0:
+            # No token for this rank's experts (the router sent them all elsewhere): the experts' loop made y
+            # out of nothing. Tie it to the inputs and weights, as on the ranks that got tokens, so that every
+            # rank runs the same all-to-alls in backward (a rank skipping one would hang or garble the others).
+            y = y + 0 * (received.sum() + sum(w.sum() for w in weights.values()))
         return _all_to_all(y[back], recv, send, self.group)
 
 
