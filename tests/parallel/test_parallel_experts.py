@@ -33,14 +33,15 @@ def lora_args(base: Path, tokens: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(spine_tokens, tmp_path_factory) -> dict[str, Path]:
-    """One process with 2x accumulation; on 2 ranks with expert_parallel=2: DDP and FSDP2, and LoRA (experts
-    and attention) on the one-process model under DDP; then the DDP run's step-10 checkpoint resumed in one
+    """One process with 2x accumulation (and one with a collapsed router); on 2 ranks with expert_parallel=2:
+    DDP and FSDP2, LoRA (experts and attention) on the one-process model under DDP, the one-process step-10
+    checkpoint resumed under FSDP2, the collapsed router; then the DDP run's step-10 checkpoint resumed in one
     process, and the LoRA run in one process."""
     from groundup import cli
 
     root = tmp_path_factory.mktemp("experts")
     out = {name: root / name for name in ("single", "ep_ddp", "ep_fsdp", "ep_to_one", "lora", "ep_lora",
-                                          "collapsed", "ep_collapsed")}
+                                          "collapsed", "ep_collapsed", "one_to_ep")}
     torch.set_num_threads(1)
     pretrain.run(make_config(tokens=spine_tokens, out=out["single"], model=MOE))
     with preset_expert_bias(COLLAPSED):
@@ -51,6 +52,9 @@ def runs(spine_tokens, tmp_path_factory) -> dict[str, Path]:
         {"tokens": spine_tokens, "out": out["ep_fsdp"], "model": MOE,
          "parallel": {"data_parallel": "fsdp", "expert_parallel": 2}},
         {"finetune": lora_args(out["single"], spine_tokens, out["ep_lora"], "--parallel.expert_parallel", "2")},
+        {"tokens": spine_tokens, "out": out["one_to_ep"], "model": MOE,
+         "parallel": {"data_parallel": "fsdp", "expert_parallel": 2},
+         "resume": out["single"] / "checkpoints" / "step-000010"},
         {"tokens": spine_tokens, "out": out["ep_collapsed"], "model": MOE, "max_steps": 6, "expert_bias": COLLAPSED,
          "parallel": {"data_parallel": "ddp", "expert_parallel": 2}},
     ])
@@ -86,8 +90,9 @@ def test_expert_parallel_fsdp_equals_one_process(runs):
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 
-def test_expert_parallel_checkpoint_resumes_in_one_process(runs):
+def test_expert_parallel_checkpoint_resumes_in_one_process_and_back(runs):
     assert_same_losses(losses(runs["single"]), losses(runs["ep_to_one"]), range(11, 21))
+    assert_same_losses(losses(runs["single"]), losses(runs["one_to_ep"]), range(11, 21))
 
 
 def test_lora_on_the_experts_under_expert_parallelism_equals_one_process(runs):
