@@ -134,3 +134,72 @@ def test_the_training_step_trains_and_logs_the_experts():
     assert {"moe_aux_loss", "moe_z_loss", "moe_load_max_over_mean"} <= set(extras)
     assert abs(sum(extras[f"moe_load_{e}"] for e in range(4)) - 1) < 1e-6
     assert model.blocks[0].mlp.expert_bias.abs().sum() > 0  # the bias method moved
+
+
+def expert_reference(block: MoE, x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """The routed experts' output with explicit per-expert weights ``fc`` (E, 2H, C), ``proj`` (E, C, H)."""
+    flat = x.reshape(-1, x.shape[-1])
+    chosen, weights, _ = block.route(flat)
+    out = torch.zeros_like(flat)
+    for n in range(flat.shape[0]):
+        for e, w in zip(chosen[n].tolist(), weights[n], strict=True):
+            gate, up = (flat[n] @ fc[e].t()).chunk(2)
+            out[n] += w * ((torch.nn.functional.silu(gate) * up) @ proj[e].t())
+    return out.view_as(x)
+
+
+def test_lora_on_the_experts_is_one_low_rank_update_per_expert(tmp_path):
+    from groundup.finetune.peft_format import peft_state
+    from groundup.model.lora import (
+        LoRAConfig,
+        LoRAExperts,
+        apply_lora,
+        load_adapter,
+        merge_lora,
+        save_adapter,
+    )
+
+    torch.manual_seed(0)
+    model = Transformer(tiny())
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = LoRAConfig(enabled=True, rank=2, alpha=4.0, targets=["*.mlp.experts"])
+    names = apply_lora(model, cfg)
+    assert names == ["blocks.0.mlp.experts.fc", "blocks.0.mlp.experts.proj", "blocks.1.mlp.experts.fc",
+                     "blocks.1.mlp.experts.proj"]
+    block = model.blocks[1].mlp
+    experts = block.experts
+    assert isinstance(experts, LoRAExperts) and experts.fc_lora_A.shape == (4, 2, 32)
+    assert experts.fc_lora_B.shape == (4, 32, 2) and experts.proj_lora_A.shape == (4, 2, 16)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"blocks.{i}.mlp.experts.{w}_lora_{ab}" for i in (0, 1) for w in ("fc", "proj") for ab in "AB"}
+    x = torch.randn(2, 7, 32)
+    x_idx = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        plain = Transformer(tiny())
+        plain.load_state_dict(base)
+        assert torch.equal(model(x_idx), plain(x_idx))  # B starts at zero: the base model exactly
+        for m in (experts, model.blocks[0].mlp.experts):
+            m.fc_lora_B.normal_(std=0.1)
+            m.proj_lora_B.normal_(std=0.1)
+        fc = experts.fc + 2.0 * torch.bmm(experts.fc_lora_B, experts.fc_lora_A)
+        proj = experts.proj + 2.0 * torch.bmm(experts.proj_lora_B, experts.proj_lora_A)
+        routed = block(x) - (block.shared(x.reshape(-1, 32)).view_as(x) if block.shared is not None else 0)
+        assert torch.allclose(routed, expert_reference(block, x, fc, proj), atol=1e-5)
+        adapted = model(x_idx)
+    loss = model(x_idx, targets=x_idx)
+    loss.backward()
+    assert experts.fc_lora_A.grad.abs().sum() > 0 and experts.fc.grad is None
+    save_adapter(tmp_path, model, cfg)
+    with pytest.raises(ValueError, match="experts"):
+        peft_state(model)
+    reloaded = load_adapter(Transformer(tiny()).requires_grad_(False), tmp_path)
+    with torch.no_grad():
+        reloaded.load_state_dict(base, strict=False)
+        assert torch.allclose(reloaded(x_idx), adapted, atol=1e-6)
+        merged = merge_lora(model)
+        assert not any("lora" in k for k in merged.state_dict())
+        assert torch.allclose(merged(x_idx), adapted, atol=1e-5)
+    one = Transformer(tiny())
+    assert apply_lora(one, LoRAConfig(enabled=True, targets=["blocks.1.mlp.experts.proj"])) == [
+        "blocks.1.mlp.experts.proj"]
+    assert one.blocks[1].mlp.experts.adapted == ("proj",) and not hasattr(one.blocks[1].mlp.experts, "fc_lora_A")

@@ -3,6 +3,7 @@ fc), the launcher of 2 gloo ranks, and a run's losses and weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,20 +20,22 @@ from groundup.train.loop import LoopConfig
 from groundup.train.muon import MuonConfig
 from groundup.train.optim import OptimConfig
 
-MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320,
-                              block_size=32, dropout=0.0)
+MODEL_ARGS = dict(n_layer=2, n_embd=32, n_head=4, n_kv_head=2, vocab_size=320, block_size=32, dropout=0.0)
+MODEL = ModelConfig.from_name("tiny-llama", **MODEL_ARGS)
 
 
 # lr 3e-3: at 1e-2 the tiny model's trajectory is chaotic enough that last-bit differences between summing
 # gradients in one process and averaging them across ranks grow past 1e-5 in 20 steps.
-def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2,
+def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2, model=None,
                 **train) -> pretrain.Config:
+    """``model``: overrides of the tiny model's settings (e.g. a mixture of experts)."""
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
     optim = {"lr": 3e-3, "warmup_steps": 2, **(optim or {})}
     if isinstance(optim.get("muon"), dict):  # the worker's runs arrive as JSON
         optim["muon"] = MuonConfig(**optim["muon"])
-    return pretrain.Config(tokens=tokens, out=out, model=MODEL, optim=OptimConfig(**optim),
+    model_cfg = ModelConfig.from_name("tiny-llama", **{**MODEL_ARGS, **model}) if model else MODEL
+    return pretrain.Config(tokens=tokens, out=out, model=model_cfg, optim=OptimConfig(**optim),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
                            compile=compile, seed=7)
@@ -70,3 +73,22 @@ def torchrun(runs: list[dict], env: dict | None = None, check: bool = True, *, n
     if check and done.returncode != 0:
         raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     return done
+
+
+@contextlib.contextmanager
+def preset_expert_bias(values: list[float] | None):
+    """MoE layers built inside start with this routing bias (moe_balance='bias'): a large one on some experts
+    sends every token to them."""
+    from groundup.model.moe import MoE
+
+    original = MoE.__init__
+    if values is not None:
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            self.expert_bias.copy_(torch.tensor(values))
+
+        MoE.__init__ = init
+    try:
+        yield
+    finally:
+        MoE.__init__ = original

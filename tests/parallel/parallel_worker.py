@@ -2,6 +2,7 @@
 
 argv[1]: a JSON list of runs, each {"out": ..., "tokens": ..., plus overrides of the test config}.
 A run may ask for {"nan_at_call": N, "nan_rank": R}: that rank's N-th forward returns a NaN loss.
+A run may ask for {"expert_bias": [...]}: the MoE layers' routing bias at initialization.
 A fine-tuning run is {"finetune": [METHOD, "--flag", "value", ...]}: the `groundup finetune` command line.
 """
 
@@ -15,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from parallel_common import make_config  # noqa: E402
+from parallel_common import make_config, preset_expert_bias  # noqa: E402
 
 from groundup.model.transformer import Transformer  # noqa: E402
 from groundup.train import pretrain  # noqa: E402
@@ -44,7 +45,8 @@ def main() -> None:
 
             Transformer.forward = forward
         try:
-            pretrain.run(make_config(**run))
+            with preset_expert_bias(run.pop("expert_bias", None)):
+                pretrain.run(make_config(**run))
         finally:
             Transformer.forward = original
 

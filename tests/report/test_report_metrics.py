@@ -124,3 +124,22 @@ def test_lists_in_records_are_not_curves(tmp_path):
     metrics = load_metrics(path)
     assert list(metrics.get("gpu0/temperature_c").value) == [60.0, 61.0, 85.0, 70.0]
     assert "gpu0/throttle_reasons" not in metrics and "warnings" not in metrics
+
+
+def test_the_expert_load_figure_draws_a_mixture_of_experts_run_only(tmp_path):
+    from groundup.report import plots
+
+    rows = []
+    for step in range(1, 31):
+        shares = np.array([4.0 - 2.5 * min(step, 20) / 20, 1, 1, 1])  # expert 0 overloaded, then balanced
+        shares /= shares.sum()
+        rows.append({"step": step, "loss": 5.0, "moe_load_max_over_mean": float(shares.max() * 4),
+                     "moe_layer_load_max_over_mean": float(shares.max() * 4) + 0.1,
+                     **{f"moe_load_{e}": float(v) for e, v in enumerate(shares)}})
+    write_lines(tmp_path / "moe.jsonl", rows)
+    write_lines(tmp_path / "dense.jsonl", [{"step": s, "loss": 5.0} for s in range(1, 31)])
+    moe, dense = load_metrics(tmp_path / "moe.jsonl"), load_metrics(tmp_path / "dense.jsonl")
+    assert plots.expert_keys(moe) == ["moe_load_0", "moe_load_1", "moe_load_2", "moe_load_3"]
+    png = plots.expert_load_figure([("moe", moe), ("dense", dense)])
+    assert png is not None and png.startswith(b"\x89PNG")
+    assert plots.expert_load_figure([("dense", dense)]) is None

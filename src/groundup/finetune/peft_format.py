@@ -21,7 +21,7 @@ import torch
 
 from groundup.artifacts import write_json
 from groundup.model.config import ModelConfig
-from groundup.model.lora import LoRAConfig, lora_modules
+from groundup.model.lora import LoRAConfig, expert_lora_modules, lora_modules
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -80,6 +80,8 @@ def _target_modules(config: ModelConfig, hf_names: list[str]) -> list[str]:
 def peft_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The adapters of ``model`` under PEFT's keys, and the Hugging Face modules they adapt."""
     config = model.config
+    if experts := expert_lora_modules(model):
+        raise ValueError(f"adapters on stacked experts ({sorted(experts)[0]}, ...) have no PEFT layout here")
     state, names = {}, []
     for name, module in lora_modules(model).items():
         A, B = module.lora_A.detach().cpu(), module.lora_B.detach().cpu()

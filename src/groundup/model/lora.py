@@ -6,6 +6,11 @@ model exactly. :class:`LoRALinear` *is* an ``nn.Linear`` that keeps the base ``w
 under their own names and adds ``lora_A`` / ``lora_B``: the base model's parameter names do not
 change, so checkpoints, the fused loss head and the model-dir loaders keep working.
 
+A mixture of experts keeps its experts' weights stacked, ``fc`` (E, up, C) and ``proj`` (E, C, H), not as
+linear layers: a target pattern that names the experts module (``*.experts``) or one of its weights
+(``*.experts.fc``) gives those weights :class:`LoRAExperts`' batched adapters, ``fc_lora_A`` (E, r, C) and
+``fc_lora_B`` (E, up, r): one low-rank update per expert, applied to each expert's own tokens.
+
 An adapter file (``adapter.safetensors`` + ``adapter.json``) holds only ``lora_A`` / ``lora_B`` (and
 any fully trained extra tensors, such as a classifier head); :func:`load_adapter` puts it over a
 freshly loaded base model dir. :func:`merge_lora` folds the adapters into the base weights.
@@ -22,6 +27,7 @@ import torch
 from torch import nn
 
 from groundup.artifacts import read_json, write_json
+from groundup.model.moe import Experts, activate, grouped_linear
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter.json"
@@ -41,7 +47,9 @@ class LoRAConfig:
     """Dropout on the adapter's input (the base path sees no dropout)."""
     targets: list[str] = field(default_factory=lambda: ["*.attn.qkv", "*.attn.proj", "*.mlp.fc", "*.mlp.proj"])
     """Glob patterns over module names (e.g. blocks.0.attn.qkv); every nn.Linear matching one gets an adapter.
-    Default: attention (fused qkv and output) and MLP projections."""
+    Default: attention (fused qkv and output) and MLP projections. A mixture of experts' routed experts get
+    batched adapters when a pattern names their module (`*.mlp.experts`: both weights) or one weight
+    (`*.mlp.experts.fc`, `*.mlp.experts.proj`); its shared experts are linear layers (`*.mlp.shared.fc`)."""
 
     def __post_init__(self) -> None:
         if self.rank <= 0:
@@ -84,6 +92,50 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
 
 
+class LoRAExperts(Experts):
+    """Stacked experts (:class:`~groundup.model.moe.Experts`) with a frozen base and, for each adapted weight
+    ``w`` (E, out, in), a low-rank update per expert: ``w_lora_A`` (E, r, in), ``w_lora_B`` (E, out, r) at zero.
+    Expert e's rows get ``x w[e]^T + (alpha / r) x A[e]^T B[e]^T``, computed by the experts' own grouped
+    matmul (or loop), never as a dense (E, out, in) update."""
+
+    def __init__(self, base: Experts, weights: tuple[str, ...], rank: int, alpha: float, dropout: float = 0.0) -> None:
+        nn.Module.__init__(self)  # adopt the base's parameters instead of allocating new ones
+        self.kind = base.kind
+        self.fc, self.proj = base.fc, base.proj
+        self.adapted = tuple(w for w in ("fc", "proj") if w in weights)
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        for w in self.adapted:
+            weight = getattr(base, w)
+            E, out, inp = weight.shape
+            A = torch.empty(E, rank, inp, device=weight.device, dtype=weight.dtype)
+            for e in range(E):  # each expert's A as a linear layer's (fan-in is the input width, not rank x in)
+                nn.init.kaiming_uniform_(A[e], a=math.sqrt(5))
+            setattr(self, f"{w}_lora_A", nn.Parameter(A))
+            setattr(self, f"{w}_lora_B", nn.Parameter(torch.zeros(E, out, rank, device=weight.device,
+                                                                  dtype=weight.dtype)))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """As :meth:`Experts.forward`: ``x`` (M, C) sorted by expert, ``counts`` (E,) rows each: (M, C)."""
+        h = self.linear("fc", x, counts)  # (M, up)
+        return self.linear("proj", activate(h, self.kind), counts)
+
+    def linear(self, name: str, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Weight ``name`` ('fc' or 'proj') of each expert, with its adapter, on the expert's rows of ``x``."""
+        out = grouped_linear(x, getattr(self, name), counts)
+        if name not in self.adapted:
+            return out
+        low = grouped_linear(self.lora_dropout(x), getattr(self, f"{name}_lora_A"), counts)  # (M, r)
+        return out + grouped_linear(low, getattr(self, f"{name}_lora_B"), counts) * self.scaling
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The adapter of weight ``name`` as a dense update (E, out, in)."""
+        return torch.bmm(getattr(self, f"{name}_lora_B"), getattr(self, f"{name}_lora_A")) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"adapted={self.adapted}, rank={self.rank}, alpha={self.alpha}"
+
+
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
@@ -96,20 +148,39 @@ def target_names(model: nn.Module, patterns: list[str]) -> list[str]:
             and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
 
+def expert_targets(model: nn.Module, patterns: list[str]) -> dict[str, tuple[str, ...]]:
+    """Experts modules that a pattern names -> their weights to adapt: both when the module's name matches,
+    else those whose ``<module>.fc`` / ``<module>.proj`` matches."""
+    found = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, Experts) or isinstance(module, LoRAExperts):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            found[name] = ("fc", "proj")
+        elif weights := tuple(w for w in ("fc", "proj") if any(fnmatch.fnmatchcase(f"{name}.{w}", p) for p in patterns)):
+            found[name] = weights
+    return found
+
+
 def apply_lora(model: nn.Module, cfg: LoRAConfig, *, trainable: tuple[str, ...] = ()) -> list[str]:
-    """Freeze ``model``, wrap the matching linear layers in :class:`LoRALinear`; return the wrapped names.
+    """Freeze ``model``, wrap the matching linear layers in :class:`LoRALinear` and the matching experts in
+    :class:`LoRAExperts`; return the adapted names (an experts module's as ``<module>.fc`` / ``.proj``).
 
     ``trainable`` names parameters (exact names, e.g. ``lm_head.weight`` of a classifier head) that stay
     trainable in full beside the adapters (PEFT's ``modules_to_save``).
     """
     names = target_names(model, cfg.targets)
-    if not names:
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"lora.targets {cfg.targets} match no linear layer; linear layers are e.g. {linear[:6]}")
+    experts = expert_targets(model, cfg.targets)
+    if not names and not experts:
+        linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Experts))]
+        raise ValueError(f"lora.targets {cfg.targets} match no linear layer or experts; they are e.g. {linear[:6]}")
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
         _set_module(model, name, LoRALinear(model.get_submodule(name), cfg.rank, cfg.alpha, cfg.dropout))
+    for name, weights in experts.items():
+        _set_module(model, name, LoRAExperts(model.get_submodule(name), weights, cfg.rank, cfg.alpha, cfg.dropout))
+        names += [f"{name}.{w}" for w in weights]
     params = dict(model.named_parameters())
     for name in trainable:
         params[name].requires_grad_(True)
@@ -117,7 +188,18 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, trainable: tuple[str, ...] 
 
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    """The adapted linear layers (not the experts: :func:`expert_lora_modules`)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def expert_lora_modules(model: nn.Module) -> dict[str, LoRAExperts]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRAExperts)}
+
+
+def adapted_names(model: nn.Module) -> list[str]:
+    """Every adapted linear layer's name and every adapted expert weight's (``<experts>.fc``)."""
+    return sorted([*lora_modules(model), *(f"{name}.{w}" for name, m in expert_lora_modules(model).items()
+                                           for w in m.adapted)])
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -132,6 +214,10 @@ def adapter_state(model: nn.Module, extra: tuple[str, ...] = ()) -> dict[str, to
     for name, module in lora_modules(model).items():
         state[f"{name}.lora_A"] = module.lora_A.detach().cpu().contiguous()
         state[f"{name}.lora_B"] = module.lora_B.detach().cpu().contiguous()
+    for name, module in expert_lora_modules(model).items():
+        for w in module.adapted:
+            for part in ("lora_A", "lora_B"):
+                state[f"{name}.{w}_{part}"] = getattr(module, f"{w}_{part}").detach().cpu().contiguous()
     params = dict(model.named_parameters())
     for name in extra:
         state[name] = params[name].detach().cpu().contiguous()
@@ -148,7 +234,7 @@ def save_adapter(out: str | Path, model: nn.Module, cfg: LoRAConfig, *, extra: t
     save_file(adapter_state(model, extra), str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     write_json(out / ADAPTER_CONFIG, {
         "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout, "targets": list(cfg.targets),
-        "modules": sorted(lora_modules(model)), "extra": list(extra),
+        "modules": adapted_names(model), "extra": list(extra),
         "base_model": str(base_model) if base_model else None,
     })
     return out
@@ -164,7 +250,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
                      targets=meta["modules"])  # exact names are valid glob patterns
     state = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
     apply_lora(model, cfg, trainable=tuple(meta.get("extra") or ()))
-    expected = {k: v for k, v in model.state_dict().items() if k in state or k.endswith((".lora_A", ".lora_B"))}
+    expected = {k: v for k, v in model.state_dict().items() if k in state or k.endswith(("lora_A", "lora_B"))}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
@@ -180,12 +266,20 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight and put back plain ``nn.Linear`` layers (in place)."""
+    """Fold every adapter into its base weight and put back plain ``nn.Linear`` layers and experts (in place)."""
     for name, module in lora_modules(model).items():
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                           device="meta")
         module.weight.add_(module.delta_weight().to(module.weight.dtype))
         plain.weight = module.weight
         plain.bias = module.bias
+        _set_module(model, name, plain)
+    for name, module in expert_lora_modules(model).items():
+        plain = Experts.__new__(Experts)
+        nn.Module.__init__(plain)
+        plain.kind = module.kind
+        for w in module.adapted:
+            getattr(module, w).add_(module.delta_weight(w).to(getattr(module, w).dtype))
+        plain.fc, plain.proj = module.fc, module.proj
         _set_module(model, name, plain)
     return model

@@ -8,7 +8,10 @@ outputs are summed with the scores as weights, renormalized over the k where con
 
 Dispatch is dropless: the N * k (token, expert) pairs are sorted by expert, each expert multiplies its
 contiguous run of tokens (one ``torch._grouped_mm`` over all experts where the kernel exists, else a loop over
-the experts that got tokens), and the results are scattered back. No token is dropped for capacity.
+the experts that got tokens), and the results are scattered back. No token is dropped for capacity. The sorted
+tokens reach the experts through the block's ``dispatcher``: None runs every expert here; expert parallelism
+(``groundup.parallel.apply_ep``) puts in one that sends each token to the process holding its expert and
+brings the results back, so this file holds no distributed code.
 
 Load balancing: a Switch/GShard auxiliary loss (E * sum_e f_e * P_e over k, 1 when balanced) or DeepSeek-V3's
 auxiliary-loss-free bias, added to the scores for the choice only and moved by :func:`update_expert_bias`
@@ -40,6 +43,21 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
     # The fused kernel is CUDA-only (Hopper and later) and bfloat16; elsewhere the loop over experts runs.
     return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
             and torch.cuda.get_device_capability(x.device)[0] >= 9)
+
+
+def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Each expert's rows of ``x`` (M, in), sorted by expert with ``counts`` (E,) rows each, times its weight:
+    row block e of the result is ``x_e @ w[e].T`` for ``w`` (E, out, in). One ``torch._grouped_mm`` where the
+    kernel runs, else a loop over the experts with rows (LoRA's expert adapters run through it)."""
+    if _grouped_mm_ok(x):
+        return torch._grouped_mm(x, w.transpose(-2, -1), offs=counts.cumsum(0).to(torch.int32))
+    out = x.new_empty(x.shape[0], w.shape[1])
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            out[start:start + n] = x[start:start + n] @ w[e].t()
+            start += n
+    return out
 
 
 class Experts(nn.Module):
@@ -87,6 +105,9 @@ class MoE(nn.Module):
         self.register_buffer("expert_load", torch.zeros(E), persistent=False)
         self.aux_loss: torch.Tensor | None = None
         self.z_loss: torch.Tensor | None = None
+        # ``dispatcher(experts, x, counts)`` in place of ``experts(x, counts)`` on the tokens sorted by expert
+        # (same shapes in and out): None here; expert parallelism sets one that runs them where they live.
+        self.dispatcher = None
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router on ``x`` (N, C): chosen experts (N, k), their weights (N, k), and the scores (N, E)."""
@@ -130,7 +151,10 @@ class MoE(nn.Module):
         order = expert_of.argsort(stable=True)  # the (token, expert) pairs sorted by expert
         token_of = order // k
         counts = torch.bincount(expert_of, minlength=self.config.moe_experts)  # (E,)
-        y = self.experts(flat[token_of], counts)  # (N k, C)
+        if self.dispatcher is None:
+            y = self.experts(flat[token_of], counts)  # (N k, C)
+        else:
+            y = self.dispatcher(self.experts, flat[token_of], counts)
         y = y * weights.flatten()[order, None].to(y.dtype)
         out = torch.zeros_like(flat).index_add_(0, token_of, y)  # (N, C)
         if self.shared is not None:
@@ -163,7 +187,8 @@ def moe_loss(model: nn.Module) -> torch.Tensor | None:
 @torch.no_grad()
 def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list[float]]:
     """Auxiliary loss, z-loss (means over layers, of the last forward), and each expert's share of the routed
-    tokens since the last reset, summed over layers; max/mean load (1 is perfect balance). Empty without MoE."""
+    tokens since the last reset, summed over layers; max/mean load (1 is perfect balance) of that sum and of the
+    worst layer on its own (summing layers can hide one layer's imbalance). Empty without MoE."""
     layers = moe_layers(model)
     if not layers:
         return {}
@@ -174,6 +199,8 @@ def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list
         stats["moe_z_loss"] = float(torch.stack([m.z_loss.detach() for m in layers]).mean())
     if load.sum() > 0:
         stats["moe_load_max_over_mean"] = float(load.max() / load.mean())
+        stats["moe_layer_load_max_over_mean"] = max(float(m.expert_load.max() / m.expert_load.mean())
+                                                    for m in layers if m.expert_load.sum() > 0)
         stats["moe_expert_load"] = (load / load.sum()).tolist()
     if reset:
         for m in layers:

@@ -49,9 +49,10 @@ def mixed_precision_policy(param_dtype: torch.dtype | None):
 
 
 def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True,
-               cpu_offload: bool = False) -> nn.Module:
+               cpu_offload: bool = False, ignored_params=()) -> nn.Module:
     """Shard ``model`` over the mesh's 'dp' dimension in place (blocks, adapters, then the root); over 'dp' x
-    'cp' under context parallelism (its ranks hold the same parameters)."""
+    'cp' under context parallelism (its ranks hold the same parameters). All but ``ignored_params`` (expert
+    parallelism's sharded experts, left as they are)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     from groundup.parallel.apply_cp import data_mesh
@@ -59,6 +60,8 @@ def apply_fsdp(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None
     dp_mesh = data_mesh(mesh) if mesh is not None and mesh.mesh_dim_names and "dp" in mesh.mesh_dim_names else mesh
     kwargs = {"mesh": dp_mesh, "mp_policy": mixed_precision_policy(param_dtype),
               "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    if ignored_params:
+        kwargs["ignored_params"] = set(ignored_params)
     for unit in lora_units(model):
         fully_shard(unit, reshard_after_forward=reshard_after_forward, **kwargs)
     blocks = list(model.blocks)

@@ -75,6 +75,8 @@ class ParallelState:
     cp_size: int = 1
     cp_rank: int = 0
     ep_size: int = 1
+    ep_mesh: Any = None
+    """Expert parallelism: the 'dp' ranks as ('dp_mod_ep', 'ep') (see :mod:`groundup.parallel.apply_ep`)."""
     mesh: Any = None
     """The DeviceMesh, dims a subsequence of ('pp', 'dp', 'cp', 'tp') ('dp' always); None for one process."""
     data_parallel: str = "none"

@@ -2,7 +2,9 @@
 
 1. tensor parallelism (DTensor ``parallelize_module``): changes the modules' parameters to DTensors
    over the 'tp' mesh dimension, so it must see the plain model first; context parallelism (hooks on the
-   model's forward that split each sequence over 'cp', see :mod:`groundup.parallel.apply_cp`);
+   model's forward that split each sequence over 'cp', see :mod:`groundup.parallel.apply_cp`); expert
+   parallelism (the MoE experts as DTensors split over the 'ep' ranks within 'dp', tokens moved by
+   all-to-all), whose parameters data parallelism leaves alone;
 2. activation checkpointing: wraps blocks, whatever their parameters are;
 3. ``torch.compile`` per block: compiles the (possibly TP, possibly checkpointed) block code;
 4. data parallelism last: FSDP2 shards over 'dp' on top of TP's DTensors (2-D), or DDP wraps the whole
@@ -32,6 +34,9 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, env: DistEnv, *, compile:
             raise ValueError("parallel.tensor_parallel > 1 needs several processes: launch with torchrun")
         if cfg.context_parallel > 1:
             raise ValueError("parallel.context_parallel > 1 needs several processes: launch with torchrun")
+        if cfg.expert_parallel > 1:
+            raise ValueError(f"parallel.expert_parallel={cfg.expert_parallel} needs several processes: "
+                             "launch with torchrun")
         model = apply_ac(model, cfg.activation_checkpointing, cfg.ac_every)
         if compile:
             model = apply_compile(model)
@@ -54,6 +59,18 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, env: DistEnv, *, compile:
         from groundup.parallel.apply_cp import apply_cp
 
         apply_cp(model, mesh)
+    ep, ep_mesh, ignored = cfg.expert_parallel, None, []
+    if ep > 1:  # 1b
+        from groundup.parallel.apply_ep import apply_ep, check_ep, expert_parameters
+        from groundup.parallel.apply_ep import ep_mesh as build_ep_mesh
+
+        check_ep(model.config, ep, dp_mesh.size())
+        if len(mesh.mesh_dim_names) > 1:
+            raise ValueError(f"parallel.expert_parallel={ep} composes with data parallelism only (DDP or FSDP2), "
+                             f"not with the mesh {dict(zip(mesh.mesh_dim_names, mesh.shape, strict=True))}")
+        ep_mesh = build_ep_mesh(mesh, ep)
+        apply_ep(model, ep_mesh["ep"])
+        ignored = expert_parameters(model)
     model = apply_ac(model, cfg.activation_checkpointing, cfg.ac_every)  # 2
     if compile:  # 3
         model = apply_compile(model)
@@ -63,15 +80,15 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, env: DistEnv, *, compile:
         from groundup.parallel.apply_fsdp import apply_fsdp
 
         model = apply_fsdp(model, mesh, param_dtype=param_dtype, reshard_after_forward=cfg.fsdp_reshard_after_forward,
-                           cpu_offload=cfg.fsdp_cpu_offload)
+                           cpu_offload=cfg.fsdp_cpu_offload, ignored_params=ignored)
     else:
         from groundup.parallel.apply_ddp import apply_ddp
 
-        model = apply_ddp(model, mesh, env.device)
+        model = apply_ddp(model, mesh, env.device, ignored_params=ignored)
     state = ParallelState(env=env, dp_rank=dp_mesh.get_local_rank(), dp_size=dp_mesh.size(), tp_size=tp,
                           cp_size=cp, cp_rank=mesh["cp"].get_local_rank() if cp > 1 else 0,
-                          mesh=mesh, data_parallel=strategy)
-    log.info("parallel layout: %s x dp=%d, cp=%d, tp=%d", strategy, state.dp_size, cp, tp)
+                          ep_size=ep, ep_mesh=ep_mesh, mesh=mesh, data_parallel=strategy)
+    log.info("parallel layout: %s x dp=%d, cp=%d, tp=%d, ep=%d", strategy, state.dp_size, cp, tp, ep)
     return model, state
 
 

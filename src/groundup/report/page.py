@@ -485,7 +485,15 @@ def pretrain_section(runs: Sequence[Run]) -> str:
                   for k in eval_keys[:12]]
         parts.append(figure(plots.curves_figure("Evaluation during training", models, panels, axes=["tokens"]),
                             "evaluation during training", ""))
-    others = _other_panels(metrics, KNOWN_TRAIN_KEYS | set(eval_keys))
+    load = plots.expert_load_figure(models)
+    if load is not None:
+        parts.append(figure(load, "expert load", "Tokens routed to each expert in each step's global batch. "
+                            "Left: the busiest expert's count over the mean (1: perfect balance), of the counts "
+                            "summed over the layers and of the worst layer alone. Right: each expert's share "
+                            "(layers summed)."))
+    moe_keys = {k for m in metrics for k in plots.expert_keys(m)} | {"moe_load_max_over_mean",
+                                                                      "moe_layer_load_max_over_mean"}
+    others = _other_panels(metrics, KNOWN_TRAIN_KEYS | set(eval_keys) | moe_keys)
     if others:
         parts.append(figure(plots.curves_figure("Other metrics", models, others, axes=["step"]), "other metrics", ""))
     parts.append(_metrics_notes(runs, lambda r: r.pretrain))

@@ -455,3 +455,47 @@ def trace_figure(traces: Sequence[tuple[str, list[dict]]]) -> bytes | None:
         ax.set_xlabel("seconds since the first call")
     fig.tight_layout()
     return to_png(fig)
+
+
+def expert_keys(metrics: Metrics | None) -> list[str]:
+    """The per-expert load keys of a mixture-of-experts run (``moe_load_<e>``), in expert order."""
+    if metrics is None:
+        return []
+    keys = [k for k in metrics if k.startswith("moe_load_") and k.removeprefix("moe_load_").isdigit()]
+    return sorted(keys, key=lambda k: int(k.removeprefix("moe_load_")))
+
+
+def expert_load_figure(runs: Sequence[tuple[str, Metrics]]) -> bytes | None:
+    """A mixture of experts' load over the steps, one row per run: max over mean tokens per expert (layers summed
+    and the worst layer; 1 is perfect balance) and each expert's share of the routed tokens as a heat map."""
+    rows = [(label, m, expert_keys(m)) for label, m in runs if expert_keys(m)]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, grid = plt.subplots(len(rows), 2, figsize=(WIDTH, 3.1 * len(rows) + 0.5), squeeze=False)
+    for (label, metrics, keys), (left, right) in zip(rows, grid, strict=True):
+        suffix = f" ({label})" if len(rows) > 1 else ""
+        for n, (key, name) in enumerate((("moe_load_max_over_mean", "layers summed"),
+                                         ("moe_layer_load_max_over_mean", "worst layer"))):
+            series = metrics.get(key)
+            if series is not None and len(series):
+                left.plot(series.x("step"), series.value, "-" if n == 0 else "--", color=color(n), lw=1.2, label=name)
+        left.axhline(1.0, ls=":", color="0.35", lw=1, label="balanced")
+        left.set(title=f"Expert load balance{suffix}", xlabel=X_AXES["step"][2], ylabel="max / mean tokens per expert")
+        left.legend(loc="best")
+        series = [metrics.get(k) for k in keys]
+        steps = series[0].x("step")
+        shares = np.full((len(keys), len(steps)), np.nan)
+        for e, s in enumerate(series):  # on the first expert's steps (long logs are thinned per key)
+            if s is not None and len(s):
+                shares[e] = np.interp(steps, s.x("step"), s.value)
+        image = right.imshow(shares, aspect="auto", interpolation="nearest", cmap="viridis", origin="lower",
+                             extent=(float(steps[0]) - 0.5, float(steps[-1]) + 0.5, -0.5, len(keys) - 0.5))
+        right.grid(False)
+        right.set(title=f"Each expert's share of the routed tokens{suffix}", xlabel=X_AXES["step"][2],
+                  ylabel="expert")
+        bar = fig.colorbar(image, ax=right)
+        bar.set_label(f"share (balanced: {1 / len(keys):.3g})")
+    fig.suptitle("Mixture of experts: expert load")
+    fig.tight_layout()
+    return to_png(fig)

@@ -82,9 +82,10 @@ def parallelize_model(model: nn.Module, rt: Runtime, cfg: ParallelConfig, *,
 
 
 def optimizer_for(model: nn.Module, cfg: OptimConfig, parallel: ParallelState) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; foreach, not fused, under tensor parallelism: fused AdamW has
-    no DTensor kernel for mixed plain/DTensor parameter lists."""
-    optim_cfg = cfg if parallel.tp_size == 1 else dataclasses.replace(cfg, fused=False)
+    """AdamW over the trainable parameters; foreach, not fused, under tensor or expert parallelism: fused
+    AdamW has no DTensor kernel for mixed plain/DTensor parameter lists."""
+    plain = parallel.tp_size == 1 and parallel.ep_size == 1
+    optim_cfg = cfg if plain else dataclasses.replace(cfg, fused=False)
     return build_optimizer(model, optim_cfg, parallel.env.device.type)
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from groundup.model.moe import moe_stats, update_expert_bias
+from groundup.parallel.apply_ep import finish_moe_step
 from groundup.parallel.env import ParallelState
 from groundup.train.optim import set_lr
 from groundup.train.stability import SpikeGuard
@@ -156,6 +157,7 @@ def train_step(state: TrainState, batches: Iterator[Any], spec: StepSpec, *, lr:
         loss_sum = parallel.mean(loss_sum)  # every rank decides alike on what follows
         tokens = round(parallel.mean(float(tokens)) * parallel.dp_size)  # the global batch's tokens
         extras = {key: parallel.mean(value) for key, value in extras.items()}
+        finish_moe_step(state.model, parallel)  # global expert loads; expert-parallel gradients finished
     grad_norm = clip_grad_norm(state.model, grad_clip, parallel)
     result = StepResult(step=state.step, loss=loss_sum / accum, extras=extras, grad_norm=grad_norm, tokens=tokens,
                         lr=lr, finite=math.isfinite(grad_norm) and math.isfinite(loss_sum), loss_sum=loss_sum)
