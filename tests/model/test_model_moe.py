@@ -88,6 +88,24 @@ def test_first_layers_dense_and_losses_in_training():
     assert moe_stats(model).get("moe_expert_load") is None  # read once, then reset
 
 
+def test_activation_checkpointing_counts_each_token_once():
+    """The forward recomputed inside backward routes the same tokens again: the loads count them once."""
+    import copy
+
+    from groundup.parallel.apply_ac import apply_ac
+
+    torch.manual_seed(0)
+    plain = Transformer(tiny())
+    checkpointed = apply_ac(copy.deepcopy(plain), "full", 1)
+    idx = torch.randint(0, 64, (2, 16))
+    loads = []
+    for model in (plain, checkpointed):
+        model(idx, idx).backward()
+        loads.append([m.mlp.expert_load.clone() for m in model.blocks])
+    assert all(torch.equal(a, b) for a, b in zip(*loads, strict=True))
+    assert float(sum(x.sum() for x in loads[0])) == 2 * 16 * 2 * 2  # tokens x k x layers
+
+
 def test_bias_balancing_moves_towards_the_idle_experts():
     torch.manual_seed(0)
     model = Transformer(tiny(moe_balance="bias", moe_bias_rate=0.01))

@@ -135,8 +135,9 @@ class MoE(nn.Module):
         cfg = self.config
         N, E, k = scores.shape[0], scores.shape[1], cfg.moe_top_k
         counts = torch.bincount(chosen.flatten(), minlength=E)
-        with torch.no_grad():
-            self.expert_load += counts.to(self.expert_load.dtype)
+        if torch._C._current_graph_task_id() == -1:  # not activation checkpointing's recompute inside backward
+            with torch.no_grad():
+                self.expert_load += counts.to(self.expert_load.dtype)
         probs = scores / scores.sum(dim=-1, keepdim=True) if cfg.moe_score == "sigmoid" else scores
         # Switch/GShard: E * sum_e (tokens to e / (N k)) * (mean probability of e); 1 when perfectly balanced.
         self.aux_loss = E * (counts.to(probs.dtype) / (N * k) * probs.mean(dim=0)).sum()

@@ -67,6 +67,12 @@ def to_plain_layout(state: dict[str, torch.Tensor], config: ModelConfig, tp: int
 
 
 def check_tp(config: ModelConfig, tp: int) -> None:
+    if config.moe_experts:
+        raise ValueError(f"parallel.tensor_parallel={tp} splits dense MLPs only: a mixture of experts "
+                         f"(model.moe_experts={config.moe_experts}) is split by parallel.expert_parallel")
+    if getattr(config, "attention", "mha") != "mha":
+        raise ValueError(f"parallel.tensor_parallel={tp} splits multi-head attention only, not "
+                         f"model.attention={config.attention!r}")
     problems = [f"{name}={value}" for name, value in (("n_head", config.n_head), ("n_kv_head", config.kv_heads),
                                                        ("mlp_hidden", config.mlp_hidden)) if value % tp]
     if problems:
