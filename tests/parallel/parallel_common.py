@@ -3,6 +3,7 @@ fc), the launcher of 2 gloo ranks, and a run's losses and weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,14 +26,20 @@ MODEL = ModelConfig.from_name("tiny-llama", n_layer=2, n_embd=32, n_head=4, n_kv
 
 # lr 3e-3: at 1e-2 the tiny model's trajectory is chaotic enough that last-bit differences between summing
 # gradients in one process and averaging them across ranks grow past 1e-5 in 20 steps.
+PP_MODEL = {"n_layer": 8, "tie_embeddings": False}
+"""The pipeline tests' model: MODEL with 8 blocks (4 stages of 2, or 8 of 1 for two stages per rank) and an
+untied head (the head and the embeddings live on different stages)."""
+
+
 def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2,
-                **train) -> pretrain.Config:
+                model=None, **train) -> pretrain.Config:
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
     optim = {"lr": 3e-3, "warmup_steps": 2, **(optim or {})}
     if isinstance(optim.get("muon"), dict):  # the worker's runs arrive as JSON
         optim["muon"] = MuonConfig(**optim["muon"])
-    return pretrain.Config(tokens=tokens, out=out, model=MODEL, optim=OptimConfig(**optim),
+    model_cfg = dataclasses.replace(MODEL, **model) if model else MODEL
+    return pretrain.Config(tokens=tokens, out=out, model=model_cfg, optim=OptimConfig(**optim),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
                            compile=compile, seed=7)
@@ -57,10 +64,11 @@ HERE = Path(__file__).parent
 SRC = HERE.parents[1] / "src"
 
 
-def torchrun(runs: list[dict], env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Launch 2 gloo ranks of parallel_worker.py doing ``runs`` one after the other (see its docstring)."""
+def torchrun(runs: list[dict], env: dict | None = None, check: bool = True,
+             nproc: int = 2) -> subprocess.CompletedProcess:
+    """Launch ``nproc`` gloo ranks of parallel_worker.py doing ``runs`` one after the other (see its docstring)."""
     runs = [{k: str(v) if isinstance(v, Path) else v for k, v in run.items()} for run in runs]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(HERE / "parallel_worker.py"), json.dumps(runs)]
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]), "OMP_NUM_THREADS": "1",
                 **(env or {})}
