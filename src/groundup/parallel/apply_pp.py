@@ -176,7 +176,9 @@ def rank_part(model: nn.Module, layout: StageLayout) -> nn.Module:
     and last stage (the rest of ``model`` is left to be freed)."""
     mine = layout.mine
     layers = sorted(i for s in mine for i in layout.layers(s))
-    return model_part(model, layers, first=0 in mine, last=layout.num_stages - 1 in mine)
+    part = model_part(model, layers, first=0 in mine, last=layout.num_stages - 1 in mine)
+    part.pipeline_part = True  # read by the checkpoint code (a plain checkpoint loads the part's own tensors)
+    return part
 
 
 def stage_modules(part: nn.Module, layout: StageLayout) -> list[nn.Module]:
