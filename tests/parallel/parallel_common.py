@@ -32,7 +32,7 @@ untied head (the head and the embeddings live on different stages)."""
 
 
 def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2,
-                model=None, **train) -> pretrain.Config:
+                model=None, doc_mask=False, **train) -> pretrain.Config:
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
     optim = {"lr": 3e-3, "warmup_steps": 2, **(optim or {})}
@@ -42,7 +42,7 @@ def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile
     return pretrain.Config(tokens=tokens, out=out, model=model_cfg, optim=OptimConfig(**optim),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
-                           compile=compile, seed=7)
+                           compile=compile, seed=7, doc_mask=doc_mask)
 
 
 def losses(run_dir: Path) -> dict[int, float]:
