@@ -306,7 +306,7 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape[:2]
         positions = None if cache is None else cache.positions  # (B, T)
-        if cache is None and T > self.config.block_size:
+        if cache is None and idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of {T} positions exceeds block_size {self.config.block_size}")
         device = idx.device
         if self.tok_embeddings is None:  # a later part of the model: the hidden states come in
