@@ -154,7 +154,7 @@ def worker(args) -> None:
             dist.barrier()
             clock["busy"] = 0.0
             t0 = time.perf_counter()
-            pipeline.forward_backward(iter([(x, y)]), 1, lambda b: (b[0], b[1], {}, {}))
+            pipeline.forward_backward([(x, y)], lambda b: (b[0], b[1], {}, {}))
             dist.barrier()
             wall = time.perf_counter() - t0
             for module in modules:

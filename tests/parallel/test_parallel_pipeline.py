@@ -1,6 +1,6 @@
-"""Pipeline parallelism on gloo (CPU): every schedule offered on 2 and 4 stages, and FSDP2 x PP on a 2 x 2 mesh,
-train step for step like one process (loss and gradient norm within 1e-5); checkpoints resume PP 2 -> 1 and 1 -> 2;
-value embeddings and document masks run through the stages."""
+"""Pipeline parallelism on gloo (CPU): every schedule offered on 2 and 4 stages, FSDP2 x PP and TP x PP on 2 x 2 meshes,
+train step for step like one process (loss and gradient norm within 1e-5); checkpoints resume PP 2 -> 1 and 1 -> 2
+and convert to a model dir; value embeddings, document masks and activation checkpointing run through the stages."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def pp_tokens(spine_tokens, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(pp_tokens, tmp_path_factory) -> dict[str, Path]:
     """One process; on 2 ranks every schedule, a resume of the one-process checkpoint, and value embeddings with
-    document masks; the 2-stage 1F1B checkpoint resumed in one process; on 4 ranks every schedule and FSDP2 x PP."""
+    document masks and activation checkpointing; the 2-stage 1F1B checkpoint resumed in one process; on 4 ranks
+    every schedule, FSDP2 x PP and TP x PP."""
     root = tmp_path_factory.mktemp("pipeline")
     out: dict[str, Path] = {}
 
@@ -57,10 +58,13 @@ def runs(pp_tokens, tmp_path_factory) -> dict[str, Path]:
     torchrun([*(run(f"pp2_{s}", parallel={"pipeline_parallel": 2, "pipeline_schedule": s}) for s in SCHEDULES),
               run("one_to_two", parallel={"pipeline_parallel": 2}, resume=out["single"] / "checkpoints" / "step-000003"),
               run("pp2_features", model=FEATURES, doc_mask=True,
-                  parallel={"pipeline_parallel": 2, "pipeline_schedule": "Interleaved1F1B"})])
+                  parallel={"pipeline_parallel": 2, "pipeline_schedule": "Interleaved1F1B",
+                            "activation_checkpointing": "selective"})])
     pretrain.run(make_config(**run("two_to_one", resume=str(out["pp2_1F1B"] / "checkpoints" / "step-000003"))))
     torchrun([*(run(f"pp4_{s}", parallel={"pipeline_parallel": 4, "pipeline_schedule": s}) for s in SCHEDULES),
-              run("fsdp_pp", parallel={"pipeline_parallel": 2, "data_parallel": "fsdp"})], nproc=4)
+              run("fsdp_pp", parallel={"pipeline_parallel": 2, "data_parallel": "fsdp"}),
+              run("tp_pp", parallel={"pipeline_parallel": 2, "tensor_parallel": 2,
+                                     "pipeline_schedule": "Interleaved1F1B"})], nproc=4)
     return out
 
 
@@ -96,8 +100,22 @@ def test_fsdp2_by_pipeline_on_a_two_by_two_mesh_equals_one_process(runs):
     assert state["world_size"] == 4 and state["optimizer_state"] == "flat"
 
 
-def test_value_embeddings_and_document_masks_run_through_the_stages(runs):
+def test_tensor_parallel_by_pipeline_on_a_two_by_two_mesh_equals_one_process(runs):
+    assert_like_one_process(runs, "tp_pp")
+
+
+def test_value_embeddings_document_masks_and_checkpointed_blocks_run_through_the_stages(runs):
     assert_like_one_process(runs, "pp2_features", single="single_features")
+
+
+def test_a_pipeline_checkpoint_converts_to_the_model_dir(runs, tmp_path):
+    from groundup.train import consolidate
+
+    out = consolidate.run(consolidate.Config(checkpoint=runs["fsdp_pp"], out=tmp_path / "model"))
+    a, b = weights(runs["fsdp_pp"]), weights(out)  # the run's final model dir vs its last checkpoint, every stage
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_a_two_stage_checkpoint_resumes_in_one_process(runs):

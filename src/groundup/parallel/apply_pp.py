@@ -31,8 +31,8 @@ hidden states) and hands every rank of the 'pp' group the logits: the one scorer
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -219,7 +219,6 @@ class Pipeline:
     pass_tokens: bool = False
     """Hand every stage the token ids (value embeddings)."""
     schedule: Any = None
-    stage_times: list[float] = field(default_factory=list)
 
     @property
     def first(self) -> bool:
@@ -253,18 +252,18 @@ class Pipeline:
         log.info("pipeline: %s, stages %s of %d on this rank (blocks %s), %d micro-batches of %d rows",
                  layout.schedule, layout.mine, layout.num_stages, [layout.layers(s) for s in layout.mine], m, rows // m)
 
-    def forward_backward(self, batches: Iterator[Any], accum: int, inputs: PipelineInputs) -> tuple[float, int, dict]:
-        """One step's forward and backward over ``accum`` batches of ``batches`` through the schedule; returns the
-        mean loss (the same on every rank of the 'pp' group), the batches themselves and their extras."""
-        drawn = [next(batches) for _ in range(accum)]
-        parts = [inputs(batch) for batch in drawn]
+    def forward_backward(self, batches: list[Any], inputs: PipelineInputs) -> tuple[float, dict[str, float]]:
+        """One step's forward and backward over ``batches`` (concatenated, then split into the micro-batches)
+        through the schedule; returns the mean loss (the same on every rank of the 'pp' group) and the mean
+        extras."""
+        parts = [inputs(batch) for batch in batches]
         tokens = torch.cat([p[0] for p in parts]).to(self.device)
         targets = torch.cat([p[1] for p in parts]).to(self.device)
         kwargs = {key: torch.cat([p[2][key] for p in parts]).to(self.device) for key in parts[0][2]}
         extras: dict[str, float] = {}
         for p in parts:
             for key, value in p[3].items():
-                extras[key] = extras.get(key, 0.0) + float(value) / accum
+                extras[key] = extras.get(key, 0.0) + float(value) / len(parts)
         if self.schedule is None:
             self._build(tokens.shape[0])
         if self.pass_tokens:
@@ -279,7 +278,7 @@ class Pipeline:
         if self.last:
             mean += float(torch.stack([loss.detach().float() for loss in losses]).mean())
         dist.all_reduce(mean, group=self.group)  # from the last stage to every stage
-        return float(mean), len(drawn), extras
+        return float(mean), extras
 
     def forward(self, idx: torch.Tensor, **kwargs) -> torch.Tensor:
         """Logits (B, T, V) of token ids ``idx`` through every stage in order, on every rank of the 'pp' group

@@ -183,15 +183,9 @@ def pipeline_step(pipeline, batches: Iterator[Any], spec: StepSpec, accum: int) 
     accumulation reports it (the mean loss x ``accum``, on every stage), the tokens and the extras."""
     if spec.pipeline_inputs is None:
         raise ValueError("parallel.pipeline_parallel > 1: this training method does not run pipelined (pretrain does)")
-    counted: list[Any] = []
-
-    def drawn() -> Iterator[Any]:
-        for batch in batches:
-            counted.append(batch)
-            yield batch
-
-    mean, _, extras = pipeline.forward_backward(drawn(), accum, spec.pipeline_inputs)
-    return mean * accum, sum(spec.tokens(batch) for batch in counted), extras
+    drawn = [next(batches) for _ in range(accum)]
+    mean, extras = pipeline.forward_backward(drawn, spec.pipeline_inputs)
+    return mean * accum, sum(spec.tokens(batch) for batch in drawn), extras
 
 
 def moe_metrics(model: nn.Module) -> dict[str, float]:
