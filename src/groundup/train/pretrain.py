@@ -71,7 +71,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor parallel, activation
+    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor and pipeline parallel, activation
     checkpointing); a plain single process ignores all but activation checkpointing."""
     batch_size: int = 16
     """Sequences per micro-batch (per rank under torchrun; the global batch is batch_size x train.grad_accum
