@@ -26,9 +26,14 @@ MODEL = ModelConfig.from_name("tiny-llama", **MODEL_ARGS)
 
 # lr 3e-3: at 1e-2 the tiny model's trajectory is chaotic enough that last-bit differences between summing
 # gradients in one process and averaging them across ranks grow past 1e-5 in 20 steps.
-def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2, model=None,
-                **train) -> pretrain.Config:
-    """``model``: overrides of the tiny model's settings (e.g. a mixture of experts)."""
+PP_MODEL = {"n_layer": 8, "tie_embeddings": False}
+"""The pipeline tests' model: MODEL with 8 blocks (4 stages of 2, or 8 of 1 for two stages per rank) and an
+untied head (the head and the embeddings live on different stages)."""
+
+
+def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile=False, batch_size=2,
+                model=None, doc_mask=False, **train) -> pretrain.Config:
+    """``model``: overrides of the tiny model's settings (a mixture of experts, the pipeline tests' shape)."""
     loop = {"max_steps": 20, "grad_accum": 2, "checkpoint_every": 10, "eval_every": 0, "log_every": 1,
             "progress_bar": False, "keep_checkpoints": 3, **train}
     optim = {"lr": 3e-3, "warmup_steps": 2, **(optim or {})}
@@ -38,7 +43,7 @@ def make_config(*, tokens, out, parallel=None, optim=None, device="cpu", compile
     return pretrain.Config(tokens=tokens, out=out, model=model_cfg, optim=OptimConfig(**optim),
                            train=LoopConfig(**loop), parallel=ParallelConfig(**(parallel or {})),
                            batch_size=batch_size, seq_len=32, eval_windows=2, final_eval_stride=32, device=device,
-                           compile=compile, seed=7)
+                           compile=compile, seed=7, doc_mask=doc_mask)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

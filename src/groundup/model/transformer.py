@@ -290,7 +290,7 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCacheStep | None = None, *,
-                      segments: torch.Tensor | None = None) -> torch.Tensor:
+                      segments: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normalized hidden states (B, T, C) for token ids ``idx`` (B, T).
 
         Without ``cache`` the tokens are positions 0..T-1 of each sequence (training, scoring). With one,
@@ -298,47 +298,61 @@ class Transformer(nn.Module):
         cache holds for its sequence (prefill, decoding, speculative verification). ``segments`` (B, T), the
         document each position belongs to within its row (packed training rows), makes attention
         document-causal: a token sees the earlier tokens of its own document only.
+
+        A part of the model (a pipeline stage: some of the blocks, the others removed) runs what it holds:
+        without ``tok_embeddings``, ``idx`` is the hidden states (B, T, C) of the part before it and
+        ``tokens`` (B, T) the ids (for value embeddings); without ``final_norm``, the last block's output
+        comes back un-normalized.
         """
-        B, T = idx.shape
+        B, T = idx.shape[:2]
         positions = None if cache is None else cache.positions  # (B, T)
         if cache is None and idx.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of {T} positions exceeds block_size {self.config.block_size}")
-        x = self.tok_embeddings(idx)  # (B, T, C)
-        if self.pos_embeddings is not None:
-            x = x + self.pos_embeddings(torch.arange(T, device=idx.device) if positions is None else positions)
-        x = self.dropout(x)
+        device = idx.device
+        if self.tok_embeddings is None:  # a later part of the model: the hidden states come in
+            x = idx
+        else:
+            x = self.tok_embeddings(idx)  # (B, T, C)
+            tokens = idx
+            if self.pos_embeddings is not None:
+                x = x + self.pos_embeddings(torch.arange(T, device=device) if positions is None else positions)
+            x = self.dropout(x)
         rope = None
         if self.config.position == "rope":
             rope_cos, rope_sin = self.rope_cos, self.rope_sin
             if (length := dynamic_rope_length(self.config, positions, T)) is not None:
-                rope_cos, rope_sin = rope_table(self.config, idx.device, length)
+                rope_cos, rope_sin = rope_table(self.config, device, length)
             if positions is None:
                 rope = (rope_cos[:T], rope_sin[:T])  # (T, hd)
             else:
                 rope = (rope_cos[positions][:, None], rope_sin[positions][:, None])  # (B, 1, T, hd)
         mask = None
         if segments is not None:
-            if cache is not None or segments.shape != idx.shape:
-                raise ValueError(f"segments {tuple(segments.shape)} must match the tokens {tuple(idx.shape)}, "
+            if cache is not None or segments.shape != (B, T):
+                raise ValueError(f"segments {tuple(segments.shape)} must match the tokens {(B, T)}, "
                                  "without a KV cache")
             mask = document_causal_mask(segments)
         window = self.config.sliding_window
         if cache is None and window is not None and window < T:  # with a cache, the cache's mask has the window
-            band = sliding_window_mask(T, window, idx.device)  # (T, T)
+            band = sliding_window_mask(T, window, device)  # (T, T)
             mask = band if mask is None else mask & band
         for block in self.blocks:
-            x = block(x, rope, cache, idx=idx, mask=mask)
-        return self.final_norm(x)
+            x = block(x, rope, cache, idx=tokens, mask=mask)
+        return x if self.final_norm is None else self.final_norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The output head on hidden states ``h`` (..., C): logits (..., V), soft-capped where configured."""
         return softcap(self.lm_head(h), self.config.logit_softcap)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCacheStep | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCacheStep | None = None, segments: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V) or, given ``targets`` (B, T) with -100 for ignored positions, the mean loss.
-        ``segments``: see :meth:`hidden_states`."""
-        h = self.hidden_states(idx, cache, segments=segments)  # (B, T, C)
+        ``segments`` and ``tokens``: see :meth:`hidden_states`; a part of the model without the head returns
+        its hidden states (B, T, C)."""
+        h = self.hidden_states(idx, cache, segments=segments, tokens=tokens)  # (B, T, C)
+        if self.lm_head is None:  # a pipeline stage before the last
+            return h
         if targets is None:
             return self.logits(h)
         loss = linear_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(),

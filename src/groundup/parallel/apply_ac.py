@@ -17,9 +17,9 @@ def apply_ac(model: nn.Module, mode: str, every: int = 2) -> nn.Module:
         raise ValueError(f"activation checkpointing mode must be none, full or selective, got {mode!r}")
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.blocks):
-        if mode == "full" or i % every == 0:
-            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+    for name, block in list(model.blocks.named_children()):  # by name: a pipeline stage keeps blocks' own indices
+        if mode == "full" or int(name) % every == 0:
+            model.blocks.register_module(name, checkpoint_wrapper(block, preserve_rng_state=True))
     return model
 
 
@@ -28,7 +28,8 @@ def remove_ac(model: nn.Module) -> nn.Module:
     name modules) are those of the model file."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-    for i, block in enumerate(getattr(model, "blocks", [])):
+    blocks = getattr(model, "blocks", None)
+    for name, block in list(blocks.named_children()) if blocks is not None else []:
         if isinstance(block, CheckpointWrapper):
-            model.blocks[i] = block._checkpoint_wrapped_module
+            blocks.register_module(name, block._checkpoint_wrapped_module)
     return model

@@ -23,11 +23,14 @@ class ParallelConfig:
     """Pipeline stages: the blocks are split into this many stages, each on its own ranks (outermost mesh
     dimension: stages may span nodes)."""
     pipeline_schedule: str = "1F1B"
-    """The ``torch.distributed.pipelining`` schedule: 'GPipe', '1F1B', 'Interleaved1F1B', or a zero-bubble one."""
+    """The ``torch.distributed.pipelining`` schedule: 'GPipe', '1F1B' (one stage per rank), 'Interleaved1F1B',
+    'LoopedBFS', or the zero-bubble 'InterleavedZeroBubble' and 'ZBVZeroBubble' (two stages per rank)."""
     pipeline_microbatches: int = 0
-    """Micro-batches each pipeline step splits the batch into (0: twice the number of stages)."""
+    """Micro-batches each pipeline step splits a data-parallel rank's rows (batch_size x grad_accum / dp) into
+    (0: twice pipeline_parallel, or fewer, down to pipeline_parallel, where the rows do not divide)."""
     pipeline_split: list[int] | None = None
-    """Blocks per stage (the user's plan; default: as even as possible). Sums to the model's n_layer."""
+    """Blocks per stage (the user's plan; default: as even as possible, the earlier stages taking the rest).
+    Sums to the model's n_layer; one entry per stage (pipeline_parallel x 2 for the two-stage schedules)."""
     context_parallel: int = 1
     """Ranks that split each sequence (ring attention over K/V, head-tail load balancing); the sequence
     length must be divisible by 2 x context_parallel."""

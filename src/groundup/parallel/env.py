@@ -81,6 +81,8 @@ class ParallelState:
     """The DeviceMesh, dims a subsequence of ('pp', 'dp', 'cp', 'tp') ('dp' always); None for one process."""
     data_parallel: str = "none"
     """'ddp', 'fsdp' or 'none' (what wraps the model)."""
+    pipeline: Any = None
+    """Under pipeline parallelism, this rank's stages and their schedule (:class:`groundup.parallel.apply_pp.Pipeline`)."""
 
     @property
     def distributed(self) -> bool:

@@ -6,11 +6,15 @@ mid-write leaves the previous checkpoints as they were and ``--resume auto`` nev
 
 - One process: ``model.safetensors``, ``optimizer.pt`` (tensors only, read back with
   ``weights_only=True``), ``rng.pt`` and ``state.json`` (step, tokens, elapsed time, sampler position).
-- Several processes (DDP, FSDP2, TP): a DCP checkpoint (``.metadata`` and ``__N_0.distcp`` shards,
+- Several processes (DDP, FSDP2, TP, PP): a DCP checkpoint (``.metadata`` and ``__N_0.distcp`` shards,
   written by every rank in parallel) of the model and optimizer state dicts under their plain parameter
   names, one ``rng-rankNNNNN.pt`` per rank, and ``state.json``. DCP reshards on load, so a checkpoint of
   4 ranks resumes on 2 or 1; the sampler position in state.json is global (see
-  :mod:`groundup.parallel.data`), so the token stream continues where it stopped.
+  :mod:`groundup.parallel.data`), so the token stream continues where it stopped. The optimizer state is
+  saved flat, one entry per parameter and setting (``state.<name>.exp_avg``, ``param_groups.<name>.lr``;
+  ``optimizer_state: flat`` in state.json): under pipeline parallelism each rank holds some parameters only,
+  and a flat state loads at another pipeline degree (every stage writes its own parameters under their full
+  model names; a rank reads those of its stages).
 
 Either kind loads into either layout: one process reads a DCP checkpoint, ranks read a plain one.
 """
@@ -133,14 +137,14 @@ def _save_distributed(root: Path, step: int, *, model, optimizer, state: dict[st
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options(flat=True))
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
     _fault_point(step, rank)
     dist.barrier()  # every rank's shards are on disk
     if rank == 0:
         write_json(tmp / STATE_FILE, {"step": step, **state, "format": "dcp", "world_size": dist.get_world_size(),
-                                      "tensor_parallel": _tensor_parallel(model)})
+                                      "tensor_parallel": _tensor_parallel(model), "optimizer_state": "flat"})
         fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -171,6 +175,12 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
     return state
 
 
+def _options(flat: bool, **kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=flat, **kwargs)
+
+
 def _load_distributed(path: Path, state: dict, *, model, optimizer, restore_rng: bool) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
@@ -184,8 +194,10 @@ def _load_distributed(path: Path, state: dict, *, model, optimizer, restore_rng:
     if saved_tp != tp and tp != 1:
         raise ValueError(f"{path} was written with tensor_parallel={saved_tp}; this run has tensor_parallel={tp} "
                          "(resume with the same degree, or convert the checkpoint to a model dir first)")
+    flat = state.get("optimizer_state") == "flat"  # older checkpoints hold the nested optimizer state dict
+    options = _options(flat)
     if optimizer is not None:
-        model_state, optim_state = get_state_dict(model, optimizer)
+        model_state, optim_state = get_state_dict(model, optimizer, options=options)
         target = {"model": model_state, "optim": optim_state}
     else:
         target = {"model": get_model_state_dict(model)}
@@ -202,11 +214,13 @@ def _load_distributed(path: Path, state: dict, *, model, optimizer, restore_rng:
         if any(hasattr(v, "placements") for v in target["model"].values()):
             raise ValueError(f"{path}: a tensor-parallel checkpoint loads into one process or DDP, not FSDP")
         target["model"] = to_plain_layout(target["model"], config, saved_tp)
-        if optimizer is not None:
+        if optimizer is not None and flat:
+            target["optim"] = _flat_optim_layout(target["optim"], to_plain_layout, config, saved_tp)
+        elif optimizer is not None:
             target["optim"]["state"] = _optim_layout(target["optim"]["state"], to_plain_layout, config, saved_tp)
     set_model_state_dict(model, target["model"])
     if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, target["optim"])
+        set_optimizer_state_dict(model, optimizer, target["optim"], options=options)
     if restore_rng:
         import torch.distributed as dist
 
@@ -220,6 +234,16 @@ def _optim_layout(state: dict[str, dict], convert, config, tp: int) -> dict[str,
     """Apply a fused-row layout conversion to the per-parameter optimizer tensors (Adam's moments)."""
     return {fqn: {k: (convert({fqn: v}, config, tp)[fqn] if isinstance(v, torch.Tensor) and v.dim() >= 1 else v)
                   for k, v in st.items()} for fqn, st in state.items()}
+
+
+def _flat_optim_layout(flat: dict[str, Any], convert, config, tp: int) -> dict[str, Any]:
+    """:func:`_optim_layout` for a flat optimizer state dict (``state.<fqn>.<key>`` entries)."""
+    out = dict(flat)
+    for key, value in flat.items():
+        if key.startswith("state.") and isinstance(value, torch.Tensor) and value.dim() >= 1:
+            fqn = key.removeprefix("state.").rsplit(".", 1)[0]
+            out[key] = convert({fqn: value}, config, tp)[fqn]
+    return out
 
 
 def clean_name(name: str) -> str:
@@ -247,6 +271,10 @@ def _load_plain_into_parallel(path: Path, *, model, optimizer, restore_rng: bool
     if config.tie_embeddings:
         full["lm_head.weight"] = full["tok_embeddings.weight"]
     full = to_tp_layout(full, config, tp)
+    part = _pipeline_part(model)
+    if part:  # a pipeline stage's part: its own tensors of the whole model's
+        own = {clean_name(name) for name in unwrap(model).state_dict()}
+        full = {name: value for name, value in full.items() if name in own}
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, full, options=options)
     if optimizer is not None:
@@ -254,13 +282,41 @@ def _load_plain_into_parallel(path: Path, *, model, optimizer, restore_rng: bool
         names = {id(p): clean_name(n) for n, p in model.named_parameters()}
         by_fqn: dict[str, Any] = {}
         groups = []
-        for group, saved in zip(optimizer.param_groups, plain["param_groups"], strict=True):
+        saved_fqns = _whole_model_groups(config, plain["param_groups"]) if part else None
+        for g, (group, saved) in enumerate(zip(optimizer.param_groups, plain["param_groups"], strict=not part)):
             fqns = [names[id(p)] for p in group["params"]]
-            for fqn, index in zip(fqns, saved["params"], strict=True):
-                if index in plain["state"]:
-                    by_fqn[fqn] = plain["state"][index]
+            if saved_fqns is None:
+                indices = dict(zip(fqns, saved["params"], strict=True))
+            else:  # the one process's indices name the whole model's parameters, in its groups' order
+                indices = dict(zip(saved_fqns[g], saved["params"], strict=True))
+            for fqn in fqns:
+                if indices[fqn] in plain["state"]:
+                    by_fqn[fqn] = plain["state"][indices[fqn]]
             groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": fqns})
         by_fqn = _optim_layout(by_fqn, to_tp_layout, config, tp)
         set_optimizer_state_dict(model, optimizer, {"state": by_fqn, "param_groups": groups}, options=options)
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True))
+
+
+def _pipeline_part(model) -> bool:
+    from groundup.parallel.parallelize import unwrap
+
+    return bool(getattr(unwrap(model), "pipeline_part", False))
+
+
+def _whole_model_groups(config, saved_groups: list[dict]) -> list[list[str]]:
+    """The parameter names of each AdamW group of the whole model (built on the meta device), in the order a
+    one-process optimizer numbered them: how a pipeline stage finds its parameters in a plain optimizer.pt."""
+    from groundup.model.transformer import Transformer
+    from groundup.train.optim import param_groups
+
+    with torch.device("meta"):
+        whole = Transformer(config)
+    names = {id(p): n for n, p in whole.named_parameters()}
+    groups = param_groups(whole, 0.0, embedding_lr_ratio=2.0 if len(saved_groups) == 3 else 1.0)
+    fqns = [[names[id(p)] for p in group["params"]] for group in groups]
+    if [len(f) for f in fqns] != [len(g["params"]) for g in saved_groups]:
+        raise ValueError("a one-process checkpoint of another optimizer (Muon?) does not load into a pipeline stage: "
+                         "resume it with parallel.pipeline_parallel=1")
+    return fqns

@@ -72,7 +72,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     """Metrics outputs beside metrics.jsonl: TensorBoard event files, a report refreshed while training."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor parallel, activation
+    """How the run spreads over the processes of `torchrun` (DDP, FSDP2, tensor and pipeline parallel, activation
     checkpointing); a plain single process ignores all but activation checkpointing."""
     batch_size: int = 16
     """Sequences per micro-batch (per rank under torchrun; the global batch is batch_size x train.grad_accum
@@ -159,6 +159,22 @@ def language_model_loss(cfg: Config, eos_id: int, device: torch.device):
     return loss_fn
 
 
+def language_model_inputs(cfg: Config, eos_id: int):
+    """What a pipeline step takes of a batch of rows (see :mod:`groundup.parallel.apply_pp`): the tokens, the
+    targets, the segments of document-causal attention (for every stage), and the extras of
+    :func:`language_model_loss`."""
+
+    def inputs(batch):
+        x, y = batch[0], batch[1]
+        kwargs = {}
+        if cfg.doc_mask:
+            kwargs["segments"] = batch[2] if len(batch) > 2 else segments_from_eos(x, eos_id)
+        extras = {"packing_efficiency": float((y != IGNORE_INDEX).float().mean())} if len(batch) > 2 else {}
+        return x, y, kwargs, extras
+
+    return inputs
+
+
 def held_out_evaluator(cfg: Config, val_tokens, eos_id: int, val_bytes: int, tokenizer_file: Path,
                        device: torch.device) -> Callable[[torch.nn.Module], dict[str, float]]:
     """The periodic evaluation: held-out loss (and bits per byte) on the first ``eval_windows`` windows of the
@@ -231,17 +247,24 @@ def run(cfg: Config) -> Path:
     loss_fn = language_model_loss(cfg, eos_id, device)
     val_bytes = int(meta.get("bytes", {}).get("val", 0))
     evaluate = held_out_evaluator(cfg, val_tokens, eos_id, val_bytes, tokenizer_file, device)
+    scorer = model  # what evaluation runs: under pipeline parallelism, the stages in turn (logits on every rank)
+    if parallel.pipeline is not None:
+        from groundup.parallel.apply_pp import PipelineForward
+
+        scorer = PipelineForward(parallel.pipeline, model)
+        evaluate = (lambda held_out: lambda _model: held_out(scorer))(evaluate)
     peak_flops = peak_flops_for(device) if rt.is_main else None
     token_flops = flops_per_token(model_cfg, seq_len)
     result = train_loop(
         TrainState(model=model, optimizer=optimizer, sampler=sampler, guard=SpikeGuard(cfg.train)),
         StepSpec(loss_fn=loss_fn, autocast=rt.autocast, tokens_per_micro_batch=cfg.batch_size * seq_len,
-                 parallel=parallel if parallel.distributed else None),
+                 parallel=parallel if parallel.distributed else None,
+                 pipeline_inputs=language_model_inputs(cfg, eos_id)),
         cfg=cfg.train, optim_cfg=cfg.optim, out=out, evaluate=evaluate, log_cfg=cfg.log,
         extra_state=lambda: {"model_config": dataclasses.asdict(model_cfg), "tokenizer": str(tokenizer_file)},
         flops_per_token=token_flops, peak_flops=peak_flops)
 
-    final = score_held_out(cfg, model, val_tokens, eos_id, val_bytes, rt)
+    final = score_held_out(cfg, scorer, val_tokens, eos_id, val_bytes, rt)
     summary = {**result.summary(), "parameters": n_params, "peak_flops": peak_flops, "flops_per_token": token_flops,
                "hardware_probe": cached_summary(str(device)) if rt.is_main else None,
                "held_out_loss": -final.loglikelihood / max(final.tokens, 1), "held_out_tokens": final.tokens,
@@ -249,7 +272,7 @@ def run(cfg: Config) -> Path:
     if isinstance(windows, PackedDocuments):
         summary["packing"] = windows.stats()
     log.info("pretrain done: %s", summary)
-    final_model = gather_full_model(model, model_cfg) if parallel.distributed else base.cpu()
+    final_model = gather_full_model(model, model_cfg, parallel=parallel) if parallel.distributed else base.cpu()
     if rt.is_main:
         save_model_dir(out, final_model, tokenizer_file=tokenizer_file, stage=STAGE,
                        config=configlib.to_dict(resolved), inputs={"tokens": tokens_dir}, extra={"result": summary})

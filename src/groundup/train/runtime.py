@@ -109,17 +109,28 @@ def peak_flops_for(device: torch.device) -> float | None:
 
 
 def gather_full_model(model: nn.Module, model_cfg: ModelConfig,
-                      build: Callable[[], nn.Module] | None = None) -> nn.Module | None:
+                      build: Callable[[], nn.Module] | None = None, *,
+                      parallel: ParallelState | None = None) -> nn.Module | None:
     """The whole model, in the model file's layout, on rank 0's CPU (a collective: every rank calls it).
 
     ``build()`` makes the plain model to load it into (default ``Transformer(model_cfg)``); fine-tuning
-    passes one with its classifier head and LoRA adapters."""
+    passes one with its classifier head and LoRA adapters. Under pipeline parallelism (``parallel.pipeline``)
+    every stage's part is gathered over the 'pp' group."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from groundup.parallel.apply_tp import to_plain_layout
     from groundup.parallel.parallelize import unwrap
 
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    pipeline = parallel.pipeline if parallel is not None else None
+    if pipeline is not None:
+        from groundup.parallel.apply_pp import gather_stage_states
+
+        part = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        full = gather_stage_states(part, pipeline.group)  # a collective of each 'pp' group
+        if not parallel.is_main:
+            full = {}
+    else:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not full:  # ranks other than 0 receive nothing
         return None
     full = to_plain_layout(full, model_cfg, int(getattr(unwrap(model), "tensor_parallel", 1)))

@@ -84,6 +84,10 @@ class StepSpec:
     parallel: ParallelState | None = None
     """The layout under torchrun (None for one process): then the sampler hands each rank its own
     micro-batches and ``tokens_per_micro_batch`` is one rank's."""
+    pipeline_inputs: Callable[[Any], tuple] | None = None
+    """Under pipeline parallelism, ``batch -> (tokens, targets, keyword inputs of every stage, extras)``: the
+    schedule runs the model's own loss on the last stage instead of ``loss_fn`` (see
+    :mod:`groundup.parallel.apply_pp`). A method without it does not run pipelined."""
 
     def tokens(self, batch: Any) -> int:
         return self.batch_tokens(batch) if self.batch_tokens else self.tokens_per_micro_batch
@@ -145,7 +149,10 @@ def train_step(state: TrainState, batches: Iterator[Any], spec: StepSpec, *, lr:
     and leaves the state where it was, for the loop to roll back."""
     set_lr(state.optimizer, lr)
     loss_sum, tokens, extras = 0.0, 0, {}
-    for i in range(accum):
+    pipeline = spec.parallel.pipeline if spec.parallel is not None else None
+    if pipeline is not None:
+        loss_sum, tokens, extras = pipeline_step(pipeline, batches, spec, accum)
+    for i in range(accum if pipeline is None else 0):
         batch = next(batches)
         loss, batch_extras = forward_backward_step(state.model, batch, spec, accum=accum, last=i == accum - 1)
         for key, value in batch_extras.items():
@@ -171,6 +178,16 @@ def train_step(state: TrainState, batches: Iterator[Any], spec: StepSpec, *, lr:
     if not result.spike:
         state.advance(tokens)
     return result
+
+
+def pipeline_step(pipeline, batches: Iterator[Any], spec: StepSpec, accum: int) -> tuple[float, int, dict[str, float]]:
+    """Forward and backward of a step's ``accum`` batches through the pipeline schedule: the sum of the losses as
+    accumulation reports it (the mean loss x ``accum``, on every stage), the tokens and the extras."""
+    if spec.pipeline_inputs is None:
+        raise ValueError("parallel.pipeline_parallel > 1: this training method does not run pipelined (pretrain does)")
+    drawn = [next(batches) for _ in range(accum)]
+    mean, extras = pipeline.forward_backward(drawn, spec.pipeline_inputs)
+    return mean * accum, sum(spec.tokens(batch) for batch in drawn), extras
 
 
 def moe_metrics(model: nn.Module) -> dict[str, float]:
@@ -201,6 +218,10 @@ def clip_grad_norm(model: nn.Module, max_norm: float, parallel: ParallelState | 
         if isinstance(n, DTensor):
             n = n.full_tensor()
         total_sq += n.double().cpu() ** 2
+    if parallel.pipeline is not None:  # each rank holds its stages' gradients: the sum over the stages
+        from groundup.parallel.apply_pp import clip_group_norm_sq
+
+        total_sq = clip_group_norm_sq(total_sq, parallel.pipeline)
     total = float(total_sq.sqrt())
     if max_norm > 0 and math.isfinite(total):
         coef = min(max_norm / (total + 1e-6), 1.0)
