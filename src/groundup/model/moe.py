@@ -52,6 +52,9 @@ class Experts(nn.Module):
         self.kind = config.mlp
         self.fc = nn.Parameter(torch.empty(E, 2 * H if self.kind == "swiglu" else H, C))
         self.proj = nn.Parameter(torch.empty(E, C, H))
+        # Inference pads each expert's rows to a multiple of this (set by ``groundup.infer.weights``' probe), so that
+        # a token's result does not depend on how many others chose the same expert (the engine's batch invariance).
+        self.row_multiple = 1
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
@@ -60,11 +63,13 @@ class Experts(nn.Module):
             h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
             return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
         out = torch.empty_like(x)
-        start = 0
+        start, m = 0, self.row_multiple
         for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
             if n:
-                rows = slice(start, start + n)
-                out[rows] = activate(x[rows] @ self.fc[e].t(), self.kind) @ self.proj[e].t()
+                rows = x[start:start + n]
+                if m > 1 and n % m and not torch.is_grad_enabled():
+                    rows = F.pad(rows, (0, 0, 0, m - n % m))
+                out[start:start + n] = (activate(rows @ self.fc[e].t(), self.kind) @ self.proj[e].t())[:n]
                 start += n
         return out
 
