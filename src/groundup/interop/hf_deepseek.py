@@ -118,7 +118,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
             out[m + "shared_experts.up_proj.weight"] = ref.new_zeros(0, C)
             out[m + "shared_experts.down_proj.weight"] = ref.new_zeros(C, 0)
     out["model.norm.weight"] = state["final_norm.weight"]
-    out["lm_head.weight"] = state["lm_head.weight"] if "lm_head.weight" in state else ref
+    out["lm_head.weight"] = state.get("lm_head.weight", ref)
     return out
 
 
