@@ -10,6 +10,7 @@ import torch
 from groundup.infer.decode import Decoder
 from groundup.infer.engine import Engine, Request
 from groundup.infer.sampling import SamplingParams
+from groundup.model import transformer
 from groundup.model.config import ModelConfig
 from groundup.model.transformer import Transformer
 from groundup.plan.inference import kv_cache_bytes_per_token
@@ -73,21 +74,28 @@ def test_the_cache_keeps_the_latent_and_is_smaller_by_the_ratio_of_the_shapes():
     assert kv_cache_bytes_per_token(v3) == 61 * (512 + 64) * 2
 
 
-@pytest.mark.parametrize("layout", ["plain", "packed"])
-def test_decoding_gives_the_full_forward_logits(model, layout):
-    """Prefill and one-token decode steps through the latent cache, among other rows, give each position the
-    logits of the plain forward over the whole sequence."""
+@pytest.mark.parametrize("layout", ["plain", "transposed", "packed"])
+def test_decoding_gives_the_full_forward_logits(model, layout, monkeypatch):
+    """Prefill (decompressed latents, 70 tokens) and one-token decode steps (the absorbed form, reading the
+    latents) among other rows give each position the logits of the plain forward over the whole sequence,
+    whichever layout the decode view keeps kv_up's weight in."""
     if layout == "packed" and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    ids = torch.randint(0, 300, (1, 20), generator=torch.Generator().manual_seed(0))
+    absorbed = []
+    original = transformer.LatentAttention.absorbed
+    monkeypatch.setattr(transformer.LatentAttention, "absorbed",
+                        lambda self, *args: absorbed.append(1) or original(self, *args))
+    ids = torch.randint(0, 300, (1, 78), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(ids)[0]  # (T, V)
     decoder = Decoder(model, num_slots=4, layout=layout)
-    prefill = decoder.prefill(2, ids[0, :12].tolist(), all_positions=True)
-    torch.testing.assert_close(prefill, reference[:12], atol=1e-4, rtol=1e-4)
-    for t in range(12, 20):
+    prefill = decoder.prefill(2, ids[0, :70].tolist(), all_positions=True)  # > ABSORBED_ROWS: decompressed
+    assert not absorbed
+    torch.testing.assert_close(prefill, reference[:70], atol=1e-4, rtol=1e-4)
+    for t in range(70, 78):
         logits = decoder.rows([0, 1, 2, 3], [0, 0, t, 0], [0, 0, int(ids[0, t]), 0])
         torch.testing.assert_close(logits[2], reference[t], atol=1e-4, rtol=1e-4)
+    assert len(absorbed) == 8 * model.config.n_layer
 
 
 def test_decode_rows_are_alike_at_any_batch(model):

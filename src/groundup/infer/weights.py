@@ -40,6 +40,8 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 4)
         self.bias = linear.bias
+        # The weight itself, shared, not copied: latent attention's absorbed decode reads it as a matrix.
+        self.source_weight = linear.weight.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -124,6 +126,23 @@ def _rows_alike(linear: nn.Module, in_features: int, pad: Callable[[int], int], 
     return True
 
 
+def _padded_rows_alike(product: Callable[[torch.Tensor], torch.Tensor], in_features: int, multiple: int,
+                       device: torch.device, rows: int = 9) -> bool:
+    """Whether ``product`` gives every row the same bits at every row count that is a multiple of ``multiple``,
+    up to ``rows`` rounded up, at any place."""
+    gen = torch.Generator().manual_seed(0)
+    counts = sorted({-(-k // multiple) * multiple for k in range(1, rows + 1)})
+    x = torch.randn(counts[-1] + 3, in_features, generator=gen).to(device)
+    seen: dict[int, torch.Tensor] = {}
+    for n in counts:
+        for offset in (0, 3):
+            y = product(x[offset: offset + n])
+            for i in range(n):
+                if not torch.equal(seen.setdefault(offset + i, y[i]), y[i]):
+                    return False
+    return True
+
+
 EXPERT_ROW_MULTIPLES = (1, 2, 4, 8)
 """Row counts an expert's products may be padded to a multiple of, from the cheapest (see :func:`expert_row_multiple`)."""
 
@@ -144,9 +163,7 @@ def expert_row_multiple(view: nn.Module) -> int:
     products = [(lambda x: x @ fc.t(), fc.shape[1]), (lambda x: x @ proj.t(), proj.shape[1])]
     chosen = EXPERT_ROW_MULTIPLES[-1]
     for multiple in EXPERT_ROW_MULTIPLES:
-        def pad(n: int, multiple: int = multiple) -> int:
-            return -(-n // multiple) * multiple
-        if all(_rows_alike(product, features, pad, device) for product, features in products):
+        if all(_padded_rows_alike(product, features, multiple, device) for product, features in products):
             chosen = multiple
             break
     for module in experts:

@@ -42,6 +42,17 @@ def _grouped_mm_ok(x: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(x.device)[0] >= 9)
 
 
+def sigmoid_by_rows(logits: torch.Tensor) -> torch.Tensor:
+    """sigmoid of ``logits`` (N, E) with each row's bits independent of N: PyTorch's elementwise CPU kernels
+    compute the values past their last whole pair of SIMD vectors (32 floats with AVX-512) by a scalar path whose
+    bits may differ, and which values those are depends on N·E; rows padded to a multiple of 64 values all take
+    the vector path (decoding's batch invariance)."""
+    E = logits.shape[-1]
+    if E % 64 == 0:
+        return logits.sigmoid()
+    return F.pad(logits, (0, -E % 64)).sigmoid()[:, :E]
+
+
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights: ``fc`` (E, up, C) with up = 2H for SwiGLU ([gate; up],
     the layout of transformers' Mixtral), ``proj`` (E, C, H)."""
@@ -97,7 +108,7 @@ class MoE(nn.Module):
         """Router on ``x`` (N, C): chosen experts (N, k), their weights (N, k), and the scores (N, E)."""
         cfg = self.config
         logits = self.router(x).float()  # (N, E)
-        scores = logits.softmax(dim=-1) if cfg.moe_score == "softmax" else logits.sigmoid()
+        scores = logits.softmax(dim=-1) if cfg.moe_score == "softmax" else sigmoid_by_rows(logits)
         choice = scores + self.expert_bias if cfg.moe_balance == "bias" else scores
         if cfg.moe_groups > 1:  # group-limited routing: only the best groups' experts compete
             N, E, G = choice.shape[0], choice.shape[1], cfg.moe_groups

@@ -192,10 +192,13 @@ class LatentAttention(nn.Module):
     [q_nope ; rope(q_rope)]. The KV cache keeps c and rope(k_r): r + dr values per token and layer, against
     2 * nh * hd for multi-head attention.
 
-    Decoding decompresses: the cached latents go through ``kv_up`` into every head's keys and values and
-    attention runs as in training (the same products, so cached and uncached forwards agree). The absorbed
-    form (W_UK folded into the queries, W_UV into the output projection) would read the latents directly; it
-    is not implemented.
+    With a KV cache, a forward of up to ``ABSORBED_ROWS`` tokens a row (decode steps, speculative verification)
+    runs the absorbed form (DeepSeek-V2, appendix C): W_UK folded into the queries, W_UV applied after the
+    weighted sum, so attention reads the cached latents directly, one product for all heads (they share the
+    latent), and the latents are never decompressed; per step and layer that is about nh·L·(2r + dr)
+    multiply-adds against L·r·nh·(dn + dv) to decompress L cached tokens. Longer forwards (prefill) and
+    training decompress: ``kv_up`` turns the latents into every head's keys and values and attention runs as
+    usual. Both compute the same function (to rounding).
 
     Parameter names: ``q_down``/``q_latent_norm``/``q_up`` (or ``q``), ``kv_down`` (C -> r + dr: the latent and
     the RoPE key), ``kv_latent_norm``, ``kv_up`` (r -> nh * (dn + dv), each head's key part then value part),
@@ -238,6 +241,10 @@ class LatentAttention(nn.Module):
         q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope, *rope)
         if cache is not None:
             latent, k_rope, mask = cache.update(self.layer, latent, k_rope)  # (B, 1, L, r), (B, 1, L, dr)
+            w_up = linear_weight(self.kv_up) if T <= ABSORBED_ROWS else None
+            if w_up is not None:
+                y = self.absorbed(q_nope, q_rope, latent, k_rope, mask, w_up)  # (B, nh, T, dv)
+                return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, nh * dv)))
         L = latent.shape[2]
         kv = self.kv_up(latent[:, 0]).view(B, L, nh, dn + dv).transpose(1, 2)  # (B, nh, L, dn + dv)
         k_nope, v = kv.split((dn, dv), dim=-1)
@@ -252,6 +259,37 @@ class LatentAttention(nn.Module):
             )  # (B, nh, T, dv)
         y = y.transpose(1, 2).reshape(B, T, nh * dv)
         return self.resid_dropout(self.proj(y))
+
+
+    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                 mask: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+        """Attention over the cached latents without decompressing them: q_nope (B, nh, T, dn), q_rope
+        (B, nh, T, dr), latent (B, 1, L, r), k_rope (B, 1, L, dr), mask (B, 1, T, L), w_up the (nh·(dn + dv), r)
+        weight of ``kv_up``; returns (B, nh, T, dv). Each row is its own products (batch invariance)."""
+        B, nh, T, dn = q_nope.shape
+        L, r, dr, dv = latent.shape[2], self.rank, self.rope_dim, self.v_dim
+        w_uk, w_uv = w_up.view(nh, dn + dv, r).split((dn, dv), dim=1)  # (nh, dn, r), (nh, dv, r)
+        q_latent = torch.matmul(q_nope, w_uk)  # (B, nh, T, r): q_nope·W_UK is what q·k_nope reads of the latent
+        # Every head attends to the same latents and RoPE keys: one product of all heads' rows per sequence.
+        scores = (torch.matmul(q_latent.reshape(B, nh * T, r), latent[:, 0].transpose(1, 2))
+                  + torch.matmul(q_rope.reshape(B, nh * T, dr), k_rope[:, 0].transpose(1, 2)))  # (B, nh*T, L)
+        scores = (scores * self.scale).view(B, nh, T, L).masked_fill(~mask, float("-inf"))
+        out_latent = torch.matmul(scores.softmax(-1).view(B, nh * T, L), latent[:, 0])  # (B, nh*T, r)
+        return torch.matmul(out_latent.view(B, nh, T, r), w_uv.transpose(1, 2))  # (B, nh, T, dv)
+
+
+ABSORBED_ROWS = 64
+"""Tokens per row up to which latent attention over a KV cache runs absorbed (decode steps, verification)."""
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor | None:
+    """The (out, in) floating-point weight of a linear layer, as it is or as a decode view holds it (a transposed
+    copy ``weight_t``, or ``source_weight`` beside a packed one); None for other layers (quantized, LoRA)."""
+    if type(module) is nn.Linear:
+        return module.weight
+    if getattr(module, "weight_t", None) is not None:
+        return module.weight_t.t()
+    return getattr(module, "source_weight", None)
 
 
 class MLP(nn.Module):
