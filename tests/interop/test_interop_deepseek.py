@@ -15,6 +15,7 @@ from groundup.interop.hf import (
     export_hf,
     from_transformers,
     hf_architecture,
+    hf_param_names,
     import_hf,
     load_hf_folder,
     to_transformers,
@@ -72,6 +73,15 @@ def test_import_from_a_saved_folder_and_export_back(changes, tmp_path):
     back.save_pretrained(tmp_path / "back")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
     assert type(loaded).__name__ == "DeepseekV3ForCausalLM" and max_diff(model, loaded) <= TOLERANCE
+
+
+def test_every_tensor_has_its_hf_name():
+    hf = random_hf(q_lora_rank=None)
+    model = from_transformers(hf)
+    names = hf_param_names(model.config)
+    theirs = set(hf.state_dict())
+    assert set(names) == set(model.state_dict()) - {"rope_cos", "rope_sin"}
+    assert {n for joined in names.values() for n in joined.split("+")} == theirs
 
 
 def test_the_rope_layout_and_the_bias_are_applied():

@@ -132,6 +132,10 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
     too (HF ties it the same way).
     """
     layout = export_layout(config)
+    if layout.arch == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.hf_param_names(config)
     names: dict[str, str] = {}
     if layout.arch == "gpt2":
         names["tok_embeddings.weight"] = "transformer.wte.weight"

@@ -76,6 +76,40 @@ def _permute_kv_rope(w: torch.Tensor, config: ModelConfig, order: torch.Tensor) 
     return torch.cat((w[:r], w[r:][order]))
 
 
+# ---------------------------------------------------------------------------- names
+
+
+def hf_param_names(config: ModelConfig) -> dict[str, str]:
+    """groundup parameter (and score-correction bias) name -> DeepseekV3ForCausalLM's; fused SwiGLU ``fc`` -> the
+    ``+``-joined gate and up projections; the query and kv projections' RoPE rows are permuted on the way."""
+    names = {"tok_embeddings.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
+    for i in range(config.n_layer):
+        p, h = f"blocks.{i}.", f"model.layers.{i}."
+        pairs = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm",
+                 "attn.kv_down": "self_attn.kv_a_proj_with_mqa", "attn.kv_latent_norm": "self_attn.kv_a_layernorm",
+                 "attn.kv_up": "self_attn.kv_b_proj", "attn.proj": "self_attn.o_proj"}
+        if config.q_lora_rank:
+            pairs |= {"attn.q_down": "self_attn.q_a_proj", "attn.q_latent_norm": "self_attn.q_a_layernorm",
+                      "attn.q_up": "self_attn.q_b_proj"}
+        else:
+            pairs["attn.q"] = "self_attn.q_proj"
+        names |= {f"{p}{ours}.weight": f"{h}{theirs}.weight" for ours, theirs in pairs.items()}
+        if not config.is_moe_layer(i):
+            names[p + "mlp.fc.weight"] = f"{h}mlp.gate_proj.weight+{h}mlp.up_proj.weight"
+            names[p + "mlp.proj.weight"] = h + "mlp.down_proj.weight"
+            continue
+        names |= {p + "mlp.router.weight": h + "mlp.gate.weight",
+                  p + "mlp.expert_bias": h + "mlp.gate.e_score_correction_bias",
+                  p + "mlp.experts.fc": h + "mlp.experts.gate_up_proj",
+                  p + "mlp.experts.proj": h + "mlp.experts.down_proj"}
+        if config.moe_shared_experts:
+            names[p + "mlp.shared.fc.weight"] = (f"{h}mlp.shared_experts.gate_proj.weight+"
+                                                 f"{h}mlp.shared_experts.up_proj.weight")
+            names[p + "mlp.shared.proj.weight"] = h + "mlp.shared_experts.down_proj.weight"
+    return names
+
+
 # ---------------------------------------------------------------------------- state dicts, both ways
 
 

@@ -143,7 +143,8 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     Per token and block, with a bytes per value, C width, q = n_head·head_dim, kv = n_kv_head·head_dim,
     H the MLP width (Korthikanti et al. 2022, section 4.1, term by term):
 
-    - two norms keep their inputs: 2·C·a; the qkv projection its input: C·a; q, k, v: (q + 2·kv)·a;
+    - two norms keep their inputs: 2·C·a; the qkv projection its input: C·a; q, k, v: (q + 2·kv)·a (latent
+      attention: every head's decompressed keys and values, and the two latents);
     - attention: a fused (flash) kernel keeps its output q·a and a log-sum-exp per head (4 bytes);
       an unfused one keeps the softmax n_head·s·a, with attention dropout also a mask n_head·s and the
       dropped-out copy n_head·s·a, and the output q·a;
@@ -159,14 +160,19 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     if micro_batch <= 0 or s <= 0:
         raise ValueError(f"micro_batch and seq_len must be positive, got {micro_batch}, {s}")
     a, C, H = bytes_per_value, cfg.n_embd, cfg.mlp_hidden
-    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    # Latent attention: keys and values decompressed for every head (query/key and value widths differ), plus the
+    # q and kv latents the up projections keep.
+    kv_heads = cfg.n_head if cfg.attention == "mla" else cfg.kv_heads
+    q, k, v = cfg.n_head * cfg.query_key_dim, kv_heads * cfg.query_key_dim, kv_heads * cfg.value_dim
+    out = cfg.n_head * cfg.value_dim
+    latents = cfg.q_lora_rank + cfg.kv_lora_rank if cfg.attention == "mla" else 0
     dropout, attention_dropout = cfg.dropout > 0, cfg.attention_dropout > 0
 
-    per_token = 2 * C * a + C * a + (q + 2 * kv) * a
+    per_token = 2 * C * a + C * a + (q + k + v + latents) * a
     if flash_attention:
-        per_token += q * a + cfg.n_head * 4
+        per_token += out * a + cfg.n_head * 4
     else:
-        per_token += cfg.n_head * s * a + q * a
+        per_token += cfg.n_head * s * a + out * a
         if attention_dropout:
             per_token += cfg.n_head * s * (1 + a)
     swiglu = cfg.mlp == "swiglu"
