@@ -114,3 +114,10 @@ def test_moe_weights_into_a_dense_shape_name_the_setting(tmp_path):
         load_model_weights(Transformer(dataclasses.replace(moe, moe_experts=0)), tmp_path / "moe.safetensors")
     with pytest.raises(ValueError, match=r"the file has latent attention .*\(attention='mha'\)"):
         load_model_weights(Transformer(dataclasses.replace(moe, attention="mha")), tmp_path / "moe.safetensors")
+
+
+def test_tensor_parallelism_refuses_latent_attention_by_name():
+    from groundup.parallel.apply_tp import check_tp
+
+    with pytest.raises(ValueError, match="attention='mla'"):
+        check_tp(tiny(), 2)

@@ -67,6 +67,9 @@ def to_plain_layout(state: dict[str, torch.Tensor], config: ModelConfig, tp: int
 
 
 def check_tp(config: ModelConfig, tp: int) -> None:
+    if config.attention != "mha" and tp > 1:
+        raise ValueError(f"tensor_parallel={tp} needs attention='mha': latent attention is not sharded "
+                         f"(attention={config.attention!r})")
     problems = [f"{name}={value}" for name, value in (("n_head", config.n_head), ("n_kv_head", config.kv_heads),
                                                        ("mlp_hidden", config.mlp_hidden)) if value % tp]
     if problems:
