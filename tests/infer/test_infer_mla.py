@@ -134,3 +134,14 @@ def test_the_engine_batches_requests_without_changing_them(model):
         logprobs = [lp.logprob for e in events[i] for lp in e.logprobs]
         assert tokens == alone[i].token_ids, f"request {i} changed in a batch"
         assert logprobs == [lp.logprob for lp in alone[i].logprobs]
+
+
+def test_a_quantized_latent_model_decompresses_and_decodes_its_own_greedy_tokens():
+    """With kv_up quantized (no float weight to absorb), decode steps decompress the latents instead: greedy
+    tokens through the engine's path are the quantized model's own."""
+    from groundup.infer.generate import generate_tokens
+    from groundup.model.quant import QuantConfig, quantize_model
+
+    model = quantize_model(build(deepseek_config()), QuantConfig(method="int8"))
+    prompt = [5, 17, 42, 99, 3]
+    assert list(generate_tokens(model, prompt, GREEDY)) == greedy_by_full_forward(model, prompt, 16)

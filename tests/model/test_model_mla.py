@@ -97,6 +97,7 @@ def test_latent_attention_is_causal_and_trains():
     ({"kv_lora_rank": 0}, "kv_lora_rank"),
     ({"qk_norm": True}, "qk_norm"),
     ({"value_embeddings": True}, "value_embeddings"),
+    ({"n_kv_head": 2}, "n_kv_head"),
 ])
 def test_bad_latent_attention_settings_are_named(changes, named):
     with pytest.raises(ValueError, match=named):

@@ -195,6 +195,9 @@ class ModelConfig:
                      if getattr(self, name) < 0]
         if self.position != "rope":
             problems.append(f"attention='mla' needs position='rope' (its decoupled RoPE key), got {self.position!r}")
+        if self.n_kv_head not in (None, self.n_head):
+            problems.append(f"n_kv_head={self.n_kv_head} does not apply to attention='mla' (every head reads the "
+                            "one latent)")
         # Switches of the grouped-query attention that latent attention has no place for.
         problems += [f"{name}={getattr(self, name)!r} does not apply to attention='mla'"
                      for name, off in (("qk_norm", False), ("value_embeddings", False), ("qkv_bias", False),
