@@ -59,6 +59,9 @@ def rolling_capacity(max_len: int, window: int | None) -> int:
 class SlotKVCache:
     """Keys and values of ``num_slots`` sequences, plus one scratch slot: (n_layer, slots + 1, nkv, capacity, hd),
     where capacity is ``max_len``, or with a sliding window about the window (see :func:`rolling_capacity`).
+    With latent attention, ``k`` holds the kv latents (n_layer, slots + 1, 1, capacity, kv_lora_rank) and ``v``
+    the RoPE keys (..., qk_rope_head_dim): (2·nkv·hd) / (kv_lora_rank + qk_rope_head_dim) times smaller per
+    token than multi-head attention's keys and values.
 
     The scratch slot (index ``num_slots``) takes the writes of padding rows (see the engine's batch
     invariance), so that they never touch a sequence's keys.
@@ -77,13 +80,17 @@ class SlotKVCache:
         # A sliding window keeps only the newest keys: position p lives at place p % capacity (a rolling cache).
         self.capacity = rolling_capacity(self.max_len, self.window)
         self.rolling = self.capacity < self.max_len
-        shape = (config.n_layer, num_slots + 1, config.kv_heads, self.capacity, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # What a token leaves per layer (ModelConfig.kv_cache_entry): its keys and values, or with latent attention
+        # the kv latent in the keys' place and the shared RoPE key in the values'.
+        heads, key_features, value_features = config.kv_cache_entry
+        self.k = torch.zeros((config.n_layer, num_slots + 1, heads, self.capacity, key_features), dtype=dtype,
+                             device=device)
+        self.v = torch.zeros((config.n_layer, num_slots + 1, heads, self.capacity, value_features), dtype=dtype,
+                             device=device)
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
     @property
     def max_tokens_per_forward(self) -> int | None:

@@ -40,6 +40,8 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 4)
         self.bias = linear.bias
+        # The weight itself, shared, not copied: latent attention's absorbed decode reads it as a matrix.
+        self.source_weight = linear.weight.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -124,13 +126,60 @@ def _rows_alike(linear: nn.Module, in_features: int, pad: Callable[[int], int], 
     return True
 
 
+def _padded_rows_alike(product: Callable[[torch.Tensor], torch.Tensor], in_features: int, multiple: int,
+                       device: torch.device, rows: int = 9) -> bool:
+    """Whether ``product`` gives every row the same bits at every row count that is a multiple of ``multiple``,
+    up to ``rows`` rounded up, at any place."""
+    gen = torch.Generator().manual_seed(0)
+    counts = sorted({-(-k // multiple) * multiple for k in range(1, rows + 1)})
+    x = torch.randn(counts[-1] + 3, in_features, generator=gen).to(device)
+    seen: dict[int, torch.Tensor] = {}
+    for n in counts:
+        for offset in (0, 3):
+            y = product(x[offset: offset + n])
+            for i in range(n):
+                if not torch.equal(seen.setdefault(offset + i, y[i]), y[i]):
+                    return False
+    return True
+
+
+EXPERT_ROW_MULTIPLES = (1, 2, 4, 8)
+"""Row counts an expert's products may be padded to a multiple of, from the cheapest (see :func:`expert_row_multiple`)."""
+
+
+@torch.inference_mode()
+def expert_row_multiple(view: nn.Module) -> int:
+    """The smallest of :data:`EXPERT_ROW_MULTIPLES` under which the mixture-of-experts products (``x @ fc[e]ᵀ``,
+    ``h @ proj[e]ᵀ``) compute every row alike, set on each ``Experts`` module of ``view`` (the decode view's own
+    copies): an expert's tokens are then padded to that multiple, and a token's result does not depend on how
+    many others chose its expert. 1 without experts."""
+    from groundup.model.moe import Experts
+
+    experts = [m for m in view.modules() if isinstance(m, Experts)]
+    if not experts:
+        return 1
+    device = first_tensor(view).device
+    fc, proj = experts[0].fc[0], experts[0].proj[0]  # (up, C), (C, H): every layer's experts have these shapes
+    products = [(lambda x: x @ fc.t(), fc.shape[1]), (lambda x: x @ proj.t(), proj.shape[1])]
+    chosen = EXPERT_ROW_MULTIPLES[-1]
+    for multiple in EXPERT_ROW_MULTIPLES:
+        if all(_padded_rows_alike(product, features, multiple, device) for product, features in products):
+            chosen = multiple
+            break
+    for module in experts:
+        module.row_multiple = chosen
+    return chosen
+
+
 @torch.inference_mode()
 def row_padding(view: nn.Module) -> str:
     """The cheapest of :data:`PADDINGS` under which every linear layer of ``view`` computes rows alike.
 
     Checked on random inputs, once per kind and shape of layer. Where none holds (an unusual kernel), the
-    widest is used and greedy output may depend on the batch: a warning says so.
+    widest is used and greedy output may depend on the batch: a warning says so. Mixture-of-experts products
+    get their own padding (:func:`expert_row_multiple`).
     """
+    expert_row_multiple(view)  # the experts' products, padded per expert (set on the view's Experts modules)
     layers = {}
     for module in view.modules():
         features = getattr(module, "in_features", None)

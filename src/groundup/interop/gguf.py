@@ -82,7 +82,11 @@ def unpermute_qk(weights: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def _arch(config: ModelConfig) -> str:
-    return "llama" if hf_architecture(config) == "llama" else "gpt2"
+    arch = hf_architecture(config)
+    if arch not in ("llama", "gpt2"):
+        raise UnsupportedModelError(f"GGUF export writes the llama and gpt2 architectures, not {arch} "
+                                    f"(attention={config.attention!r})")
+    return arch
 
 
 def _name_map(config: ModelConfig):
@@ -387,7 +391,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, *, dtype: str = "f16",
 
     model_dir, out = Path(model_dir), Path(out)
     model, tokenizer = load_model_dir(model_dir)
-    hf_architecture(model.config)
+    _arch(model.config)
     unwritten = [f"{name}={getattr(model.config, name)!r}" for name in ("rope_scaling", "sliding_window", "head_size")
                  if getattr(model.config, name) is not None]
     if unwritten:  # llama.cpp has keys for them; groundup's GGUF writer does not write them yet

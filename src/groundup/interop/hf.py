@@ -12,6 +12,9 @@ runtime knows (transformers, vLLM, TGI, llama.cpp's converter):
   uses the half-split layout HF Llama checkpoints use, so no row permutation is needed. Q/K/V biases
   without other biases (Qwen2 style) export as ``attention_bias=True`` with a zero output bias.
 
+Latent attention (``attention='mla'``) maps onto ``DeepseekV3ForCausalLM``: see
+:mod:`groundup.interop.hf_deepseek`, which this module hands those shapes, tensors and configs to.
+
 Import reads the same two layouts plus Mistral and Qwen2 (Llama-shaped) from a local folder's
 safetensors (one file or sharded with an index) or ``pytorch_model.bin`` (``weights_only`` loading),
 checking every tensor's name and shape against the expected layout before anything is loaded.
@@ -40,7 +43,7 @@ from groundup.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "deepseek_v3")
 """HF ``model_type`` values ``import`` reads."""
 # Non-parameter buffers some checkpoints carry (GPT-2's causal mask, old Llama's RoPE frequencies).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
@@ -71,6 +74,10 @@ def hf_architecture(config: ModelConfig) -> str:
     if unmapped:
         raise UnsupportedModelError(f"model switches {', '.join(unmapped)} map onto no Hugging Face or GGUF "
                                     "architecture groundup exports")
+    if config.attention == "mla":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.check_exportable(config)
     family = config.family
     if family == "llama" and config.sliding_window is not None and (config.bias or config.qkv_bias):
         raise UnsupportedModelError("model switches sliding_window with biases map onto no Hugging Face "
@@ -101,12 +108,16 @@ class HFLayout:
     mlp_bias: bool = False
     qk_norm: bool = False
     """Per-head RMSNorm on queries and keys (``self_attn.q_norm``/``k_norm``: Qwen3)."""
+    rope_interleave: bool = False
+    """RoPE on interleaved pairs of features (DeepSeek-V3's checkpoints): rows are permuted on the way in."""
 
 
 def export_layout(config: ModelConfig) -> HFLayout:
     arch = hf_architecture(config)
     if arch == "gpt2":
         return HFLayout("gpt2", True, True, True)  # HF GPT-2 always has every bias
+    if arch == "deepseek_v3":
+        return HFLayout(arch, rope_interleave=True)
     attention_bias = config.bias or config.qkv_bias  # HF Llama's attention_bias covers q, k, v and o together
     return HFLayout("llama", attention_bias, attention_bias, config.bias)
 
@@ -121,6 +132,10 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
     too (HF ties it the same way).
     """
     layout = export_layout(config)
+    if layout.arch == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.hf_param_names(config)
     names: dict[str, str] = {}
     if layout.arch == "gpt2":
         names["tok_embeddings.weight"] = "transformer.wte.weight"
@@ -176,6 +191,10 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
                      layout: HFLayout | None = None) -> dict[str, torch.Tensor]:
     """groundup state dict -> HF state dict (``lm_head.weight`` included, even when tied)."""
     layout = layout or export_layout(config)
+    if layout.arch == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.to_hf_state_dict(state, config)
     ref = state["tok_embeddings.weight"]
 
     def get(name: str, size: int) -> torch.Tensor:
@@ -237,6 +256,10 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
 def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
                        layout: HFLayout) -> dict[str, torch.Tensor]:
     """HF state dict (already checked by :func:`check_hf_tensors`) -> groundup state dict for ``config``."""
+    if layout.arch == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.from_hf_state_dict(tensors, config, layout.rope_interleave)
     C, hidden = config.n_embd, config.mlp_hidden
     t = tensors
 
@@ -328,6 +351,10 @@ def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_
     common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
               "initializer_range": config.init_std, "bos_token_id": bos_token_id,
               "eos_token_id": eos_token_id, "pad_token_id": pad_token_id, "use_cache": True}
+    if layout.arch == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        return hf_deepseek.hf_config_dict(config, common)
     if layout.arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
                 "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
@@ -429,6 +456,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
         raise UnsupportedModelError(f"{where}: missing key {key!r}")
 
     name = str(hf.get("_name_or_path") or model_type)
+    if model_type == "deepseek_v3":
+        from groundup.interop import hf_deepseek
+
+        config, interleaved = hf_deepseek.config_from_hf(hf, where)
+        return config, HFLayout("deepseek_v3", rope_interleave=interleaved)
     if model_type == "gpt2":
         act = hf.get("activation_function", "gelu_new")
         if act not in _TANH_GELUS:
@@ -591,6 +623,10 @@ def load_hf_folder(folder: str | Path) -> Transformer:
     folder = Path(folder)
     config, layout = config_from_hf(read_hf_config(folder), where=str(folder / "config.json"))
     tensors = _normalize_names(read_hf_tensors(folder), layout.arch)
+    if layout.arch == "deepseek_v3":  # experts saved one by one; the multi-token-prediction layers
+        from groundup.interop import hf_deepseek
+
+        tensors = hf_deepseek.normalize_tensors(tensors, config, str(folder))
     return _build(tensors, config, layout, where=str(folder))
 
 

@@ -104,24 +104,39 @@ class ModelConfig:
     """Weight of the router z-loss (ST-MoE: 1e-3); 0: logged, not trained on."""
     moe_bias_rate: float = 1e-3
     """Step of the auxiliary-loss-free bias update per optimizer step (DeepSeek-V3's gamma)."""
+    attention: Literal["mha", "mla"] = "mha"
+    """Multi-head attention (grouped-query with n_kv_head), or multi-head latent attention ('mla', DeepSeek-V2/V3):
+    queries and keys/values pass through low-rank latents, a RoPE key of qk_rope_head_dim is shared by the heads,
+    and the KV cache keeps only the kv latent and that key. Needs position='rope'."""
+    q_lora_rank: int = 0
+    """MLA: rank of the query latent (DeepSeek-V3: 1536); 0: queries straight from the residual (DeepSeek-V2-Lite)."""
+    kv_lora_rank: int = 512
+    """MLA: rank of the key/value latent, what the KV cache keeps per token and layer besides the RoPE key."""
+    qk_nope_head_dim: int = 128
+    """MLA: each head's query/key features without rotary position (decompressed from the latent)."""
+    qk_rope_head_dim: int = 64
+    """MLA: each head's query features with RoPE, and the one RoPE key all heads share."""
+    v_head_dim: int = 128
+    """MLA: each head's value features."""
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_head > 0 and self.head_size is None and self.n_embd % self.n_head:
+        if self.n_head > 0 and self.head_size is None and self.n_embd % self.n_head and self.attention != "mla":
             problems.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head is not None and (self.n_kv_head <= 0 or self.n_head % self.n_kv_head):
             problems.append(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if self.head_size is not None and self.head_size <= 0:
             problems.append(f"head_size must be positive or None, got {self.head_size}")
-        elif self.position == "rope" and self.n_head > 0 and self.head_dim % 2:
-            problems.append(f"RoPE needs an even head size, got {self.head_dim}")
+        elif self.position == "rope" and self.n_head > 0 and self.rope_dim % 2:
+            problems.append(f"RoPE needs an even head size, got {self.rope_dim}")
         if self.sliding_window is not None and self.sliding_window < 1:
             problems.append(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
         problems += check_rope_scaling(self.rope_scaling)
         problems += self._moe_problems()
+        problems += self._mla_problems()
         if self.rope_scaling is not None and self.position != "rope":
             problems.append("rope_scaling needs position='rope'")
         if self.norm not in ("layernorm", "rmsnorm"):
@@ -169,6 +184,26 @@ class ModelConfig:
             problems.append("moe_experts needs bias=False (experts have no biases)")
         return problems
 
+    def _mla_problems(self) -> list[str]:
+        if self.attention not in ("mha", "mla"):
+            return [f"attention must be 'mha' or 'mla', got {self.attention!r}"]
+        if self.attention == "mha":
+            return []
+        problems = [f"{name} must be positive with attention='mla', got {getattr(self, name)}"
+                    for name in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim") if getattr(self, name) <= 0]
+        problems += [f"{name} must be >= 0, got {getattr(self, name)}" for name in ("q_lora_rank", "qk_nope_head_dim")
+                     if getattr(self, name) < 0]
+        if self.position != "rope":
+            problems.append(f"attention='mla' needs position='rope' (its decoupled RoPE key), got {self.position!r}")
+        if self.n_kv_head not in (None, self.n_head):
+            problems.append(f"n_kv_head={self.n_kv_head} does not apply to attention='mla' (every head reads the "
+                            "one latent)")
+        # Switches of the grouped-query attention that latent attention has no place for.
+        problems += [f"{name}={getattr(self, name)!r} does not apply to attention='mla'"
+                     for name, off in (("qk_norm", False), ("value_embeddings", False), ("qkv_bias", False),
+                                       ("head_size", None)) if getattr(self, name) != off]
+        return problems
+
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block ``layer`` has a mixture-of-experts MLP (every layer after the first moe_dense_layers)."""
         return self.moe_experts > 0 and layer >= self.moe_dense_layers
@@ -184,6 +219,30 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def rope_dim(self) -> int:
+        """Features of a head that RoPE rotates: the whole head, or MLA's qk_rope_head_dim."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def query_key_dim(self) -> int:
+        """Features of a head's query and key (their dot product): head_dim, or MLA's nope plus rope features."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Features of a head's value (and attention output): head_dim, or MLA's v_head_dim."""
+        return self.v_head_dim if self.attention == "mla" else self.head_dim
+
+    @property
+    def kv_cache_entry(self) -> tuple[int, int, int]:
+        """What the KV cache keeps per token and layer: (heads, key features, value features). Grouped-query
+        attention: (n_kv_head, head_dim, head_dim); latent attention: one entry of the kv latent
+        (kv_lora_rank) and the shared RoPE key (qk_rope_head_dim), in the places of the key and the value."""
+        if self.attention == "mla":
+            return 1, self.kv_lora_rank, self.qk_rope_head_dim
+        return self.kv_heads, self.head_dim, self.head_dim
 
     @property
     def mlp_hidden(self) -> int:
@@ -240,8 +299,8 @@ PRESETS = {
     "llama-3-8b": lambda: ModelConfig.llama(name="llama-3-8b", vocab_size=128256, n_layer=32, n_head=32,
                                             n_kv_head=8, n_embd=4096, intermediate_size=14336,
                                             block_size=8192, rope_theta=500000.0),
-    # Mixtures of experts (counts on the meta device agree with transformers'; DeepSeek-V3 needs latent attention,
-    # which groundup's model does not have yet).
+    # Mixtures of experts (counts on the meta device agree with transformers'; DeepSeek-V3's adds the routers'
+    # score-correction biases, as DeepSeek's own code counts them).
     "mixtral-8x7b": lambda: ModelConfig.llama(name="mixtral-8x7b", n_layer=32, n_head=32, n_kv_head=8, n_embd=4096,
                                               intermediate_size=14336, block_size=32768, rope_theta=1e6,
                                               moe_experts=8, moe_top_k=2, moe_aux_loss_coef=0.02),
@@ -255,6 +314,17 @@ PRESETS = {
                                                    moe_experts=60, moe_top_k=4, moe_shared_experts=4,
                                                    moe_shared_gate=True, moe_normalize=False,
                                                    moe_aux_loss_coef=1e-3),
+    # DeepSeek-V3 (DeepSeek-AI 2024): latent attention, 3 dense layers then 58 of 256 routed experts (top 8 from the
+    # best 4 of 8 groups, sigmoid scores, bias balancing) and one shared expert; YaRN to 128K positions. The
+    # multi-token prediction module (layer 61 of the checkpoint) is not part of the model.
+    "deepseek-v3": lambda: ModelConfig.llama(
+        name="deepseek-v3", vocab_size=129280, n_layer=61, n_head=128, n_embd=7168, intermediate_size=18432,
+        block_size=163840, norm_eps=1e-6, rope_theta=10000.0,
+        rope_scaling={"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                      "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+        attention="mla", q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+        v_head_dim=128, moe_experts=256, moe_top_k=8, moe_hidden=2048, moe_shared_experts=1, moe_score="sigmoid",
+        moe_routed_scale=2.5, moe_groups=8, moe_group_top_k=4, moe_dense_layers=3, moe_balance="bias"),
     # Small shapes for laptops and tests.
     "tiny-gpt2": lambda: ModelConfig.gpt2(name="tiny-gpt2", vocab_size=8192, block_size=256, n_layer=4,
                                           n_head=4, n_embd=256),

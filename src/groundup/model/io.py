@@ -73,6 +73,19 @@ def save_model_weights(model, path: str | Path) -> Path:
     return save_safetensors(state, path, metadata={"format": "pt", "groundup_version": __version__})
 
 
+def _setting_hint(config, missing: list[str], unexpected: list[str]) -> str:
+    """The setting that most likely explains a name mismatch: experts, or latent attention, on one side only."""
+    hints = []
+    for names, side in ((unexpected, "the file has {} and this shape does not"),
+                        (missing, "this shape has {} and the file does not")):
+        if any(".mlp.experts." in n or ".mlp.router." in n for n in names):
+            hints.append(side.format("mixture-of-experts layers") +
+                         f" (moe_experts={config.moe_experts}, moe_dense_layers={config.moe_dense_layers})")
+        if any(".attn.kv_down." in n for n in names):
+            hints.append(side.format("latent attention") + f" (attention={config.attention!r})")
+    return "; " + "; ".join(hints) if hints else ""
+
+
 def load_model_weights(model, path: str | Path) -> None:
     """Load safetensors weights into ``model``, naming any tensor whose name or shape does not match."""
     from safetensors import SafetensorError
@@ -97,7 +110,8 @@ def load_model_weights(model, path: str | Path) -> None:
             parts.append(f"missing {missing[:5]}")
         if unexpected:
             parts.append(f"unexpected {unexpected[:5]}")
-        raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts))
+        hint = _setting_hint(model.config, missing, unexpected)
+        raise ValueError(f"{path} does not fit this model shape ({model.config.name}): " + ", ".join(parts) + hint)
     if first_tensor(model).is_meta:  # built on the meta device: take the file's tensors, no copy
         dtype = torch.get_default_dtype()  # as a model built for real would hold them (float32)
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}

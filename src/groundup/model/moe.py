@@ -60,6 +60,17 @@ def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> to
     return out
 
 
+def sigmoid_by_rows(logits: torch.Tensor) -> torch.Tensor:
+    """sigmoid of ``logits`` (N, E) with each row's bits independent of N: PyTorch's elementwise CPU kernels
+    compute the values past their last whole pair of SIMD vectors (32 floats with AVX-512) by a scalar path whose
+    bits may differ, and which values those are depends on N·E; rows padded to a multiple of 64 values all take
+    the vector path (decoding's batch invariance)."""
+    E = logits.shape[-1]
+    if E % 64 == 0:
+        return logits.sigmoid()
+    return F.pad(logits, (0, -E % 64)).sigmoid()[:, :E]
+
+
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights: ``fc`` (E, up, C) with up = 2H for SwiGLU ([gate; up],
     the layout of transformers' Mixtral), ``proj`` (E, C, H)."""
@@ -70,6 +81,9 @@ class Experts(nn.Module):
         self.kind = config.mlp
         self.fc = nn.Parameter(torch.empty(E, 2 * H if self.kind == "swiglu" else H, C))
         self.proj = nn.Parameter(torch.empty(E, C, H))
+        # Inference pads each expert's rows to a multiple of this (set by ``groundup.infer.weights``' probe), so that
+        # a token's result does not depend on how many others chose the same expert (the engine's batch invariance).
+        self.row_multiple = 1
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
@@ -78,11 +92,13 @@ class Experts(nn.Module):
             h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
             return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
         out = torch.empty_like(x)
-        start = 0
+        start, m = 0, self.row_multiple
         for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
             if n:
-                rows = slice(start, start + n)
-                out[rows] = activate(x[rows] @ self.fc[e].t(), self.kind) @ self.proj[e].t()
+                rows = x[start:start + n]
+                if m > 1 and n % m and not torch.is_grad_enabled():
+                    rows = F.pad(rows, (0, 0, 0, m - n % m))
+                out[start:start + n] = (activate(rows @ self.fc[e].t(), self.kind) @ self.proj[e].t())[:n]
                 start += n
         return out
 
@@ -113,7 +129,7 @@ class MoE(nn.Module):
         """Router on ``x`` (N, C): chosen experts (N, k), their weights (N, k), and the scores (N, E)."""
         cfg = self.config
         logits = self.router(x).float()  # (N, E)
-        scores = logits.softmax(dim=-1) if cfg.moe_score == "softmax" else logits.sigmoid()
+        scores = logits.softmax(dim=-1) if cfg.moe_score == "softmax" else sigmoid_by_rows(logits)
         choice = scores + self.expert_bias if cfg.moe_balance == "bias" else scores
         if cfg.moe_groups > 1:  # group-limited routing: only the best groups' experts compete
             N, E, G = choice.shape[0], choice.shape[1], cfg.moe_groups

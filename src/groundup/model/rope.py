@@ -73,6 +73,15 @@ def _yarn(inv_freq: torch.Tensor, base: float, dim: int, s: dict[str, Any]) -> t
     return interpolated * (1 - extrapolation) + inv_freq * extrapolation, float(attention_factor)
 
 
+def yarn_softmax_factor(scaling: dict[str, Any] | None) -> float:
+    """The factor on the attention softmax scale that DeepSeek's latent attention takes from YaRN: mscale² with
+    ``mscale_all_dim`` set (DeepSeek-V3: 0.1·ln(40) + 1 squared), else 1. transformers applies it in its MLA
+    models only (``yarn_apply_mscale``), as groundup does."""
+    if scaling is None or scaling.get("rope_type") in (None, "default") or not scaling.get("mscale_all_dim"):
+        return 1.0
+    return _yarn_mscale(float(scaling["factor"]), float(scaling["mscale_all_dim"])) ** 2
+
+
 def _llama3(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
     """Llama 3.1: long wavelengths divided by ``factor``, short ones kept, a smooth blend between."""
     factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])

@@ -18,7 +18,7 @@ from torch import nn
 from groundup.model.config import ModelConfig
 from groundup.model.fused_loss import linear_cross_entropy_fused
 from groundup.model.moe import Experts, MoE, activate, moe_loss
-from groundup.model.rope import rope_frequencies
+from groundup.model.rope import rope_frequencies, yarn_softmax_factor
 
 
 class RMSNorm(nn.Module):
@@ -55,9 +55,10 @@ def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
 def rope_table(config: ModelConfig, device: torch.device | None = None,
                length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles, (length or block_size, hd), in the half-split layout Llama checkpoints
-    use, with the config's RoPE scaling (see :mod:`groundup.model.rope`)."""
+    use, with the config's RoPE scaling (see :mod:`groundup.model.rope`); hd is the rotated features
+    (``config.rope_dim``: MLA rotates qk_rope_head_dim of them)."""
     # Dynamic NTK's base depends on the length a forward reaches (``length``); the fixed table is unscaled.
-    inv_freq, attention_factor = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling,
+    inv_freq, attention_factor = rope_frequencies(config.rope_dim, config.rope_theta, config.rope_scaling,
                                                   seq_len=length, device=device)
     t = torch.arange(length or config.block_size, device=device, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)  # (T, hd/2)
@@ -89,7 +90,9 @@ class KVCacheStep(Protocol):
 
     ``positions`` (B, T) is each token's position in its sequence. ``update(layer, k, v)`` stores this
     forward's keys and values (B, nkv, T, hd) for ``layer`` and returns the keys and values each row may
-    attend to, (B, nkv, L, hd), with the mask (B, 1, T, L) of the ones each query sees.
+    attend to, (B, nkv, L, hd), with the mask (B, 1, T, L) of the ones each query sees. Latent attention
+    stores its kv latent (B, 1, T, kv_lora_rank) and RoPE key (B, 1, T, qk_rope_head_dim) in their places
+    (``ModelConfig.kv_cache_entry``).
     """
 
     positions: torch.Tensor
@@ -178,6 +181,117 @@ class Attention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2, section 2.1; V3 keeps it): low-rank queries and keys/values, and
+    a decoupled RoPE key.
+
+    Shapes: r = kv_lora_rank, rq = q_lora_rank, dn = qk_nope_head_dim, dr = qk_rope_head_dim, dv = v_head_dim.
+    A token's keys and values come from one latent c (r features, RMS-normalized) and one RoPE key (dr
+    features, shared by every head): k = [W_UK c ; rope(k_r)] per head, v = W_UV c. Queries come from their own
+    latent (rq features, normalized) or, with q_lora_rank 0, straight from x; each head's query is
+    [q_nope ; rope(q_rope)]. The KV cache keeps c and rope(k_r): r + dr values per token and layer, against
+    2 * nh * hd for multi-head attention.
+
+    With a KV cache, a forward of up to ``ABSORBED_ROWS`` tokens a row (decode steps, speculative verification)
+    runs the absorbed form (DeepSeek-V2, appendix C): W_UK folded into the queries, W_UV applied after the
+    weighted sum, so attention reads the cached latents directly, one product for all heads (they share the
+    latent), and the latents are never decompressed; per step and layer that is about nh·L·(2r + dr)
+    multiply-adds against L·r·nh·(dn + dv) to decompress L cached tokens. Longer forwards (prefill) and
+    training decompress: ``kv_up`` turns the latents into every head's keys and values and attention runs as
+    usual. Both compute the same function (to rounding).
+
+    Parameter names: ``q_down``/``q_latent_norm``/``q_up`` (or ``q``), ``kv_down`` (C -> r + dr: the latent and
+    the RoPE key), ``kv_latent_norm``, ``kv_up`` (r -> nh * (dn + dv), each head's key part then value part),
+    ``proj`` (HF DeepseekV3's q_a_proj, q_a_layernorm, q_b_proj or q_proj, kv_a_proj_with_mqa, kv_a_layernorm,
+    kv_b_proj, o_proj). Biases (``bias``) on q_down, kv_down and proj, where DeepSeek's attention_bias puts them.
+    """
+
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.q_lora_rank = config.n_head, config.q_lora_rank
+        self.rank, self.nope, self.rope_dim, self.v_dim = (config.kv_lora_rank, config.qk_nope_head_dim,
+                                                           config.qk_rope_head_dim, config.v_head_dim)
+        C, nh, qk = config.n_embd, config.n_head, config.query_key_dim
+        if config.q_lora_rank:
+            self.q_down = nn.Linear(C, config.q_lora_rank, bias=config.bias)
+            self.q_latent_norm = RMSNorm(config.q_lora_rank, config.norm_eps, affine=config.norm_affine)
+            self.q_up = nn.Linear(config.q_lora_rank, nh * qk, bias=False)
+        else:
+            self.q = nn.Linear(C, nh * qk, bias=False)
+        self.kv_down = nn.Linear(C, self.rank + self.rope_dim, bias=config.bias)
+        self.kv_latent_norm = RMSNorm(self.rank, config.norm_eps, affine=config.norm_affine)
+        self.kv_up = nn.Linear(self.rank, nh * (self.nope + self.v_dim), bias=False)
+        self.proj = nn.Linear(nh * self.v_dim, C, bias=config.bias)
+        # 1/sqrt(dn + dr), times YaRN's mscale² where the scaling sets mscale_all_dim (DeepSeek-V3 does)
+        self.scale = qk ** -0.5 * yarn_softmax_factor(config.rope_scaling)
+        self.attention_dropout = config.attention_dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCacheStep | None = None, *, idx: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, dn, dr, dv = self.n_head, self.nope, self.rope_dim, self.v_dim
+        q = self.q_up(self.q_latent_norm(self.q_down(x))) if self.q_lora_rank else self.q(x)
+        q_nope, q_rope = q.view(B, T, nh, dn + dr).transpose(1, 2).split((dn, dr), dim=-1)  # (B, nh, T, dn|dr)
+        latent, k_rope = self.kv_down(x).split((self.rank, dr), dim=-1)  # (B, T, r), (B, T, dr)
+        latent = self.kv_latent_norm(latent)[:, None]  # (B, 1, T, r)
+        k_rope = k_rope[:, None]  # (B, 1, T, dr): one RoPE key for every head
+        q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope, *rope)
+        if cache is not None:
+            latent, k_rope, mask = cache.update(self.layer, latent, k_rope)  # (B, 1, L, r), (B, 1, L, dr)
+            w_up = linear_weight(self.kv_up) if T <= ABSORBED_ROWS else None
+            if w_up is not None:
+                y = self.absorbed(q_nope, q_rope, latent, k_rope, mask, w_up)  # (B, nh, T, dv)
+                return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, nh * dv)))
+        L = latent.shape[2]
+        kv = self.kv_up(latent[:, 0]).view(B, L, nh, dn + dv).transpose(1, 2)  # (B, nh, L, dn + dv)
+        k_nope, v = kv.split((dn, dv), dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1)  # (B, nh, T, dn + dr)
+        k = torch.cat((k_nope, k_rope.expand(B, nh, L, dr)), dim=-1)  # (B, nh, L, dn + dr)
+        if cache is not None and q.device.type == "cpu" and T <= CPU_MATMUL_ATTENTION_ROWS:
+            y = attend_by_matmul(q, k, v, mask, scale=self.scale)  # batch-invariant, see Attention
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
+                dropout_p=self.attention_dropout if self.training and cache is None else 0.0,
+            )  # (B, nh, T, dv)
+        y = y.transpose(1, 2).reshape(B, T, nh * dv)
+        return self.resid_dropout(self.proj(y))
+
+
+    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                 mask: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+        """Attention over the cached latents without decompressing them: q_nope (B, nh, T, dn), q_rope
+        (B, nh, T, dr), latent (B, 1, L, r), k_rope (B, 1, L, dr), mask (B, 1, T, L), w_up the (nh·(dn + dv), r)
+        weight of ``kv_up``; returns (B, nh, T, dv). Each row is its own products (batch invariance)."""
+        B, nh, T, dn = q_nope.shape
+        L, r, dr, dv = latent.shape[2], self.rank, self.rope_dim, self.v_dim
+        w_uk, w_uv = w_up.view(nh, dn + dv, r).split((dn, dv), dim=1)  # (nh, dn, r), (nh, dv, r)
+        q_latent = torch.matmul(q_nope, w_uk)  # (B, nh, T, r): q_nope·W_UK is what q·k_nope reads of the latent
+        # Every head attends to the same latents and RoPE keys: one product of all heads' rows per sequence.
+        scores = (torch.matmul(q_latent.reshape(B, nh * T, r), latent[:, 0].transpose(1, 2))
+                  + torch.matmul(q_rope.reshape(B, nh * T, dr), k_rope[:, 0].transpose(1, 2)))  # (B, nh*T, L)
+        scores = (scores * self.scale).view(B, nh, T, L).masked_fill(~mask, float("-inf"))
+        out_latent = torch.matmul(scores.softmax(-1).view(B, nh * T, L), latent[:, 0])  # (B, nh*T, r)
+        return torch.matmul(out_latent.view(B, nh, T, r), w_uv.transpose(1, 2))  # (B, nh, T, dv)
+
+
+ABSORBED_ROWS = 64
+"""Tokens per row up to which latent attention over a KV cache runs absorbed (decode steps, verification)."""
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor | None:
+    """The (out, in) floating-point weight of a linear layer, as it is or as a decode view holds it (a transposed
+    copy ``weight_t``, or ``source_weight`` beside a packed one); None for other layers (quantized, LoRA)."""
+    if type(module) is nn.Linear:
+        return module.weight
+    if getattr(module, "weight_t", None) is not None:
+        return module.weight_t.t()
+    return getattr(module, "source_weight", None)
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig, hidden: int | None = None) -> None:
         super().__init__()
@@ -198,16 +312,19 @@ and speculative verification). PyTorch's fused CPU kernel gave a row other bits 
 alone on two threads (the same bits on one thread; an AMD EPYC), which breaks the engine's batch invariance."""
 
 
-def attend_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q kᵀ / √hd, where ``mask``) v for q (B, nh, T, hd), k and v (B, nkv, L, hd), mask (B, 1, T, L)
-    True where a query may attend: each (row, key head) one product, so a row's bits do not depend on the
-    batch. Query heads are grouped under their key head as ``enable_gqa`` groups them."""
+def attend_by_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale, where ``mask``) v for q (B, nh, T, hd), k (B, nkv, L, hd), v (B, nkv, L, dv), mask
+    (B, 1, T, L) True where a query may attend; ``scale`` defaults to 1/√hd. Each (row, key head) is one
+    product, so a row's bits do not depend on the batch. Query heads are grouped under their key head as
+    ``enable_gqa`` groups them."""
     B, nh, T, hd = q.shape
-    nkv, L = k.shape[1], k.shape[2]
+    nkv, L, dv = k.shape[1], k.shape[2], v.shape[-1]
     g = nh // nkv
-    scores = torch.matmul(q.reshape(B, nkv, g * T, hd), k.transpose(-1, -2)) * hd ** -0.5  # (B, nkv, g*T, L)
+    scale = hd ** -0.5 if scale is None else scale
+    scores = torch.matmul(q.reshape(B, nkv, g * T, hd), k.transpose(-1, -2)) * scale  # (B, nkv, g*T, L)
     scores = scores.view(B, nkv, g, T, L).masked_fill(~mask.unsqueeze(2), float("-inf"))
-    return torch.matmul(scores.softmax(-1).view(B, nkv, g * T, L), v).view(B, nh, T, hd)
+    return torch.matmul(scores.softmax(-1).view(B, nkv, g * T, L), v).view(B, nh, T, dv)
 
 
 def make_mlp(config: ModelConfig, layer: int) -> nn.Module:
@@ -222,7 +339,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = make_norm(config)
-        self.attn = Attention(config, layer)
+        self.attn = LatentAttention(config, layer) if config.attention == "mla" else Attention(config, layer)
         self.mlp_norm = make_norm(config)
         self.mlp = make_mlp(config, layer)
 
@@ -362,7 +479,11 @@ class Transformer(nn.Module):
         return loss
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters, a tied weight once; with bias balancing (moe_balance='bias') the routers' score-correction
+        biases count too, as DeepSeek-V3's own count does (a buffer here: no gradient, moved by its own rule)."""
         n = sum(p.numel() for p in self.parameters())  # .parameters() yields a tied weight once
+        if self.config.moe_balance == "bias":
+            n += sum(m.expert_bias.numel() for m in self.modules() if isinstance(m, MoE))
         if exclude_embeddings:
             n -= self.tok_embeddings.weight.numel()
             if self.pos_embeddings is not None:

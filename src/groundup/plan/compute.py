@@ -50,9 +50,10 @@ def _positive(**values: float) -> None:
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs per token of the attention products themselves (QK^T and attention·V):
     4·n_layer·seq_len·(n_head·head_dim), counting the full square as PaLM does (Chowdhery et al. 2022,
-    appendix B), not the causal half; these have no parameters, so 2·N misses them."""
+    appendix B), not the causal half; these have no parameters, so 2·N misses them. Latent attention's
+    query/key and value head dims differ: 2·n_layer·seq_len·n_head·(dn + dr + dv)."""
     _positive(seq_len=seq_len)
-    return 4.0 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_dim
+    return 2.0 * cfg.n_layer * seq_len * cfg.n_head * (cfg.query_key_dim + cfg.value_dim)
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:

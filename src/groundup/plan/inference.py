@@ -54,10 +54,14 @@ def weight_memory(cfg: ModelConfig, precision: str = "bf16") -> WeightMemory:
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> int:
-    """Keys and values of one token in every layer: 2·n_layer·n_kv_head·head_dim·bytes.
+    """Keys and values of one token in every layer: 2·n_layer·n_kv_head·head_dim·bytes; with latent attention
+    the kv latent and the shared RoPE key, n_layer·(kv_lora_rank + qk_rope_head_dim)·bytes (what the engine's
+    cache holds: ``ModelConfig.kv_cache_entry``).
 
-    Llama-2-7B in fp16: 2·32·32·128·2 = 512 KiB per token, 2 GiB for 4096 tokens."""
-    return 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * bytes_per_value
+    Llama-2-7B in fp16: 2·32·32·128·2 = 512 KiB per token, 2 GiB for 4096 tokens. DeepSeek-V3 in bf16:
+    61·(512 + 64)·2 = 70,272 bytes (68.6 KiB) per token."""
+    heads, key_features, value_features = cfg.kv_cache_entry
+    return cfg.n_layer * heads * (key_features + value_features) * bytes_per_value
 
 
 def kv_cache_bytes(cfg: ModelConfig, *, batch: int, context: int, bytes_per_value: int = 2) -> int:
@@ -99,7 +103,8 @@ def decode_bound(cfg: ModelConfig, *, bandwidth: float, peak_flops: float | None
     """tokens/s ≤ bandwidth / bytes read per token, and ≤ peak / FLOPs per token when compute binds.
 
     ``context`` is the tokens already in the cache (0: the weights alone, the usual headline figure).
-    FLOPs per step: batch·(2·matmul weights + 4·n_layer·context·n_head·head_dim)."""
+    FLOPs per step: batch·(2·matmul weights + 2·n_layer·context·n_head·(qk + v head dims)), 4·...·head_dim
+    for multi-head attention (latent attention is counted decompressed, as groundup decodes it)."""
     if bandwidth <= 0 or batch <= 0 or context < 0:
         raise ValueError(f"bandwidth and batch must be positive and context >= 0, got {bandwidth}, {batch}, "
                          f"{context}")

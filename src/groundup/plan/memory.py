@@ -144,7 +144,8 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
     Per token and block, with a bytes per value, C width, q = n_head·head_dim, kv = n_kv_head·head_dim,
     H the MLP width (Korthikanti et al. 2022, section 4.1, term by term):
 
-    - two norms keep their inputs: 2·C·a; the qkv projection its input: C·a; q, k, v: (q + 2·kv)·a;
+    - two norms keep their inputs: 2·C·a; the qkv projection its input: C·a; q, k, v: (q + 2·kv)·a (latent
+      attention: every head's decompressed keys and values, and the two latents);
     - attention: a fused (flash) kernel keeps its output q·a and a log-sum-exp per head (4 bytes);
       an unfused one keeps the softmax n_head·s·a, with attention dropout also a mask n_head·s and the
       dropped-out copy n_head·s·a, and the output q·a;
@@ -180,18 +181,23 @@ def activation_bytes(cfg: ModelConfig, *, micro_batch: int, seq_len: int | None 
         raise ValueError("context_parallel > 1 runs attention blockwise with a fused kernel: flash_attention must "
                          "be on")
     a, C, H = bytes_per_value, cfg.n_embd, cfg.mlp_hidden
-    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    # Latent attention: keys and values decompressed for every head (query/key and value widths differ), plus the
+    # q and kv latents the up projections keep.
+    kv_heads = cfg.n_head if cfg.attention == "mla" else cfg.kv_heads
+    q, k, v = cfg.n_head * cfg.query_key_dim, kv_heads * cfg.query_key_dim, kv_heads * cfg.value_dim
+    out = cfg.n_head * cfg.value_dim
+    latents = cfg.q_lora_rank + cfg.kv_lora_rank if cfg.attention == "mla" else 0
     dropout, attention_dropout = cfg.dropout > 0, cfg.attention_dropout > 0
     t = tensor_parallel
     whole = t if sequence_parallel else 1  # what the tensors plain TP keeps whole are divided by
 
     # Whole under plain tensor parallelism: the two norms' inputs, the qkv and MLP inputs, dropout masks.
     replicated = 2 * C * a + C * a + C * a + (2 * C if dropout else 0)
-    split = (q + 2 * kv) * a  # heads are split across tensor-parallel ranks, and so is the MLP width
+    split = (q + k + v + latents) * a  # heads are split across tensor-parallel ranks, and so is the MLP width
     if flash_attention:
-        split += q * a + cfg.n_head * 4
+        split += out * a + cfg.n_head * 4
     else:
-        split += cfg.n_head * s * a + q * a
+        split += cfg.n_head * s * a + out * a
         if attention_dropout:
             split += cfg.n_head * s * (1 + a)
     swiglu = cfg.mlp == "swiglu"

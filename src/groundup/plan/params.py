@@ -43,6 +43,11 @@ class ParameterCount:
     """The routed experts' weights of every MoE layer (a subset of ``mlp``): all resident, k of E used per token."""
     active_routed_experts: int = 0
     """The routed experts' weights one token passes through: moe_top_k of them per MoE layer."""
+    router_biases: int = 0
+    """DeepSeek-V3's score-correction biases (E per MoE layer, with moe_balance='bias'), counted as its own code
+    counts them: added to the router's scores, never multiplied."""
+    latent_norms: int = 0
+    """Multi-head latent attention's RMSNorms on the query and kv latents (a subset of ``attention``)."""
 
     @property
     def active(self) -> int:
@@ -52,7 +57,7 @@ class ParameterCount:
     @property
     def total(self) -> int:
         return (self.token_embeddings + self.position_embeddings + self.attention + self.mlp + self.norms
-                + self.lm_head + self.value_embeddings + self.value_gates)
+                + self.lm_head + self.value_embeddings + self.value_gates + self.router_biases)
 
     @property
     def embeddings(self) -> int:
@@ -85,7 +90,8 @@ class ParameterCount:
         head = self.lm_head or self.token_embeddings
         # Only the routed experts a token is sent to multiply it (the router and the shared experts always do).
         routed_unused = self.routed_experts - self.active_routed_experts
-        return self.attention + self.mlp - routed_unused - self.linear_biases + head + self.value_gates
+        return (self.attention - self.latent_norms + self.mlp - routed_unused - self.linear_biases + head
+                + self.value_gates)
 
     def as_dict(self) -> dict[str, int]:
         data = asdict(self)
@@ -107,7 +113,12 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
       when ``norm_affine`` is off; with ``qk_norm``, 2·L more of hd each;
     - embeddings V·C, learned positions block_size·C, untied head V·C;
     - value embeddings: on each layer that has one (:meth:`ModelConfig.has_value_embedding`), a V·nkv·hd
-      table and a min(32, C)·nkv gate.
+      table and a min(32, C)·nkv gate;
+    - latent attention (``attention='mla'``) in place of the first term, with rq = q_lora_rank, r =
+      kv_lora_rank, dn, dr, dv the nope, rope and value head dims: queries C·rq + rq (norm) + rq·nh·(dn + dr),
+      or C·nh·(dn + dr) with rq = 0; kv C·(r + dr) + r (norm) + r·nh·(dn + dv); output nh·dv·C; biases rq,
+      r + dr and C when ``bias``;
+    - with ``moe_balance='bias'``, E score-correction biases per MoE layer (DeepSeek-V3 counts them).
     """
     C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
     nh, nkv, hd, H = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.mlp_hidden
@@ -116,6 +127,15 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
     qkv_bias = qkv_out if (cfg.bias or cfg.qkv_bias) else 0
     out_bias = C if cfg.bias else 0
     attention = L * (C * qkv_out + qkv_bias + nh * hd * C + out_bias)
+    latent_norms = 0
+    if cfg.attention == "mla":
+        rq, r, dr = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.qk_rope_head_dim
+        qk, dv, norm = cfg.query_key_dim, cfg.value_dim, 1 if cfg.norm_affine else 0
+        latent_norms = L * norm * ((rq if rq else 0) + r)
+        queries = C * rq + rq * nh * qk if rq else C * nh * qk
+        qkv_bias = ((rq if rq else 0) + r + dr) if cfg.bias else 0  # on the two down projections
+        attention = L * (queries + C * (r + dr) + r * nh * (cfg.qk_nope_head_dim + dv) + nh * dv * C
+                         + qkv_bias + out_bias) + latent_norms
 
     up = 2 * H if cfg.mlp == "swiglu" else H
     mlp_bias = (up + C) if cfg.bias else 0
@@ -153,4 +173,6 @@ def count_parameters(cfg: ModelConfig) -> ParameterCount:
         value_gates=n_ve * min(32, C) * nkv,
         routed_experts=routed,
         active_routed_experts=active_routed,
+        router_biases=n_moe * cfg.moe_experts if cfg.moe_balance == "bias" else 0,
+        latent_norms=latent_norms,
     )
