@@ -138,3 +138,23 @@ def test_parallel_flags_parse():
     init = ArgumentParser.instantiate_classes(parser, ns)
     cfg = Config(**{k: v for k, v in vars(init).items() if k != "config"})
     assert (cfg.pp, cfg.cp, cfg.tp, cfg.pp_schedule, cfg.pp_virtual_stages) == (4, 2, 8, "Interleaved1F1B", 2)
+
+
+def test_a_mixture_of_experts_plans_with_its_active_parameters(capsys, tmp_path):
+    from groundup.plan.inference import bytes_read_per_step
+
+    cfg = Config(model="mixtral-8x7b", tokens=1e12, gpu="h100", gpus=8)
+    model = resolve_model(cfg)
+    plan = build_plan(cfg, model, hardware.get_accelerator("h100"))
+    count = count_parameters(model)
+    assert count.active < count.total
+    assert plan["compute"]["flops_6nd"] == pytest.approx(6 * count.active * 1e12)  # 6·N_active·D
+    # one token's decode step reads the shared weights and 2 of each layer's 8 experts; 8 tokens read
+    # E·(1 - (1 - k/E)^8) = 7.20 of them on average
+    shared = count.total - count.routed_experts - count.position_embeddings - count.token_embeddings
+    assert bytes_read_per_step(model, precision="bf16", batch=1) == pytest.approx(2 * (shared + count.routed_experts / 4))
+    eight = 8 * (1 - 0.75 ** 8) / 8
+    assert bytes_read_per_step(model, precision="bf16", batch=8) == pytest.approx(
+        2 * (shared + count.routed_experts * eight))
+    run(Config(model="mixtral-8x7b", tokens=1e12, gpu="h100", gpus=8, out=tmp_path / "plan"))
+    assert "active per token" in capsys.readouterr().out

@@ -73,9 +73,15 @@ def kv_cache_bytes(cfg: ModelConfig, *, batch: int, context: int, bytes_per_valu
 
 def bytes_read_per_step(cfg: ModelConfig, *, precision: str = "bf16", batch: int = 1, context: int = 0) -> float:
     """Bytes one decode step reads: every weight except the embedding tables (a lookup reads one row;
-    a tied table is read whole as the output head), plus the KV cache of every sequence."""
+    a tied table is read whole as the output head), plus the KV cache of every sequence. Of a mixture of
+    experts' routed experts, a step reads those its ``batch`` tokens are sent to: the expected number of
+    distinct experts among batch x k uniform choices, E·(1 - (1 - k/E)^batch) per layer."""
     count = count_parameters(cfg)
     read = count.total - count.position_embeddings - (0 if cfg.tie_embeddings else count.token_embeddings)
+    if count.routed_experts:
+        E, k = cfg.moe_experts, cfg.moe_top_k
+        share = 1.0 - (1.0 - k / E) ** batch  # of the routed experts a step touches
+        read -= count.routed_experts * (1.0 - share)
     kv = batch * context * kv_cache_bytes_per_token(cfg, kv_bytes_per_value(precision))
     return read * weight_bytes_per_value(precision) + kv
 

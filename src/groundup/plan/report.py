@@ -76,7 +76,9 @@ def rows(plan: dict[str, Any]) -> list[tuple[str, Rows]]:
 def model_rows(plan: dict[str, Any]) -> Rows:
     m = plan["model"]
     return [("name", f"{m['name']} ({m['family']}): {m['n_layer']} layers, width {m['n_embd']}, "
-                     f"{m['n_head']} heads ({m['n_kv_head'] or m['n_head']} kv), vocab {m['vocab_size']}, "
+                     f"{m['n_head']} heads ("
+                     + (f"latent attention, kv rank {m['kv_lora_rank']}" if m.get("attention") == "mla"
+                        else f"{m['n_kv_head'] or m['n_head']} kv") + f"), vocab {m['vocab_size']}, "
                      f"context {m['block_size']}")]
 
 
@@ -84,6 +86,8 @@ def parameter_rows(plan: dict[str, Any]) -> Rows:
     p = plan["parameters"]
     return [
         ("total", f"{p['total']:,} ({fmt_count(p['total'])})"),
+        *([("active per token", f"{p['active']:,} ({fmt_count(p['active'])}): the routed experts a token is sent to, "
+                                "not all of them")] if p["active"] != p["total"] else []),
         ("token embeddings", f"{p['token_embeddings']:,}"),
         ("position embeddings", f"{p['position_embeddings']:,}"),
         ("attention", f"{p['attention']:,}"),
@@ -96,12 +100,14 @@ def parameter_rows(plan: dict[str, Any]) -> Rows:
 
 
 def compute_rows(plan: dict[str, Any]) -> Rows:
-    c, total = plan["compute"], plan["parameters"]["total"]
+    c, total, active = plan["compute"], plan["parameters"]["total"], plan["parameters"]["active"]
     by_rule, by_fit = c["optimal_20_tokens_per_param"], c["optimal_chinchilla_fit"]
     return [
         ("training tokens", f"{fmt_count(c['tokens'])} ({c['tokens_per_param']:.1f} per parameter, "
                             f"{c['tokens_source']})"),
-        ("6·N·D", f"{c['flops_6nd']:.3e} FLOPs (N = all {fmt_count(total)} parameters)"),
+        ("6·N·D", f"{c['flops_6nd']:.3e} FLOPs (N = " + (f"all {fmt_count(total)} parameters)" if active == total
+                                                         else f"the {fmt_count(active)} active parameters of "
+                                                              f"{fmt_count(total)})")),
         ("model FLOPs", f"{c['training_flops']:.3e} = (6·N_matmul + 12·l·s·d_attn)·D, N_matmul "
                         f"{fmt_count(c['matmul_params'])}, s={c['seq_len']}; attention "
                         f"{c['attention_flops']:.2e}"),

@@ -219,7 +219,7 @@ def build_plan(cfg: Config, model: ModelConfig, acc: hardware.Accelerator) -> di
 
 def plan_compute(cfg: Config, model: ModelConfig, count: ParameterCount, tokens: float, seq_len: int) -> dict[str, Any]:
     """FLOPs of the whole training (6ND and the exact count), per token and per step, and the loss-optimal size."""
-    n = count.total
+    n = count.active  # a mixture of experts: the parameters each token passes through (all of them when dense)
     flops_6nd = compute.training_flops(None, tokens, n_params=n)
     sequences_per_step = cfg.micro_batch * cfg.grad_accum * data_parallel_degree(cfg)
     tokens_per_step = sequences_per_step * seq_len
