@@ -102,6 +102,7 @@ class LoRAExperts(Experts):
         nn.Module.__init__(self)  # adopt the base's parameters instead of allocating new ones
         self.kind = base.kind
         self.fc, self.proj = base.fc, base.proj
+        self.row_multiple = base.row_multiple  # read by inference's probe; the adapted experts do not pad rows
         self.adapted = tuple(w for w in ("fc", "proj") if w in weights)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         for w in self.adapted:
@@ -277,7 +278,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, module in expert_lora_modules(model).items():
         plain = Experts.__new__(Experts)
         nn.Module.__init__(plain)
-        plain.kind = module.kind
+        plain.kind, plain.row_multiple = module.kind, module.row_multiple
         for w in module.adapted:
             getattr(module, w).add_(module.delta_weight(w).to(getattr(module, w).dtype))
         plain.fc, plain.proj = module.fc, module.proj
