@@ -213,7 +213,8 @@ class EvalIndex:
         # is compared with its bucket's few hashes (a gather or two) instead of a binary search of the whole
         k = max(1, int(self.hashes.size).bit_length())
         self._bucket_shift = np.uint64(64 - k)
-        self._offsets = np.searchsorted(self.hashes >> self._bucket_shift, np.arange((1 << k) + 1, dtype=np.uint64))
+        offsets = np.searchsorted(self.hashes >> self._bucket_shift, np.arange((1 << k) + 1, dtype=np.uint64))
+        self._offsets = offsets.astype(np.int32) if self.hashes.size < 2**31 else offsets  # 2 to 4 bytes a hash
 
     def matches(self, text: str) -> np.ndarray:
         """Positions in the index of the n-grams of ``text`` found there (an empty array: no overlap)."""

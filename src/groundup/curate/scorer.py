@@ -230,7 +230,7 @@ class Config:
     """The base model dir of --kind model (a pretrained groundup model dir)."""
     pooling: Literal["mean", "last_token"] = "mean"
     """--kind model: the head reads the mean of the hidden states, or the last token's."""
-    finetune_args: list[str] = field(default_factory=list)
+    finetune_args: list[str | int | float | bool] = field(default_factory=list)
     """--kind model: more flags for `groundup finetune classify` ('[--train.max_steps, 400, --optim.lr, 1e-3]')."""
 
 
@@ -290,7 +290,8 @@ def _train_model_scorer(cfg: Config, train: list[dict], test: list[dict]) -> Pat
         else:
             command += ["--val_fraction", "0"]
         log.info("train-scorer: %s", " ".join(command))
-        code = subprocess.run([*command, *cfg.finetune_args]).returncode
+        extra = [str(a).lower() if isinstance(a, bool) else str(a) for a in cfg.finetune_args]
+        code = subprocess.run([*command, *extra]).returncode
         if code != 0:
             raise RuntimeError(f"train-scorer --kind model: `groundup finetune classify` failed (status {code}); "
                                f"its error is above")
