@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     args = parser.parse_args(argv)
+    out = sys.stdout  # the replies' channel: anything else printed goes to stderr
+    sys.stdout = sys.stderr
 
     import torch
 
@@ -39,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"train one with `groundup finetune classify --task regression`")
         model, tokenizer, meta = load_classifier_dir(args.model, device=device)
     except Exception as e:  # noqa: BLE001 - any failure to load is reported to the caller in one line
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
+        out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+        out.flush()
         return 1
-    out = sys.stdout
     out.write(json.dumps({"ready": True, "pooling": meta.get("pooling"), "max_len": meta["max_len"]}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise ValueError("'texts' must be a list of strings")
             reply = {"scores": predict_scores(model, tokenizer, meta, texts, args.batch_size)}
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - a bad batch is answered with its error; the worker goes on
             reply = {"error": f"{type(e).__name__}: {e}"}
         out.write(json.dumps(reply) + "\n")
         out.flush()
