@@ -122,3 +122,20 @@ def test_curate_decontaminate_flag_drops_and_counts_per_file(tmp_path):
     assert [row["step"] for row in stats["funnel"]][-2:] == ["decontaminate", "dedup"]
     kept = pq.read_table(next((out / "shards").glob("*.parquet"))).column("text").to_pylist()
     assert sorted(kept) == sorted(texts[4:])
+
+
+def test_lookup_finds_every_indexed_ngram_and_nothing_else(tmp_path):
+    """The bitmap and the bucket directory: every hash of the index is found at its own position (buckets
+    hold one, several or none), hashes not in it are not, in any order and with repeats."""
+    write_eval(tmp_path / "eval.jsonl", random.Random(3), 400)
+    index = build_index([tmp_path / "eval.jsonl"])
+    counts = np.diff(index._offsets)
+    assert counts.max() >= 3 and (counts == 0).any()  # the walk meets long buckets and empty ones
+    order = np.random.default_rng(0).permutation(index.hashes.size)
+    at, which = index.lookup(index.hashes[order])
+    assert np.array_equal(np.sort(which), np.arange(order.size)) and np.array_equal(at, order[which])
+    others = np.random.default_rng(1).integers(0, 2**63, 50_000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    others = others[~np.isin(others, index.hashes)]
+    grams = np.concatenate([others, index.hashes[:5], index.hashes[:5]])
+    at, which = index.lookup(grams)
+    assert np.array_equal(which, others.size + np.arange(10)) and np.array_equal(at, np.tile(np.arange(5), 2))

@@ -2,11 +2,17 @@
 
 Text is normalized the same way on both sides: lower case, words are runs of ASCII letters and digits
 and of non-ASCII characters, everything else separates words. Each word is hashed, each run of ``ngram``
-words is hashed (64-bit polynomial hashes computed with numpy cumulative sums, so a document costs a few
-array passes and no Python loop per word), and a document is dropped when any of its n-grams is among
-the evaluation items' n-grams (a sorted array, searched with ``searchsorted``). An evaluation item
-shorter than ``ngram`` words cannot be matched this way; such items are counted (``short_items``) and
-left out of the check, as in GPT-3's own analysis.
+words is hashed (64-bit polynomial hashes computed with numpy cumulative sums, so a batch of documents
+costs a few array passes and no Python loop per word), and a document is dropped when any of its n-grams
+is among the evaluation items' n-grams. Those are a sorted array of hashes with two helpers: a bitmap of
+their top bits (16 or more bits per hash) that turns away nearly every n-gram of a clean document in one
+lookup, and a directory of buckets (about one hash each) in which the few candidates left are compared.
+
+Nothing is missed: equal normalized n-grams have equal hashes. A false positive needs two different
+n-grams with one 64-bit hash: with ``k`` evaluation n-grams each n-gram looked up has a chance of about
+``k / 2**64`` (10,000 items of 60 words: 5e5 n-grams, 3e-14 per n-gram, so a document of 1,000 words is
+dropped wrongly once in about 3e10). An evaluation item shorter than ``ngram`` words cannot be matched
+this way; such items are counted (``short_items``) and left out of the check, as in GPT-3's own analysis.
 
 The evaluation files are JSONL (``.gz``/``.zst``: each line one item, the text being every string value
 in it, nested ones included, so any task format works), Parquet (each row, its string columns) or text
@@ -27,10 +33,10 @@ import numpy as np
 from groundup.curate.steps import KEEP, Filter
 from groundup.curate.text import Document
 
-_WORD_BYTE = np.zeros(256, dtype=bool)
-for _c in b"abcdefghijklmnopqrstuvwxyz0123456789":
-    _WORD_BYTE[_c] = True
-_WORD_BYTE[128:] = True  # bytes of non-ASCII characters (letters of other scripts) are word bytes
+_WORD_BYTES = bytes(range(ord("a"), ord("z") + 1)) + b"0123456789" + bytes(range(128, 256))
+# bytes.translate table: 1 for a word byte (ASCII letters and digits, and every byte of a non-ASCII character,
+# so letters of other scripts are words), 0 for the rest
+_IS_WORD = bytes(1 if c in _WORD_BYTES else 0 for c in range(256))
 
 _BYTE_BASE = 0x100000001B3  # odd, so it has an inverse modulo 2**64
 _WORD_BASE = 0x9E3779B97F4A7C15
@@ -68,23 +74,41 @@ _BYTE_POWERS = _Powers(_BYTE_BASE)
 _WORD_POWERS = _Powers(_WORD_BASE)
 
 
+def _lowered(text: str) -> bytes:
+    return text.lower().encode("utf-8", errors="surrogatepass")
+
+
+def _word_hashes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Each word's hash and start offset in lower-cased UTF-8 bytes.
+
+    A handful of passes over the bytes, each in C: ``bytes.translate`` marks word bytes, one difference
+    finds where words start and end, one cumulative sum of ``byte * base**position`` gives every word's
+    polynomial hash as a difference of two prefix sums, moved back to position 0 by ``base**-start``.
+    """
+    n = len(data)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    # a non-word byte on either side, so the word flags start and end at 0
+    flags = np.frombuffer(b"\0" + data.translate(_IS_WORD) + b"\0", dtype=np.int8)
+    edges = np.flatnonzero(flags[1:] != flags[:-1])  # alternately a word's start and its end (exclusive)
+    if edges.size == 0:
+        return np.zeros(0, dtype=np.uint64), edges
+    starts, ends = edges[0::2], edges[1::2]
+    up, down = _BYTE_POWERS.get(n)
+    prefix = np.empty(n + 1, dtype=np.uint64)  # prefix[i] = sum of byte j * base**j for j < i
+    prefix[0] = 0
+    np.multiply(np.frombuffer(data, dtype=np.uint8), up, out=prefix[1:])
+    np.cumsum(prefix[1:], out=prefix[1:])
+    hashes = prefix[ends]
+    hashes -= prefix[starts]
+    hashes *= down[starts]
+    return hashes, starts
+
+
 def word_hashes(text: str) -> tuple[np.ndarray, np.ndarray]:
     """A 64-bit hash of each normalized word of ``text``, in order, and each word's byte offset in the
     lower-cased UTF-8 text."""
-    data = np.frombuffer(text.lower().encode("utf-8", errors="surrogatepass"), dtype=np.uint8)
-    if data.size == 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    is_word = _WORD_BYTE[data]
-    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    if starts.size == 0:
-        return np.zeros(0, dtype=np.uint64), starts
-    up, down = _BYTE_POWERS.get(data.size)
-    running = np.multiply(data, up, dtype=np.uint64)
-    np.cumsum(running, out=running)  # running[i] = sum of byte j * base**j for j <= i (in place: one pass less)
-    first = data[starts].astype(np.uint64) * up[starts]
-    return (running[ends - 1] - running[starts] + first) * down[starts], starts
+    return _word_hashes(_lowered(text))
 
 
 def _ngrams(words: np.ndarray, n: int) -> np.ndarray:
@@ -104,14 +128,20 @@ def ngram_hashes(text: str, n: int = 13) -> np.ndarray:
     return _ngrams(word_hashes(text)[0], n)
 
 
+def _joined(texts: list[str]) -> tuple[bytes, np.ndarray]:
+    """The texts lower-cased, UTF-8, joined by newlines, and the end of each (its newline included)."""
+    pieces = [_lowered(t) for t in texts]
+    return b"\n".join(pieces), np.cumsum([len(p) + 1 for p in pieces])
+
+
 def batch_ngram_hashes(texts: list[str], n: int = 13) -> tuple[np.ndarray, np.ndarray]:
     """The n-gram hashes of many texts at once (few numpy calls for the whole batch) and the text of each:
     the texts are joined by a newline and the n-grams that cross from one text into the next are left out."""
-    words, starts = word_hashes("\n".join(texts))
+    data, bounds = _joined(texts)
+    words, starts = _word_hashes(data)
     grams = _ngrams(words, n)
     if grams.size == 0:
         return grams, np.zeros(0, dtype=np.int64)
-    bounds = np.cumsum([len(t.lower().encode("utf-8", errors="surrogatepass")) + 1 for t in texts])
     text_of_word = np.searchsorted(bounds, starts, side="right")
     text_of_gram = text_of_word[: grams.size]
     inside = text_of_gram == text_of_word[n - 1:]
@@ -173,12 +203,18 @@ class EvalIndex:
 
     def __post_init__(self) -> None:
         # a bitmap of the hashes' top bits, 16+ bits per hash: it answers "absent" for nearly every n-gram of a
-        # clean document with one cached lookup, so only the few candidates pay for a binary search
+        # clean document with one cached lookup, so only the few candidates are looked up in the table
         bits = max(20, min(33, int(self.hashes.size * 16).bit_length()))
         self._shift = np.uint64(64 - bits)
         self._bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
         top = (self.hashes >> self._shift).astype(np.int64)
         np.bitwise_or.at(self._bitmap, top >> 3, np.left_shift(1, top & 7).astype(np.uint8))
+        # the sorted hashes cut into 2**k buckets by their top k bits, about one hash per bucket: a candidate
+        # is compared with its bucket's few hashes (a gather or two) instead of a binary search of the whole
+        k = max(1, int(self.hashes.size).bit_length())
+        self._bucket_shift = np.uint64(64 - k)
+        offsets = np.searchsorted(self.hashes >> self._bucket_shift, np.arange((1 << k) + 1, dtype=np.uint64))
+        self._offsets = offsets.astype(np.int32) if self.hashes.size < 2**31 else offsets  # 2 to 4 bytes a hash
 
     def matches(self, text: str) -> np.ndarray:
         """Positions in the index of the n-grams of ``text`` found there (an empty array: no overlap)."""
@@ -189,19 +225,40 @@ class EvalIndex:
         if grams.size == 0 or self.hashes.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         top = (grams >> self._shift).astype(np.int64)
-        candidates = np.flatnonzero((self._bitmap[top >> 3] >> (top & 7).astype(np.uint8)) & 1)
-        at = np.searchsorted(self.hashes, grams[candidates])
-        np.minimum(at, self.hashes.size - 1, out=at)
-        hit = self.hashes[at] == grams[candidates]
-        return at[hit], candidates[hit]
+        which = np.flatnonzero((self._bitmap[top >> 3] >> (top & 7).astype(np.uint8)) & 1)
+        wanted = grams[which]
+        bucket = (wanted >> self._bucket_shift).astype(np.int64)
+        at, end = self._offsets[bucket], self._offsets[bucket + 1]
+        hits_at, hits_which = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        live = at < end
+        while True:  # walk each candidate's bucket (sorted) until its hash, a greater one or the bucket's end
+            which, wanted, at, end = which[live], wanted[live], at[live], end[live]
+            if which.size == 0:
+                break
+            seen = self.hashes[at]
+            equal = seen == wanted
+            hits_at.append(at[equal])
+            hits_which.append(which[equal])
+            live = (seen < wanted) & (at + 1 < end)
+            at = at + 1
+        at, which = np.concatenate(hits_at), np.concatenate(hits_which)
+        order = np.argsort(which, kind="stable")
+        return at[order], which[order]
 
     def first_file_per_text(self, texts: list[str]) -> list[int | None]:
-        """For each text, the index of the first evaluation file it shares an n-gram with (None: none)."""
-        grams, text_of = batch_ngram_hashes(texts, self.ngram)
-        at, found = self.lookup(grams)
+        """For each text, the index of the first evaluation file it shares an n-gram with (None: none).
+
+        The texts are hashed as one (see :func:`batch_ngram_hashes`); which text an n-gram belongs to, and
+        whether it crosses from one text into the next, is worked out for the n-grams found only."""
         none = len(self.files)
         first = np.full(len(texts), none, dtype=np.int64)
-        np.minimum.at(first, text_of[found], self.file_of[at])
+        data, bounds = _joined(texts)
+        words, starts = _word_hashes(data)
+        at, found = self.lookup(_ngrams(words, self.ngram))
+        if found.size:
+            text_of = np.searchsorted(bounds, starts[found], side="right")
+            inside = text_of == np.searchsorted(bounds, starts[found + self.ngram - 1], side="right")
+            np.minimum.at(first, text_of[inside], self.file_of[at[inside]])
         return [None if f == none else f for f in first.tolist()]
 
 

@@ -23,6 +23,12 @@ duplicates are judged on the text that is written. One threshold departs from th
 on purpose: the fraction of characters in duplicated lines is 0.1, as the FineWeb paper gives it;
 datatrove's ``FineWebQualityFilter`` defaults to 0.01, which drops every page with a single
 repeated line of some length.
+
+The second built-in recipe, :data:`CODE_STEPS` (``code``), is for technical pages: documentation,
+tutorials and answers that mix prose with code. Its extraction keeps ``<pre>`` blocks byte for byte, its line
+rules keep indentation, blank lines and short code lines, and its thresholds are loosened where code is not
+prose (see :data:`CODE_STEPS`). A recipe names it in place of its steps: ``steps: code``, or inside a list,
+``steps: [code, {decontaminate: {files: [...]}}]``, where a built-in recipe's name stands for its steps.
 """
 
 from __future__ import annotations
@@ -90,16 +96,44 @@ FINEWEB_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 """The default recipe: (step, parameters that differ from the step's defaults)."""
 
+CODE_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("url_filter", {}),
+    ("extract", {"keep_code": True}),  # <pre> byte for byte, line-number gutters skipped
+    ("unicode_fix", {}),
+    # fastText's English score falls on a page that is half code; the page must still be English
+    ("language", {"threshold": 0.4}),
+    # code repeats lines (`}`, `return`, `else:`) and n-grams (`self.x = x`) that prose does not
+    ("gopher_repetition", {"dup_line_frac": 0.5, "dup_line_char_frac": 0.3, "dup_para_frac": 0.5,
+                           "dup_para_char_frac": 0.3, "top_n_grams": [[2, 0.3], [3, 0.25], [4, 0.2]],
+                           "dup_n_grams": [[5, 0.3], [6, 0.28], [7, 0.26], [8, 0.24], [9, 0.22], [10, 0.2]]}),
+    # dotted names (`os.path.join`) are long words; `#` starts comments; numbers and operators are words
+    ("gopher_quality", {"max_avg_word_length": 15, "max_symbol_word_ratio": 0.5, "max_non_alpha_words_ratio": 0.5}),
+    # lines as they are: indentation, blank lines and one-word lines kept; no curly-bracket, "javascript" or
+    # citation-mark rules (all three are code); pages still need 5 lines and no "lorem ipsum"
+    ("c4_quality", {"filter_no_terminal_punct": False, "strip_lines": False, "min_words_per_line": 0,
+                    "filter_curly_bracket": False, "filter_javascript": False, "remove_citations": False}),
+    # code lines end in no punctuation and many are short; FineWeb's newline and duplicate rules loosened
+    ("fineweb_quality", {"line_punct_thr": 0.0, "short_line_thr": 0.9, "char_duplicates_ratio": 0.3,
+                         "new_line_ratio": 1.0}),
+    ("pii", {}),
+)
+"""The code-and-docs recipe (technical pages: documentation, tutorials, answers with code)."""
+
+RECIPES: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {"fineweb": FINEWEB_STEPS, "code": CODE_STEPS}
+"""Built-in recipes by name; a recipe's steps may name one in place of its steps."""
+
 
 @dataclass(kw_only=True)
 class RecipeConfig:
     """The filtering and redaction steps, in order, with their parameters (defaults: FineWeb's recipe)."""
 
-    steps: list[str | dict[str, Any]] = field(
+    steps: list[str | dict[str, Any]] | str = field(
         default_factory=lambda: [{name: dict(params)} for name, params in FINEWEB_STEPS])
     """The steps in order, each `name` or `name: {parameter: value, ...}` (unnamed parameters keep their
-    defaults). Steps: url_filter, extract, unicode_fix, length, language, gopher_repetition, gopher_quality,
-    c4_quality, fineweb_quality, pii, decontaminate, score; docs/curate.md lists their parameters. Default: FineWeb's recipe."""
+    defaults), or a built-in recipe's name (fineweb, code) standing for its steps, alone (`code`) or in the
+    list. Steps: url_filter, extract, unicode_fix, length, language, gopher_repetition, gopher_quality,
+    c4_quality, fineweb_quality, pii, decontaminate, score; docs/curate.md lists their parameters.
+    Default: FineWeb's recipe (web prose); `code` for technical pages with code."""
 
     def __post_init__(self) -> None:
         self.steps = resolve_steps(self.steps)
@@ -162,8 +196,14 @@ def resolve_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_steps(steps: list[Any]) -> list[dict[str, dict[str, Any]]]:
     """Steps as ``[{name: {every parameter: value}}, ...]``, checked (see :func:`resolve_parameters`)."""
+    if isinstance(steps, str) and steps in RECIPES:
+        steps = [steps]
     if not isinstance(steps, (list, tuple)):
-        raise ValueError(f"recipe steps must be a list, got {steps!r}")
+        raise ValueError(f"recipe steps must be a list or a built-in recipe's name ({', '.join(RECIPES)}), "
+                         f"got {steps!r}")
+    steps = [item for step in steps
+             for item in ([{n: dict(p)} for n, p in RECIPES[step]] if isinstance(step, str) and step in RECIPES
+                          else [step])]
     resolved: list[dict[str, dict[str, Any]]] = []
     seen: set[str] = set()
     for position, item in enumerate(steps):

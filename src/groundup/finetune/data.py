@@ -171,6 +171,20 @@ def parse_labeled(obj: dict) -> tuple[str, str]:
     return obj["text"], str(obj["label"])
 
 
+def parse_scored(obj: dict) -> tuple[str, float]:
+    """A text and the number to learn: its ``score`` (``groundup annotate``'s annotations.jsonl as it is), else
+    a numeric ``label``."""
+    if "text" not in obj or ("score" not in obj and "label" not in obj):
+        raise ValueError(f"expected keys 'text' and 'score', got {', '.join(map(repr, obj)) or 'none'}")
+    if not isinstance(obj["text"], str):
+        raise ValueError(f"'text' must be a string, got {type(obj['text']).__name__}")
+    key = "score" if "score" in obj else "label"
+    value = obj[key]
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise ValueError(f"{key!r} must be a number, got {value!r}")
+    return obj["text"], float(value)
+
+
 # ---------------------------------------------------------------------------- tokenization
 
 

@@ -3,7 +3,7 @@
 A classifier dir is what `groundup finetune classify` writes (see :mod:`groundup.model.classifier`).
 Texts come from ``--text`` (one, a list ``'[a, b]'``, or ``--text+ a --text+ b``) or a JSONL file with a ``text`` field per line; results go
 to stdout as JSON lines, or to ``--out`` as JSONL (the input records with ``label`` and
-``probabilities`` added).
+``probabilities`` added; a regression head's, with ``score``).
 """
 
 from __future__ import annotations
@@ -44,14 +44,33 @@ class Config:
 
 
 @torch.no_grad()
+def predict_scores(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[float]:
+    """A regression head's prediction for each text, in the score's units."""
+    if meta.get("task") != "regression":
+        raise ValueError(f"not a regression head (classifier.json task: {meta.get('task', 'classes')!r}); "
+                         f"train one with `groundup finetune classify --task regression`")
+    device = first_tensor(model).device
+    seqs = encode_texts(tokenizer, texts, meta["max_len"])
+    scores: list[float] = []
+    for i in range(0, len(seqs), batch_size):
+        x, lengths = pad_texts(seqs[i : i + batch_size], meta["pad_id"])
+        out = class_logits(model, x.to(device), lengths.to(device), meta.get("pooling", "last_token"))
+        scores.extend((meta["target_mean"] + meta["target_std"] * out[:, 0].double()).cpu().tolist())
+    return scores
+
+
+@torch.no_grad()
 def classify_texts(model, tokenizer, meta: dict, texts: list[str], batch_size: int = 32) -> list[dict]:
-    """For each text: ``{"label", "probabilities": {label: p}}``."""
+    """For each text: ``{"label", "probabilities": {label: p}}``; a regression head's: ``{"score"}``."""
+    if meta.get("task") == "regression":
+        return [{"score": round(v, 6)} for v in predict_scores(model, tokenizer, meta, texts, batch_size)]
     device = first_tensor(model).device
     seqs = encode_texts(tokenizer, texts, meta["max_len"])
     results = []
     for i in range(0, len(seqs), batch_size):
         x, lengths = pad_texts(seqs[i : i + batch_size], meta["pad_id"])
-        probs = class_logits(model, x.to(device), lengths.to(device)).float().softmax(-1).cpu()
+        logits = class_logits(model, x.to(device), lengths.to(device), meta.get("pooling", "last_token"))
+        probs = logits.float().softmax(-1).cpu()
         for row in probs:
             results.append({"label": meta["labels"][int(row.argmax())],
                             "probabilities": {name: round(float(p), 6) for name, p in zip(meta["labels"], row, strict=True)}})
@@ -74,7 +93,8 @@ def read_texts(path: Path) -> list[dict]:
 def run(cfg: Config) -> Path | None:
     if cfg.out:
         prepare_out(cfg.out, stage="classify", inputs=[cfg.model, cfg.input], overwrite=cfg.overwrite,
-                    written_by=lambda path: first_record_has(path, {"label", "probabilities"}))
+                    written_by=lambda path: first_record_has(path, {"label", "probabilities"})
+                    or first_record_has(path, {"score"}))
     texts = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text or [])
     records = [{"text": t} for t in texts]
     if cfg.input:

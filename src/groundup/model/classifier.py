@@ -1,8 +1,11 @@
-"""Classifiers: a model whose output head has one row per class, read at each text's last real token.
+"""Classifiers: a model whose output head has one row per class, read at each text's last real token
+or averaged over its tokens.
 
 A classifier dir is a model dir whose ``lm_head.weight`` has one row per class (``config.json`` has
 ``tie_embeddings: false``) plus ``classifier.json``: ``{"labels": [...], "pooling": "last_token",
-"max_len": N, "pad_id": id}``. ``groundup finetune classify`` writes one (:mod:`groundup.finetune.classify`);
+"max_len": N, "pad_id": id}``. A regression head (``"task": "regression"``) has one row, ``labels``
+is ``["score"]``, and the prediction is ``target_mean + target_std * output`` (the head learns the
+standardized target). ``groundup finetune classify`` writes one (:mod:`groundup.finetune.classify`);
 :func:`load_classifier_dir` reads it and ``groundup classify`` runs it (:mod:`groundup.infer.classify`).
 """
 
@@ -22,6 +25,7 @@ from groundup.tokenizer import Tokenizer
 
 CLASSIFIER_FILE = "classifier.json"
 HEAD = "lm_head.weight"
+POOLINGS = ("last_token", "mean")
 
 
 def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
@@ -33,13 +37,20 @@ def add_class_head(model: nn.Module, n_classes: int) -> nn.Module:
     return model
 
 
-def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Class logits (B, K) at each sequence's last real token; ``x`` (B, T) right-padded, ``lengths`` (B,).
+def class_logits(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, pooling: str = "last_token") -> torch.Tensor:
+    """Class logits (B, K) of each sequence; ``x`` (B, T) right-padded, ``lengths`` (B,).
 
-    Through the model's ``forward`` (the head on every position, K wide: cheap), so that a DDP wrapper or
-    FSDP2's hooks see the call as they must under torchrun."""
+    ``pooling``: 'last_token' reads the head at the last real token (which has attended to the whole text);
+    'mean' averages it over the real tokens, which is the head applied to the mean of the hidden states
+    (the head is linear, without bias). Through the model's ``forward`` (the head on every position, K wide:
+    cheap), so that a DDP wrapper or FSDP2's hooks see the call as they must under torchrun."""
     logits = model(x)  # (B, T, K)
-    return logits[torch.arange(x.shape[0], device=x.device), lengths - 1]
+    if pooling == "last_token":
+        return logits[torch.arange(x.shape[0], device=x.device), lengths - 1]
+    if pooling == "mean":
+        real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        return (logits * real[..., None]).sum(1) / lengths[:, None].to(logits.dtype)
+    raise ValueError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
 
 
 def pad_texts(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

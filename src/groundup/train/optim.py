@@ -86,7 +86,8 @@ def lr_at(step: int, progress: float, cfg: OptimConfig) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset(),
                  embedding_lr_ratio: float = 1.0) -> list[dict]:
-    """Two groups: matrices (decayed) and vectors: norms and biases (not decayed); ``exclude``: ids of
+    """Two groups: matrices (decayed) and vectors: norms and biases (not decayed), each only if it has a
+    parameter; ``exclude``: ids of
     parameters another optimizer trains. With ``embedding_lr_ratio`` other than 1, the embedding tables
     (decayed) form a third group whose learning rate keeps that ratio to the schedule's (see :func:`set_lr`)."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} if embedding_lr_ratio != 1.0 \
@@ -97,10 +98,10 @@ def param_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] 
             continue
         seen.add(id(p))
         (embeddings if id(p) in tables else decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if embeddings:
-        groups.append({"params": embeddings, "weight_decay": weight_decay, "lr_ratio": embedding_lr_ratio})
-    return groups
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0},
+              {"params": embeddings, "weight_decay": weight_decay, "lr_ratio": embedding_lr_ratio}]
+    # An empty group (LoRA trains no vector) would be a hole in a checkpoint's flat optimizer state.
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
