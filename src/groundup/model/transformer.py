@@ -408,6 +408,12 @@ def finish_meta_load(model: Transformer, where: str = "weights") -> Transformer:
         model.lm_head.weight = model.tok_embeddings.weight
     if model.config.position == "rope":
         model.rope_cos, model.rope_sin = rope_table(model.config)
+    device = model.tok_embeddings.weight.device
+    for module in model.modules():  # an MoE block's routing state the file does not hold starts at zero
+        if isinstance(module, MoE):
+            for name in ("expert_bias", "expert_load"):
+                if getattr(module, name).is_meta:
+                    setattr(module, name, torch.zeros(module.config.moe_experts, device=device))
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise RuntimeError(f"{where}: no value for {leftover[:5]}")
