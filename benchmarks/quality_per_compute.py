@@ -1,6 +1,6 @@
 """Quality per compute: held-out bits per byte of three pretraining setups on the same tokens and clock.
 
-    python benchmarks/quality_per_compute.py [--run-dir runs/tiny] [--minutes 5] [--only a,b,c] [--out F.json]
+    python benchmarks/quality_per_compute.py [--run-dir runs/tiny] [--minutes 5] [--only a,b,c,m] [--out F.json]
 
 On the token shards and tokenizer of a finished tiny run (``make demo`` or ``groundup run tiny`` makes
 ``runs/tiny``), each setup trains for the same wall-clock budget, one after the other, and is scored on
@@ -15,6 +15,9 @@ every held-out document by the one scorer (``groundup evaluate``'s, the main job
   gradient clipping at 1.0, an untied head. ``max_iters`` is the step count (b) reached in the same
   budget, since litgpt sizes its schedule by tokens and the budget here is time. The batch is (b)'s
   (litgpt's 512-sequence global batch would leave a handful of steps). litgpt is optional.
+- **(m)** a tiny mixture of experts: (a) with each MLP replaced by 8 experts of half (a)'s hidden width, 2 per
+  token (``MOE``), so a token's active parameters equal (a)'s and the MLP parameters are 4x; the Switch
+  balancing loss at 0.01. Not run by default (``--only a,m`` compares it with the dense recipe at equal clock).
 
 Periodic evaluations on the first ``--eval-windows`` held-out windows give each a curve over tokens; the
 table adds the tokens (a) needs to reach (b)'s final curve figure, and the ratio to (b)'s tokens. The
@@ -52,6 +55,16 @@ BASELINE = {
 
 EVAL_EVERY = 100
 """Steps between the periodic evaluations that draw each setup's curve."""
+
+
+MOE = {"name": "tiny-moe", "moe_experts": 8, "moe_top_k": 2, "moe_hidden": 384, "moe_aux_loss_coef": 0.01}
+"""(m): the tiny recipe's model with a mixture of experts in every layer (8 experts of 384 = half of 768, top 2)."""
+
+
+def moe_section() -> dict:
+    section = recipe_pretrain_section()
+    section["model"] = {**section["model"], **MOE}
+    return section
 
 
 def recipe_pretrain_section() -> dict:
@@ -155,7 +168,7 @@ def main() -> None:
                         help="a tiny run dir with tokens/ and tokenizer/ (make demo)")
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each setup")
     parser.add_argument("--eval-windows", type=int, default=64, help="held-out windows of the periodic evaluations")
-    parser.add_argument("--only", default="a,b,c", help="which setups to run, comma-separated")
+    parser.add_argument("--only", default="a,b,c", help="which setups to run, comma-separated (a, b, c, m)")
     parser.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -176,19 +189,26 @@ def main() -> None:
             results["c"] = litgpt_setup(args.run_dir, args.minutes, results["b"]["steps"], args.eval_windows)
         except ImportError as e:
             print(f"(c) skipped: litgpt is not installed ({e})")
+    if "m" in only:
+        results["m"] = groundup_setup("m_moe", moe_section(), args.run_dir, work, args.minutes, args.eval_windows)
     print_table(results, args.minutes)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
 
 
 def print_table(results: dict[str, dict], minutes: float) -> None:
-    names = {"a": "(a) groundup tiny recipe", "b": "(b) previous recipe (AdamW)", "c": "(c) litgpt defaults"}
+    names = {"a": "(a) groundup tiny recipe", "b": "(b) previous recipe (AdamW)", "c": "(c) litgpt defaults",
+             "m": "(m) tiny MoE, 8 experts top 2"}
     print(f"\nheld-out bits per byte after {minutes:g} min of training each")
     print(f"{'setup':30s} {'bits/byte':>9s} {'tokens':>10s} {'steps':>6s} {'tok/s':>7s}")
     for key, r in results.items():
         print(f"{names[key]:30s} {r['bits_per_byte']:9.4f} {r['tokens']:10,d} {r['steps']:6d} "
               f"{r['tokens'] / r['seconds']:7.0f}")
-    if "a" in results:
+    if "a" in results and "m" in results:
+        diff, ratio = results["m"]["bits_per_byte"] - results["a"]["bits_per_byte"], results["m"]["tokens"] / results["a"]["tokens"]
+        print(f"(m) MoE against (a) dense at the same clock: {diff:+.4f} bits per byte (negative: the MoE wins), "
+              f"{ratio:.2f}x the tokens")
+    if "a" in results and ("b" in results or "c" in results):
         others = [results[k]["bits_per_byte"] for k in ("b", "c") if k in results]
         if others:
             print(f"(a) against the better of the others: {results['a']['bits_per_byte'] - min(others):+.4f} "

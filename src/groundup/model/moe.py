@@ -7,8 +7,10 @@ outputs are summed with the scores as weights, renormalized over the k where con
 (DeepSeek, Qwen-MoE) see every token.
 
 Dispatch is dropless: the N * k (token, expert) pairs are sorted by expert, each expert multiplies its
-contiguous run of tokens (one ``torch._grouped_mm`` over all experts where the kernel exists, else a loop over
-the experts that got tokens), and the results are scattered back. No token is dropped for capacity.
+contiguous run of tokens (one grouped matrix product over all experts where the kernel takes the shape: CUDA on
+Hopper in bfloat16, the CPU in float32 or 16 bits with rows of a multiple of 16 bytes; else a loop over the
+experts that got tokens, with its own backward), and the results are scattered back. No token is dropped for
+capacity.
 
 Load balancing: a Switch/GShard auxiliary loss (E * sum_e f_e * P_e over k, 1 when balanced) or DeepSeek-V3's
 auxiliary-loss-free bias, added to the scores for the choice only and moved by :func:`update_expert_bias`
@@ -36,10 +38,17 @@ def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(h, approximate="tanh")
 
 
-def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    # The fused kernel is CUDA-only (Hopper and later) and bfloat16; elsewhere the loop over experts runs.
-    return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+def _grouped_mm_ok(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    # CUDA: the fused kernel on Hopper and later in bfloat16. CPU: PyTorch's grouped_mm (2.10 and later) in
+    # float32, bfloat16 or float16 when every row is a multiple of 16 bytes (its kernel's alignment), on plain
+    # tensors. Elsewhere the loop over experts runs.
+    if x.is_cuda:
+        return (hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16
+                and torch.cuda.get_device_capability(x.device)[0] >= 9)
+    return (x.device.type == "cpu" and hasattr(F, "grouped_mm")
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and all(type(w) in (torch.Tensor, nn.Parameter) and w.dtype == x.dtype for w in (x, *weights))
+            and all(d * x.element_size() % 16 == 0 for w in weights for d in w.shape[1:]))
 
 
 class Experts(nn.Module):
@@ -55,10 +64,11 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
-        if _grouped_mm_ok(x):
+        if _grouped_mm_ok(x, self.fc, self.proj):
+            grouped_mm = torch._grouped_mm if x.is_cuda else F.grouped_mm
             offsets = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
-            return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
+            h = grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
+            return grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
         return expert_loop(x, counts, self.fc, self.proj, self.kind)
 
 
