@@ -12,7 +12,10 @@ runtime knows (transformers, vLLM, TGI, llama.cpp's converter):
   uses the half-split layout HF Llama checkpoints use, so no row permutation is needed. Q/K/V biases
   without other biases (Qwen2 style) export as ``attention_bias=True`` with a zero output bias.
 
-Import reads the same two layouts plus Mistral and Qwen2 (Llama-shaped) from a local folder's
+Mixtures of experts map onto ``MixtralForCausalLM``, ``OlmoeForCausalLM`` and ``Qwen2MoeForCausalLM`` (see
+:data:`MOE_MODEL_TYPES`), both ways.
+
+Import reads the same layouts plus Mistral, Qwen2 and Qwen3 (Llama-shaped) from a local folder's
 safetensors (one file or sharded with an index) or ``pytorch_model.bin`` (``weights_only`` loading),
 checking every tensor's name and shape against the expected layout before anything is loaded.
 
