@@ -73,9 +73,12 @@ def recipe_pretrain_section() -> dict:
 
 
 def groundup_setup(name: str, section: dict, run_dir: Path, work: Path, minutes: float,
-                   eval_windows: int) -> dict:
-    """Train ``section`` (a pretrain config) with ``groundup pretrain`` for ``minutes``; its figures and curve."""
+                   eval_windows: int, compile: bool | None = None) -> dict:
+    """Train ``section`` (a pretrain config) with ``groundup pretrain`` for ``minutes``; its figures and curve.
+    ``compile``: override the section's torch.compile switch (None keeps it)."""
     config = json.loads(json.dumps(section))  # a deep copy
+    if compile is not None:
+        config["compile"] = compile
     config.update(tokens=str(run_dir / "tokens"), tokenizer=str(run_dir / "tokenizer"), out=str(work / name),
                   eval_windows=eval_windows, overwrite=True)
     train = config.setdefault("train", {})
@@ -171,6 +174,9 @@ def main() -> None:
     parser.add_argument("--only", default="a,b,c", help="which setups to run, comma-separated (a, b, c, m)")
     parser.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="train every groundup setup without torch.compile (its start-up, 1-3 minutes on a "
+                             "busy 2-core machine, counts in the budget)")
     args = parser.parse_args()
     for needed in ("tokens/train.bin", "tokens/val.bin", "tokens/meta.json", "tokenizer/tokenizer.json"):
         if not (args.run_dir / needed).is_file():
@@ -179,18 +185,21 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="quality_per_compute_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    compile = False if args.no_compile else None
     if "a" in only:
         results["a"] = groundup_setup("a_recipe", recipe_pretrain_section(), args.run_dir, work, args.minutes,
-                                      args.eval_windows)
+                                      args.eval_windows, compile)
     if "b" in only or "c" in only:
-        results["b"] = groundup_setup("b_baseline", BASELINE, args.run_dir, work, args.minutes, args.eval_windows)
+        results["b"] = groundup_setup("b_baseline", BASELINE, args.run_dir, work, args.minutes, args.eval_windows,
+                                      compile)
     if "c" in only:
         try:
             results["c"] = litgpt_setup(args.run_dir, args.minutes, results["b"]["steps"], args.eval_windows)
         except ImportError as e:
             print(f"(c) skipped: litgpt is not installed ({e})")
     if "m" in only:
-        results["m"] = groundup_setup("m_moe", moe_section(), args.run_dir, work, args.minutes, args.eval_windows)
+        results["m"] = groundup_setup("m_moe", moe_section(), args.run_dir, work, args.minutes, args.eval_windows,
+                                      compile)
     print_table(results, args.minutes)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")

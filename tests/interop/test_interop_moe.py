@@ -204,6 +204,27 @@ def test_groundup_moe_shapes_pick_their_family():
     assert max_diff(model, to_transformers(model), 20) <= TOLERANCE
 
 
+@pytest.mark.parametrize(("preset", "family"), [("mixtral-8x7b", "mixtral"), ("olmoe-1b-7b", "olmoe"),
+                                               ("qwen1.5-moe-a2.7b", "qwen2_moe")])
+def test_presets_export_as_their_published_class(preset, family):
+    """The config.json written for each MoE preset builds, in transformers on the meta device, a model with the
+    preset's (published) parameter count, and reads back as the same groundup shape."""
+    from groundup.interop.hf import hf_config_dict
+    from groundup.model.transformer import count_parameters
+
+    config = ModelConfig.from_name(preset)
+    assert moe_family(config) == family
+    fields = hf_config_dict(config)
+    hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_config)
+    assert sum(p.numel() for p in hf.parameters()) == count_parameters(config)
+    back, _ = config_from_hf(hf_config_dict(config))
+    changed = {k for k in dataclasses.asdict(config) if getattr(back, k) != getattr(config, k)}
+    assert back.kv_heads == config.kv_heads  # n_kv_head None reads back as the number
+    assert changed <= {"name", "n_kv_head", "moe_z_loss_coef"}  # the z-loss weight is groundup's training setting
+
+
 # ---------------------------------------------------------------------------- dense <-> MoE checkpoints
 
 

@@ -166,6 +166,8 @@ def test_expert_loop_gradients_equal_autograd_through_the_loop(kind):
     assert got[1][1].abs().sum() == 0 and got[2][1].abs().sum() == 0
     inputs = tuple(t.detach().double().requires_grad_() for t in (x, fc, proj))
     assert torch.autograd.gradcheck(lambda a, b, c: expert_loop(a, counts, b, c, kind), inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's casts apply as they do to the plain loop
+        assert expert_loop(x, counts, fc, proj, kind).dtype == loop(x, fc, proj).dtype == torch.bfloat16
 
 
 def test_grouped_and_looped_experts_agree_with_gradients():

@@ -372,14 +372,14 @@ def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_
         if rope["rope_type"] == "dynamic":  # HF's dynamic scaling reads its original context here
             max_positions = int(rope.pop("original_max_position_embeddings"))
     fields = {"architectures": [arch], "model_type": model_type, **common,
-            "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
-            "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
-            "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
-            "max_position_embeddings": max_positions, "rms_norm_eps": config.norm_eps,
-            "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
-            "rope_parameters": rope,
-            "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
-            "attention_dropout": config.attention_dropout, **extra}
+              "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
+              "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+              "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+              "max_position_embeddings": max_positions, "rms_norm_eps": config.norm_eps,
+              "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
+              "rope_parameters": rope,
+              "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
+              "attention_dropout": config.attention_dropout, **extra}
     return moe_hf_config(config, layout, fields) if layout.moe else fields
 
 
@@ -426,7 +426,7 @@ def _sliding_window(hf: dict[str, Any], block_size: int, where: str) -> int | No
     kinds = hf.get("layer_types")
     if model_type not in ("mistral", "mixtral") and not hf.get("use_sliding_window"):
         window = None
-    if window is not None and not kinds and model_type not in ("mistral", "mixtral"):  # Qwen: windows from max_window_layers up
+    if window is not None and not kinds and model_type not in ("mistral", "mixtral"):  # Qwen: from max_window_layers
         first = int(hf.get("max_window_layers", 0))
         kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(hf["num_hidden_layers"])]
     if kinds and len(set(kinds)) > 1:

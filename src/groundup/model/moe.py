@@ -77,11 +77,13 @@ def expert_loop(x: torch.Tensor, counts: torch.Tensor, fc: torch.Tensor, proj: t
     """The experts one after another on their contiguous runs of ``x`` (M, C) sorted by expert: (M, C).
 
     Plain tensors go through :class:`_ExpertLoop`, whose backward writes each expert's weight gradient into its
-    slice of one stacked gradient; autograd through ``fc[e]`` would give every expert a zero-filled gradient of
-    the whole stack to add up (E full-size fills and adds per weight and layer: a third of a CPU step's MoE
-    time at 8 experts). Tensor subclasses (DTensor) take the same loop through autograd."""
+    slice of one stacked gradient; autograd through ``fc[e]`` gives every expert a zero-filled gradient of the
+    whole stack to add up (E full-size fills and adds per weight and layer: a third of one MoE layer's forward
+    and backward on the CPU at 8 experts, in a profile). Tensor subclasses (DTensor) and autocast regions (whose
+    casts the function's ``out=`` products would skip) take the same loop through autograd."""
     sizes = counts.tolist()  # the experts that got tokens; one host sync per layer
-    if type(fc) in (torch.Tensor, nn.Parameter) and type(proj) in (torch.Tensor, nn.Parameter):
+    plain = all(type(t) in (torch.Tensor, nn.Parameter) for t in (x, fc, proj))
+    if plain and not torch.is_autocast_enabled(x.device.type):
         return _ExpertLoop.apply(x, fc, proj, sizes, kind)
     out, start = torch.empty_like(x), 0
     for e, n in enumerate(sizes):
