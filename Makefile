@@ -30,7 +30,8 @@ lint: $(STAMP)
 # Every benchmark that can run here (docs/benchmarks.md): those the dev install runs, those that read the main
 # job's runs/tiny (made first when missing), and those needing a peer or a second model when it is given.
 BENCH := train_throughput tokenizer_train tokenize_throughput finetune_memory report_metrics eval_throughput \
-         serve_decode serve_load serve_structured serve_fault scale_efficiency moe_ep probe_check decontam curate_recipes
+         serve_decode serve_load serve_structured serve_fault scale_efficiency moe_ep probe_check decontam curate_recipes \
+         moe_speed
 LLAMA_BENCH ?=
 LLAMA_PYTHON ?=
 TARGET ?=

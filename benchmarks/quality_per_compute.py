@@ -1,6 +1,6 @@
 """Quality per compute: held-out bits per byte of three pretraining setups on the same tokens and clock.
 
-    python benchmarks/quality_per_compute.py [--run-dir runs/tiny] [--minutes 5] [--only a,b,c] [--out F.json]
+    python benchmarks/quality_per_compute.py [--run-dir runs/tiny] [--minutes 5] [--only a,b,c,m] [--out F.json]
 
 On the token shards and tokenizer of a finished tiny run (``make demo`` or ``groundup run tiny`` makes
 ``runs/tiny``), each setup trains for the same wall-clock budget, one after the other, and is scored on
@@ -15,6 +15,9 @@ every held-out document by the one scorer (``groundup evaluate``'s, the main job
   gradient clipping at 1.0, an untied head. ``max_iters`` is the step count (b) reached in the same
   budget, since litgpt sizes its schedule by tokens and the budget here is time. The batch is (b)'s
   (litgpt's 512-sequence global batch would leave a handful of steps). litgpt is optional.
+- **(m)** a tiny mixture of experts: (a) with each MLP replaced by 8 experts of half (a)'s hidden width, 2 per
+  token (``MOE``), so a token's active parameters equal (a)'s and the MLP parameters are 4x; the Switch
+  balancing loss at 0.01. Not run by default (``--only a,m`` compares it with the dense recipe at equal clock).
 
 Periodic evaluations on the first ``--eval-windows`` held-out windows give each a curve over tokens; the
 table adds the tokens (a) needs to reach (b)'s final curve figure, and the ratio to (b)'s tokens. The
@@ -61,16 +64,29 @@ EVAL_EVERY = 100
 """Steps between the periodic evaluations that draw each setup's curve."""
 
 
+MOE = {"name": "tiny-moe", "moe_experts": 8, "moe_top_k": 2, "moe_hidden": 384, "moe_aux_loss_coef": 0.01}
+"""(m): the tiny recipe's model with a mixture of experts in every layer (8 experts of 384 = half of 768, top 2)."""
+
+
+def moe_section() -> dict:
+    section = recipe_pretrain_section()
+    section["model"] = {**section["model"], **MOE}
+    return section
+
+
 def recipe_pretrain_section() -> dict:
     recipe = yaml.safe_load((resources.files("groundup") / "recipes" / "tiny.yaml").read_text(encoding="utf-8"))
     return recipe["pretrain"]
 
 
 def groundup_setup(name: str, section: dict, run_dir: Path, work: Path, minutes: float | None,
-                   eval_windows: int, steps: int | None = None) -> dict:
+                   eval_windows: int, steps: int | None = None, compile: bool | None = None) -> dict:
     """Train ``section`` (a pretrain config) with ``groundup pretrain`` for ``minutes`` (its schedule on the
-    clock), or for ``steps`` (its schedule over them); its figures and curve."""
+    clock), or for ``steps`` (its schedule over them); its figures and curve. ``compile``: override the
+    section's torch.compile switch (None keeps it)."""
     config = json.loads(json.dumps(section))  # a deep copy
+    if compile is not None:
+        config["compile"] = compile
     config.update(tokens=str(run_dir / "tokens"), tokenizer=str(run_dir / "tokenizer"), out=str(work / name),
                   eval_windows=eval_windows, overwrite=True)
     train = config.setdefault("train", {})
@@ -167,9 +183,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each setup")
     parser.add_argument("--eval-windows", type=int, default=64, help="held-out windows of the periodic evaluations")
     parser.add_argument("--only", default="a,b,a15,c",
-                        help="which setups to run, comma-separated (a15: the recipe on (b)'s tokens / 1.5)")
+                        help="which setups to run, comma-separated (a, b, c, m; a15: the recipe on (b)'s tokens / 1.5)")
     parser.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="train every groundup setup without torch.compile (its start-up, 1-3 minutes on a "
+                             "busy 2-core machine, counts in the budget)")
     args = parser.parse_args()
     for needed in ("tokens/train.bin", "tokens/val.bin", "tokens/meta.json", "tokenizer/tokenizer.json"):
         if not (args.run_dir / needed).is_file():
@@ -178,11 +197,13 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="quality_per_compute_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    compile = False if args.no_compile else None
     if "a" in only:
         results["a"] = groundup_setup("a_recipe", recipe_pretrain_section(), args.run_dir, work, args.minutes,
-                                      args.eval_windows)
+                                      args.eval_windows, compile=compile)
     if "b" in only or "c" in only:
-        results["b"] = groundup_setup("b_baseline", BASELINE, args.run_dir, work, args.minutes, args.eval_windows)
+        results["b"] = groundup_setup("b_baseline", BASELINE, args.run_dir, work, args.minutes, args.eval_windows,
+                                      compile=compile)
     if "a15" in only and "b" in results:
         # The recipe given (b)'s tokens / 1.5, its schedule (warmup, hold, decay) fitted to that budget: does it
         # end at or below (b)'s figure? The fair test of "1.5x fewer tokens" for a schedule that decays at the
@@ -191,12 +212,15 @@ def main() -> None:
         per_step = section["batch_size"] * section["seq_len"] * section.get("train", {}).get("grad_accum", 1)
         steps = max(1, round(results["b"]["tokens"] / 1.5 / per_step))
         results["a15"] = groundup_setup("a_recipe_two_thirds", section, args.run_dir, work, None, args.eval_windows,
-                                        steps=steps)
+                                        steps=steps, compile=compile)
     if "c" in only:
         try:
             results["c"] = litgpt_setup(args.run_dir, args.minutes, results["b"]["steps"], args.eval_windows)
         except ImportError as e:
             print(f"(c) skipped: litgpt is not installed ({e})")
+    if "m" in only:
+        results["m"] = groundup_setup("m_moe", moe_section(), args.run_dir, work, args.minutes, args.eval_windows,
+                                      compile=compile)
     print_table(results, args.minutes)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -204,13 +228,17 @@ def main() -> None:
 
 def print_table(results: dict[str, dict], minutes: float) -> None:
     names = {"a": "(a) groundup tiny recipe", "b": "(b) previous recipe (AdamW)", "c": "(c) litgpt defaults",
-             "a15": "(a) on (b)'s tokens / 1.5"}
+             "a15": "(a) on (b)'s tokens / 1.5", "m": "(m) tiny MoE, 8 experts top 2"}
     print(f"\nheld-out bits per byte after {minutes:g} min of training each")
     print(f"{'setup':30s} {'bits/byte':>9s} {'tokens':>10s} {'steps':>6s} {'tok/s':>7s}")
     for key, r in results.items():
         print(f"{names[key]:30s} {r['bits_per_byte']:9.4f} {r['tokens']:10,d} {r['steps']:6d} "
               f"{r['tokens'] / r['seconds']:7.0f}")
-    if "a" in results:
+    if "a" in results and "m" in results:
+        diff, ratio = results["m"]["bits_per_byte"] - results["a"]["bits_per_byte"], results["m"]["tokens"] / results["a"]["tokens"]
+        print(f"(m) MoE against (a) dense at the same clock: {diff:+.4f} bits per byte (negative: the MoE wins), "
+              f"{ratio:.2f}x the tokens")
+    if "a" in results and ("b" in results or "c" in results):
         others = [results[k]["bits_per_byte"] for k in ("b", "c") if k in results]
         if others:
             print(f"(a) against the better of the others: {results['a']['bits_per_byte'] - min(others):+.4f} "

@@ -36,7 +36,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "consolidate": ("groundup.train.consolidate", "Turn a training checkpoint (distributed or not) into a model dir."),
     "generate": ("groundup.infer.generate", "Generate text from a model dir."),
     "export": ("groundup.interop.export", "Export a model dir to a Hugging Face folder or a GGUF file (llama.cpp, ollama)."),
-    "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) as a model dir."),
+    "import": ("groundup.interop.importer", "Import a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2/3, Mixtral, OLMoE, Qwen2-MoE) as a model dir."),
     "evaluate": ("groundup.evaluate.run", "Evaluate a model dir on local task files (perplexity, multiple choice, generation, code)."),
     "lm-eval": ("groundup.evaluate.lm_eval", "lm-evaluation-harness's own command line with groundup models registered (--model groundup)."),
     "finetune": ("groundup.finetune.run", "Fine-tune a model dir: sft, classify, dpo or continue (LoRA with any)."),

@@ -6,6 +6,12 @@ through ``gguf``'s own HF -> GGUF name map, the route llama.cpp's ``convert_hf_t
 - Llama family -> arch ``llama``. llama.cpp applies RoPE to interleaved pairs (GPT-J style), HF Llama and
   groundup to the two halves of each head, so q and k rows are permuted per head exactly as the
   converter's ``LlamaModel.permute`` does. Q/K/V (and output) biases are written as ``attn_q.bias`` etc.
+- Mixture of experts in the Mixtral layout -> arch ``llama`` with llama.cpp's stacked expert tensors
+  ``ffn_gate_exps`` / ``ffn_up_exps`` / ``ffn_down_exps`` ((E, H, C), (E, H, C), (E, C, H) in PyTorch order), the
+  router ``ffn_gate_inp`` (kept f32, as the converter and ``llama-quantize`` keep it) and the keys
+  ``llama.expert_count`` / ``llama.expert_used_count``: llama.cpp's llama graph routes by softmax over the
+  experts and renormalizes the top k, which is Mixtral's (and groundup's ``moe_normalize``) routing. OLMoE and
+  Qwen2-MoE shapes (llama.cpp's ``olmoe`` and ``qwen2moe`` archs) are not written yet.
 - GPT-2 family -> arch ``gpt2`` (fused ``attn_qkv``, learned ``position_embd``, every bias, zeros where
   groundup has none; grouped k/v heads repeated, as for HF).
 
@@ -40,6 +46,7 @@ from groundup.interop.hf import (
     export_layout,
     from_hf_state_dict,
     hf_architecture,
+    moe_family,
     to_hf_state_dict,
 )
 from groundup.model.config import ModelConfig
@@ -103,10 +110,58 @@ def _qk_heads(hf_name: str, config: ModelConfig) -> int | None:
     return None
 
 
+_STACKED = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
+"""transformers' stacked expert tensors (in-memory names), which GGUF keeps as three: gate, up, down."""
+
+
+def split_experts(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stacked ``gate_up_proj`` (E, 2H, C) -> ``experts.gate_proj.weight`` and ``experts.up_proj.weight`` (E, H, C),
+    ``down_proj`` -> ``experts.down_proj.weight``: the merged per-layer names ``gguf``'s name map knows."""
+    out = {}
+    for name, tensor in hf_state.items():
+        if name.endswith(_STACKED[0]):
+            stem = name.removesuffix("gate_up_proj")
+            out[stem + "gate_proj.weight"], out[stem + "up_proj.weight"] = tensor.chunk(2, dim=1)
+        elif name.endswith(_STACKED[1]):
+            out[name + ".weight"] = tensor
+        else:
+            out[name] = tensor
+    return out
+
+
+def join_experts(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`split_experts`."""
+    out = {}
+    for name, tensor in hf_state.items():
+        if name.endswith(".mlp.experts.gate_proj.weight"):
+            stem = name.removesuffix("gate_proj.weight")
+            out[stem + "gate_up_proj"] = torch.cat((tensor, hf_state[stem + "up_proj.weight"]), dim=1)
+        elif name.endswith(".mlp.experts.down_proj.weight"):
+            out[name.removesuffix(".weight")] = tensor
+        elif not name.endswith(".mlp.experts.up_proj.weight"):
+            out[name] = tensor
+    return out
+
+
+def check_gguf_moe(config: ModelConfig, dtype: str | None = None) -> None:
+    """Refuse a mixture-of-experts shape GGUF export does not write (anything but the Mixtral layout), or the
+    q4_k_m mix for one (llama.cpp's per-expert rules of that mix are not reproduced), naming the setting."""
+    family = moe_family(config)
+    if family not in (None, "mixtral"):
+        raise UnsupportedModelError(f"GGUF export writes mixture-of-experts models in the Mixtral layout only "
+                                    f"(llama.cpp's llama arch); this shape is {family} (shared experts or QK-norm "
+                                    f"over whole projections: moe_shared_experts={config.moe_shared_experts}, "
+                                    f"qk_norm={config.qk_norm})")
+    if family and dtype == "q4_k_m":
+        raise UnsupportedModelError("GGUF dtype 'q4_k_m' is written for dense models only; a mixture-of-experts "
+                                    "model takes f32, f16, q8_0 or q4_0")
+
+
 def gguf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """GGUF tensor name -> float32 tensor in llama.cpp's layout (q/k permuted for llama), before any quantization."""
     config = model.config
-    hf_state = to_hf_state_dict(model.state_dict(), config)
+    check_gguf_moe(config)
+    hf_state = split_experts(to_hf_state_dict(model.state_dict(), config))
     if config.tie_embeddings:
         hf_state.pop("lm_head.weight")  # llama.cpp falls back to token_embd for the output head
     name_map = _name_map(config)
@@ -131,7 +186,7 @@ def model_from_gguf_state(tensors: dict[str, torch.Tensor], config: ModelConfig)
     with torch.device("meta"):
         meta = Transformer(config)
     layout = export_layout(config)
-    hf_names = to_hf_state_dict(meta.state_dict(), config)
+    hf_names = split_experts(to_hf_state_dict(meta.state_dict(), config))
     hf: dict[str, torch.Tensor] = {}
     for hf_name in hf_names:
         name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -150,7 +205,7 @@ def model_from_gguf_state(tensors: dict[str, torch.Tensor], config: ModelConfig)
         # The export repeated each key/value head; the file holds an equivalent multi-head model.
         config = dataclasses.replace(config, n_kv_head=None)
     model = Transformer(config)
-    state = from_hf_state_dict(hf, config, layout)
+    state = from_hf_state_dict(join_experts(hf), config, layout)
     if not config.bias:  # biases the export filled with zeros do not exist in groundup's model
         expected = set(model.state_dict())
         state = {k: v for k, v in state.items() if k in expected}
@@ -217,7 +272,7 @@ def tensor_types(tensors: dict[str, torch.Tensor], dtype: str, n_layer: int) -> 
         return _q4_k_m_types(tensors, n_layer)
     types = {}
     for name, tensor in tensors.items():
-        if tensor.ndim == 1 or dtype == "f32":
+        if tensor.ndim == 1 or dtype == "f32" or name.endswith("ffn_gate_inp.weight"):  # routers stay f32
             types[name] = types_.F32
         elif dtype == "f16":
             types[name] = types_.F16
@@ -304,6 +359,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"GGUF dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
     config = model.config
+    check_gguf_moe(config, dtype)
     arch = _arch(config)
     spec = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
     pre = tokenizer_pre or pre_tokenizer_type(spec)
@@ -320,7 +376,7 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
     writer.add_context_length(config.block_size)
     writer.add_embedding_length(config.n_embd)
     writer.add_block_count(config.n_layer)
-    writer.add_feed_forward_length(config.mlp_hidden)
+    writer.add_feed_forward_length(config.moe_expert_hidden if config.moe_experts else config.mlp_hidden)
     writer.add_head_count(config.n_head)
     writer.add_vocab_size(config.vocab_size)
     if arch == "llama":
@@ -328,6 +384,9 @@ def write_gguf(model: Transformer, tokenizer_file: str | Path, path: str | Path,
         writer.add_rope_freq_base(config.rope_theta)
         writer.add_rope_dimension_count(config.head_dim)
         writer.add_layer_norm_rms_eps(config.norm_eps)
+        if config.moe_experts:
+            writer.add_expert_count(config.moe_experts)
+            writer.add_expert_used_count(config.moe_top_k)
     else:
         writer.add_layer_norm_eps(config.norm_eps)
     if dtype not in ("f32", "f16"):
@@ -450,7 +509,9 @@ def config_from_gguf(metadata: dict[str, Any], tensor_names: set[str] | None = N
                   tie_embeddings="output.weight" not in names)
     if arch == "llama":
         bias = "blk.0.ffn_up.bias" in names
-        return ModelConfig.llama(**common, n_kv_head=int(a("attention.head_count_kv")),
+        moe = {"moe_experts": int(a("expert_count")), "moe_top_k": int(a("expert_used_count"))} \
+            if a("expert_count") else {}
+        return ModelConfig.llama(**common, **moe, n_kv_head=int(a("attention.head_count_kv")),
                                  rope_theta=float(a("rope.freq_base")),
                                  norm_eps=float(a("attention.layer_norm_rms_epsilon")),
                                  bias=bias, qkv_bias=not bias and "blk.0.attn_q.bias" in names)
@@ -512,6 +573,8 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     if arch == "llama":
         expected_meta |= {"llama.attention.head_count_kv": config.kv_heads, "llama.rope.freq_base": config.rope_theta,
                           "llama.attention.layer_norm_rms_epsilon": config.norm_eps}
+        if config.moe_experts:
+            expected_meta |= {"llama.expert_count": config.moe_experts, "llama.expert_used_count": config.moe_top_k}
     for key, value in expected_meta.items():
         got = metadata.get(key)
         ok = got == value if isinstance(value, str | int) and not isinstance(value, float) \
@@ -540,6 +603,10 @@ def verify_gguf(model_dir: str | Path, path: str | Path, *, texts: list[str], dt
     # 256-wide one at its initialization by about 0.2 (the tensors themselves are checked exactly against
     # their round trip above).
     default_tolerance = {"f32": 1e-4, "f16": 2e-2, "q8_0": 2e-1, "q4_0": 1.0, "q4_k_m": 1.0}[dtype]
+    if config.moe_experts and dtype in ("q8_0", "q4_0"):
+        # Rounded weights flip a token's choice of experts where two scores nearly tie: its logits (and the later
+        # tokens attending to it) jump. A random 4-expert test model at q8_0 moves by about 0.35 of the largest logit.
+        default_tolerance = 1.0
     tolerance = default_tolerance if tolerance is None else tolerance
     measured = worst if dtype == "f32" else relative
     if not measured <= tolerance:

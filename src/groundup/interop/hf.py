@@ -14,8 +14,10 @@ runtime knows (transformers, vLLM, TGI, llama.cpp's converter):
 
 Latent attention (``attention='mla'``) maps onto ``DeepseekV3ForCausalLM``: see
 :mod:`groundup.interop.hf_deepseek`, which this module hands those shapes, tensors and configs to.
+Mixtures of experts map onto ``MixtralForCausalLM``, ``OlmoeForCausalLM`` and ``Qwen2MoeForCausalLM`` (see
+:data:`MOE_MODEL_TYPES`), both ways.
 
-Import reads the same two layouts plus Mistral and Qwen2 (Llama-shaped) from a local folder's
+Import reads the same layouts plus Mistral, Qwen2 and Qwen3 (Llama-shaped) from a local folder's
 safetensors (one file or sharded with an index) or ``pytorch_model.bin`` (``weights_only`` loading),
 checking every tensor's name and shape against the expected layout before anything is loaded.
 
@@ -29,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,7 +46,7 @@ from groundup.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "deepseek_v3")
+IMPORTABLE = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "mixtral", "olmoe", "qwen2_moe", "deepseek_v3")
 """HF ``model_type`` values ``import`` reads."""
 # Non-parameter buffers some checkpoints carry (GPT-2's causal mask, old Llama's RoPE frequencies).
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
@@ -69,8 +72,10 @@ def hf_architecture(config: ModelConfig) -> str:
     Raises UnsupportedModelError naming every switch that neither GPT2LMHeadModel nor LlamaForCausalLM
     can express (say LayerNorm with RoPE).
     """
+    # OLMoE's QK-norm over whole projections exports with the mixture-of-experts families (moe_family)
+    moe_qk_norm = {"qk_norm"} if config.moe_experts and config.qk_norm_scope == "all" else set()
     unmapped = [f"{name}={getattr(config, name)!r} (needs {want!r})" for name, want in NO_HF_EQUIVALENT.items()
-                if getattr(config, name) != want]
+                if getattr(config, name) != want and name not in moe_qk_norm]
     if unmapped:
         raise UnsupportedModelError(f"model switches {', '.join(unmapped)} map onto no Hugging Face or GGUF "
                                     "architecture groundup exports")
@@ -84,6 +89,11 @@ def hf_architecture(config: ModelConfig) -> str:
                                     "architecture groundup exports (MistralForCausalLM has no biases)")
     if family == "gpt2" and config.sliding_window is not None:
         raise UnsupportedModelError("model switch sliding_window needs the Llama family (GPT2LMHeadModel has none)")
+    if family == "gpt2" and config.moe_experts:
+        raise UnsupportedModelError(f"model switch moe_experts={config.moe_experts} needs the Llama family "
+                                    "(RMSNorm, RoPE, SwiGLU): the Hugging Face MoE architectures are Llama-shaped")
+    if family == "llama" and config.moe_experts:
+        moe_family(config)  # refuses an MoE layout that no HF class computes, naming the setting
     if family in ("gpt2", "llama"):
         return family
     gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu"}
@@ -107,7 +117,9 @@ class HFLayout:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
-    """Per-head RMSNorm on queries and keys (``self_attn.q_norm``/``k_norm``: Qwen3)."""
+    """RMSNorm on queries and keys (``self_attn.q_norm``/``k_norm``: per head in Qwen3, whole projections in OLMoE)."""
+    moe: str | None = None
+    """The mixture-of-experts family (``'mixtral'``, ``'olmoe'``, ``'qwen2_moe'``), None for a dense model."""
     rope_interleave: bool = False
     """RoPE on interleaved pairs of features (DeepSeek-V3's checkpoints): rows are permuted on the way in."""
 
@@ -119,6 +131,8 @@ def export_layout(config: ModelConfig) -> HFLayout:
     if arch == "deepseek_v3":
         return HFLayout(arch, rope_interleave=True)
     attention_bias = config.bias or config.qkv_bias  # HF Llama's attention_bias covers q, k, v and o together
+    if config.moe_experts:
+        return moe_export_layout(config)
     return HFLayout("llama", attention_bias, attention_bias, config.bias)
 
 
@@ -162,8 +176,11 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
                     names[f"{p}attn.qkv.{kind}"] = "+".join(f"{h}self_attn.{x}_proj.{kind}" for x in "qkv")
                 if kind == "weight" or config.bias:
                     names[f"{p}attn.proj.{kind}"] = f"{h}self_attn.o_proj.{kind}"
+                if (kind == "weight" or config.bias) and not config.is_moe_layer(i):
                     names[f"{p}mlp.fc.{kind}"] = f"{h}mlp.gate_proj.{kind}+{h}mlp.up_proj.{kind}"
                     names[f"{p}mlp.proj.{kind}"] = f"{h}mlp.down_proj.{kind}"
+            if config.is_moe_layer(i):
+                names.update(moe_param_names(config, p, h))
             if config.qk_norm:
                 names[f"{p}attn.q_norm.weight"] = f"{h}self_attn.q_norm.weight"
                 names[f"{p}attn.k_norm.weight"] = f"{h}self_attn.k_norm.weight"
@@ -241,6 +258,9 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig,
                 out[h + "self_attn.q_norm.weight"] = state[p + "attn.q_norm.weight"]
                 out[h + "self_attn.k_norm.weight"] = state[p + "attn.k_norm.weight"]
             out[h + "post_attention_layernorm.weight"] = state[p + "mlp_norm.weight"]
+            if config.is_moe_layer(i):
+                out.update(moe_layer_to_hf(state, config, p, h))
+                continue
             gate, up = state[p + "mlp.fc.weight"].chunk(2, dim=0)
             out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
             out[h + "mlp.down_proj.weight"] = state[p + "mlp.proj.weight"]
@@ -298,6 +318,9 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], config: ModelConfig,
                 out[p + "attn.k_norm.weight"] = t[a + "k_norm.weight"]
             out[p + "attn.proj.weight"] = t[a + "o_proj.weight"]
             out[p + "mlp_norm.weight"] = t[h + "post_attention_layernorm.weight"]
+            if config.is_moe_layer(i):
+                out.update(moe_layer_from_hf(t, config, p, h))
+                continue
             out[p + "mlp.fc.weight"] = torch.cat((t[h + "mlp.gate_proj.weight"], t[h + "mlp.up_proj.weight"]))
             out[p + "mlp.proj.weight"] = t[h + "mlp.down_proj.weight"]
             if config.bias:  # HF may have attention biases without MLP biases (or o_proj without): zeros
@@ -374,15 +397,16 @@ def hf_config_dict(config: ModelConfig, *, bos_token_id: int | None = None, eos_
         rope = {**config.rope_scaling, "rope_theta": config.rope_theta}
         if rope["rope_type"] == "dynamic":  # HF's dynamic scaling reads its original context here
             max_positions = int(rope.pop("original_max_position_embeddings"))
-    return {"architectures": [arch], "model_type": model_type, **common,
-            "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
-            "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
-            "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
-            "max_position_embeddings": max_positions, "rms_norm_eps": config.norm_eps,
-            "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
-            "rope_parameters": rope,
-            "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
-            "attention_dropout": config.attention_dropout, **extra}
+    fields = {"architectures": [arch], "model_type": model_type, **common,
+              "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
+              "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+              "num_key_value_heads": config.kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+              "max_position_embeddings": max_positions, "rms_norm_eps": config.norm_eps,
+              "rope_theta": config.rope_theta,  # transformers < 5, vLLM and llama.cpp's converter read this
+              "rope_parameters": rope,
+              "attention_bias": layout.qkv_bias, "mlp_bias": layout.mlp_bias,
+              "attention_dropout": config.attention_dropout, **extra}
+    return moe_hf_config(config, layout, fields) if layout.moe else fields
 
 
 def _rope(hf: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | None, int]:
@@ -426,9 +450,9 @@ def _sliding_window(hf: dict[str, Any], block_size: int, where: str) -> int | No
     """The one sliding window every layer uses, or None (full attention); a mix of layer kinds is refused."""
     model_type, window = hf.get("model_type"), hf.get("sliding_window")
     kinds = hf.get("layer_types")
-    if model_type != "mistral" and not hf.get("use_sliding_window"):
+    if model_type not in ("mistral", "mixtral") and not hf.get("use_sliding_window"):
         window = None
-    if window is not None and not kinds and model_type != "mistral":  # Qwen: windows from max_window_layers up
+    if window is not None and not kinds and model_type not in ("mistral", "mixtral"):  # Qwen: from max_window_layers
         first = int(hf.get("max_window_layers", 0))
         kinds = ["sliding_attention" if i >= first else "full_attention" for i in range(hf["num_hidden_layers"])]
     if kinds and len(set(kinds)) > 1:
@@ -488,9 +512,13 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
     need("num_hidden_layers")
     head_dim = hf.get("head_dim")
     theta, scaling, block_size = _rope(hf, where)
+    moe: dict[str, Any] = {}
     if model_type == "qwen2":
         layout = HFLayout("llama", qkv_bias=True)
         bias, qkv_bias = False, True
+    elif model_type in MOE_MODEL_TYPES:
+        layout, moe = moe_config_from_hf(hf, where)
+        bias, qkv_bias = False, layout.qkv_bias
     else:
         attention_bias, mlp_bias = bool(hf.get("attention_bias")), bool(hf.get("mlp_bias"))
         layout = HFLayout("llama", attention_bias, attention_bias, mlp_bias, qk_norm=model_type == "qwen3")
@@ -505,8 +533,213 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> tuple[Mode
         intermediate_size=int(need("intermediate_size")), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=theta, rope_scaling=scaling, bias=bias, qkv_bias=qkv_bias, qk_norm=layout.qk_norm,
         sliding_window=_sliding_window(hf, block_size, where),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **moe)
     return config, layout
+
+
+# ---------------------------------------------------------------------------- mixture-of-experts families
+
+
+MOE_MODEL_TYPES = {"mixtral": "MixtralForCausalLM", "olmoe": "OlmoeForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM"}
+"""The HF mixture-of-experts classes groundup imports and exports (Qwen1.5-MoE is ``qwen2_moe``), by model_type.
+
+All three are Llama-shaped (RMSNorm, RoPE, SwiGLU experts) with a softmax router over the experts and the
+top k chosen per token; they differ in what groundup's switches say:
+
+- Mixtral: renormalizes the k weights (``moe_normalize``), no shared experts, no QK-norm; sliding window allowed.
+- OLMoE: RMSNorm over the whole query and key projections (``qk_norm_scope='all'``), ``norm_topk_prob``.
+- Qwen2-MoE: one shared expert behind a per-token sigmoid gate (``moe_shared_gate``), ``norm_topk_prob``, q/k/v
+  biases, dense layers first (``mlp_only_layers`` = ``moe_dense_layers``).
+
+In memory, transformers keeps each layer's experts stacked (``mlp.experts.gate_up_proj`` (E, 2H, C) with gate
+rows first, ``mlp.experts.down_proj`` (E, C, H)): the layout of groundup's ``experts.fc`` and ``experts.proj``.
+On disk (and in older versions) every expert is its own tensor (``experts.{e}.gate_proj`` ... or Mixtral's
+``block_sparse_moe.experts.{e}.w1`` (gate), ``w3`` (up), ``w2`` (down)); :func:`fuse_hf_experts` stacks them.
+"""
+
+_DEEPSEEK_ONLY = {"moe_score": "softmax", "moe_groups": 1, "moe_routed_scale": 1.0, "moe_balance": "aux_loss"}
+"""MoE settings the three families cannot express, with the value they need (DeepSeek-V3 uses the others)."""
+
+
+def moe_family(config: ModelConfig) -> str | None:
+    """The HF ``model_type`` whose MoE computes what ``config``'s does: ``'mixtral'``, ``'olmoe'`` or
+    ``'qwen2_moe'``; None for a dense model. UnsupportedModelError names the settings no family expresses."""
+    if not config.moe_experts:
+        return None
+    off = [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in _DEEPSEEK_ONLY.items() if getattr(config, k) != v]
+    if off:
+        raise UnsupportedModelError(f"model settings {', '.join(off)} map onto no Hugging Face MoE architecture "
+                                    f"groundup exports ({', '.join(MOE_MODEL_TYPES.values())})")
+    if config.qk_norm and config.qk_norm_scope != "all":
+        raise UnsupportedModelError("model settings moe_experts with qk_norm_scope='head' map onto no Hugging Face "
+                                    "MoE architecture groundup exports (OLMoE's QK-norm is qk_norm_scope='all')")
+    if config.moe_shared_experts:
+        family, needs = "qwen2_moe", {"moe_shared_gate": True, "qk_norm": False, "head_size": None,
+                                     "sliding_window": None}
+    elif config.qk_norm:
+        family, needs = "olmoe", {"moe_dense_layers": 0, "qkv_bias": False, "head_size": None,
+                                  "sliding_window": None}
+    else:
+        family, needs = "mixtral", {"moe_normalize": True, "moe_dense_layers": 0, "qkv_bias": False}
+    off = [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in needs.items() if getattr(config, k) != v]
+    if off:
+        why = {"qwen2_moe": "shared experts are Qwen2-MoE's", "olmoe": "QK-norm over whole projections is OLMoE's",
+               "mixtral": "without shared experts or QK-norm the family is Mixtral"}[family]
+        raise UnsupportedModelError(f"model settings {', '.join(off)} map onto no Hugging Face MoE architecture "
+                                    f"({why}: {MOE_MODEL_TYPES[family]})")
+    return family
+
+
+def moe_export_layout(config: ModelConfig) -> HFLayout:
+    family = moe_family(config)
+    # Qwen2-MoE's q/k/v biases are written always (zeros where groundup has none): readers without the
+    # qkv_bias switch (transformers < 5) build them regardless.
+    qkv_bias = family == "qwen2_moe"
+    return HFLayout("llama", qkv_bias=qkv_bias, qk_norm=family == "olmoe", moe=family)
+
+
+def moe_param_names(config: ModelConfig, p: str, h: str) -> dict[str, str]:
+    """groundup -> HF (in-memory, stacked experts) names of MoE layer ``p`` (groundup) / ``h`` (HF) prefixes."""
+    names = {f"{p}mlp.router.weight": f"{h}mlp.gate.weight", f"{p}mlp.experts.fc": f"{h}mlp.experts.gate_up_proj",
+             f"{p}mlp.experts.proj": f"{h}mlp.experts.down_proj"}
+    if config.moe_shared_experts:
+        s = f"{h}mlp.shared_expert."
+        names |= {f"{p}mlp.shared.fc.weight": f"{s}gate_proj.weight+{s}up_proj.weight",
+                  f"{p}mlp.shared.proj.weight": f"{s}down_proj.weight",
+                  f"{p}mlp.shared_gate.weight": f"{h}mlp.shared_expert_gate.weight"}
+    return names
+
+
+def moe_layer_to_hf(state: dict[str, torch.Tensor], config: ModelConfig, p: str, h: str) -> dict[str, torch.Tensor]:
+    out = {f"{h}mlp.gate.weight": state[f"{p}mlp.router.weight"],
+           f"{h}mlp.experts.gate_up_proj": state[f"{p}mlp.experts.fc"],
+           f"{h}mlp.experts.down_proj": state[f"{p}mlp.experts.proj"]}
+    if config.moe_shared_experts:
+        s = f"{h}mlp.shared_expert."
+        out[f"{s}gate_proj.weight"], out[f"{s}up_proj.weight"] = state[f"{p}mlp.shared.fc.weight"].chunk(2, dim=0)
+        out[f"{s}down_proj.weight"] = state[f"{p}mlp.shared.proj.weight"]
+        out[f"{h}mlp.shared_expert_gate.weight"] = state[f"{p}mlp.shared_gate.weight"]
+    return out
+
+
+def moe_layer_from_hf(t: dict[str, torch.Tensor], config: ModelConfig, p: str, h: str) -> dict[str, torch.Tensor]:
+    out = {f"{p}mlp.router.weight": t[f"{h}mlp.gate.weight"], f"{p}mlp.experts.fc": t[f"{h}mlp.experts.gate_up_proj"],
+           f"{p}mlp.experts.proj": t[f"{h}mlp.experts.down_proj"]}
+    if config.moe_shared_experts:
+        s = f"{h}mlp.shared_expert."
+        out[f"{p}mlp.shared.fc.weight"] = torch.cat((t[f"{s}gate_proj.weight"], t[f"{s}up_proj.weight"]))
+        out[f"{p}mlp.shared.proj.weight"] = t[f"{s}down_proj.weight"]
+        out[f"{p}mlp.shared_gate.weight"] = t[f"{h}mlp.shared_expert_gate.weight"]
+    return out
+
+
+_PER_EXPERT = re.compile(r"^(model\.layers\.\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\."
+                         r"(gate_proj|up_proj|down_proj|w1|w3|w2)\.weight$")
+_W_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # Mixtral's original names
+
+
+def fuse_hf_experts(tensors: dict[str, Any], config: ModelConfig, where: str) -> dict[str, Any]:
+    """Checkpoint tensors with one tensor per expert (the on-disk layout; Mixtral's ``block_sparse_moe`` names
+    too) -> the stacked in-memory layout ``mlp.experts.gate_up_proj`` / ``down_proj``; stacked ones pass.
+    A layer missing some of its ``moe_experts`` experts' tensors is refused, naming them."""
+    out: dict[str, Any] = {}
+    layers: dict[str, dict[tuple[int, str], Any]] = {}
+    for name, tensor in tensors.items():
+        m = _PER_EXPERT.match(name)
+        if m is None:
+            out[name.replace(".block_sparse_moe.", ".mlp.")] = tensor
+        else:
+            layers.setdefault(m[1], {})[(int(m[2]), _W_NAMES.get(m[3], m[3]))] = tensor
+    E = config.moe_experts
+    for layer, parts in layers.items():
+        absent = [f"{layer}.mlp.experts.{e}.{w}.weight" for e in range(E) for w in ("gate_proj", "up_proj", "down_proj")
+                  if (e, w) not in parts]
+        if absent:
+            raise UnsupportedModelError(f"{where}: {layer} has {len({e for e, _ in parts})} experts' tensors, "
+                                        f"num_experts is {E}: missing {_few(absent)}")
+        extra = sorted({e for e, _ in parts if e >= E})
+        if extra:
+            raise UnsupportedModelError(f"{where}: {layer} has tensors of experts {extra[:6]} beyond num_experts {E}")
+        gate = torch.stack([parts.pop((e, "gate_proj")) for e in range(E)])
+        up = torch.stack([parts.pop((e, "up_proj")) for e in range(E)])
+        out[f"{layer}.mlp.experts.gate_up_proj"] = torch.cat((gate, up), dim=1)  # (E, 2H, C): gate rows first
+        out[f"{layer}.mlp.experts.down_proj"] = torch.stack([parts.pop((e, "down_proj")) for e in range(E)])
+    return out
+
+
+def _moe_dense_layers(hf: dict[str, Any], n_layer: int, where: str) -> int:
+    """Qwen2-MoE's dense layers (``mlp_only_layers``, and the layers ``decoder_sparse_step`` skips) as a count
+    of first layers: groundup's ``moe_dense_layers``. Any other pattern is refused, naming the field."""
+    only = [int(i) for i in hf.get("mlp_only_layers") or []]
+    step = int(hf.get("decoder_sparse_step") or 1)
+    dense = sorted({i for i in range(n_layer) if i in only or (i + 1) % step})
+    if dense != list(range(len(dense))):
+        field = f"decoder_sparse_step={step}" if step > 1 else f"mlp_only_layers={only}"
+        raise UnsupportedModelError(f"{where}: {field} makes layers {dense[:8]} dense; groundup's model has "
+                                    "its dense layers first only (moe_dense_layers)")
+    return len(dense)
+
+
+def moe_config_from_hf(hf: dict[str, Any], where: str) -> tuple[HFLayout, dict[str, Any]]:
+    """The HF layout and groundup's MoE settings (ModelConfig keywords) of a Mixtral, OLMoE or Qwen2-MoE config."""
+    model_type = hf["model_type"]
+
+    def need(key: str, *alternatives: str) -> Any:
+        for k in (key, *alternatives):
+            if hf.get(k) is not None:
+                return hf[k]
+        raise UnsupportedModelError(f"{where}: missing key {key!r}")
+
+    experts = int(need("num_local_experts", "num_experts") if model_type == "mixtral"
+                  else need("num_experts", "num_local_experts"))
+    moe = {"moe_experts": experts, "moe_top_k": int(need("num_experts_per_tok")), "moe_score": "softmax",
+           "moe_normalize": model_type == "mixtral" or bool(hf.get("norm_topk_prob", False))}
+    if hf.get("router_aux_loss_coef") is not None:
+        moe["moe_aux_loss_coef"] = float(hf["router_aux_loss_coef"])
+    if model_type == "mixtral":
+        return HFLayout("llama", moe="mixtral"), moe
+    if model_type == "olmoe":
+        for key in ("clip_qkv", "attention_bias"):
+            if hf.get(key):
+                raise UnsupportedModelError(f"{where}: {key}={hf[key]!r} is not supported (groundup's OLMoE "
+                                            "attention has no clipping and no biases)")
+        head_dim = hf.get("head_dim")
+        if head_dim not in (None, int(need("hidden_size")) // int(need("num_attention_heads"))):
+            raise UnsupportedModelError(f"{where}: head_dim {head_dim} is not supported for OLMoE (hidden_size / "
+                                        "num_attention_heads only: its QK-norm spans hidden_size features)")
+        return HFLayout("llama", qk_norm=True, moe="olmoe"), moe | {"qk_norm_scope": "all"}
+    # qwen2_moe
+    hidden = int(need("moe_intermediate_size"))
+    shared = int(hf.get("shared_expert_intermediate_size") or 0)
+    if shared <= 0 or shared % hidden:
+        raise UnsupportedModelError(f"{where}: shared_expert_intermediate_size {shared} is not a positive multiple "
+                                    f"of moe_intermediate_size {hidden} (groundup's shared experts are "
+                                    "moe_shared_experts experts of that width)")
+    moe |= {"moe_hidden": hidden, "moe_shared_experts": shared // hidden, "moe_shared_gate": True,
+            "moe_dense_layers": _moe_dense_layers(hf, int(need("num_hidden_layers")), where)}
+    if experts == 0:  # every layer dense: a plain Qwen2 shape
+        moe = {}
+    return HFLayout("llama", qkv_bias=bool(hf.get("qkv_bias", True)), moe="qwen2_moe" if experts else None), moe
+
+
+def moe_hf_config(config: ModelConfig, layout: HFLayout, fields: dict[str, Any]) -> dict[str, Any]:
+    """The Llama-shaped ``config.json`` fields made those of ``layout.moe``'s class."""
+    family = layout.moe
+    fields = {k: v for k, v in fields.items() if k not in ("attention_bias", "mlp_bias", "sliding_window")}
+    fields |= {"architectures": [MOE_MODEL_TYPES[family]], "model_type": family,
+               "num_experts_per_tok": config.moe_top_k, "router_aux_loss_coef": config.moe_aux_loss_coef,
+               "output_router_logits": False}
+    if family == "mixtral":
+        return fields | {"num_local_experts": config.moe_experts, "intermediate_size": config.moe_expert_hidden,
+                         "sliding_window": config.sliding_window, "router_jitter_noise": 0.0}
+    fields |= {"num_experts": config.moe_experts, "norm_topk_prob": config.moe_normalize}
+    if family == "olmoe":
+        fields.pop("head_dim", None)
+        return fields | {"intermediate_size": config.moe_expert_hidden, "attention_bias": False, "clip_qkv": None}
+    return fields | {"intermediate_size": config.mlp_hidden, "moe_intermediate_size": config.moe_expert_hidden,
+                     "shared_expert_intermediate_size": config.moe_shared_experts * config.moe_expert_hidden,
+                     "decoder_sparse_step": 1, "mlp_only_layers": list(range(config.moe_dense_layers)),
+                     "qkv_bias": layout.qkv_bias, "use_sliding_window": False, "sliding_window": None}
 
 
 # ---------------------------------------------------------------------------- in-memory models
@@ -550,6 +783,8 @@ def _build(tensors: dict[str, torch.Tensor], config: ModelConfig, layout: HFLayo
     copy of the weights, not a random initialization beside them."""
     from groundup.model.transformer import finish_meta_load
 
+    if layout.moe:
+        tensors = fuse_hf_experts(tensors, config, where)
     check_hf_tensors(tensors, config, layout, where)
     state = {k: v.to(torch.float32).contiguous() for k, v in from_hf_state_dict(tensors, config, layout).items()}
     with torch.device("meta"):
@@ -724,7 +959,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, *, dtype: str = "float
         hf_model.save_pretrained(tmp, max_shard_size=max_shard_size)
         config_path = tmp / "config.json"
         fields = json.loads(config_path.read_text(encoding="utf-8"))
-        if hf_model.config.model_type == "llama":
+        if hf_model.config.model_type in ("llama", *MOE_MODEL_TYPES):
             fields.setdefault("rope_theta", model.config.rope_theta)  # for readers older than transformers 5
         config_path.write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
         write_hf_tokenizer(model_dir, tmp, tokenizer, model.config.block_size)

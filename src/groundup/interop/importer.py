@@ -1,4 +1,5 @@
-"""The ``groundup import`` stage: a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2) -> a model dir.
+"""The ``groundup import`` stage: a local Hugging Face folder (GPT-2, Llama, Mistral, Qwen2, Qwen3, Mixtral, OLMoE,
+Qwen2-MoE) -> a model dir.
 
 The model dir holds the weights in groundup's layout, its config, the folder's ``tokenizer.json`` and its
 chat template, so ``finetune``, ``evaluate``, ``generate`` and ``serve`` take it. Nothing is downloaded:

@@ -103,6 +103,7 @@ def load_model_weights(model, path: str | Path) -> None:
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
              for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
+        _check_moe_shape(state, model.config, path)
         parts = []
         if wrong:
             parts.append("shape mismatch " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
@@ -120,6 +121,30 @@ def load_model_weights(model, path: str | Path) -> None:
         finish_meta_load(model, str(path))
     else:
         model.load_state_dict(state, strict=False)
+
+
+def _check_moe_shape(state: dict[str, torch.Tensor], config: ModelConfig, path: str | Path) -> None:
+    """Name the setting when a mixture-of-experts checkpoint meets a dense model shape, the reverse, or another
+    number of experts or of dense first layers (the generic mismatch message would list tensor names only)."""
+    routers = {int(k.split(".")[1]): v.shape[0] for k, v in state.items()
+               if k.startswith("blocks.") and k.endswith(".mlp.router.weight")}
+    ours = getattr(config, "moe_experts", 0)
+    if not routers and not ours:
+        return
+    if not routers:
+        raise ValueError(f"{path} holds a dense model (an MLP in every block), but this model shape has "
+                         f"moe_experts={ours}: set moe_experts=0 to load it")
+    experts = sorted(set(routers.values()))
+    if not ours:
+        raise ValueError(f"{path} holds a mixture-of-experts model ({experts[0]} experts in blocks "
+                         f"{min(routers)}..{max(routers)}), but this model shape is dense (moe_experts=0): set "
+                         f"moe_experts={experts[0]} (and the checkpoint's other moe_* settings, in its config.json)")
+    if experts != [ours]:
+        raise ValueError(f"{path} holds {experts[0]} experts per layer, but this model shape has moe_experts={ours}")
+    dense = min(routers)
+    if dense != config.moe_dense_layers:
+        raise ValueError(f"{path} has dense MLPs in its first {dense} blocks, but this model shape has "
+                         f"moe_dense_layers={config.moe_dense_layers}")
 
 
 def save_model_dir(out: str | Path, model, *, tokenizer_file: str | Path, stage: str, config: dict,

@@ -7,11 +7,13 @@ outputs are summed with the scores as weights, renormalized over the k where con
 (DeepSeek, Qwen-MoE) see every token.
 
 Dispatch is dropless: the N * k (token, expert) pairs are sorted by expert, each expert multiplies its
-contiguous run of tokens (one ``torch._grouped_mm`` over all experts where the kernel exists, else a loop over
-the experts that got tokens), and the results are scattered back. No token is dropped for capacity. The sorted
-tokens reach the experts through the block's ``dispatcher``: None runs every expert here; expert parallelism
-(``groundup.parallel.apply_ep``) puts in one that sends each token to the process holding its expert and
-brings the results back, so this file holds no distributed code.
+contiguous run of tokens (one grouped matrix product over all experts where the kernel takes the shape: CUDA on
+Hopper in bfloat16, the CPU in float32 or 16 bits with rows of a multiple of 16 bytes; else a loop over the
+experts that got tokens, with its own backward), and the results are scattered back. No token is dropped for
+capacity. The sorted tokens reach the experts through the block's ``dispatcher``: None runs every expert here;
+expert parallelism (``groundup.parallel.apply_ep``) puts in one that sends each token to the process holding its
+expert and brings the results back, so this file holds no distributed code. Inference on the CPU (no gradient)
+keeps the plain loop with each expert's rows padded to a probed multiple, which is batch-invariant.
 
 Load balancing: a Switch/GShard auxiliary loss (E * sum_e f_e * P_e over k, 1 when balanced) or DeepSeek-V3's
 auxiliary-loss-free bias, added to the scores for the choice only and moved by :func:`update_expert_bias`
@@ -39,18 +41,26 @@ def activate(h: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(h, approximate="tanh")
 
 
-def _grouped_mm_ok(x: torch.Tensor) -> bool:
-    # The fused kernel is CUDA-only (Hopper and later) and bfloat16; elsewhere the loop over experts runs.
-    return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+def _grouped_mm_ok(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    # CUDA: the fused kernel on Hopper and later in bfloat16. CPU: PyTorch's grouped_mm (2.10 and later) in
+    # float32, bfloat16 or float16 when every row is a multiple of 16 bytes (its kernel's alignment), on plain
+    # tensors. Elsewhere the loop over experts runs.
+    if x.is_cuda:
+        return (hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16
+                and torch.cuda.get_device_capability(x.device)[0] >= 9)
+    return (x.device.type == "cpu" and hasattr(F, "grouped_mm")
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and all(type(w) in (torch.Tensor, nn.Parameter) and w.dtype == x.dtype for w in (x, *weights))
+            and all(d * x.element_size() % 16 == 0 for w in weights for d in w.shape[1:]))
 
 
 def grouped_linear(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Each expert's rows of ``x`` (M, in), sorted by expert with ``counts`` (E,) rows each, times its weight:
     row block e of the result is ``x_e @ w[e].T`` for ``w`` (E, out, in). One ``torch._grouped_mm`` where the
     kernel runs, else a loop over the experts with rows (LoRA's expert adapters run through it)."""
-    if _grouped_mm_ok(x):
-        return torch._grouped_mm(x, w.transpose(-2, -1), offs=counts.cumsum(0).to(torch.int32))
+    if _grouped_mm_ok(x, w):
+        grouped_mm = torch._grouped_mm if x.is_cuda else F.grouped_mm
+        return grouped_mm(x, w.transpose(-2, -1), offs=counts.cumsum(0).to(torch.int32))
     out = x.new_empty(x.shape[0], w.shape[1])
     start = 0
     for e, n in enumerate(counts.tolist()):
@@ -87,20 +97,112 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """``x`` (M, C) the tokens sorted by expert, ``counts`` (E,) how many each expert has: (M, C)."""
-        if _grouped_mm_ok(x):
+        if not x.is_cuda and not torch.is_grad_enabled():
+            return self._padded_loop(x, counts)
+        if _grouped_mm_ok(x, self.fc, self.proj):
+            grouped_mm = torch._grouped_mm if x.is_cuda else F.grouped_mm
             offsets = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
-            return torch._grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
+            h = grouped_mm(x, self.fc.transpose(-2, -1), offs=offsets)  # (M, up)
+            return grouped_mm(activate(h, self.kind), self.proj.transpose(-2, -1), offs=offsets)
+        return expert_loop(x, counts, self.fc, self.proj, self.kind)
+
+    @torch.no_grad()
+    def _padded_loop(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Inference's loop: each expert's rows padded to ``row_multiple`` (its result does not depend on how
+        many other tokens chose the same expert)."""
         out = torch.empty_like(x)
         start, m = 0, self.row_multiple
         for e, n in enumerate(counts.tolist()):  # the experts that got tokens; one host sync per layer
             if n:
                 rows = x[start:start + n]
-                if m > 1 and n % m and not torch.is_grad_enabled():
+                if m > 1 and n % m:
                     rows = F.pad(rows, (0, 0, 0, m - n % m))
                 out[start:start + n] = (activate(rows @ self.fc[e].t(), self.kind) @ self.proj[e].t())[:n]
                 start += n
         return out
+
+
+@torch.compiler.disable  # data-dependent group sizes: compiled, every new split of the tokens would recompile
+def expert_loop(x: torch.Tensor, counts: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, kind: str) -> torch.Tensor:
+    """The experts one after another on their contiguous runs of ``x`` (M, C) sorted by expert: (M, C).
+
+    Plain tensors go through :class:`_ExpertLoop`, whose backward writes each expert's weight gradient into its
+    slice of one stacked gradient; autograd through ``fc[e]`` gives every expert a zero-filled gradient of the
+    whole stack to add up (E full-size fills and adds per weight and layer: a third of one MoE layer's forward
+    and backward on the CPU at 8 experts, in a profile). Tensor subclasses (DTensor) and autocast regions (whose
+    casts the function's ``out=`` products would skip) take the same loop through autograd."""
+    sizes = counts.tolist()  # the experts that got tokens; one host sync per layer
+    plain = all(type(t) in (torch.Tensor, nn.Parameter) for t in (x, fc, proj))
+    if plain and not torch.is_autocast_enabled(x.device.type):
+        return _ExpertLoop.apply(x, fc, proj, sizes, kind)
+    out, start = torch.empty_like(x), 0
+    for e, n in enumerate(sizes):
+        if n:
+            rows = slice(start, start + n)
+            out[rows] = activate(x[rows] @ fc[e].t(), kind) @ proj[e].t()
+            start += n
+    return out
+
+
+class _ExpertLoop(torch.autograd.Function):
+    """y[rows_e] = act(x[rows_e] fc[e]^T) proj[e]^T for each expert e, with a hand-written backward (see
+    :func:`expert_loop`). Saves x and the pre-activations h (M, up); the activation is recomputed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, sizes: list[int], kind: str):
+        out = x.new_empty(x.shape[0], proj.shape[1])
+        h = x.new_empty(x.shape[0], fc.shape[1])
+        start = 0
+        for e, n in enumerate(sizes):
+            if n:
+                rows = slice(start, start + n)
+                torch.mm(x[rows], fc[e].t(), out=h[rows])
+                torch.mm(activate(h[rows], kind), proj[e].t(), out=out[rows])
+                start += n
+        ctx.save_for_backward(x, fc, proj, h)
+        ctx.sizes, ctx.kind = sizes, kind
+        return out
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, fc, proj, h = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx, dh = torch.empty_like(x), torch.empty_like(h)
+        dfc, dproj = torch.zeros_like(fc), torch.zeros_like(proj)  # experts without tokens: zero gradients
+        start = 0
+        for e, n in enumerate(ctx.sizes):
+            if not n:
+                continue
+            rows = slice(start, start + n)
+            a, grad_act = _activation_and_grad(h[rows], ctx.kind)
+            torch.mm(dy[rows].t(), a, out=dproj[e])
+            grad_act(dy[rows] @ proj[e], dh[rows])  # dL/dh into dh[rows]
+            torch.mm(dh[rows].t(), x[rows], out=dfc[e])
+            torch.mm(dh[rows], fc[e], out=dx[rows])
+            start += n
+        return dx, dfc, dproj, None, None
+
+
+def _activation_and_grad(h: torch.Tensor, kind: str):
+    """act(h) and a function writing dL/dh into ``out`` from dL/d act(h): SwiGLU by hand, the others by autograd."""
+    if kind == "swiglu":
+        gate, up = h.chunk(2, dim=-1)
+        silu = F.silu(gate)
+
+        def grad(da: torch.Tensor, out: torch.Tensor) -> None:
+            H = gate.shape[-1]
+            torch.ops.aten.silu_backward.grad_input(da * up, gate, grad_input=out[:, :H])
+            torch.mul(da, silu, out=out[:, H:])
+
+        return silu * up, grad
+    with torch.enable_grad():
+        leaf = h.detach().requires_grad_()
+        a = activate(leaf, kind)
+
+    def grad(da: torch.Tensor, out: torch.Tensor) -> None:
+        out.copy_(torch.autograd.grad(a, leaf, da)[0])
+
+    return a.detach(), grad
 
 
 class MoE(nn.Module):

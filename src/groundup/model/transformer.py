@@ -543,11 +543,12 @@ def finish_meta_load(model: Transformer, where: str = "weights") -> Transformer:
         model.lm_head.weight = model.tok_embeddings.weight
     if model.config.position == "rope":
         model.rope_cos, model.rope_sin = rope_table(model.config)
-    for module in model.modules():  # the routers' state a checkpoint does not carry starts at zero
+    device = model.tok_embeddings.weight.device
+    for module in model.modules():  # an MoE block's routing state the file does not hold starts at zero
         if isinstance(module, MoE):
-            for name in ("expert_load", "expert_bias"):
+            for name in ("expert_bias", "expert_load"):
                 if getattr(module, name).is_meta:
-                    setattr(module, name, torch.zeros(getattr(module, name).shape))
+                    setattr(module, name, torch.zeros(module.config.moe_experts, device=device))
     leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise RuntimeError(f"{where}: no value for {leftover[:5]}")
