@@ -111,7 +111,7 @@ def test_moe_weights_into_a_dense_shape_name_the_setting(tmp_path):
 
     moe = tiny(moe_experts=4, moe_top_k=2, moe_score="sigmoid", moe_balance="bias", moe_dense_layers=1)
     save_model_weights(Transformer(moe), tmp_path / "moe.safetensors")
-    with pytest.raises(ValueError, match=r"the file has mixture-of-experts layers .*\(moe_experts=0"):
+    with pytest.raises(ValueError, match=r"holds a mixture-of-experts model .* dense \(moe_experts=0\)"):
         load_model_weights(Transformer(dataclasses.replace(moe, moe_experts=0)), tmp_path / "moe.safetensors")
     with pytest.raises(ValueError, match=r"the file has latent attention .*\(attention='mha'\)"):
         load_model_weights(Transformer(dataclasses.replace(moe, attention="mha")), tmp_path / "moe.safetensors")

@@ -74,13 +74,11 @@ def save_model_weights(model, path: str | Path) -> Path:
 
 
 def _setting_hint(config, missing: list[str], unexpected: list[str]) -> str:
-    """The setting that most likely explains a name mismatch: experts, or latent attention, on one side only."""
+    """The setting that most likely explains a name mismatch: latent attention on one side only (experts on one
+    side only are named earlier, by :func:`_check_moe_shape`)."""
     hints = []
     for names, side in ((unexpected, "the file has {} and this shape does not"),
                         (missing, "this shape has {} and the file does not")):
-        if any(".mlp.experts." in n or ".mlp.router." in n for n in names):
-            hints.append(side.format("mixture-of-experts layers") +
-                         f" (moe_experts={config.moe_experts}, moe_dense_layers={config.moe_dense_layers})")
         if any(".attn.kv_down." in n for n in names):
             hints.append(side.format("latent attention") + f" (attention={config.attention!r})")
     return "; " + "; ".join(hints) if hints else ""
