@@ -177,6 +177,18 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------- conversations
 
 
+def split_pattern(name: str) -> str:
+    """The tokenizer's split: ``gpt4`` (digits in runs of up to three), or ``digits``: the same with every digit
+    a piece of its own (as Llama and DeepSeek split numbers), so that a number is a run of digit tokens and
+    copying it is copying consecutive tokens, which a small model learns from few examples."""
+    from groundup.tokenizer import GPT4_PATTERN
+
+    if name == "gpt4":
+        return name
+    assert r"\p{N}{1,3}" in GPT4_PATTERN
+    return GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
 def agent_prompt() -> tuple[str, list[dict]]:
     """The system prompt and tool specs groundup's Agent sends with ``calc`` (its scratchpad tool included)."""
     from groundup.apps.agent import SYSTEM, Agent
@@ -188,14 +200,19 @@ def answer_text(value: int | str) -> str:
     return f"The answer is {value}."
 
 
-def tool_conversation(p: dict, system: str, specs: list[dict]) -> dict:
-    call = {"id": "call_0", "type": "function",
-            "function": {"name": "calc", "arguments": json.dumps({"expression": p["expression"]})}}
-    return {"tools": specs, "messages": [
-        {"role": "system", "content": system}, {"role": "user", "content": p["question"]},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_0", "content": calc(p["expression"])},
-        {"role": "assistant", "content": answer_text(p["answer"])}]}
+def tool_conversation(problems: list[dict], system: str, specs: list[dict]) -> dict:
+    """``problems`` one after another in one conversation, as one Agent given them as successive tasks sends
+    them (its memory keeps the earlier ones): the system turn with the tools once, then per problem the user's
+    question, the assistant's ``calc`` call, the tool's result and the assistant's answer."""
+    messages: list[dict] = [{"role": "system", "content": system}]
+    for i, p in enumerate(problems):
+        call = {"id": f"call_{i}", "type": "function",
+                "function": {"name": "calc", "arguments": json.dumps({"expression": p["expression"]})}}
+        messages += [{"role": "user", "content": p["question"]},
+                     {"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"call_{i}", "content": calc(p["expression"])},
+                     {"role": "assistant", "content": answer_text(p["answer"])}]
+    return {"tools": specs, "messages": messages}
 
 
 def direct_conversation(p: dict) -> dict:
@@ -207,7 +224,8 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
     from groundup.tokenizer.chat import render_chat
 
     system, specs = agent_prompt()
-    records = [tool_conversation(p, system, specs) for p in train[: args.train]]
+    with_tool, k = train[: args.train], args.per_conversation
+    records = [tool_conversation(with_tool[i: i + k], system, specs) for i in range(0, len(with_tool), k)]
     records += [direct_conversation(p) for p in train[args.train:]]
     random.Random(args.seed).shuffle(records)
     paths = {name: out / f"{name}.jsonl" for name in ("sft", "held_out", "corpus")}
@@ -219,10 +237,11 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
         for r in records[: args.tokenizer_conversations]:
             text = render_chat(r["messages"], tools=r.get("tools"))
             f.write(json.dumps({"text": text.replace("<|im_start|>", "").replace("<|im_end|>", "")}) + "\n")
-        # and every number below 1000, three times: each becomes one token (the split keeps digits in runs of
-        # at most three), so copying a number is copying a token or two, whichever numbers the problems hold.
-        for _ in range(3):
-            f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
+        if args.pattern == "gpt4":
+            # every number below 1000, three times: each becomes one token (the split keeps digits in runs of
+            # at most three), whichever numbers the problems hold.
+            for _ in range(3):
+                f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
     return paths
 
 
@@ -302,6 +321,10 @@ def main() -> None:
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
     parser.add_argument("--tokenizer-conversations", type=int, default=1500)
+    parser.add_argument("--per-conversation", type=int, default=4,
+                        help="problems per training conversation (one system turn, then one after another)")
+    parser.add_argument("--pattern", choices=("digits", "gpt4"), default="digits",
+                        help="tokenizer split: digits one by one, or GPT-4's runs of up to three")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--block-size", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
@@ -327,7 +350,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, held_out = make_problems(args)
     paths = write_data(args.out, train, held_out, args)
-    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size)
+    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size,
+                      pattern=split_pattern(args.pattern))
     prep_seconds = time.perf_counter() - t_start
 
     started = time.perf_counter()
