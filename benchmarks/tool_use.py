@@ -315,21 +315,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tool_use"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=4000, help="tool-use conversations to train on")
+    parser.add_argument("--train", type=int, default=24000, help="problems to train on with the tool")
     parser.add_argument("--direct", type=int, default=1000, help="conversations without tools to train on")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
-    parser.add_argument("--tokenizer-conversations", type=int, default=1500)
+    parser.add_argument("--tokenizer-conversations", type=int, default=500)
     parser.add_argument("--per-conversation", type=int, default=4,
                         help="problems per training conversation (one system turn, then one after another)")
     parser.add_argument("--pattern", choices=("digits", "gpt4"), default="digits",
                         help="tokenizer split: digits one by one, or GPT-4's runs of up to three")
     parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--block-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute): checks the path only")
     args = parser.parse_args()
     if args.quick:
-        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 300
+        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 150
 
     from groundup.finetune import sft
     from groundup.train.loop import LoopConfig
@@ -363,6 +363,9 @@ def main() -> None:
     sft_seconds = time.perf_counter() - started
     losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
+    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
+    if truncated:
+        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
     print(f"SFT: {args.steps} steps in {sft_seconds:.0f} s; loss " +
           ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
 
