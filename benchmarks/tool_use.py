@@ -2,13 +2,19 @@
 
 Everything is made here, offline: arithmetic word problems from templates (``Ana has 437 marbles and finds
 285 more. How many marbles does she have now?``; addition, subtraction, multiplication and two-step problems,
-numbers of two and three digits), a byte-level BPE tokenizer trained on the training conversations (every
-number below 1000 one token), a tiny-recipe Llama-style model (random init, ``--layers`` x ``--width``),
-then ``groundup finetune sft`` on two kinds of conversation:
+numbers of two and three digits), a byte-level BPE tokenizer trained on the training conversations
+(``--pattern digits``, the default: every digit a token of its own, so that writing a number from the
+question into the call, or the tool's result into the answer, is copying a run of digit tokens; ``gpt4``:
+runs of up to three digits, every number below 1000 one token), a tiny-recipe Llama-style model (random
+init, ``--layers`` x ``--width``), then ``groundup finetune sft`` on two kinds of conversation:
 
 - with the tool, exactly as groundup's :class:`~groundup.apps.Agent` renders them (its system prompt, the
   tools ``calc`` and the agent's own ``scratchpad`` in the system turn): the user's problem, the assistant's
   call ``calc({"expression": "437+285"})``, the tool's result ``722``, the assistant's ``The answer is 722.``;
+  ``--per-conversation`` problems follow one another after one system turn, as an Agent given successive
+  tasks sends them (its memory keeps the earlier ones). The tool listing is about 255 of a one-problem
+  conversation's ~355 tokens; four problems to a conversation cost ~165 tokens each instead, so the same
+  compute trains on about twice as many problems. The first problem of each is exactly the test's prompt;
 - without tools (``--direct`` of them): the problem, then ``The answer is 722.`` straight away.
 
 The SFT model is then served by ``groundup serve`` in process (uvicorn on a loopback port, tool calls
@@ -23,8 +29,17 @@ schema, or an expression ``calc`` refuses), wrong expression (a result other tha
     nice -n 10 python benchmarks/tool_use.py --out /tmp/tool_use --threads 2
 
 The goal of the issue: at least 90% correct with the tool on 200 held-out problems, in at most 20 minutes
-on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (about a
-minute) that checks the path, not the goal.
+on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (a few
+minutes) that checks the path, not the goal.
+
+Status: the goal is not met. Every run so far scored 0 of 200: the model learns the format (the call, ``calc``,
+``The answer is``) within a few hundred steps but not to copy digits: their loss stays at ~2.25 nats, the entropy of
+the digits themselves, after 300 steps (batch 8, four problems a row, digits split, lr 3e-3), with short
+conversations (no tool listing, ~100 tokens) in the mix or not; lr 1e-2 diverges. Copying a number whose
+place in the question varies takes an induction-style circuit, and a plain 4 x 128 model on digit strings
+(``a b c … <gap of random length> SEP a b c …``) had not formed one after 150 steps of 32 either, while
+copying from a fixed distance is learnt in 50. The defaults are the cheapest per problem of what was tried;
+more steps than 20 minutes allow, or a start from a model that already copies, are what is left to try.
 """
 
 from __future__ import annotations
