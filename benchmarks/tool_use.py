@@ -2,13 +2,19 @@
 
 Everything is made here, offline: arithmetic word problems from templates (``Ana has 437 marbles and finds
 285 more. How many marbles does she have now?``; addition, subtraction, multiplication and two-step problems,
-numbers of two and three digits), a byte-level BPE tokenizer trained on the training conversations (every
-number below 1000 one token), a tiny-recipe Llama-style model (random init, ``--layers`` x ``--width``),
-then ``groundup finetune sft`` on two kinds of conversation:
+numbers of two and three digits), a byte-level BPE tokenizer trained on the training conversations
+(``--pattern digits``, the default: every digit a token of its own, so that writing a number from the
+question into the call, or the tool's result into the answer, is copying a run of digit tokens; ``gpt4``:
+runs of up to three digits, every number below 1000 one token), a tiny-recipe Llama-style model (random
+init, ``--layers`` x ``--width``), then ``groundup finetune sft`` on two kinds of conversation:
 
 - with the tool, exactly as groundup's :class:`~groundup.apps.Agent` renders them (its system prompt, the
   tools ``calc`` and the agent's own ``scratchpad`` in the system turn): the user's problem, the assistant's
   call ``calc({"expression": "437+285"})``, the tool's result ``722``, the assistant's ``The answer is 722.``;
+  ``--per-conversation`` problems follow one another after one system turn, as an Agent given successive
+  tasks sends them (its memory keeps the earlier ones). The tool listing is about 255 of a one-problem
+  conversation's ~355 tokens; four problems to a conversation cost ~165 tokens each instead, so the same
+  compute trains on about twice as many problems. The first problem of each is exactly the test's prompt;
 - without tools (``--direct`` of them): the problem, then ``The answer is 722.`` straight away.
 
 The SFT model is then served by ``groundup serve`` in process (uvicorn on a loopback port, tool calls
@@ -23,8 +29,17 @@ schema, or an expression ``calc`` refuses), wrong expression (a result other tha
     nice -n 10 python benchmarks/tool_use.py --out /tmp/tool_use --threads 2
 
 The goal of the issue: at least 90% correct with the tool on 200 held-out problems, in at most 20 minutes
-on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (about a
-minute) that checks the path, not the goal.
+on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (a few
+minutes) that checks the path, not the goal.
+
+Status: the goal is not met. Every run so far scored 0 of 200: the model learns the format (the call, ``calc``,
+``The answer is``) within a few hundred steps but not to copy digits: their loss stays at ~2.25 nats, the entropy of
+the digits themselves, after 300 steps (batch 8, four problems a row, digits split, lr 3e-3), with short
+conversations (no tool listing, ~100 tokens) in the mix or not; lr 1e-2 diverges. Copying a number whose
+place in the question varies takes an induction-style circuit, and a plain 4 x 128 model on digit strings
+(``a b c … <gap of random length> SEP a b c …``) had not formed one after 150 steps of 32 either, while
+copying from a fixed distance is learnt in 50. The defaults are the cheapest per problem of what was tried;
+more steps than 20 minutes allow, or a start from a model that already copies, are what is left to try.
 """
 
 from __future__ import annotations
@@ -177,6 +192,18 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------- conversations
 
 
+def split_pattern(name: str) -> str:
+    """The tokenizer's split: ``gpt4`` (digits in runs of up to three), or ``digits``: the same with every digit
+    a piece of its own (as Llama and DeepSeek split numbers), so that a number is a run of digit tokens and
+    copying it is copying consecutive tokens, which a small model learns from few examples."""
+    from groundup.tokenizer import GPT4_PATTERN
+
+    if name == "gpt4":
+        return name
+    assert r"\p{N}{1,3}" in GPT4_PATTERN
+    return GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
 def agent_prompt() -> tuple[str, list[dict]]:
     """The system prompt and tool specs groundup's Agent sends with ``calc`` (its scratchpad tool included)."""
     from groundup.apps.agent import SYSTEM, Agent
@@ -188,14 +215,19 @@ def answer_text(value: int | str) -> str:
     return f"The answer is {value}."
 
 
-def tool_conversation(p: dict, system: str, specs: list[dict]) -> dict:
-    call = {"id": "call_0", "type": "function",
-            "function": {"name": "calc", "arguments": json.dumps({"expression": p["expression"]})}}
-    return {"tools": specs, "messages": [
-        {"role": "system", "content": system}, {"role": "user", "content": p["question"]},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_0", "content": calc(p["expression"])},
-        {"role": "assistant", "content": answer_text(p["answer"])}]}
+def tool_conversation(problems: list[dict], system: str, specs: list[dict]) -> dict:
+    """``problems`` one after another in one conversation, as one Agent given them as successive tasks sends
+    them (its memory keeps the earlier ones): the system turn with the tools once, then per problem the user's
+    question, the assistant's ``calc`` call, the tool's result and the assistant's answer."""
+    messages: list[dict] = [{"role": "system", "content": system}]
+    for i, p in enumerate(problems):
+        call = {"id": f"call_{i}", "type": "function",
+                "function": {"name": "calc", "arguments": json.dumps({"expression": p["expression"]})}}
+        messages += [{"role": "user", "content": p["question"]},
+                     {"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": f"call_{i}", "content": calc(p["expression"])},
+                     {"role": "assistant", "content": answer_text(p["answer"])}]
+    return {"tools": specs, "messages": messages}
 
 
 def direct_conversation(p: dict) -> dict:
@@ -207,7 +239,8 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
     from groundup.tokenizer.chat import render_chat
 
     system, specs = agent_prompt()
-    records = [tool_conversation(p, system, specs) for p in train[: args.train]]
+    with_tool, k = train[: args.train], args.per_conversation
+    records = [tool_conversation(with_tool[i: i + k], system, specs) for i in range(0, len(with_tool), k)]
     records += [direct_conversation(p) for p in train[args.train:]]
     random.Random(args.seed).shuffle(records)
     paths = {name: out / f"{name}.jsonl" for name in ("sft", "held_out", "corpus")}
@@ -219,10 +252,11 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
         for r in records[: args.tokenizer_conversations]:
             text = render_chat(r["messages"], tools=r.get("tools"))
             f.write(json.dumps({"text": text.replace("<|im_start|>", "").replace("<|im_end|>", "")}) + "\n")
-        # and every number below 1000, three times: each becomes one token (the split keeps digits in runs of
-        # at most three), so copying a number is copying a token or two, whichever numbers the problems hold.
-        for _ in range(3):
-            f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
+        if args.pattern == "gpt4":
+            # every number below 1000, three times: each becomes one token (the split keeps digits in runs of
+            # at most three), whichever numbers the problems hold.
+            for _ in range(3):
+                f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
     return paths
 
 
@@ -296,17 +330,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/tool_use"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=4000, help="tool-use conversations to train on")
+    parser.add_argument("--train", type=int, default=24000, help="problems to train on with the tool")
     parser.add_argument("--direct", type=int, default=1000, help="conversations without tools to train on")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
-    parser.add_argument("--tokenizer-conversations", type=int, default=1500)
+    parser.add_argument("--tokenizer-conversations", type=int, default=500)
+    parser.add_argument("--per-conversation", type=int, default=4,
+                        help="problems per training conversation (one system turn, then one after another)")
+    parser.add_argument("--pattern", choices=("digits", "gpt4"), default="digits",
+                        help="tokenizer split: digits one by one, or GPT-4's runs of up to three")
     parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--block-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
@@ -315,7 +353,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute): checks the path only")
     args = parser.parse_args()
     if args.quick:
-        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 300
+        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 150
 
     from groundup.finetune import sft
     from groundup.train.loop import LoopConfig
@@ -327,7 +365,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, held_out = make_problems(args)
     paths = write_data(args.out, train, held_out, args)
-    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size)
+    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size,
+                      pattern=split_pattern(args.pattern))
     prep_seconds = time.perf_counter() - t_start
 
     started = time.perf_counter()
@@ -339,6 +378,9 @@ def main() -> None:
     sft_seconds = time.perf_counter() - started
     losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
+    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
+    if truncated:
+        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
     print(f"SFT: {args.steps} steps in {sft_seconds:.0f} s; loss " +
           ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
 

@@ -1,0 +1,88 @@
+"""benchmarks/tool_use.py's data: an honest held-out set, conversations as the Agent sends them, a digit split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from groundup.finetune.data import chat_segments
+from groundup.tokenizer.chat import render_chat
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import tool_use
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return tool_use
+
+
+def args(**over):
+    base = dict(seed=3, train=300, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
+                tokenizer_conversations=60, pattern="digits")
+    return argparse.Namespace(**{**base, **over})
+
+
+def test_held_out_problems_share_no_numbers_names_or_all_wordings_with_training(bench):
+    train, held_out = bench.make_problems(args())
+    assert len(train) == 350 and len(held_out) == 40
+    assert not {(p["op"], tuple(p["numbers"])) for p in train} & {(p["op"], tuple(p["numbers"])) for p in held_out}
+    new_names = {n for n, _ in bench.NEW_NAMES}
+    assert not any(n in p["question"].split() for p in train for n in new_names)
+    new_wordings = [re.compile(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)) + "$") for _, w, _ in bench.NEW_TEMPLATES]
+    assert sum(p["wording"] == "new" for p in held_out) == 10
+    assert not any(w.match(p["question"]) for p in train for w in new_wordings)
+    assert all(any(w.match(p["question"]) for w in new_wordings) for p in held_out if p["wording"] == "new")
+    for p in held_out:
+        assert int(bench.calc(p["expression"])) == p["answer"]
+
+
+def test_a_training_conversation_holds_several_problems_each_call_and_answer_trained(bench):
+    train, _ = bench.make_problems(args())
+    system, specs = bench.agent_prompt()
+    conversation = bench.tool_conversation(train[:3], system, specs)
+    messages = conversation["messages"]
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant", "tool", "assistant"] * 3
+    # what the Agent sends for the first task is the rendering's beginning, as it is at test time
+    first = render_chat(messages[:2], tools=specs, add_generation_prompt=True)
+    assert render_chat(messages, tools=specs).startswith(first)
+    trained = [text for text, is_trained in chat_segments(messages, None, tools=specs) if is_trained]
+    assert len(trained) == 6
+    for k, p in enumerate(train[:3]):
+        assert json.dumps({"expression": p["expression"]}) in trained[2 * k]
+        assert trained[2 * k + 1] == f"The answer is {p['answer']}.<|im_end|>"
+
+
+def test_the_digit_split_makes_every_digit_a_token(bench, tmp_path):
+    from groundup.tokenizer import Tokenizer
+    from groundup.tokenizer import run as tokenizer_stage
+
+    a = args(pattern="digits")
+    train, held_out = bench.make_problems(a)
+    paths = bench.write_data(tmp_path, train, held_out, a)
+    records = [json.loads(x) for x in paths["sft"].read_text().splitlines()]
+    assert len(records) == 100 + 50  # 300 problems with the tool, three to a conversation, and 50 without
+    out = tokenizer_stage.run(tokenizer_stage.Config(data=str(paths["corpus"]), out=tmp_path / "tok", vocab_size=400,
+                                                     pattern=bench.split_pattern("digits"), val_fraction=0.0))
+    tok = Tokenizer.from_file(out)
+    pieces = [tok.decode([i]) for i in tok.encode('{"expression": "437+285"} has 1105 marbles')]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("437285") + list("1105")
+    assert bench.split_pattern("gpt4") == "gpt4"
+
+
+def test_calc_evaluates_arithmetic_and_refuses_anything_else(bench):
+    assert bench.calc("437+285") == "722"
+    assert bench.calc("(12 - 4) * 3") == "24"
+    assert bench.calc("7/2") == "3.5" and bench.calc("8/2") == "4"
+    for bad in ("__import__('os')", "2**10", "x+1", "1/0", "1+"):
+        with pytest.raises(ValueError):
+            bench.calc(bad)
