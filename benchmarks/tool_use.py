@@ -192,18 +192,6 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
 # ---------------------------------------------------------------------------- conversations
 
 
-def split_pattern(name: str) -> str:
-    """The tokenizer's split: ``gpt4`` (digits in runs of up to three), or ``digits``: the same with every digit
-    a piece of its own (as Llama and DeepSeek split numbers), so that a number is a run of digit tokens and
-    copying it is copying consecutive tokens, which a small model learns from few examples."""
-    from groundup.tokenizer import GPT4_PATTERN
-
-    if name == "gpt4":
-        return name
-    assert r"\p{N}{1,3}" in GPT4_PATTERN
-    return GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
-
-
 def agent_prompt() -> tuple[str, list[dict]]:
     """The system prompt and tool specs groundup's Agent sends with ``calc`` (its scratchpad tool included)."""
     from groundup.apps.agent import SYSTEM, Agent
@@ -366,7 +354,7 @@ def main() -> None:
     train, held_out = make_problems(args)
     paths = write_data(args.out, train, held_out, args)
     base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size,
-                      pattern=split_pattern(args.pattern))
+                      pattern=args.pattern)
     prep_seconds = time.perf_counter() - t_start
 
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from groundup.interop.gguf import (
     gguf_tensor_types,
     model_from_gguf_state,
     permute_qk,
+    pre_tokenizer_type,
     read_gguf,
     tensor_types,
     unpermute_qk,
@@ -40,6 +41,21 @@ def interleaved_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
 
+
+
+def test_named_split_patterns_map_to_llama_cpp_pre_tokenizers():
+    from groundup.tokenizer import PATTERNS
+
+    def spec(pattern):
+        return {"model": {"type": "BPE"}, "normalizer": None, "decoder": {"type": "ByteLevel"},
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}
+
+    names = {name: pre_tokenizer_type(spec(pattern)) for name, pattern in PATTERNS.items() if name != "gpt2"}
+    assert names == {"gpt4": "llama-bpe", "digits": "qwen2"}  # qwen2's split: GPT-4's with single digits
+    with pytest.raises(Exception, match="no llama.cpp pre-tokenizer name"):
+        pre_tokenizer_type(spec(r"\p{L}+|\p{N}+|\s+"))
 
 def test_qk_permutation_turns_half_split_rope_into_llama_cpp_rope(interop_model_dirs):
     model, _ = load_model_dir(interop_model_dirs["llama"])

@@ -174,13 +174,17 @@ def test_token_bytes_inverts_the_byte_alphabet():
     assert sorted(token_bytes(c)[0] for c in alphabet) == list(range(256))
 
 
-def test_gpt2_pattern_tokenizer_also_takes_the_fast_path(corpus_file, tmp_path):
-    cfg = tokenizer_stage.Config(data=str(corpus_file), out=tmp_path / "tok", vocab_size=300, pattern="gpt2",
+@pytest.mark.parametrize("pattern", ["gpt2", "digits"])
+def test_other_named_patterns_also_take_the_fast_path(corpus_file, tmp_path, pattern):
+    cfg = tokenizer_stage.Config(data=str(corpus_file), out=tmp_path / "tok", vocab_size=300, pattern=pattern,
                                  max_bytes=50_000)
     tok = Tokenizer.from_file(tokenizer_stage.run(cfg))
     assert tok.backend == "tiktoken"
-    texts = random_texts(100, seed=2) + ODD + list(PROBE_TEXTS)
+    texts = random_texts(100, seed=2) + ODD + list(PROBE_TEXTS) + ["x = 1234567 + 89", "3.14159 and 2026-12-07"]
     assert tok.encode_batch(texts) == [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+    if pattern == "digits":  # no token holds two digits, whatever the merges
+        pieces = [tok.decode([i]) for text in texts for i in tok.encode(text)]
+        assert any(p.isdigit() for p in pieces) and all(sum(c.isdigit() for c in p) <= 1 for p in pieces)
 
 
 def test_skip_special_tokens_and_pickling(tokenizer):

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 GGUF_DTYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 # Split regexes llama.cpp knows by name (its LLAMA_VOCAB_PRE_TYPE_*): groundup's two named patterns.
 # groundup's gpt4 pattern (cl100k without its `\s++$` branch) splits as Llama 3's ("llama-bpe") does.
-_PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
+_PRE_TYPES = {"gpt4": "llama-bpe", "gpt2": "gpt-2", "digits": "qwen2"}  # qwen2: GPT-4's split, single digits
 # The split regexes of imported tokenizers that llama.cpp names too (as their tokenizer.json spells them).
 _PRE_TYPES_BY_REGEX = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -43,7 +43,10 @@ GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}|"
                 r""" ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """GPT-2's split, which is also what ``tokenizers``' ByteLevel applies with ``use_regex=True``."""
-PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN}
+DIGITS_PATTERN = GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+"""GPT-4's split with every digit a piece of its own (as Llama 2, Qwen2 and DeepSeek split numbers): a number
+is a run of digit tokens, so arithmetic and copying numbers work digit by digit."""
+PATTERNS = {"gpt4": GPT4_PATTERN, "gpt2": GPT2_PATTERN, "digits": DIGITS_PATTERN}
 
 # Encoded both ways when a tokenizer loads: code, prose, scripts, whitespace runs, digits, combining
 # marks without a base, emoji sequences and special-token strings inside ordinary text.
@@ -85,7 +88,7 @@ def token_bytes(token: str) -> bytes:
 
 
 def resolve_pattern(pattern: str) -> str:
-    """A named split pattern (``gpt4``, ``gpt2``) or the given regex itself."""
+    """A named split pattern (``gpt4``, ``gpt2``, ``digits``) or the given regex itself."""
     return PATTERNS.get(pattern, pattern)
 
 

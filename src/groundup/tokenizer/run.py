@@ -39,7 +39,7 @@ class Config:
     vocab_size: int = 8192
     """Vocabulary size, the 256 byte tokens and the special tokens included."""
     pattern: str = "gpt4"
-    """Pre-tokenization split: 'gpt4' (cl100k's regex: digits in groups of at most 3), 'gpt2', or a regex."""
+    """Pre-tokenization split: 'gpt4' (cl100k's regex: digits in groups of at most 3), 'gpt2', 'digits' (gpt4 with one digit a piece), or a regex."""
     val_fraction: float = 0.05
     """Share of documents (by a hash of their id) held out: never trained on, used for stats.json."""
     max_bytes: int | None = None
