@@ -72,11 +72,10 @@ def test_the_digit_split_makes_every_digit_a_token(bench, tmp_path):
     records = [json.loads(x) for x in paths["sft"].read_text().splitlines()]
     assert len(records) == 100 + 50  # 300 problems with the tool, three to a conversation, and 50 without
     out = tokenizer_stage.run(tokenizer_stage.Config(data=str(paths["corpus"]), out=tmp_path / "tok", vocab_size=400,
-                                                     pattern=bench.split_pattern("digits"), val_fraction=0.0))
+                                                     pattern=a.pattern, val_fraction=0.0))
     tok = Tokenizer.from_file(out)
     pieces = [tok.decode([i]) for i in tok.encode('{"expression": "437+285"} has 1105 marbles')]
     assert [p for p in pieces if any(c.isdigit() for c in p)] == list("437285") + list("1105")
-    assert bench.split_pattern("gpt4") == "gpt4"
 
 
 def test_calc_evaluates_arithmetic_and_refuses_anything_else(bench):
