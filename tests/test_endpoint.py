@@ -11,7 +11,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from groundup.endpoint import ChatClient, EndpointError, RetryPolicy, parse_retry_after, request
+from groundup.endpoint import (
+    ChatClient,
+    EndpointError,
+    RequestCounts,
+    RetryPolicy,
+    map_unordered,
+    parse_retry_after,
+    request,
+)
 
 
 class Scripted:
@@ -192,3 +200,46 @@ def test_the_judge_retries_through_the_shared_client(scripted):
     with pytest.raises(EndpointError, match=r"^POST .*/v1/chat/completions: HTTP 401: scripted 401 second line$"):
         Judge(JudgeConfig(url=server.url, model="m")).score("Sky?", "blue")
     assert len(server.requests) == 1
+
+
+def test_request_counts_add_up_tries_tokens_and_failures_by_reason(scripted):
+    good, bad = scripted(500, "hello"), scripted(502)
+    counts = RequestCounts(stage="test")
+    assert counts.complete(ChatClient(good.url, policy=fast()), "hi", "doc:1", model="m").content == "hello"
+    assert counts.complete(ChatClient(bad.url, policy=fast(retries=1)), "hi", "doc:2", model="m") is None
+    stats = counts.as_dict()
+    assert (stats["requests"], stats["retries"], stats["prompt_tokens"], stats["completion_tokens"]) == (4, 2, 11, 3)
+    assert stats["failed"] == {"HTTP 502 after 2 tries": 1}
+    assert stats["failed_examples"] == ["doc:2: HTTP 502 after 2 tries"]
+
+
+def test_map_unordered_yields_every_result_with_a_bounded_number_in_flight():
+    lock, state = threading.Lock(), {"running": 0, "most": 0, "read": 0}
+
+    def items():
+        for i in range(40):
+            state["read"] += 1
+            yield i
+
+    def work(i):
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+        time.sleep(0.002 * (i % 3))
+        with lock:
+            state["running"] -= 1
+        return i * i
+
+    results = []
+    for r in map_unordered(work, items(), 3):
+        results.append(r)
+        assert state["read"] - len(results) <= 2 * 3 + 1  # items are read lazily, not all at once
+    assert sorted(results) == [i * i for i in range(40)] and 1 < state["most"] <= 3
+
+    def boom(i):
+        if i == 5:
+            raise ValueError("item 5 is bad")
+        return i
+
+    with pytest.raises(ValueError, match="item 5 is bad"):
+        list(map_unordered(boom, range(10), 2))

@@ -24,13 +24,18 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import logging
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
+
+log = logging.getLogger(__name__)
 
 
 class EndpointError(RuntimeError):
@@ -249,6 +254,81 @@ class ChatClient:
     def complete(self, prompt: str, *, model: str, **params: Any) -> ChatReply:
         """The reply to one user message."""
         return self.chat([{"role": "user", "content": prompt}], model=model, **params)
+
+
+def failure_reason(error: EndpointError) -> str:
+    """A failed request's reason as a stage's stats count it: short, the same for every item it hit."""
+    reason = "malformed response" if error.reason in ("malformed answer", "not JSON") else error.reason
+    return f"{reason} after {error.attempts} tries" if error.attempts > 1 else reason
+
+
+@dataclass
+class RequestCounts:
+    """What many completions from one endpoint, sent from several threads, cost and how they failed: the
+    requests and retries made, the tokens the server reported, and failures by reason with the first 20
+    examples (``where: reason``). The annotator's and ``groundup synth``'s stats.json report it."""
+
+    stage: str = "endpoint"
+    """The name failures are logged under."""
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def complete(self, client: ChatClient, prompt: str, where: str, **params: Any) -> ChatReply | None:
+        """The reply to one user message, counted; None when the endpoint failed (counted under its reason)."""
+
+        def attempt(n: int) -> None:
+            with self.lock:
+                self.requests += 1
+                self.retries += n > 0
+
+        try:
+            reply = client.complete(prompt, on_attempt=attempt, **params)
+        except EndpointError as e:
+            self.fail(failure_reason(e), where)
+            return None
+        with self.lock:
+            self.prompt_tokens += int(reply.prompt_tokens or 0)
+            self.completion_tokens += int(reply.completion_tokens or 0)
+        return reply
+
+    def fail(self, reason: str, where: str) -> None:
+        with self.lock:
+            self.failed[reason] = self.failed.get(reason, 0) + 1
+            if len(self.examples) < 20:
+                self.examples.append(f"{where}: {reason}")
+        log.warning("%s %s: %s", self.stage, where, reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "retries": self.retries, "failed": dict(sorted(self.failed.items())),
+                "failed_examples": list(self.examples), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_unordered(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
+    """``fn(item)`` for every item on ``concurrency`` threads, yielded as each finishes (not in order).
+
+    ``items`` is read lazily, with at most ``2 * concurrency`` calls submitted and not yet yielded, so a
+    stage writing each result as it arrives loses only the calls in flight to a kill. An exception from
+    ``fn`` is raised here, at its result."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        pending: set = set()
+        for item in items:
+            pending.add(pool.submit(fn, item))
+            while len(pending) > 2 * concurrency:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in finished)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (future.result() for future in finished)
 
 
 def parse_chat(data: Any, where: str, attempts: int = 1) -> ChatReply:

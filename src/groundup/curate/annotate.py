@@ -16,16 +16,14 @@ import hashlib
 import json
 import logging
 import re
-import threading
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundup.artifacts import write_json
 from groundup.corpus import ReadStats
 from groundup.curate.readers import list_inputs, read_file
-from groundup.endpoint import ChatClient, EndpointError, RetryPolicy
+from groundup.endpoint import ChatClient, RequestCounts, RetryPolicy, map_unordered
 
 log = logging.getLogger(__name__)
 
@@ -120,69 +118,25 @@ class Config:
     """Field (JSONL) or column (Parquet) holding the text."""
 
 
-@dataclass
-class _Counts:
-    requests: int = 0
-    retries: int = 0
-    annotated: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail(self, reason: str, where: str) -> None:
-        with self.lock:
-            self.failed[reason] = self.failed.get(reason, 0) + 1
-            if len(self.examples) < 20:
-                self.examples.append(f"{where}: {reason}")
-        log.warning("annotate %s: %s", where, reason)
-
-
 def _client(cfg: Config) -> ChatClient:
     return ChatClient(cfg.url, api_key=cfg.api_key, timeout=cfg.timeout_seconds,
                       policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_seconds))
 
 
-def _request(client: ChatClient, cfg: Config, prompt: str, counts: _Counts) -> tuple[str, dict]:
-    """The reply text and usage of one chat completion (the shared client retries 5xx, 429, timeouts and
-    refused connections)."""
-
-    def attempt(n: int) -> None:
-        with counts.lock:
-            counts.requests += 1
-            counts.retries += n > 0
-
-    reply = client.complete(prompt, model=cfg.model, max_tokens=cfg.max_tokens, temperature=0, on_attempt=attempt)
-    return reply.content or "", {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
-
-
-def _annotate_one(client: ChatClient, cfg: Config, prompt: str, doc, key: str, counts: _Counts) -> dict | None:
+def _annotate_one(client: ChatClient, cfg: Config, prompt: str, doc, key: str,
+                  counts: RequestCounts) -> dict | None:
+    """The score record of one document, or None (counted) when the endpoint failed or the reply has no score."""
     where = f"{doc.source}:{doc.offset}"
-    try:
-        reply, usage = _request(client, cfg, prompt.replace("{text}", doc.text[: cfg.max_chars]), counts)
-    except EndpointError as e:
-        counts.fail(_failure(e), where)
+    reply = counts.complete(client, prompt.replace("{text}", doc.text[: cfg.max_chars]), where, model=cfg.model,
+                            max_tokens=cfg.max_tokens, temperature=0)
+    if reply is None:
         return None
-    with counts.lock:
-        counts.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        counts.completion_tokens += int(usage.get("completion_tokens") or 0)
-    score = parse_score(reply)
+    score = parse_score(reply.content or "")
     if score is None:
         counts.fail("no score in the reply", where)
         return None
     return {"hash": key, "source": doc.source, "offset": doc.offset, "text": doc.text, "score": score,
-            "reply": reply}
-
-
-def _failure(error: EndpointError) -> str:
-    """A failed request's reason as stats.json counts it: short, the same for every document it hit."""
-    if error.reason == "malformed answer" or error.reason == "not JSON":
-        return "malformed response"
-    if error.attempts > 1:
-        return f"{error.reason} after {error.attempts} tries"
-    return error.reason
+            "reply": reply.content or ""}
 
 
 def read_annotations(path: Path) -> Iterator[dict]:
@@ -210,22 +164,11 @@ def run(cfg: Config) -> Path:
         raise ValueError("no input given: pass --input with documents (curate shards, JSONL, text)")
     path = out / "annotations.jsonl"
     done = {r["hash"] for r in read_annotations(path)}
-    counts, read_stats = _Counts(cached=len(done)), ReadStats()
+    counts, read_stats = RequestCounts(stage="annotate"), ReadStats()
     client = _client(cfg)
-    with open(path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(cfg.concurrency) as pool:
-        pending: set = set()
+    cached, annotated = len(done), 0
 
-        def drain(block_until: int) -> None:
-            nonlocal pending
-            while len(pending) > block_until:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record = future.result()
-                    if record is not None:
-                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        sink.flush()  # on disk as it arrives: a kill loses only the requests in flight
-                        counts.annotated += 1
-
+    def new_documents() -> Iterator[tuple]:
         submitted = 0
         for file in list_inputs(specs):
             for doc in read_file(file, read_stats, text_field=cfg.text_field):
@@ -234,16 +177,18 @@ def run(cfg: Config) -> Path:
                     continue
                 done.add(key)  # a duplicate text is asked once
                 submitted += 1
-                pending.add(pool.submit(_annotate_one, client, cfg, prompt, doc, key, counts))
-                drain(cfg.concurrency * 2)
-        drain(0)
+                yield doc, key
+
+    with open(path, "a", encoding="utf-8") as sink:
+        for record in map_unordered(lambda item: _annotate_one(client, cfg, prompt, *item, counts),
+                                    new_documents(), cfg.concurrency):
+            if record is not None:
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()  # on disk as it arrives: a kill loses only the requests in flight
+                annotated += 1
     cost = (counts.prompt_tokens * cfg.price_per_million_input_tokens
             + counts.completion_tokens * cfg.price_per_million_output_tokens) / 1e6
-    write_json(out / "stats.json", {
-        "annotated": counts.annotated, "already_annotated": counts.cached, "requests": counts.requests,
-        "retries": counts.retries, "failed": dict(sorted(counts.failed.items())), "failed_examples": counts.examples,
-        "prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens, "cost": round(cost, 6),
-        "read": read_stats.as_dict()})
-    log.info("annotate: %d documents scored (%d already), %d failed, %d tokens, cost %.4f", counts.annotated,
-             counts.cached, sum(counts.failed.values()), counts.prompt_tokens + counts.completion_tokens, cost)
+    write_json(out / "stats.json", {"annotated": annotated, "already_annotated": cached, **counts.as_dict(),
+                                    "cost": round(cost, 6), "read": read_stats.as_dict()})
+    log.info("annotate: %d documents scored (%d already), %d failed, %d tokens, cost %.4f", annotated, cached, sum(counts.failed.values()), counts.prompt_tokens + counts.completion_tokens, cost)
     return out

@@ -42,12 +42,11 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundup.artifacts import write_json
-from groundup.endpoint import EndpointError, RetryPolicy, request
+from groundup.endpoint import EndpointError, RetryPolicy, map_unordered, request
 
 log = logging.getLogger(__name__)
 
@@ -460,44 +459,38 @@ def run(cfg: Config) -> Path:
     counts = Counts()
     sink = Sink(out, cfg.max_file_bytes)
     seen: set[str] = set()
+
+    def chosen_records() -> Iterator[IndexRecord]:
+        submitted = 0
+        for source in sources:
+            for record in read_cdx(source, counts, policy=policy, timeout=cfg.timeout_seconds,
+                                   max_record_bytes=cfg.max_record_bytes):
+                reason = filters.reason(record)
+                if reason is not None:
+                    counts.filtered[reason] = counts.filtered.get(reason, 0) + 1
+                    continue
+                counts.chosen += 1
+                if record.key in sink.done:
+                    counts.already_done += 1
+                    continue
+                if record.key in seen:
+                    counts.duplicates += 1
+                    continue
+                if cfg.limit is not None and submitted >= cfg.limit:
+                    continue
+                seen.add(record.key)
+                submitted += 1
+                yield record
+
     try:
-        with ThreadPoolExecutor(cfg.concurrency) as pool:
-            pending: dict = {}  # future -> its record
-
-            def drain(block_until: int) -> None:
-                while len(pending) > block_until:
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        record, (data, ignored) = pending.pop(future), future.result()
-                        if data is None:
-                            continue
-                        sink.write(record, data, ignored)
-                        counts.fetched += 1
-                        counts.bytes += len(data)
-                        counts.range_ignored += ignored
-
-            submitted = 0
-            for source in sources:
-                for record in read_cdx(source, counts, policy=policy, timeout=cfg.timeout_seconds,
-                                       max_record_bytes=cfg.max_record_bytes):
-                    reason = filters.reason(record)
-                    if reason is not None:
-                        counts.filtered[reason] = counts.filtered.get(reason, 0) + 1
-                        continue
-                    counts.chosen += 1
-                    if record.key in sink.done:
-                        counts.already_done += 1
-                        continue
-                    if record.key in seen:
-                        counts.duplicates += 1
-                        continue
-                    if cfg.limit is not None and submitted >= cfg.limit:
-                        continue
-                    seen.add(record.key)
-                    submitted += 1
-                    pending[pool.submit(fetch_record, record, cfg, policy, counts)] = record
-                    drain(cfg.concurrency * 2)
-            drain(0)
+        for record, (data, ignored) in map_unordered(
+                lambda record: (record, fetch_record(record, cfg, policy, counts)), chosen_records(), cfg.concurrency):
+            if data is None:
+                continue
+            sink.write(record, data, ignored)
+            counts.fetched += 1
+            counts.bytes += len(data)
+            counts.range_ignored += ignored
     finally:
         sink.close()
     stats = counts.as_dict()

@@ -33,8 +33,7 @@ import json
 import logging
 import os
 import re
-import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +51,7 @@ from groundup.curate.dedup import (
 )
 from groundup.curate.steps import Chain, Filter
 from groundup.curate.text import Document
-from groundup.endpoint import ChatClient, EndpointError, RetryPolicy
+from groundup.endpoint import ChatClient, RequestCounts, RetryPolicy, map_unordered
 
 log = logging.getLogger(__name__)
 
@@ -243,25 +242,6 @@ class Task:
     hash: str
 
 
-@dataclass
-class _Counts:
-    requests: int = 0
-    retries: int = 0
-    generated: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail(self, reason: str, where: str) -> None:
-        with self.lock:
-            self.failed[reason] = self.failed.get(reason, 0) + 1
-            if len(self.examples) < 20:
-                self.examples.append(f"{where}: {reason}")
-        log.warning("synth %s: %s", where, reason)
-
-
 def plan_tasks(cfg: Config, topics: list[str]) -> list[Task]:
     templates = load_templates(cfg.kinds, cfg.template_dir)
     tasks = []
@@ -293,53 +273,37 @@ def read_generations(path: Path) -> dict[str, dict]:
     return found
 
 
-def _generate(client: ChatClient, cfg: Config, task: Task, counts: _Counts) -> dict | None:
-    def attempt(n: int) -> None:
-        with counts.lock:
-            counts.requests += 1
-            counts.retries += n > 0
-
-    try:
-        reply = client.complete(task.prompt, model=cfg.model, max_tokens=cfg.max_tokens,
-                                temperature=cfg.temperature, on_attempt=attempt)
-    except EndpointError as e:
-        counts.fail(e.reason if e.attempts == 1 else f"{e.reason} after {e.attempts} tries",
-                    f"{task.kind}/{task.topic}/{task.n}")
+def _generate(client: ChatClient, cfg: Config, task: Task, counts: RequestCounts) -> dict | None:
+    reply = counts.complete(client, task.prompt, f"{task.kind}/{task.topic}/{task.n}", model=cfg.model,
+                            max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    if reply is None:
         return None
-    with counts.lock:
-        counts.prompt_tokens += int(reply.prompt_tokens or 0)
-        counts.completion_tokens += int(reply.completion_tokens or 0)
     return {"hash": task.hash, "kind": task.kind, "topic": task.topic, "n": task.n, "reply": reply.content or "",
             "finish_reason": reply.finish_reason}
 
 
-def generate(cfg: Config, tasks: list[Task], path: Path, done: dict[str, dict], counts: _Counts) -> None:
-    """Ask for every task without a recorded reply; each reply is appended to ``path`` as it arrives."""
+def generate(cfg: Config, tasks: list[Task], path: Path, done: dict[str, dict], counts: RequestCounts) -> int:
+    """Ask for every task without a recorded reply; each reply is appended to ``path`` as it arrives.
+    Returns how many replies were added."""
     client = ChatClient(cfg.url, api_key=cfg.api_key, timeout=cfg.timeout_seconds,
                         policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_seconds))
-    with open(path, "a", encoding="utf-8") as sink, ThreadPoolExecutor(cfg.concurrency) as pool:
-        pending: set = set()
+    asked: set[str] = set()
 
-        def drain(block_until: int) -> None:
-            nonlocal pending
-            while len(pending) > block_until:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record = future.result()
-                    if record is not None:
-                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        sink.flush()  # on disk as it arrives: a kill loses only the requests in flight
-                        done[record["hash"]] = record
-                        counts.generated += 1
-
-        asked: set[str] = set()
+    def new_tasks() -> Iterator[Task]:
         for task in tasks:
-            if task.hash in done or task.hash in asked:
-                continue
-            asked.add(task.hash)
-            pending.add(pool.submit(_generate, client, cfg, task, counts))
-            drain(cfg.concurrency * 2)
-        drain(0)
+            if task.hash not in done and task.hash not in asked:
+                asked.add(task.hash)
+                yield task
+
+    generated = 0
+    with open(path, "a", encoding="utf-8") as sink:
+        for record in map_unordered(lambda task: _generate(client, cfg, task, counts), new_tasks(), cfg.concurrency):
+            if record is not None:
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()  # on disk as it arrives: a kill loses only the requests in flight
+                done[record["hash"]] = record
+                generated += 1
+    return generated
 
 
 # ---------------------------------------------------------------------------- filtering and writing
@@ -425,23 +389,21 @@ def run(cfg: Config) -> Path:
     path = out / "generations.jsonl"
     replies = read_generations(path)
     cached = sum(t.hash in replies for t in tasks)
-    counts = _Counts()
-    generate(cfg, tasks, path, replies, counts)
+    counts = RequestCounts(stage="synth")
+    generated = generate(cfg, tasks, path, replies, counts)
     chat, text, dropped = select(cfg, tasks, replies)
     _write_jsonl(out / "chat.jsonl", chat)
     _write_jsonl(out / "text.jsonl", text)
     kept = {kind: sum(r["kind"] == kind for r in chat + text) for kind in cfg.kinds}
     stats = {
         "topics": len(topics), "requests_planned": len(tasks), "already_generated": cached,
-        "generated": counts.generated, "requests": counts.requests, "retries": counts.retries,
-        "failed": dict(sorted(counts.failed.items())), "failed_examples": counts.examples,
+        "generated": generated, **counts.as_dict(),
         "replies": sum(t.hash in replies for t in tasks), "dropped": dropped, "kept": kept,
         "chat_records": len(chat), "text_records": len(text),
-        "prompt_tokens": counts.prompt_tokens, "completion_tokens": counts.completion_tokens,
     }
     write_json(out / "stats.json", stats)
     configlib.save(cfg, out / "config.yaml")
     write_manifest(out, stage="synth", config=configlib.to_dict(cfg))
     log.info("synth: %d replies (%d new, %d failed), %d chat and %d text records kept, dropped %s",
-             stats["replies"], counts.generated, sum(counts.failed.values()), len(chat), len(text), dropped)
+             stats["replies"], generated, sum(counts.failed.values()), len(chat), len(text), dropped)
     return out
