@@ -251,21 +251,26 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict) -> None:
         lr, momentum = group["lr"], group["momentum"]
-        params, updates = [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - momentum)
-            params.append(p)
-            updates.append(p.grad.lerp(buf, momentum) if group["nesterov"] else buf)
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        for p in params:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+        grads = [p.grad for p in params]
+        bufs = [self.state[p]["momentum_buffer"] for p in params]
+        # one kernel launch per list rather than per matrix (foreach); the same arithmetic as one at a time
+        torch._foreach_lerp_(bufs, grads, 1 - momentum)
+        updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
         ortho = orthogonalize_all(updates, steps=group["ns_steps"], dtype=DTYPES[group["ns_dtype"]])
+        torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        by_scale: dict[float, tuple[list, list]] = {}
         for p, update in zip(params, ortho, strict=True):
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update.to(p.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
+            members = by_scale.setdefault(_adjust_lr(lr, group["adjust_lr_fn"], p.shape), ([], []))
+            members[0].append(p)
+            members[1].append(update.to(p.dtype))
+        for scale, (ps, us) in by_scale.items():
+            torch._foreach_add_(ps, us, alpha=-scale)
 
 
 def muon_groups(params: Iterable[nn.Parameter], cfg: MuonConfig, *, lr: float, weight_decay: float,
