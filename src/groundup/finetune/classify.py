@@ -143,12 +143,7 @@ def run(cfg: Config) -> Path:
     pad_id = s.tokenizer.eos_id if s.tokenizer.eos_id is not None else 0
     device = s.device
 
-    def collate(indices: list[int]):
-        x, lengths = pad_texts([train_seqs[i] for i in indices], pad_id)
-        return x, lengths, torch.tensor([train_y[i] for i in indices])
-
-    sampler = ExampleBatches([len(t) for t in train_seqs], cfg.batch_size, collate, seed=cfg.seed,
-                             group_by_length=cfg.group_by_length)
+    sampler = _text_batches(cfg, train_seqs, train_y, pad_id)
 
     def loss_fn(_model, batch):
         x, lengths, y = (t.to(device) for t in batch)
@@ -169,6 +164,17 @@ def run(cfg: Config) -> Path:
                        inputs={"data": cfg.data}, peft_task="SEQ_CLS",
                        write_more=lambda out: write_json(out / CLASSIFIER_FILE, meta))
     return out
+
+
+def _text_batches(cfg: Config, seqs: list[list[int]], targets: list, pad_id: int) -> ExampleBatches:
+    """Batches of (padded token ids, lengths, targets) over the training texts: class indices or scores."""
+
+    def collate(indices: list[int]):
+        x, lengths = pad_texts([seqs[i] for i in indices], pad_id)
+        return x, lengths, torch.tensor([targets[i] for i in indices])
+
+    return ExampleBatches([len(t) for t in seqs], cfg.batch_size, collate, seed=cfg.seed,
+                          group_by_length=cfg.group_by_length)
 
 
 def run_regression(cfg: Config) -> Path:
@@ -200,12 +206,7 @@ def run_regression(cfg: Config) -> Path:
     device = s.device
     standardized = [(y - mean) / std for y in targets]
 
-    def collate(indices: list[int]):
-        x, lengths = pad_texts([train_seqs[i] for i in indices], pad_id)
-        return x, lengths, torch.tensor([standardized[i] for i in indices])
-
-    sampler = ExampleBatches([len(t) for t in train_seqs], cfg.batch_size, collate, seed=cfg.seed,
-                             group_by_length=cfg.group_by_length)
+    sampler = _text_batches(cfg, train_seqs, standardized, pad_id)
 
     def loss_fn(_model, batch):
         x, lengths, y = (t.to(device) for t in batch)

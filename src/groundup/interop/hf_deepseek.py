@@ -113,84 +113,51 @@ def hf_param_names(config: ModelConfig) -> dict[str, str]:
 # ---------------------------------------------------------------------------- state dicts, both ways
 
 
+def _rope_rows(name: str, w: torch.Tensor, config: ModelConfig, order: torch.Tensor) -> torch.Tensor:
+    """``w`` (the groundup parameter ``name`` or its transformers twin) with its RoPE rows put in ``order``:
+    the query projection's per head, the kv down-projection's shared key; any other tensor as it is."""
+    if name.endswith(("attn.q.weight", "attn.q_up.weight")):
+        return _permute_query_rope(w, config, order)
+    if name.endswith("attn.kv_down.weight"):
+        return _permute_kv_rope(w, config, order)
+    return w
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """groundup state dict -> DeepseekV3ForCausalLM's (stacked experts, interleaved RoPE rows)."""
+    """groundup state dict -> DeepseekV3ForCausalLM's (stacked experts, interleaved RoPE rows), by
+    :func:`hf_param_names`."""
     interleave = torch.argsort(_deinterleave(config.qk_rope_head_dim))
     ref = state["tok_embeddings.weight"]
-    out = {"model.embed_tokens.weight": ref}
-    for i in range(config.n_layer):
-        p, h = f"blocks.{i}.", f"model.layers.{i}."
-        a = h + "self_attn."
-        out[h + "input_layernorm.weight"] = state[p + "attn_norm.weight"]
-        out[h + "post_attention_layernorm.weight"] = state[p + "mlp_norm.weight"]
-        if config.q_lora_rank:
-            out[a + "q_a_proj.weight"] = state[p + "attn.q_down.weight"]
-            out[a + "q_a_layernorm.weight"] = state[p + "attn.q_latent_norm.weight"]
-            out[a + "q_b_proj.weight"] = _permute_query_rope(state[p + "attn.q_up.weight"], config, interleave)
-        else:
-            out[a + "q_proj.weight"] = _permute_query_rope(state[p + "attn.q.weight"], config, interleave)
-        out[a + "kv_a_proj_with_mqa.weight"] = _permute_kv_rope(state[p + "attn.kv_down.weight"], config, interleave)
-        out[a + "kv_a_layernorm.weight"] = state[p + "attn.kv_latent_norm.weight"]
-        out[a + "kv_b_proj.weight"] = state[p + "attn.kv_up.weight"]
-        out[a + "o_proj.weight"] = state[p + "attn.proj.weight"]
-        m = h + "mlp."
-        if not config.is_moe_layer(i):
-            out[m + "gate_proj.weight"], out[m + "up_proj.weight"] = state[p + "mlp.fc.weight"].chunk(2)
-            out[m + "down_proj.weight"] = state[p + "mlp.proj.weight"]
+    out = {}
+    for ours, theirs in hf_param_names(config).items():
+        if ours == "lm_head.weight":
+            out[theirs] = state.get(ours, ref)  # a tied head is the embedding
             continue
-        out[m + "gate.weight"] = state[p + "mlp.router.weight"]
-        out[m + "gate.e_score_correction_bias"] = state[p + "mlp.expert_bias"]
-        out[m + "experts.gate_up_proj"] = state[p + "mlp.experts.fc"]
-        out[m + "experts.down_proj"] = state[p + "mlp.experts.proj"]
-        if config.moe_shared_experts:
-            gate, up = state[p + "mlp.shared.fc.weight"].chunk(2)
-            out[m + "shared_experts.gate_proj.weight"], out[m + "shared_experts.up_proj.weight"] = gate, up
-            out[m + "shared_experts.down_proj.weight"] = state[p + "mlp.shared.proj.weight"]
-        else:  # transformers always builds the shared MLP: with no shared expert it is 0 units wide
-            C = config.n_embd
-            out[m + "shared_experts.gate_proj.weight"] = ref.new_zeros(0, C)
-            out[m + "shared_experts.up_proj.weight"] = ref.new_zeros(0, C)
-            out[m + "shared_experts.down_proj.weight"] = ref.new_zeros(C, 0)
-    out["model.norm.weight"] = state["final_norm.weight"]
-    out["lm_head.weight"] = state.get("lm_head.weight", ref)
+        tensor = _rope_rows(ours, state[ours], config, interleave)
+        if "+" in theirs:  # the fused SwiGLU fc: gate rows, then up rows
+            gate, up = theirs.split("+")
+            out[gate], out[up] = tensor.chunk(2)
+        else:
+            out[theirs] = tensor
+    if not config.moe_shared_experts:  # transformers always builds the shared MLP: with none it is 0 units wide
+        C = config.n_embd
+        for i in filter(config.is_moe_layer, range(config.n_layer)):
+            m = f"model.layers.{i}.mlp.shared_experts."
+            out[m + "gate_proj.weight"], out[m + "up_proj.weight"] = ref.new_zeros(0, C), ref.new_zeros(0, C)
+            out[m + "down_proj.weight"] = ref.new_zeros(C, 0)
     return out
 
 
 def from_hf_state_dict(t: dict[str, torch.Tensor], config: ModelConfig, interleaved: bool) -> dict[str, torch.Tensor]:
-    """DeepseekV3ForCausalLM's state dict (stacked experts, checked) -> groundup's; ``interleaved``: the
-    checkpoint's RoPE rows are in pairs (``rope_interleave``)."""
+    """DeepseekV3ForCausalLM's state dict (stacked experts, checked) -> groundup's, by :func:`hf_param_names`;
+    ``interleaved``: the checkpoint's RoPE rows are in pairs (``rope_interleave``)."""
     order = _deinterleave(config.qk_rope_head_dim) if interleaved else torch.arange(config.qk_rope_head_dim)
-    out = {"tok_embeddings.weight": t["model.embed_tokens.weight"]}
-    for i in range(config.n_layer):
-        p, h = f"blocks.{i}.", f"model.layers.{i}."
-        a, m = h + "self_attn.", h + "mlp."
-        out[p + "attn_norm.weight"] = t[h + "input_layernorm.weight"]
-        out[p + "mlp_norm.weight"] = t[h + "post_attention_layernorm.weight"]
-        if config.q_lora_rank:
-            out[p + "attn.q_down.weight"] = t[a + "q_a_proj.weight"]
-            out[p + "attn.q_latent_norm.weight"] = t[a + "q_a_layernorm.weight"]
-            out[p + "attn.q_up.weight"] = _permute_query_rope(t[a + "q_b_proj.weight"], config, order)
-        else:
-            out[p + "attn.q.weight"] = _permute_query_rope(t[a + "q_proj.weight"], config, order)
-        out[p + "attn.kv_down.weight"] = _permute_kv_rope(t[a + "kv_a_proj_with_mqa.weight"], config, order)
-        out[p + "attn.kv_latent_norm.weight"] = t[a + "kv_a_layernorm.weight"]
-        out[p + "attn.kv_up.weight"] = t[a + "kv_b_proj.weight"]
-        out[p + "attn.proj.weight"] = t[a + "o_proj.weight"]
-        if not config.is_moe_layer(i):
-            out[p + "mlp.fc.weight"] = torch.cat((t[m + "gate_proj.weight"], t[m + "up_proj.weight"]))
-            out[p + "mlp.proj.weight"] = t[m + "down_proj.weight"]
+    out = {}
+    for ours, theirs in hf_param_names(config).items():
+        if ours == "lm_head.weight" and config.tie_embeddings:
             continue
-        out[p + "mlp.router.weight"] = t[m + "gate.weight"]
-        out[p + "mlp.expert_bias"] = t[m + "gate.e_score_correction_bias"]
-        out[p + "mlp.experts.fc"] = t[m + "experts.gate_up_proj"]
-        out[p + "mlp.experts.proj"] = t[m + "experts.down_proj"]
-        if config.moe_shared_experts:
-            out[p + "mlp.shared.fc.weight"] = torch.cat((t[m + "shared_experts.gate_proj.weight"],
-                                                         t[m + "shared_experts.up_proj.weight"]))
-            out[p + "mlp.shared.proj.weight"] = t[m + "shared_experts.down_proj.weight"]
-    out["final_norm.weight"] = t["model.norm.weight"]
-    if not config.tie_embeddings:
-        out["lm_head.weight"] = t["lm_head.weight"]
+        tensor = torch.cat([t[name] for name in theirs.split("+")]) if "+" in theirs else t[theirs]
+        out[ours] = _rope_rows(ours, tensor, config, order)
     return out
 
 
