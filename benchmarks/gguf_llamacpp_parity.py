@@ -21,7 +21,7 @@ llama-cpp-python compiles llama.cpp at install time, so it usually lives in its 
 script runs llama.cpp in a child process with ``--llama-python`` (default: this interpreter when it can
 import ``llama_cpp``, else ``/tmp/llcpp/bin/python``); the child needs only numpy and llama_cpp.
 
-    python benchmarks/gguf_llamacpp_parity.py [--model MODEL_DIR] [--family llama|gpt2] [--repeats 3]
+    python benchmarks/gguf_llamacpp_parity.py [--model MODEL_DIR] [--family llama|gpt2|mixtral] [--pattern gpt4|gpt2|digits] [--repeats 3]
 
 Without ``--model`` a small random model of ``--family`` is built with a tokenizer trained on the
 embedded corpus (random weights test the conversion as hard as trained ones: every tensor matters).
@@ -43,6 +43,7 @@ PROMPTS = [
     "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
     "The standard library's modules are documented in the reference; it's 3.14 o'clock, isn't it?",
     "中文字符测试，日本語のテキスト、한국어 텍스트.",
+    "Release 2026.12.07 costs $1,234,567.89; 31415926535 digits, x1000 and 0xFF at 10:45.",
     "Emoji 👍🏽 👨\u200d👩\u200d👧 🇫🇷 and   runs  of\t\tspaces\n\n\nand newlines   end",
 ]
 
@@ -77,7 +78,7 @@ def child(gguf_path: str, prompts_json: str, out_npz: str, repeats: int) -> None
 # ---------------------------------------------------------------------------- parent: groundup
 
 
-def small_model_dir(root: Path, family: str) -> Path:
+def small_model_dir(root: Path, family: str, pattern: str = "gpt4") -> Path:
     import itertools
 
     import torch
@@ -92,10 +93,15 @@ def small_model_dir(root: Path, family: str) -> Path:
     with open(corpus, "w", encoding="utf-8") as f:
         for doc in itertools.islice(stdlib_documents(), 200):
             f.write(json.dumps({"text": doc.text[:4000]}) + "\n")
-    tokenizer = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=root / "tokenizer", vocab_size=2048))
+    tokenizer = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=root / "tokenizer", vocab_size=2048,
+                                                                 pattern=pattern))
     shape = dict(vocab_size=2048, block_size=256, n_layer=4, n_head=8, n_embd=256)
-    config = (ModelConfig.llama(**shape, n_kv_head=2, intermediate_size=512, rope_theta=50000.0)
-              if family == "llama" else ModelConfig.gpt2(**shape))
+    if family == "gpt2":
+        config = ModelConfig.gpt2(**shape)
+    else:  # mixtral: the llama layout with 4 experts of 256 units, 2 per token (GGUF's ffn_*_exps)
+        moe = {"moe_experts": 4, "moe_top_k": 2} if family == "mixtral" else {}
+        config = ModelConfig.llama(**shape, n_kv_head=2, intermediate_size=512 // (2 if moe else 1),
+                                   rope_theta=50000.0, **moe)
     torch.manual_seed(0)
     model = Transformer(config)
     with torch.no_grad():  # norms and biases away from 1 and 0, so a mismapped one shows
@@ -117,7 +123,9 @@ def default_llama_python() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, help="model dir to export (default: a small random model)")
-    parser.add_argument("--family", choices=("llama", "gpt2"), default="llama")
+    parser.add_argument("--family", choices=("llama", "gpt2", "mixtral"), default="llama")
+    parser.add_argument("--pattern", choices=("gpt4", "gpt2", "digits"), default="gpt4",
+                        help="the small model's tokenizer split (llama.cpp pre-tokenizers llama-bpe, gpt-2, qwen2)")
     parser.add_argument("--dtypes", default="f32,f16,q8_0")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--llama-python", default=None, help="python with llama_cpp installed")
@@ -138,7 +146,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = args.model or small_model_dir(tmp, args.family)
+        model_dir = args.model or small_model_dir(tmp, args.family, args.pattern)
         model, tokenizer = load_model_dir(model_dir)
         ours_ids = [tokenizer.encode(p)[: model.config.block_size] for p in PROMPTS]
         ours_logits, ours_seconds = [], []
