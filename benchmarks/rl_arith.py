@@ -191,7 +191,8 @@ def grpo_config(args, paths: dict[str, Path], sft_dir: Path, out: Path, *, evalu
         model=sft_dir, data=paths["rl"], val_data=paths["held_out"], out=out, device="cpu",
         threads=args.threads, overwrite=True, batch_size=args.prompts_per_step, group_size=args.group_size,
         sampling=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens),
-        rewards=["numeric"], scale_rewards=args.scale_rewards, beta=args.beta, num_iterations=args.num_iterations,
+        rollout_seqs=args.prompts_per_step * args.group_size, rewards=["numeric"], scale_rewards=args.scale_rewards,
+        beta=args.beta, num_iterations=args.num_iterations,
         optim=OptimConfig(lr=args.grpo_lr, warmup_steps=5, weight_decay=0.0),
         train=LoopConfig(max_steps=args.grpo_steps, log_every=1, eval_every=max(1, args.grpo_steps // 4) if evaluate else 0,
                          checkpoint_every=0, progress_bar=False, spike_zscore=None), max_val_prompts=args.held_out)
