@@ -54,7 +54,7 @@ def numeric_reward(completions, answer, **_) -> list[float]:
     return [float(answers_match(text, str(a))) for text, a in zip(texts, answer, strict=True)]
 
 
-def trl_grpo(args, hf_dir: Path, prompts_file: Path, out: Path) -> float:
+def trl_grpo(args, hf_dir: Path, prompts_file: Path, out: Path, seed: int) -> float:
     """TRL's GRPOTrainer on the HF folder ``hf_dir``; saves the trained model to ``out``; returns seconds."""
     import torch
     from datasets import Dataset
@@ -73,7 +73,7 @@ def trl_grpo(args, hf_dir: Path, prompts_file: Path, out: Path) -> float:
         lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=5, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False, disable_dropout=True, report_to="none", logging_steps=1,
-        save_strategy="no", seed=args.seed, dataloader_num_workers=0)
+        save_strategy="no", seed=seed, dataloader_num_workers=0)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -90,8 +90,12 @@ def trl_grpo(args, hf_dir: Path, prompts_file: Path, out: Path) -> float:
 def main() -> None:
     parser = rl_arith.parser()
     parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--grpo-seeds", type=int, default=1,
+                        help="GRPO runs of each side from the same SFT model, seeds seed, seed + 1, ...")
     parser.set_defaults(out=Path("/tmp/grpo_trl"))
     args = parser.parse_args()
+
+    import dataclasses
 
     from groundup.finetune import grpo
     from groundup.interop.hf import export_hf, import_hf
@@ -101,29 +105,41 @@ def main() -> None:
     sft_pass = rl_arith.held_out_pass(sft_dir, paths["held_out"], args.max_new_tokens)
     print(f"SFT: held-out pass@1 {sft_pass:.3f}", flush=True)
 
-    started = time.perf_counter()
-    ours = grpo.run(rl_arith.grpo_config(args, paths, sft_dir, args.out / "groundup", evaluate=False))
-    our_seconds = time.perf_counter() - started
-    our_pass = rl_arith.held_out_pass(ours, paths["held_out"], args.max_new_tokens)
-    print(f"groundup: {args.grpo_steps} steps in {our_seconds:.1f} s, held-out pass@1 {our_pass:.3f}", flush=True)
+    runs = []
+    for seed in range(args.seed, args.seed + args.grpo_seeds):
+        cfg = rl_arith.grpo_config(args, paths, sft_dir, args.out / f"groundup-{seed}", evaluate=False)
+        started = time.perf_counter()
+        ours = grpo.run(dataclasses.replace(cfg, seed=seed))
+        our_seconds = time.perf_counter() - started
+        our_pass = rl_arith.held_out_pass(ours, paths["held_out"], args.max_new_tokens)
+        print(f"groundup, seed {seed}: {args.grpo_steps} steps in {our_seconds:.1f} s, held-out pass@1 "
+              f"{our_pass:.3f}", flush=True)
+        trl_out = args.out / f"trl-{seed}"
+        trl_seconds = trl_grpo(args, hf_sft, paths["rl"], trl_out, seed)
+        theirs = import_hf(trl_out / "hf", trl_out / "model")
+        trl_pass = rl_arith.held_out_pass(theirs, paths["held_out"], args.max_new_tokens)
+        print(f"TRL, seed {seed}: {args.grpo_steps} steps in {trl_seconds:.1f} s, held-out pass@1 {trl_pass:.3f}",
+              flush=True)
+        runs.append({"seed": seed, "groundup_pass_at_1": our_pass, "trl_pass_at_1": trl_pass,
+                     "groundup_seconds": our_seconds, "trl_seconds": trl_seconds,
+                     "groundup_steps_per_second": args.grpo_steps / our_seconds,
+                     "trl_steps_per_second": args.grpo_steps / trl_seconds})
 
-    trl_out = args.out / "trl"
-    trl_seconds = trl_grpo(args, hf_sft, paths["rl"], trl_out)
-    theirs = import_hf(trl_out / "hf", trl_out / "model")
-    trl_pass = rl_arith.held_out_pass(theirs, paths["held_out"], args.max_new_tokens)
-    print(f"TRL: {args.grpo_steps} steps in {trl_seconds:.1f} s, held-out pass@1 {trl_pass:.3f}", flush=True)
+    def mean(key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
 
-    ours_rate, trl_rate = args.grpo_steps / our_seconds, args.grpo_steps / trl_seconds
-    print(f"\n| GRPO ({args.grpo_steps} steps, G={args.group_size}, {args.prompts_per_step} prompts/step) "
-          f"| held-out pass@1 | steps/s |\n|---|---|---|")
-    print(f"| SFT alone | {sft_pass:.3f} | |")
-    print(f"| groundup | {our_pass:.3f} | {ours_rate:.3f} |")
-    print(f"| TRL GRPOTrainer | {trl_pass:.3f} | {trl_rate:.3f} |")
-    print(f"\nsteps/s ratio groundup / TRL: {ours_rate / trl_rate:.2f}")
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "sft_pass_at_1": sft_pass,
-              "groundup_pass_at_1": our_pass, "trl_pass_at_1": trl_pass, "groundup_seconds": our_seconds,
-              "trl_seconds": trl_seconds, "groundup_steps_per_second": ours_rate, "trl_steps_per_second": trl_rate,
-              "steps_per_second_ratio": ours_rate / trl_rate}
+    print(f"\n| GRPO ({args.grpo_steps} steps, G={args.group_size}, {args.prompts_per_step} prompts/step) | seed "
+          f"| held-out pass@1 | steps/s |\n|---|---|---|---|")
+    print(f"| SFT alone | | {sft_pass:.3f} | |")
+    for r in runs:
+        print(f"| groundup | {r['seed']} | {r['groundup_pass_at_1']:.3f} | {r['groundup_steps_per_second']:.3f} |")
+        print(f"| TRL GRPOTrainer | {r['seed']} | {r['trl_pass_at_1']:.3f} | {r['trl_steps_per_second']:.3f} |")
+    ratio = mean("groundup_steps_per_second") / mean("trl_steps_per_second")
+    print(f"\nmean held-out pass@1: groundup {mean('groundup_pass_at_1'):.3f}, TRL {mean('trl_pass_at_1'):.3f}; "
+          f"mean steps/s: groundup {mean('groundup_steps_per_second'):.3f}, TRL {mean('trl_steps_per_second'):.3f}; "
+          f"ratio groundup / TRL {ratio:.2f}")
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "sft_pass_at_1": sft_pass, "runs": runs,
+              **{f"mean_{k}": mean(k) for k in runs[0] if k != "seed"}, "steps_per_second_ratio": ratio}
     (args.out / "grpo_trl.json").write_text(json.dumps(result, indent=1))
 
 

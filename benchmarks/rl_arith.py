@@ -1,16 +1,42 @@
 """Reinforcement learning end to end on CPU: SFT on synthetic arithmetic, then GRPO; held-out pass@1 of both.
 
-Everything is made here, offline: two-operand addition problems (``37+48=``, answer ``#### 85``), a
-byte-level BPE tokenizer trained on them, a tiny-recipe Llama-style model (random init), ``groundup
-finetune sft`` for ``--sft-steps`` steps, then ``groundup finetune grpo`` (numeric reward, G samples per
-prompt) from the SFT model for ``--grpo-steps`` steps. Both models are scored greedily on the same
-held-out problems (pass@1: the final number equals the sum). Prints a table, the reward curve, and writes
-JSON::
+Everything is made here, offline: two-operand addition problems (``37+48=``), SFT answers that work the
+columns from the ones up before the sum (``7+8=15, 3+4+1=8 #### 85``; ``--no-work``: ``#### 85`` alone), a
+byte-level BPE tokenizer trained on them with the ``digits`` split (every digit a token of its own, so
+addition is an algorithm to learn, not 10,000 facts to memorise), a tiny-recipe Llama-style model
+(random init), ``groundup finetune sft`` for ``--sft-steps`` steps, then ``groundup finetune grpo``
+(``numeric`` reward: the final number equals the sum; G samples per prompt) from the SFT model for
+``--grpo-steps`` steps. Both models are scored greedily on the same held-out problems, none of them in the
+SFT or GRPO data (pass@1), and the SFT model is also sampled at the rollout temperature (pass@1 and pass@k,
+``--pass-k``: how much GRPO has to work with). Prints a table, the reward curve, and writes JSON::
 
-    nice -n 19 python benchmarks/rl_arith.py --out /tmp/rl_arith --threads 2
+    nice -n 5 python benchmarks/rl_arith.py --out /tmp/rl_arith --threads 1
 
-The goal of the issue: pass@1 after GRPO at least 15 points above SFT alone, in at most 20 minutes on
-2 cores.
+The issue's goal is pass@1 after GRPO at least 15 points above SFT alone, in at most 20 minutes on 2 cores.
+Measured with the defaults above (one thread of a 2-core machine shared with other work): SFT 1000 steps
+in 141 s, held-out pass@1 0.652 (sampled at temperature 1: pass@1 0.375, pass@8 0.894); GRPO 60 steps
+(16 prompts x 8 completions, lr 1e-4) in 78 s with four held-out evaluations, pass@1 0.838: +18.7 points,
+219 s in all. During GRPO: 0.697 at step 15, 0.828 at 30, 0.823 at 45, 0.838 at 60; 9% of groups had no
+reward variance.
+
+What was tried on the way (held-out pass@1 on 198 distinct problems; ``--threads 1``):
+
+| setting | SFT greedy | SFT sampled pass@1 / pass@8 | after GRPO |
+|---|---|---|---|
+| ``gpt4`` split (numbers < 1000 one token), ``#### sum`` answers, SFT 300, GRPO 60 at lr 5e-4 | 0.020 | | 0.025 |
+| the same, SFT 1500 | 0.106 | | 0.071 |
+| ``digits`` split, ``#### sum`` answers, SFT 300, GRPO 20 at lr 5e-4 | 0.005 | 0.010 / 0.076 | 0.025 |
+| ``digits``, ``#### sum``, SFT 1000 / 2500 | 0.015 / 0.030 | 0.008 / 0.061, 0.030 / 0.212 | |
+| ``digits``, ``#### sum``, SFT 300 at batch 128 on 8000 problems | 0.010 | 0.009 / 0.066 | |
+| ``digits``, worked columns, SFT 600 / 1000 / 1500 | 0.020 / 0.652 / 0.652 | 0.008 / 0.066, 0.375 / 0.894, 0.511 / 0.848 | |
+| worked, SFT 1000, GRPO at lr 5e-4 | 0.652 | | collapses: reward 0.30 to 0.05 in 12 steps |
+| worked, SFT 1000, GRPO 40 / 100 steps at lr 5e-5 | 0.652 | | 0.798 / 0.833 |
+| worked, SFT 1000, GRPO 60 at lr 1e-4 (the defaults) | 0.652 | | 0.838 |
+
+Without the worked columns a 2 x 128 model does not learn to carry within minutes; with them SFT is good but
+imperfect and temperature-1 samples disagree (pass@8 well above pass@1), which is what GRPO turns into
+pass@1. More SFT alone does not buy it here (1500 steps: still 0.652). At lr 5e-4 AdamW's noisy policy
+gradient steps wreck the SFT model; 5e-5 to 1e-4 do not.
 """
 
 from __future__ import annotations
