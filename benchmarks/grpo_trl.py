@@ -20,17 +20,18 @@ Measured (``--threads 1`` on a 2-core machine shared with other work; trl 1.16.0
 | GRPO, 60 steps, G = 8, 16 prompts a step | seed | held-out pass@1 | steps/s |
 |---|---|---|---|
 | SFT alone | | 0.652 | |
-| groundup | 0 / 1 / 2 | 0.838 / 0.818 / 0.828 (mean 0.828) | 1.444 / 1.299 / 1.376 (mean 1.373) |
-| TRL GRPOTrainer | 0 / 1 / 2 | 0.843 / 0.813 / 0.818 (mean 0.825) | 1.457 / 1.424 / 1.448 (mean 1.443) |
+| groundup | 0 / 1 / 2 | 0.838 / 0.818 / 0.828 (mean 0.828) | 1.611 / 1.703 / 1.497 (mean 1.603) |
+| TRL GRPOTrainer | 0 / 1 / 2 | 0.843 / 0.813 / 0.818 (mean 0.825) | 1.547 / 1.466 / 1.622 (mean 1.545) |
 
-groundup's pass@1 is TRL's (the issue's first goal: within a problem or two of 198 either way, seed by
-seed); its steps/s are 0.95 x TRL's, short of the issue's 2x. Where the time goes (same machine, the
-same 128 completions and batch): the update's forward and backward is the same arithmetic on both sides
-(0.57-0.61 s groundup, 0.57-0.64 s transformers, for 128 x 39 tokens under load), and it alone is over
-half of a TRL step, so no rollout engine can make a step twice as fast at this size; the rollouts
-themselves take 0.30-0.36 s through groundup's engine against 0.23-0.25 s through ``generate``, the
-difference being the engine's per-sequence sampling (each of the 128 rows processed and drawn on its
-own, seeded per choice) and one prefill per prompt.
+groundup's pass@1 equals TRL's (the issue's first goal: within a problem or two of 198 either way, seed
+by seed); its steps/s are 1.04 x TRL's (0.95 x in the same run before rows sampled at a temperature were
+drawn together in the engine), short of the issue's 2x. Where the time goes (same machine, the same 128
+completions and batch): the update's forward and backward is the same arithmetic on both sides (0.57-0.61 s
+groundup, 0.57-0.64 s transformers, for 128 x 39 tokens under load), and it alone is over half of a TRL
+step, so no rollout engine can make a step twice as fast at this size; the rollouts take a median 0.24 s
+through groundup's engine (0.33 s before the batched draw) against 0.19-0.23 s through ``generate``,
+the rest being one prefill per prompt and the engine's per-sequence bookkeeping. The step times of both
+sides vary by 10% from run to run on this shared machine.
 
 Settings made equal: G completions of each of ``--prompts-per-step`` prompts a step (TRL's
 ``per_device_train_batch_size`` = prompts x G, one gradient accumulation step, so one generation per step);
