@@ -16,8 +16,9 @@ The issue's goal is pass@1 after GRPO at least 15 points above SFT alone, in at 
 Measured with the defaults above (one thread of a 2-core machine shared with other work): SFT 1000 steps
 in 132 s, held-out pass@1 0.652 (sampled at temperature 1: pass@1 0.375, pass@8 0.894); GRPO 60 steps
 (16 prompts x 8 completions, lr 1e-4) in 52 s with four held-out evaluations, pass@1 0.838: +18.7 points,
-184 s of training in all (the whole script, data and scoring included, under 5 minutes). During GRPO: 0.697 at step 15, 0.828 at 30, 0.823 at 45, 0.838 at 60; mean reward of the
-rollouts 0.30 at step 1, 0.45-0.59 after step 40; 9% of groups had no reward variance.
+184 s of training in all (the whole script, data and scoring included, under 5 minutes). During GRPO:
+0.697 at step 15, 0.828 at 30, 0.823 at 45, 0.838 at 60; mean reward of the rollouts 0.30 at step 1,
+0.45-0.59 after step 40; 9% of groups had no reward variance.
 
 What was tried on the way (held-out pass@1 on 198 distinct problems; ``--threads 1``):
 
