@@ -158,3 +158,26 @@ def test_defaults_are_valid_and_a_single_stop_string_is_a_list():
     params = SamplingParams()
     assert params.temperature == 0.8 and params.top_k is None and params.stop == []
     assert SamplingParams(stop="\n\n").stop == ["\n\n"]
+
+
+def test_draw_rows_gives_the_tokens_and_generator_states_of_row_by_row_draws():
+    from groundup.infer.sampling import draw, draw_rows
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 301) * 4
+    logits[3, 200:] = float("-inf")  # a masked vocabulary tail
+    temps = [1.0 if i % 3 else 0.7 for i in range(64)]
+    for round_ in range(3):  # the generators' states stay in step over several draws
+        mine = [torch.Generator().manual_seed(i) for i in range(64)]
+        ref = [torch.Generator().manual_seed(i) for i in range(64)]
+        for _ in range(round_):
+            draw_rows(logits, temps, mine)
+            for i in range(64):
+                draw(process_logits(logits[i: i + 1], SamplingParams(temperature=temps[i])), SamplingParams(), ref[i])
+        batched = draw_rows(logits, temps, mine)
+        single = [int(draw(process_logits(logits[i: i + 1], SamplingParams(temperature=temps[i])),
+                           SamplingParams(temperature=temps[i]), ref[i])) for i in range(64)]
+        assert batched == single
+    bad = logits[:2].clone()
+    bad[1, 0] = float("nan")
+    assert draw_rows(bad, [1.0, 1.0], [torch.Generator(), torch.Generator()])[1] is None

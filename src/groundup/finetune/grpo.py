@@ -106,6 +106,9 @@ class Config(common.JsonlConfig):
     """Clipping range below 1 of the probability ratio (and above, unless `epsilon_high` is set)."""
     epsilon_high: float | None = None
     """Clipping range above 1 (DAPO's clip-higher); None: `epsilon`."""
+    rollout_seqs: int = 64
+    """Completions the engine decodes at once (its max_seqs; at least G): more is faster while their KV cache
+    fits in memory (batch_size x G decodes a step's rollouts in one wave)."""
     max_val_prompts: int = 64
     """Held-out prompts scored greedily at each evaluation (pass@1)."""
     log_samples_every: int = 10
@@ -115,6 +118,8 @@ class Config(common.JsonlConfig):
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {self.group_size}: a group-relative advantage "
                              f"compares each completion with the others of its prompt (one alone has none)")
+        if self.rollout_seqs < 1:
+            raise ValueError(f"rollout_seqs must be at least 1, got {self.rollout_seqs}")
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations must be at least 1, got {self.num_iterations}")
         if self.beta < 0 or self.epsilon <= 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
@@ -321,7 +326,7 @@ class RolloutSampler:
         params = [dataclasses.replace(cfg.sampling, seed=rollout_seed(cfg.seed, number, i, cfg.batch_size, size),
                                       stop_token_ids=self.stop_ids) for i in range(len(chosen))]
         groups = sample_groups(self.model, [p.ids for p in chosen], size, params, eos_id=self.tokenizer.eos_id,
-                               vocab_limit=self.tokenizer.vocab_size)
+                               vocab_limit=self.tokenizer.vocab_size, max_seqs=cfg.rollout_seqs)
         completions = [c for group in groups for c in group]
         texts = [self.tokenizer.decode([t for t in c if t not in self.stop_ids and t != self.tokenizer.eos_id])
                  for c in completions]

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from groundup.infer.decode import Decoder
-from groundup.infer.sampling import SamplingParams, draw, make_generator, process_logits
+from groundup.infer.sampling import SamplingParams, draw, draw_rows, make_generator, process_logits
 from groundup.infer.score import prompt_logprobs
 from groundup.infer.speculative import accept_greedy, accept_sampled
 from groundup.infer.structured import StructuredOutput, apply_grammars, make_matcher
@@ -180,6 +180,14 @@ class _Sequence:
         """Greedy with nothing that depends on the row: its token is the argmax of its logits."""
         p = self.params
         return p.greedy and not p.logit_bias and not p.uses_history and self.matcher is None
+
+    @property
+    def plain_sample(self) -> bool:
+        """Sampled at a temperature with nothing else that depends on the row (no filter, bias, penalty or
+        grammar): such rows are drawn together (:func:`~groundup.infer.sampling.draw_rows`)."""
+        p = self.params
+        return (not p.greedy and not p.logit_bias and not p.uses_history and self.matcher is None
+                and p.top_k is None and p.top_p >= 1.0 and p.min_p <= 0.0)
 
 
 @dataclass
@@ -602,6 +610,11 @@ class Engine:
                            [seqs[b].request.grammar for b in constrained], constrained)
         fast = [b for b, s in enumerate(seqs) if s.plain_greedy]
         argmax = dict(zip(fast, logits[fast].argmax(-1).tolist(), strict=True)) if fast else {}
+        sampled = [b for b, s in enumerate(seqs) if s.plain_sample]
+        if len(sampled) > 1:  # one softmax for all; a row without finite probabilities goes alone (and fails)
+            drawn = draw_rows(logits[sampled], [seqs[b].params.temperature for b in sampled],
+                              [seqs[b].generator for b in sampled])
+            argmax.update({b: t for b, t in zip(sampled, drawn, strict=True) if t is not None})
         for b, seq in enumerate(seqs):
             try:
                 if b in argmax:
