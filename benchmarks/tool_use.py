@@ -56,8 +56,6 @@ from pathlib import Path
 
 import torch
 
-from rl_arith import base_model
-
 # ---------------------------------------------------------------------------- the tool
 
 
@@ -129,6 +127,36 @@ TEMPLATES = [
     ("two", "{name} had {a} {item}, bought {b} more and then lost {c}. How many {item} does {pr} have left?",
      "{a}+{b}-{c}"),
 ]
+# More wordings for training only (the held-out problems draw theirs from TEMPLATES and NEW_TEMPLATES): with
+# only the sixteen above, a small model learns each wording's operation by heart and none of a new wording's.
+EXTRA_TEMPLATES = [
+    ("add", "{name} saved {a} {item} last year and {b} {item} this year. How many {item} has {pr} saved?", "{a}+{b}"),
+    ("add", "A box holds {a} {item}. {name} adds another {b}. How many {item} are in the box?", "{a}+{b}"),
+    ("add", "{name} read {a} pages on Saturday and {b} pages on Sunday. How many pages did {pr} read altogether?",
+     "{a}+{b}"),
+    ("add", "The school has {a} {item} and gets {b} more as a gift. How many {item} does the school have now?",
+     "{a}+{b}"),
+    ("add", "{name} picked {a} {item}. A friend picked {b} {item}. How many {item} did they pick together?",
+     "{a}+{b}"),
+    ("add", "After spending {b} {item}, {name} still had {a}. How many {item} did {pr} start with?", "{b}+{a}"),
+    ("sub", "{name} had {a} {item} and ate {b} of them. How many {item} remain?", "{a}-{b}"),
+    ("sub", "A jar held {a} {item}. {name} took out {b}. How many {item} are still in the jar?", "{a}-{b}"),
+    ("sub", "{name} needs {a} {item} and already has {b}. How many more {item} does {pr} need?", "{a}-{b}"),
+    ("sub", "The store had {a} {item} and sold {b} of them. How many {item} does the store have now?", "{a}-{b}"),
+    ("sub", "{name} printed {a} {item} and {b} of them were damaged. How many {item} are fine?", "{a}-{b}"),
+    ("sub", "There are {a} seats in a hall and {b} are taken. How many seats are empty?", "{a}-{b}"),
+    ("mul", "{name} makes {a} stacks of {item} with {b} {item} in each stack. How many {item} is that?", "{a}*{b}"),
+    ("mul", "A shelf has {a} trays and every tray holds {b} {item}. How many {item} are on the shelf?", "{a}*{b}"),
+    ("mul", "Every day {name} collects {b} {item}. How many {item} does {pr} collect in {a} days?", "{b}*{a}"),
+    ("mul", "{name} has {a} packs with {b} {item} per pack. How many {item} does {pr} have in total?", "{a}*{b}"),
+    ("mul", "One bag costs {b} coins. How many coins do {a} bags cost?", "{b}*{a}"),
+    ("two", "{name} started with {a} {item}, got {b} from a friend and lost {c}. How many {item} does {pr} have?",
+     "{a}+{b}-{c}"),
+    ("two", "A tank had {a} litres. {b} litres were added and {c} litres were drained. How many litres are in the "
+     "tank now?", "{a}+{b}-{c}"),
+    ("two", "The shop had {a} {item}, received {b} more and sold {c}. How many {item} are left in the shop?",
+     "{a}+{b}-{c}"),
+]
 # Wordings training never shows (one per operation).
 NEW_TEMPLATES = [
     ("add", "{name} had {a} {item}. A neighbour brought {b} more. How many {item} does {name} have in total?",
@@ -182,7 +210,7 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     rng = random.Random(args.seed)
     train: list[dict] = []
     while len(train) < args.train + args.direct:
-        template = rng.choice(TEMPLATES)
+        template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
         if (template[0], nums) not in taken:
             train.append(problem(rng, template, TRAIN_NAMES, nums))
@@ -218,6 +246,12 @@ def tool_conversation(problems: list[dict], system: str, specs: list[dict]) -> d
     return {"tools": specs, "messages": messages}
 
 
+def short_conversation(problems: list[dict]) -> dict:
+    """The same turns without the system turn and its tool listing (about 95 tokens a problem instead of
+    355): the first phase, where the model learns to copy numbers, at a quarter of the cost per problem."""
+    return {"messages": tool_conversation(problems, "", [])["messages"][1:]}
+
+
 def direct_conversation(p: dict) -> dict:
     return {"messages": [{"role": "user", "content": p["question"]},
                          {"role": "assistant", "content": answer_text(p["answer"])}]}
@@ -228,12 +262,16 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
 
     system, specs = agent_prompt()
     with_tool, k = train[: args.train], args.per_conversation
-    records = [tool_conversation(with_tool[i: i + k], system, specs) for i in range(0, len(with_tool), k)]
+    full = with_tool[: args.full]
+    records = [tool_conversation(full[i: i + k], system, specs) for i in range(0, len(full), k)]
     records += [direct_conversation(p) for p in train[args.train:]]
     random.Random(args.seed).shuffle(records)
-    paths = {name: out / f"{name}.jsonl" for name in ("sft", "held_out", "corpus")}
+    paths = {name: out / f"{name}.jsonl" for name in ("sft", "short", "held_out", "corpus")}
     with open(paths["sft"], "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+    k = args.short_per_conversation
+    with open(paths["short"], "w") as f:
+        f.writelines(json.dumps(short_conversation(with_tool[i: i + k])) + "\n" for i in range(0, len(with_tool), k))
     with open(paths["held_out"], "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in held_out)
     with open(paths["corpus"], "w") as f:  # the tokenizer's text: rendered training conversations, markers out
@@ -246,6 +284,49 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
             for _ in range(3):
                 f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
     return paths
+
+
+def base_model(out: Path, corpus: Path, args) -> Path:
+    """A byte-level BPE trained on ``corpus`` and a random tiny-llama of ``args.layers`` x ``args.width`` over it
+    (``args.heads`` heads, MLP 4 x width, QK-norm where ``args.qk_norm``), saved as a model dir under ``out``."""
+    from groundup.model.config import ModelConfig
+    from groundup.model.io import save_model_dir
+    from groundup.model.transformer import Transformer
+    from groundup.tokenizer import Tokenizer
+    from groundup.tokenizer import run as tokenizer_stage
+
+    tok_dir = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=out / "tokenizer",
+                                                         vocab_size=args.vocab, pattern=args.pattern,
+                                                         val_fraction=0.0))
+    vocab = Tokenizer.from_file(tok_dir).vocab_size
+    torch.manual_seed(args.seed)
+    config = ModelConfig.from_name("tiny-llama", vocab_size=vocab, block_size=args.block_size, n_layer=args.layers,
+                                   n_embd=args.width, n_head=args.heads, n_kv_head=args.heads,
+                                   intermediate_size=4 * args.width, qk_norm=args.qk_norm)
+    return save_model_dir(out / "base", Transformer(config), tokenizer_file=tok_dir, stage="benchmark", config={})
+
+
+def sft_phase(model: Path, data: Path, out: Path, steps: int, batch_size: int, args, *, lr: float, warmup: int) -> tuple[Path, list[tuple[int, float]], float]:
+    """``groundup finetune sft`` of ``model`` on ``data`` for ``steps``; the model dir, its losses, seconds."""
+    from groundup.finetune import sft
+    from groundup.train.loop import LoopConfig
+    from groundup.train.optim import OptimConfig
+
+    started = time.perf_counter()
+    sft_dir = sft.run(sft.Config(model=model, data=data, out=out, val_fraction=0.0, batch_size=batch_size,
+                                 device="cpu", threads=args.threads, overwrite=True,
+                                 optim=OptimConfig(lr=lr, warmup_steps=warmup, weight_decay=0.0, min_lr_ratio=0.1),
+                                 train=LoopConfig(max_steps=steps, log_every=25, eval_every=0,
+                                                  checkpoint_every=0, progress_bar=False)))
+    seconds = time.perf_counter() - started
+    losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
+    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
+    if truncated:
+        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
+    print(f"SFT on {data.name}: {steps} steps in {seconds:.0f} s; loss " +
+          ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
+    return sft_dir, losses, seconds
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -319,33 +400,40 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/tool_use"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=24000, help="problems to train on with the tool")
+    parser.add_argument("--full", type=int, default=3000,
+                        help="of those, the ones also rendered in full (system turn and tool listing) for phase 2")
     parser.add_argument("--direct", type=int, default=1000, help="conversations without tools to train on")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
     parser.add_argument("--tokenizer-conversations", type=int, default=500)
-    parser.add_argument("--per-conversation", type=int, default=4,
-                        help="problems per training conversation (one system turn, then one after another)")
+    parser.add_argument("--short-per-conversation", type=int, default=1,
+                        help="problems per conversation of phase 1 (no system turn, no tool listing)")
+    parser.add_argument("--per-conversation", type=int, default=1,
+                        help="problems per conversation of phase 2 (one system turn, then one after another)")
     parser.add_argument("--pattern", choices=("digits", "gpt4"), default="digits",
                         help="tokenizer split: digits one by one, or GPT-4's runs of up to three")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--block-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--short-steps", type=int, default=900, help="phase 1: SFT steps on short conversations")
+    parser.add_argument("--short-batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100, help="phase 2: SFT steps on full conversations")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="phase 1's peak (cosine to a tenth)")
+    parser.add_argument("--lr2", type=float, default=6e-4, help="phase 2's peak (cosine to a tenth)")
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
     parser.add_argument("--concurrency", type=int, default=8, help="problems in flight at once (engine batch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute): checks the path only")
     args = parser.parse_args()
     if args.quick:
-        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 150
+        args.train, args.full, args.direct, args.held_out, args.tokenizer_conversations = 600, 300, 100, 40, 150
+        args.short_steps, args.steps = 30, 10
 
-    from groundup.finetune import sft
-    from groundup.train.loop import LoopConfig
-    from groundup.train.optim import OptimConfig
     from tool_calls import InProcessServer
 
     t_start = time.perf_counter()
@@ -353,24 +441,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, held_out = make_problems(args)
     paths = write_data(args.out, train, held_out, args)
-    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size,
-                      pattern=args.pattern)
+    base = base_model(args.out, paths["corpus"], args)
     prep_seconds = time.perf_counter() - t_start
 
-    started = time.perf_counter()
-    sft_dir = sft.run(sft.Config(model=base, data=paths["sft"], out=args.out / "sft", val_fraction=0.0,
-                                 batch_size=args.batch_size, device="cpu", threads=args.threads, overwrite=True,
-                                 optim=OptimConfig(lr=args.lr, warmup_steps=20, weight_decay=0.0),
-                                 train=LoopConfig(max_steps=args.steps, log_every=25, eval_every=0,
-                                                  checkpoint_every=0, progress_bar=False)))
-    sft_seconds = time.perf_counter() - started
-    losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
-    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
-    if truncated:
-        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
-    print(f"SFT: {args.steps} steps in {sft_seconds:.0f} s; loss " +
-          ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
+    short_dir, short_losses, short_seconds = sft_phase(
+        base, paths["short"], args.out / "sft_short", args.short_steps, args.short_batch_size, args, lr=args.lr,
+        warmup=20)
+    sft_dir, losses, full_seconds = sft_phase(short_dir, paths["sft"], args.out / "sft", args.steps, args.batch_size,
+                                              args, lr=args.lr2, warmup=0)
+    sft_seconds = short_seconds + full_seconds
 
     server = InProcessServer(sft_dir, args.max_tokens)
     try:
@@ -398,9 +477,9 @@ def main() -> None:
     examples = [{"question": p["question"], "truth": p["answer"], "with_tool": t, "without_tool": d}
                 for p, t, d in zip(held_out, tool_out, direct_out, strict=True)]
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "with_tool": tool, "without_tool": direct,
-              "seconds": {"prep": prep_seconds, "sft": sft_seconds, "with_tool": tool_seconds,
+              "seconds": {"prep": prep_seconds, "sft_short": short_seconds, "sft": full_seconds, "with_tool": tool_seconds,
                           "without_tool": direct_seconds, "total": total},
-              "sft_loss": losses, "problems": examples}
+              "sft_short_loss": short_losses, "sft_loss": losses, "problems": examples}
     (args.out / "tool_use.json").write_text(json.dumps(result, indent=1))
 
 
