@@ -178,6 +178,22 @@ TRAIN_NAMES = [("Ana", "she"), ("Ben", "he"), ("Chloe", "she"), ("David", "he"),
                ("Tara", "she"), ("Victor", "he")]
 NEW_NAMES = [("Yuki", "she"), ("Omar", "he"), ("Lena", "she"), ("Marco", "he"), ("Priya", "she"), ("Tomas", "he"),
              ("Zoe", "she"), ("Kwame", "he")]
+
+
+def made_up_names(n: int = 300, seed: int = 7) -> list[tuple[str, str]]:
+    """``n`` names made of two or three syllables (``Bakori``, ``Temi``), none of them a held-out name: with
+    only twenty names in training, a held-out problem's unfamiliar name throws the copying of its numbers."""
+    syllables = ["ba", "ko", "ri", "ta", "me", "lo", "su", "ni", "da", "fe", "go", "ha", "ji", "ku", "mi", "no", "pe",
+                 "ra", "si", "to", "vu", "we", "ya", "zo"]
+    rng, taken, names = random.Random(seed), {m for m, _ in NEW_NAMES + TRAIN_NAMES}, []
+    while len(names) < n:
+        name = "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
+        if name not in taken:
+            taken.add(name)
+            names.append((name, rng.choice(("she", "he"))))
+    return names
+
+
 ITEMS = ["marbles", "apples", "stickers", "pencils", "cards", "shells", "coins", "stamps", "cookies", "buttons",
          "beads", "eggs", "nails", "candles", "books", "oranges"]
 
@@ -215,11 +231,12 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     taken = {(p["op"], tuple(p["numbers"])) for p in held_out}
     rng = random.Random(args.seed)
     train: list[dict] = []
+    names = TRAIN_NAMES + made_up_names()
     while len(train) < args.train + args.direct:
         template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
         if (template[0], nums) not in taken:
-            train.append(problem(rng, template, TRAIN_NAMES, nums))
+            train.append(problem(rng, template, names, nums))
     return train, held_out
 
 
@@ -429,12 +446,12 @@ def main() -> None:
     parser.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=False,
                         help="tie the output head to the token embeddings")
-    parser.add_argument("--short-steps", type=int, default=900, help="phase 1: SFT steps on short conversations")
+    parser.add_argument("--short-steps", type=int, default=800, help="phase 1: SFT steps on short conversations")
     parser.add_argument("--short-batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=100, help="phase 2: SFT steps on full conversations")
+    parser.add_argument("--steps", type=int, default=200, help="phase 2: SFT steps on full conversations")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3, help="phase 1's peak (cosine to a tenth)")
-    parser.add_argument("--lr2", type=float, default=6e-4, help="phase 2's peak (cosine to a tenth)")
+    parser.add_argument("--lr2", type=float, default=1e-3, help="phase 2's peak (cosine to a tenth)")
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
     parser.add_argument("--concurrency", type=int, default=8, help="problems in flight at once (engine batch)")
     parser.add_argument("--threads", type=int, default=2)

@@ -37,6 +37,9 @@ def test_held_out_problems_share_no_numbers_names_or_all_wordings_with_training(
     assert len(train) == 350 and len(held_out) == 40
     assert not {(p["op"], tuple(p["numbers"])) for p in train} & {(p["op"], tuple(p["numbers"])) for p in held_out}
     new_names = {n for n, _ in bench.NEW_NAMES}
+    made_up = {n for n, _ in bench.made_up_names()}
+    assert len(made_up) == 300 and not made_up & new_names
+    assert any(n in p["question"].split() for p in train for n in made_up)  # training draws from them too
     assert not any(n in p["question"].split() for p in train for n in new_names)
     new_wordings = [re.compile(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)) + "$") for _, w, _ in bench.NEW_TEMPLATES]
     assert sum(p["wording"] == "new" for p in held_out) == 10
