@@ -38,14 +38,34 @@ The goal of the issue: at least 90% correct with the tool on 200 held-out proble
 on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (a few
 minutes) that checks the path, not the goal.
 
-Status: the goal is not met. Every run so far scored 0 of 200: the model learns the format (the call, ``calc``,
-``The answer is``) within a few hundred steps but not to copy digits: their loss stays at ~2.25 nats, the entropy of
-the digits themselves, after 300 steps (batch 8, four problems a row, digits split, lr 3e-3), with short
-conversations (no tool listing, ~100 tokens) in the mix or not; lr 1e-2 diverges. Copying a number whose
-place in the question varies takes an induction-style circuit, and a plain 4 x 128 model on digit strings
-(``a b c … <gap of random length> SEP a b c …``) had not formed one after 150 steps of 32 either, while
-copying from a fixed distance is learnt in 50. The defaults are the cheapest per problem of what was tried;
-more steps than 20 minutes allow, or a start from a model that already copies, are what is left to try.
+Status: the goal is not met; the defaults reach 130 of 200 (65%) with the tool and 0 without. Measured with
+``nice -n 5 python benchmarks/tool_use.py --out /tmp/tu/fullN --threads 1`` (one thread, on 2 cores shared with
+another job) after the change each row names, in this order:
+
+======================================================  =========  ======  =====  ============  ========
+setting                                                 with tool  seen    new    without tool  total
+======================================================  =========  ======  =====  ============  ========
+two phases (900 + 100 steps at 6e-4), tied head,        stopped: phase-1 loss still 0.54 at step 400
+batches grouped by length
+untied head, batches in random order                    103/200    69%     0%     1/200         13.6 min
+300 made-up training names; phase 2: 200 steps at 1e-3  130/200    87%     0%     0/200         13.3 min
+(800 + 200 steps: the defaults)
+``--filler 0.5``                                        120/200    80%     0%     1/200         12.6 min
+======================================================  =========  ======  =====  ============  ========
+
+Before the two phases every run scored 0 of 200: trained on full conversations only, 300 to 800 steps are all
+20 minutes allow, and the loss on digits stayed at ~2.25 nats (their entropy): copying a number whose place
+varies takes an induction-style circuit, which had not formed. On short conversations it forms in ~200
+steps (the same drop, from ~0.5 to ~0.2, with the tied head and length-grouped batches had not come by step
+400: which of the two delayed it was not separated), and after ~100 steps on full conversations the agent's
+format follows. What is left: (1) the held-out problems' names are new, and with twenty training names an
+unfamiliar one broke the copying (second row: 87% of the seen-wording problems without a name correct, 61%
+of those with one); 300 made-up names in training fixed most of it; (2) none of the 50 problems in new wordings is solved:
+the calls' numbers are garbled and often the operation is wrong (``Priya had 427 coins. A neighbour
+brought 492 more.`` -> ``72*92``): the copying is still tied to the wordings it was trained on, with 36 of
+them in training (every row) and with a sentence without numbers inserted into half of the training
+questions (``--filler``) alike. With 150 seen-wording problems, 90% needs at least 30 of the
+50 new ones.
 """
 
 from __future__ import annotations
@@ -179,6 +199,19 @@ TRAIN_NAMES = [("Ana", "she"), ("Ben", "he"), ("Chloe", "she"), ("David", "he"),
 NEW_NAMES = [("Yuki", "she"), ("Omar", "he"), ("Lena", "she"), ("Marco", "he"), ("Priya", "she"), ("Tomas", "he"),
              ("Zoe", "she"), ("Kwame", "he")]
 
+# Sentences without numbers that training may insert into a question (``--filler``), so that where a wording's
+# numbers sit is not all a model learns of it.
+FILLERS = ["It is a sunny day.", "The weather is cold.", "Everyone is in a good mood.", "This happens in spring.",
+           "It is late in the afternoon.", "The town is small.", "Nobody is in a hurry.", "It rains a little.",
+           "Some friends are watching.", "The street is quiet.", "Music is playing nearby.", "It is a busy week."]
+
+
+def with_filler(rng: random.Random, question: str) -> str:
+    """``question`` with one of FILLERS inserted before one of its sentences (the first included)."""
+    sentences = re.split(r"(?<=[.?]) ", question)
+    sentences.insert(rng.randrange(len(sentences)), rng.choice(FILLERS))
+    return " ".join(sentences)
+
 
 def made_up_names(n: int = 300, seed: int = 7) -> list[tuple[str, str]]:
     """``n`` names made of two or three syllables (``Bakori``, ``Temi``), none of them a held-out name: with
@@ -236,7 +269,10 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
         template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
         if (template[0], nums) not in taken:
-            train.append(problem(rng, template, names, nums))
+            p = problem(rng, template, names, nums)
+            if args.filler and rng.random() < args.filler:
+                p["question"] = with_filler(rng, p["question"])
+            train.append(p)
     return train, held_out
 
 
@@ -431,6 +467,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
+    parser.add_argument("--filler", type=float, default=0.0,
+                        help="share of the training questions given one sentence without numbers, at random")
     parser.add_argument("--tokenizer-conversations", type=int, default=500)
     parser.add_argument("--short-per-conversation", type=int, default=1,
                         help="problems per conversation of phase 1 (no system turn, no tool listing)")

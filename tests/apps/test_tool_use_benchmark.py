@@ -27,7 +27,7 @@ def bench():
 
 
 def args(**over):
-    base = dict(seed=3, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
+    base = dict(seed=3, filler=0.5, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
                 short_per_conversation=2, tokenizer_conversations=60, pattern="digits")
     return argparse.Namespace(**{**base, **over})
 
