@@ -6,16 +6,22 @@ numbers of two and three digits), a byte-level BPE tokenizer trained on the trai
 (``--pattern digits``, the default: every digit a token of its own, so that writing a number from the
 question into the call, or the tool's result into the answer, is copying a run of digit tokens; ``gpt4``:
 runs of up to three digits, every number below 1000 one token), a tiny-recipe Llama-style model (random
-init, ``--layers`` x ``--width``), then ``groundup finetune sft`` on two kinds of conversation:
+init, ``--layers`` x ``--width``, ``--heads`` heads, QK-norm, an untied output head), then ``groundup finetune
+sft`` in two phases:
 
-- with the tool, exactly as groundup's :class:`~groundup.apps.Agent` renders them (its system prompt, the
-  tools ``calc`` and the agent's own ``scratchpad`` in the system turn): the user's problem, the assistant's
-  call ``calc({"expression": "437+285"})``, the tool's result ``722``, the assistant's ``The answer is 722.``;
-  ``--per-conversation`` problems follow one another after one system turn, as an Agent given successive
-  tasks sends them (its memory keeps the earlier ones). The tool listing is about 255 of a one-problem
-  conversation's ~355 tokens; four problems to a conversation cost ~165 tokens each instead, so the same
-  compute trains on about twice as many problems. The first problem of each is exactly the test's prompt;
-- without tools (``--direct`` of them): the problem, then ``The answer is 722.`` straight away.
+1. ``--short-steps`` on short conversations (``--short-per-conversation`` problems each): the user's problem,
+   the assistant's call ``calc({"expression": "437+285"})``, the tool's result ``722``, the assistant's
+   ``The answer is 722.``, with no system turn and no tool listing: ~95 tokens a problem instead of ~355, so
+   a step of 32 costs ~0.8 s on one thread, and the copying of digits (the question's numbers into the call,
+   the result into the answer) forms within ~200 steps as a sudden drop of the loss (from ~0.55 to ~0.2);
+2. ``--steps`` at a lower learning rate (``--lr2``) on the same turns as groundup's
+   :class:`~groundup.apps.Agent` renders them (its system prompt, the tools ``calc`` and the agent's own
+   ``scratchpad`` in the system turn; ``--per-conversation`` problems after one system turn, as an Agent
+   given successive tasks sends them), for the first ``--full`` training problems, the first problem of
+   each exactly the test's prompt; with them ``--direct`` conversations without tools: the problem, then
+   ``The answer is 722.`` straight away.
+
+Training draws its wordings from 36 templates; the held-out problems from 16 of them and 4 new ones.
 
 The SFT model is then served by ``groundup serve`` in process (uvicorn on a loopback port, tool calls
 constrained by xgrammar) and scored on ``--held-out`` problems twice: by an ``Agent`` with ``calc`` (a fresh
@@ -32,14 +38,34 @@ The goal of the issue: at least 90% correct with the tool on 200 held-out proble
 on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (a few
 minutes) that checks the path, not the goal.
 
-Status: the goal is not met. Every run so far scored 0 of 200: the model learns the format (the call, ``calc``,
-``The answer is``) within a few hundred steps but not to copy digits: their loss stays at ~2.25 nats, the entropy of
-the digits themselves, after 300 steps (batch 8, four problems a row, digits split, lr 3e-3), with short
-conversations (no tool listing, ~100 tokens) in the mix or not; lr 1e-2 diverges. Copying a number whose
-place in the question varies takes an induction-style circuit, and a plain 4 x 128 model on digit strings
-(``a b c … <gap of random length> SEP a b c …``) had not formed one after 150 steps of 32 either, while
-copying from a fixed distance is learnt in 50. The defaults are the cheapest per problem of what was tried;
-more steps than 20 minutes allow, or a start from a model that already copies, are what is left to try.
+Status: the goal is not met; the defaults reach 130 of 200 (65%) with the tool and 0 without. Measured with
+``nice -n 5 python benchmarks/tool_use.py --out /tmp/tu/fullN --threads 1`` (one thread, on 2 cores shared with
+another job) after the change each row names, in this order:
+
+======================================================  =========  ======  =====  ============  ========
+setting                                                 with tool  seen    new    without tool  total
+======================================================  =========  ======  =====  ============  ========
+two phases (900 + 100 steps at 6e-4), tied head,        stopped: phase-1 loss still 0.54 at step 400
+batches grouped by length
+untied head, batches in random order                    103/200    69%     0%     1/200         13.6 min
+300 made-up training names; phase 2: 200 steps at 1e-3  130/200    87%     0%     0/200         13.3 min
+(800 + 200 steps: the defaults)
+``--filler 0.5``                                        120/200    80%     0%     1/200         12.6 min
+======================================================  =========  ======  =====  ============  ========
+
+Before the two phases every run scored 0 of 200: trained on full conversations only, 300 to 800 steps are all
+20 minutes allow, and the loss on digits stayed at ~2.25 nats (their entropy): copying a number whose place
+varies takes an induction-style circuit, which had not formed. On short conversations it forms in ~200
+steps (the same drop, from ~0.5 to ~0.2, with the tied head and length-grouped batches had not come by step
+400: which of the two delayed it was not separated), and after ~100 steps on full conversations the agent's
+format follows. What is left: (1) the held-out problems' names are new, and with twenty training names an
+unfamiliar one broke the copying (second row: 87% of the seen-wording problems without a name correct, 61%
+of those with one); 300 made-up names in training fixed most of it; (2) none of the 50 problems in new wordings is solved:
+the calls' numbers are garbled and often the operation is wrong (``Priya had 427 coins. A neighbour
+brought 492 more.`` -> ``72*92``): the copying is still tied to the wordings it was trained on, with 36 of
+them in training (every row) and with a sentence without numbers inserted into half of the training
+questions (``--filler``) alike. With 150 seen-wording problems, 90% needs at least 30 of the
+50 new ones.
 """
 
 from __future__ import annotations
@@ -55,8 +81,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-
-from rl_arith import base_model
 
 # ---------------------------------------------------------------------------- the tool
 
@@ -129,6 +153,36 @@ TEMPLATES = [
     ("two", "{name} had {a} {item}, bought {b} more and then lost {c}. How many {item} does {pr} have left?",
      "{a}+{b}-{c}"),
 ]
+# More wordings for training only (the held-out problems draw theirs from TEMPLATES and NEW_TEMPLATES): with
+# only the sixteen above, a small model learns each wording's operation by heart and none of a new wording's.
+EXTRA_TEMPLATES = [
+    ("add", "{name} saved {a} {item} last year and {b} {item} this year. How many {item} has {pr} saved?", "{a}+{b}"),
+    ("add", "A box holds {a} {item}. {name} adds another {b}. How many {item} are in the box?", "{a}+{b}"),
+    ("add", "{name} read {a} pages on Saturday and {b} pages on Sunday. How many pages did {pr} read altogether?",
+     "{a}+{b}"),
+    ("add", "The school has {a} {item} and gets {b} more as a gift. How many {item} does the school have now?",
+     "{a}+{b}"),
+    ("add", "{name} picked {a} {item}. A friend picked {b} {item}. How many {item} did they pick together?",
+     "{a}+{b}"),
+    ("add", "After spending {b} {item}, {name} still had {a}. How many {item} did {pr} start with?", "{b}+{a}"),
+    ("sub", "{name} had {a} {item} and ate {b} of them. How many {item} remain?", "{a}-{b}"),
+    ("sub", "A jar held {a} {item}. {name} took out {b}. How many {item} are still in the jar?", "{a}-{b}"),
+    ("sub", "{name} needs {a} {item} and already has {b}. How many more {item} does {pr} need?", "{a}-{b}"),
+    ("sub", "The store had {a} {item} and sold {b} of them. How many {item} does the store have now?", "{a}-{b}"),
+    ("sub", "{name} printed {a} {item} and {b} of them were damaged. How many {item} are fine?", "{a}-{b}"),
+    ("sub", "There are {a} seats in a hall and {b} are taken. How many seats are empty?", "{a}-{b}"),
+    ("mul", "{name} makes {a} stacks of {item} with {b} {item} in each stack. How many {item} is that?", "{a}*{b}"),
+    ("mul", "A shelf has {a} trays and every tray holds {b} {item}. How many {item} are on the shelf?", "{a}*{b}"),
+    ("mul", "Every day {name} collects {b} {item}. How many {item} does {pr} collect in {a} days?", "{b}*{a}"),
+    ("mul", "{name} has {a} packs with {b} {item} per pack. How many {item} does {pr} have in total?", "{a}*{b}"),
+    ("mul", "One bag costs {b} coins. How many coins do {a} bags cost?", "{b}*{a}"),
+    ("two", "{name} started with {a} {item}, got {b} from a friend and lost {c}. How many {item} does {pr} have?",
+     "{a}+{b}-{c}"),
+    ("two", "A tank had {a} litres. {b} litres were added and {c} litres were drained. How many litres are in the "
+     "tank now?", "{a}+{b}-{c}"),
+    ("two", "The shop had {a} {item}, received {b} more and sold {c}. How many {item} are left in the shop?",
+     "{a}+{b}-{c}"),
+]
 # Wordings training never shows (one per operation).
 NEW_TEMPLATES = [
     ("add", "{name} had {a} {item}. A neighbour brought {b} more. How many {item} does {name} have in total?",
@@ -144,6 +198,35 @@ TRAIN_NAMES = [("Ana", "she"), ("Ben", "he"), ("Chloe", "she"), ("David", "he"),
                ("Tara", "she"), ("Victor", "he")]
 NEW_NAMES = [("Yuki", "she"), ("Omar", "he"), ("Lena", "she"), ("Marco", "he"), ("Priya", "she"), ("Tomas", "he"),
              ("Zoe", "she"), ("Kwame", "he")]
+
+# Sentences without numbers that training may insert into a question (``--filler``), so that where a wording's
+# numbers sit is not all a model learns of it.
+FILLERS = ["It is a sunny day.", "The weather is cold.", "Everyone is in a good mood.", "This happens in spring.",
+           "It is late in the afternoon.", "The town is small.", "Nobody is in a hurry.", "It rains a little.",
+           "Some friends are watching.", "The street is quiet.", "Music is playing nearby.", "It is a busy week."]
+
+
+def with_filler(rng: random.Random, question: str) -> str:
+    """``question`` with one of FILLERS inserted before one of its sentences (the first included)."""
+    sentences = re.split(r"(?<=[.?]) ", question)
+    sentences.insert(rng.randrange(len(sentences)), rng.choice(FILLERS))
+    return " ".join(sentences)
+
+
+def made_up_names(n: int = 300, seed: int = 7) -> list[tuple[str, str]]:
+    """``n`` names made of two or three syllables (``Bakori``, ``Temi``), none of them a held-out name: with
+    only twenty names in training, a held-out problem's unfamiliar name throws the copying of its numbers."""
+    syllables = ["ba", "ko", "ri", "ta", "me", "lo", "su", "ni", "da", "fe", "go", "ha", "ji", "ku", "mi", "no", "pe",
+                 "ra", "si", "to", "vu", "we", "ya", "zo"]
+    rng, taken, names = random.Random(seed), {m for m, _ in NEW_NAMES + TRAIN_NAMES}, []
+    while len(names) < n:
+        name = "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3)))).capitalize()
+        if name not in taken:
+            taken.add(name)
+            names.append((name, rng.choice(("she", "he"))))
+    return names
+
+
 ITEMS = ["marbles", "apples", "stickers", "pencils", "cards", "shells", "coins", "stamps", "cookies", "buttons",
          "beads", "eggs", "nails", "candles", "books", "oranges"]
 
@@ -181,11 +264,15 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     taken = {(p["op"], tuple(p["numbers"])) for p in held_out}
     rng = random.Random(args.seed)
     train: list[dict] = []
+    names = TRAIN_NAMES + made_up_names()
     while len(train) < args.train + args.direct:
-        template = rng.choice(TEMPLATES)
+        template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
         if (template[0], nums) not in taken:
-            train.append(problem(rng, template, TRAIN_NAMES, nums))
+            p = problem(rng, template, names, nums)
+            if args.filler and rng.random() < args.filler:
+                p["question"] = with_filler(rng, p["question"])
+            train.append(p)
     return train, held_out
 
 
@@ -218,6 +305,12 @@ def tool_conversation(problems: list[dict], system: str, specs: list[dict]) -> d
     return {"tools": specs, "messages": messages}
 
 
+def short_conversation(problems: list[dict]) -> dict:
+    """The same turns without the system turn and its tool listing (about 95 tokens a problem instead of
+    355): the first phase, where the model learns to copy numbers, at a quarter of the cost per problem."""
+    return {"messages": tool_conversation(problems, "", [])["messages"][1:]}
+
+
 def direct_conversation(p: dict) -> dict:
     return {"messages": [{"role": "user", "content": p["question"]},
                          {"role": "assistant", "content": answer_text(p["answer"])}]}
@@ -228,12 +321,16 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
 
     system, specs = agent_prompt()
     with_tool, k = train[: args.train], args.per_conversation
-    records = [tool_conversation(with_tool[i: i + k], system, specs) for i in range(0, len(with_tool), k)]
+    full = with_tool[: args.full]
+    records = [tool_conversation(full[i: i + k], system, specs) for i in range(0, len(full), k)]
     records += [direct_conversation(p) for p in train[args.train:]]
     random.Random(args.seed).shuffle(records)
-    paths = {name: out / f"{name}.jsonl" for name in ("sft", "held_out", "corpus")}
+    paths = {name: out / f"{name}.jsonl" for name in ("sft", "short", "held_out", "corpus")}
     with open(paths["sft"], "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
+    k = args.short_per_conversation
+    with open(paths["short"], "w") as f:
+        f.writelines(json.dumps(short_conversation(with_tool[i: i + k])) + "\n" for i in range(0, len(with_tool), k))
     with open(paths["held_out"], "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in held_out)
     with open(paths["corpus"], "w") as f:  # the tokenizer's text: rendered training conversations, markers out
@@ -246,6 +343,51 @@ def write_data(out: Path, train: list[dict], held_out: list[dict], args) -> dict
             for _ in range(3):
                 f.write(json.dumps({"text": " ".join(map(str, range(1000)))}) + "\n")
     return paths
+
+
+def base_model(out: Path, corpus: Path, args) -> Path:
+    """A byte-level BPE trained on ``corpus`` and a random tiny-llama of ``args.layers`` x ``args.width`` over it
+    (``args.heads`` heads, MLP 4 x width, QK-norm where ``args.qk_norm``, a tied head where ``args.tie``), saved as a model dir under ``out``."""
+    from groundup.model.config import ModelConfig
+    from groundup.model.io import save_model_dir
+    from groundup.model.transformer import Transformer
+    from groundup.tokenizer import Tokenizer
+    from groundup.tokenizer import run as tokenizer_stage
+
+    tok_dir = tokenizer_stage.run(tokenizer_stage.Config(data=str(corpus), out=out / "tokenizer",
+                                                         vocab_size=args.vocab, pattern=args.pattern,
+                                                         val_fraction=0.0))
+    vocab = Tokenizer.from_file(tok_dir).vocab_size
+    torch.manual_seed(args.seed)
+    config = ModelConfig.from_name("tiny-llama", vocab_size=vocab, block_size=args.block_size, n_layer=args.layers,
+                                   n_embd=args.width, n_head=args.heads, n_kv_head=args.heads,
+                                   intermediate_size=4 * args.width, qk_norm=args.qk_norm,
+                                   tie_embeddings=args.tie)
+    return save_model_dir(out / "base", Transformer(config), tokenizer_file=tok_dir, stage="benchmark", config={})
+
+
+def sft_phase(model: Path, data: Path, out: Path, steps: int, batch_size: int, args, *, lr: float, warmup: int) -> tuple[Path, list[tuple[int, float]], float]:
+    """``groundup finetune sft`` of ``model`` on ``data`` for ``steps``; the model dir, its losses, seconds."""
+    from groundup.finetune import sft
+    from groundup.train.loop import LoopConfig
+    from groundup.train.optim import OptimConfig
+
+    started = time.perf_counter()
+    sft_dir = sft.run(sft.Config(model=model, data=data, out=out, val_fraction=0.0, batch_size=batch_size,
+                                 device="cpu", threads=args.threads, overwrite=True,
+                                 group_by_length=False,
+                                 optim=OptimConfig(lr=lr, warmup_steps=warmup, weight_decay=0.0, min_lr_ratio=0.1),
+                                 train=LoopConfig(max_steps=steps, log_every=25, eval_every=0,
+                                                  checkpoint_every=0, progress_bar=False)))
+    seconds = time.perf_counter() - started
+    losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
+    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
+    if truncated:
+        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
+    print(f"SFT on {data.name}: {steps} steps in {seconds:.0f} s; loss " +
+          ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
+    return sft_dir, losses, seconds
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -319,33 +461,44 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/tool_use"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=24000, help="problems to train on with the tool")
+    parser.add_argument("--full", type=int, default=3000,
+                        help="of those, the ones also rendered in full (system turn and tool listing) for phase 2")
     parser.add_argument("--direct", type=int, default=1000, help="conversations without tools to train on")
     parser.add_argument("--held-out", type=int, default=200)
     parser.add_argument("--new-templates", type=float, default=0.25,
                         help="share of the held-out problems worded as training never shows")
+    parser.add_argument("--filler", type=float, default=0.0,
+                        help="share of the training questions given one sentence without numbers, at random")
     parser.add_argument("--tokenizer-conversations", type=int, default=500)
-    parser.add_argument("--per-conversation", type=int, default=4,
-                        help="problems per training conversation (one system turn, then one after another)")
+    parser.add_argument("--short-per-conversation", type=int, default=1,
+                        help="problems per conversation of phase 1 (no system turn, no tool listing)")
+    parser.add_argument("--per-conversation", type=int, default=1,
+                        help="problems per conversation of phase 2 (one system turn, then one after another)")
     parser.add_argument("--pattern", choices=("digits", "gpt4"), default="digits",
                         help="tokenizer split: digits one by one, or GPT-4's runs of up to three")
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--block-size", type=int, default=768)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=False,
+                        help="tie the output head to the token embeddings")
+    parser.add_argument("--short-steps", type=int, default=800, help="phase 1: SFT steps on short conversations")
+    parser.add_argument("--short-batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=200, help="phase 2: SFT steps on full conversations")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="phase 1's peak (cosine to a tenth)")
+    parser.add_argument("--lr2", type=float, default=1e-3, help="phase 2's peak (cosine to a tenth)")
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of each model request")
     parser.add_argument("--concurrency", type=int, default=8, help="problems in flight at once (engine batch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small run (about a minute): checks the path only")
     args = parser.parse_args()
     if args.quick:
-        args.train, args.direct, args.held_out, args.steps, args.tokenizer_conversations = 600, 100, 40, 40, 150
+        args.train, args.full, args.direct, args.held_out, args.tokenizer_conversations = 600, 300, 100, 40, 150
+        args.short_steps, args.steps = 30, 10
 
-    from groundup.finetune import sft
-    from groundup.train.loop import LoopConfig
-    from groundup.train.optim import OptimConfig
     from tool_calls import InProcessServer
 
     t_start = time.perf_counter()
@@ -353,24 +506,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     train, held_out = make_problems(args)
     paths = write_data(args.out, train, held_out, args)
-    base = base_model(args.out, paths["corpus"], args, vocab_size=args.vocab, block_size=args.block_size,
-                      pattern=args.pattern)
+    base = base_model(args.out, paths["corpus"], args)
     prep_seconds = time.perf_counter() - t_start
 
-    started = time.perf_counter()
-    sft_dir = sft.run(sft.Config(model=base, data=paths["sft"], out=args.out / "sft", val_fraction=0.0,
-                                 batch_size=args.batch_size, device="cpu", threads=args.threads, overwrite=True,
-                                 optim=OptimConfig(lr=args.lr, warmup_steps=20, weight_decay=0.0),
-                                 train=LoopConfig(max_steps=args.steps, log_every=25, eval_every=0,
-                                                  checkpoint_every=0, progress_bar=False)))
-    sft_seconds = time.perf_counter() - started
-    losses = [json.loads(x) for x in (sft_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r]
-    truncated = json.loads((sft_dir / "data_stats.json").read_text())["truncated"]
-    if truncated:
-        print(f"warning: {truncated} training conversations were cut at --block-size {args.block_size}", flush=True)
-    print(f"SFT: {args.steps} steps in {sft_seconds:.0f} s; loss " +
-          ", ".join(f"{s}: {v:.3f}" for s, v in losses[:: max(1, len(losses) // 8)] + losses[-1:]), flush=True)
+    short_dir, short_losses, short_seconds = sft_phase(
+        base, paths["short"], args.out / "sft_short", args.short_steps, args.short_batch_size, args, lr=args.lr,
+        warmup=20)
+    sft_dir, losses, full_seconds = sft_phase(short_dir, paths["sft"], args.out / "sft", args.steps, args.batch_size,
+                                              args, lr=args.lr2, warmup=0)
+    sft_seconds = short_seconds + full_seconds
 
     server = InProcessServer(sft_dir, args.max_tokens)
     try:
@@ -398,9 +542,9 @@ def main() -> None:
     examples = [{"question": p["question"], "truth": p["answer"], "with_tool": t, "without_tool": d}
                 for p, t, d in zip(held_out, tool_out, direct_out, strict=True)]
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "with_tool": tool, "without_tool": direct,
-              "seconds": {"prep": prep_seconds, "sft": sft_seconds, "with_tool": tool_seconds,
+              "seconds": {"prep": prep_seconds, "sft_short": short_seconds, "sft": full_seconds, "with_tool": tool_seconds,
                           "without_tool": direct_seconds, "total": total},
-              "sft_loss": losses, "problems": examples}
+              "sft_short_loss": short_losses, "sft_loss": losses, "problems": examples}
     (args.out / "tool_use.json").write_text(json.dumps(result, indent=1))
 
 

@@ -27,8 +27,8 @@ def bench():
 
 
 def args(**over):
-    base = dict(seed=3, train=300, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
-                tokenizer_conversations=60, pattern="digits")
+    base = dict(seed=3, filler=0.5, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
+                short_per_conversation=2, tokenizer_conversations=60, pattern="digits")
     return argparse.Namespace(**{**base, **over})
 
 
@@ -37,6 +37,9 @@ def test_held_out_problems_share_no_numbers_names_or_all_wordings_with_training(
     assert len(train) == 350 and len(held_out) == 40
     assert not {(p["op"], tuple(p["numbers"])) for p in train} & {(p["op"], tuple(p["numbers"])) for p in held_out}
     new_names = {n for n, _ in bench.NEW_NAMES}
+    made_up = {n for n, _ in bench.made_up_names()}
+    assert len(made_up) == 300 and not made_up & new_names
+    assert any(n in p["question"].split() for p in train for n in made_up)  # training draws from them too
     assert not any(n in p["question"].split() for p in train for n in new_names)
     new_wordings = [re.compile(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)) + "$") for _, w, _ in bench.NEW_TEMPLATES]
     assert sum(p["wording"] == "new" for p in held_out) == 10
@@ -62,6 +65,16 @@ def test_a_training_conversation_holds_several_problems_each_call_and_answer_tra
         assert trained[2 * k + 1] == f"The answer is {p['answer']}.<|im_end|>"
 
 
+def test_a_short_conversation_is_the_full_one_without_its_system_turn(bench):
+    train, _ = bench.make_problems(args())
+    system, specs = bench.agent_prompt()
+    full = bench.tool_conversation(train[:2], system, specs)["messages"]
+    short = bench.short_conversation(train[:2])["messages"]
+    assert short == full[1:]
+    trained = [text for text, is_trained in chat_segments(short, None) if is_trained]
+    assert trained == [text for text, is_trained in chat_segments(full, None, tools=specs) if is_trained]
+
+
 def test_the_digit_split_makes_every_digit_a_token(bench, tmp_path):
     from groundup.tokenizer import Tokenizer
     from groundup.tokenizer import run as tokenizer_stage
@@ -70,7 +83,10 @@ def test_the_digit_split_makes_every_digit_a_token(bench, tmp_path):
     train, held_out = bench.make_problems(a)
     paths = bench.write_data(tmp_path, train, held_out, a)
     records = [json.loads(x) for x in paths["sft"].read_text().splitlines()]
-    assert len(records) == 100 + 50  # 300 problems with the tool, three to a conversation, and 50 without
+    assert len(records) == 80 + 50  # 240 problems in full, three to a conversation, and 50 without the tool
+    short = [json.loads(x) for x in paths["short"].read_text().splitlines()]
+    assert len(short) == 150  # all 300 problems, two to a conversation, with no system turn and no tool listing
+    assert all("tools" not in r and r["messages"][0]["role"] == "user" for r in short)
     out = tokenizer_stage.run(tokenizer_stage.Config(data=str(paths["corpus"]), out=tmp_path / "tok", vocab_size=400,
                                                      pattern=a.pattern, val_fraction=0.0))
     tok = Tokenizer.from_file(out)
