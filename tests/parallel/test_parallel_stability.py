@@ -77,3 +77,29 @@ def test_a_loss_spike_without_a_checkpoint_skips_the_update(spine_tokens, tmp_pa
     out = pretrain.run(cfg)
     events = [r for r in lines(out) if r.get("event") == "loss_spike"]
     assert len(events) == 1 and events[0]["step"] == 9 and events[0]["action"].startswith("skipped_update")
+
+
+def test_a_rollback_never_goes_to_a_checkpoint_an_earlier_run_left(spine_tokens, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    earlier = spike_config(spine_tokens, out)
+    earlier.train.max_steps = 40  # another run's checkpoints (the newest: step 40) stay in out/checkpoints
+    pretrain.run(earlier)
+    assert "step-000040" in {p.name for p in (out / "checkpoints").iterdir()}
+
+    present = np.unique(np.asarray(load_tokens(spine_tokens, "train")))
+    unused = int(np.setdiff1d(np.arange(320), present)[0])
+    original = RandomWindows.batch
+
+    def batch(self, k):
+        x, y = original(self, k)
+        return (x, torch.full_like(y, unused)) if k == BAD_BATCH else (x, y)
+
+    monkeypatch.setattr(RandomWindows, "batch", batch)
+    pretrain.run(spike_config(spine_tokens, out))  # a fresh run (no resume) into the same folder
+    events = [r for r in lines(out) if r.get("event") == "loss_spike"]
+    assert len(events) == 1 and events[0]["action"] == "rollback"
+    assert events[0]["to_step"] == 20 and events[0]["checkpoint"] == "step-000020"  # its own, not step-000040
+    # the earlier run's checkpoints were set aside, not deleted, and not pruned in favour of this run's
+    assert [p.name for p in (out / "checkpoints" / "earlier").glob("*/step-000040")] == ["step-000040"]
+    assert "step-000030" in {p.name for p in (out / "checkpoints").iterdir()}

@@ -32,7 +32,7 @@ from torch import nn
 
 from groundup.artifacts import JsonlStats, read_jsonl
 from groundup.parallel.env import ParallelState
-from groundup.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from groundup.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from groundup.train.logging import LogConfig, Observer, open_observers
 from groundup.train.optim import OptimConfig, lr_at
 from groundup.train.resume import restore, resume_path
@@ -285,6 +285,9 @@ class _Run:
     """Micro-batches per step on this rank."""
     flops_per_token: float
     peak_flops: float | None
+    checkpoint: Path | None = None
+    """The newest checkpoint of this run: the one it resumed from, then each one it saves. A rollback goes
+    back to it, never to a checkpoint an earlier run left in the same folder."""
     window: MetricsWindow = field(default_factory=MetricsWindow)
     stop: StopRequest = field(default_factory=StopRequest)
 
@@ -313,13 +316,17 @@ def train_loop(state: TrainState, spec: StepSpec, *, cfg: LoopConfig, optim_cfg:
     is_main = parallel is None or parallel.is_main
     accum = micro_batches_per_rank(cfg.grad_accum, parallel)
     ckpt_root = out / "checkpoints"
-    saved = restore(state, resume_path(cfg.resume, ckpt_root))
+    resumed_from = resume_path(cfg.resume, ckpt_root)
+    saved = restore(state, resumed_from)
     resume_step = state.step if saved is not None else None
+    if saved is None and is_main:
+        set_aside_earlier_checkpoints(ckpt_root)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step,
                          open_observers(log_cfg, out, resume_step) if is_main else None, enabled=is_main,
                          keep_rows=saved.get("metrics_rows") if saved is not None else None)
     run = _Run(cfg=cfg, optim_cfg=optim_cfg, spec=spec, ckpt_root=ckpt_root, metrics=metrics, evaluate=evaluate,
-               extra_state=extra_state, accum=accum, flops_per_token=flops_per_token, peak_flops=peak_flops)
+               extra_state=extra_state, accum=accum, flops_per_token=flops_per_token, peak_flops=peak_flops,
+               checkpoint=resumed_from if saved is not None else None)
     state.model.train()
     bar = _Progress(cfg, state.step, state.train_seconds) if cfg.progress_bar and is_main else None
     try:
@@ -339,6 +346,30 @@ def train_loop(state: TrainState, spec: StepSpec, *, cfg: LoopConfig, optim_cfg:
     metrics.close()
     return LoopResult(step=state.step, tokens_seen=state.tokens_seen, train_seconds=state.train_seconds,
                       stopped_by=stopped_by, last_eval=last_eval, checkpoint=last_ckpt)
+
+
+def set_aside_earlier_checkpoints(ckpt_root: Path) -> Path | None:
+    """Move the checkpoints an earlier run left in ``ckpt_root`` into ``ckpt_root/earlier/<time>/`` when a run
+    starts afresh there (no resume); returns where they went (None: there were none).
+
+    Left in place they would pass for this run's: the rotation keeps the newest steps (and would delete this
+    run's first checkpoints in their favour), a loss spike would roll back to them, and ``--train.resume
+    auto`` would continue the earlier run. Moved, not deleted: a run started without ``--train.resume auto``
+    by mistake can still be continued from them (``--train.resume PATH``)."""
+    earlier = checkpoint_dirs(ckpt_root)
+    if not earlier:
+        return None
+    aside = ckpt_root / "earlier" / time.strftime("%Y%m%d-%H%M%S")
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
+    aside.mkdir(parents=True)
+    for path in earlier:
+        path.rename(aside / path.name)
+    log.warning("%s held %d checkpoint(s) of an earlier run (newest %s); this run starts afresh, so they were moved "
+                "to %s (--train.resume auto continues a run instead)", ckpt_root, len(earlier), earlier[-1].name, aside)
+    return aside
 
 
 def micro_batches_per_rank(grad_accum: int, parallel: ParallelState | None) -> int:
@@ -429,8 +460,9 @@ def log_skipped_update(run: _Run, state: TrainState, result: StepResult) -> None
 def save(run: _Run, state: TrainState) -> Path:
     """A checkpoint of the state now, with the number of metrics rows written so far."""
     saved = {**state.state_dict(), **(run.extra_state() if run.extra_state else {}), "metrics_rows": run.metrics.rows}
-    return save_checkpoint(run.ckpt_root, state.step, model=state.model, optimizer=state.optimizer, state=saved,
-                           keep_last=run.cfg.keep_checkpoints)
+    run.checkpoint = save_checkpoint(run.ckpt_root, state.step, model=state.model, optimizer=state.optimizer,
+                                     state=saved, keep_last=run.cfg.keep_checkpoints)
+    return run.checkpoint
 
 
 def evaluate_and_log(run: _Run, state: TrainState) -> dict[str, float]:
@@ -449,11 +481,11 @@ def evaluate_and_log(run: _Run, state: TrainState) -> dict[str, float]:
 
 
 def roll_back(run: _Run, state: TrainState, spike: StepResult) -> bool:
-    """Back to the newest checkpoint after a loss spike, keeping the sampler where it is: the data since is
+    """Back to this run's newest checkpoint after a loss spike, keeping the sampler where it is: the data since is
     skipped. False when there is no checkpoint to go back to (the update alone is skipped)."""
     cfg = run.cfg
     position = state.sampler.state_dict()
-    target = latest_checkpoint(run.ckpt_root)
+    target = run.checkpoint if run.checkpoint is not None and run.checkpoint.is_dir() else None
     event = {"step": spike.step, "event": "loss_spike", "loss": round(spike.loss, 6), "zscore": round(spike.zscore, 3),
              "data_position": position}
     if target is None:
