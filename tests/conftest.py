@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,22 @@ import pytest
 from groundup.corpus import stdlib_documents
 
 SPINE_VAL_FRACTION = 0.2
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def import_benchmark():
+    """``import_benchmark(name)``: a script of ``benchmarks/`` as a module (that folder is on sys.path only while
+    it imports, so its own imports of its neighbours work)."""
+
+    def load(name: str):
+        sys.path.insert(0, str(BENCHMARKS))
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(str(BENCHMARKS))
+
+    return load
 
 
 @pytest.fixture(scope="session", autouse=True)

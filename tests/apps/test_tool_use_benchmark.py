@@ -5,25 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 from groundup.finetune.data import chat_segments
 from groundup.tokenizer.chat import render_chat
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import tool_use
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return tool_use
+def bench(import_benchmark):
+    return import_benchmark("tool_use")
 
 
 def args(**over):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,18 +10,10 @@ from groundup.evaluate.answers import final_answer
 from groundup.evaluate.generation import Limits
 from groundup.finetune.rewards import RewardCounts, Rewards
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import grpo_trl  # imports trl only when it trains
-        import rl_arith
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return rl_arith, grpo_trl
+def bench(import_benchmark):
+    return import_benchmark("rl_arith"), import_benchmark("grpo_trl")  # grpo_trl imports trl only when it trains
 
 
 def test_worked_solution_ends_in_the_sum_and_carries(bench):
