@@ -227,6 +227,97 @@ def made_up_names(n: int = 300, seed: int = 7) -> list[tuple[str, str]]:
     return names
 
 
+# A grammar of wordings for training (``--composed``): a problem is an opening sentence that gives the first
+# number, one or two events that give the others, and a question, each drawn from its own list, with an
+# optional sentence without numbers anywhere (thousands of wordings against the templates' 36), so that where
+# a wording's numbers sit, and the words around them, are not what a model learns. Every expression lists
+# the numbers in the order the question gives them. None of the new wordings' own words ("brought",
+# "used", "left over", "fills", "crate", "lent", "library", "neighbour") is in it.
+PLACES = ["basket", "box", "jar", "drawer", "bag", "shop", "garden", "classroom", "kitchen", "cupboard", "tent",
+          "van", "barn", "bowl", "chest", "shed"]
+CONTAINERS = [("bag", "bags"), ("box", "boxes"), ("pack", "packs"), ("jar", "jars"), ("tray", "trays"),
+              ("basket", "baskets"), ("bucket", "buckets"), ("tin", "tins"), ("row", "rows"), ("shelf", "shelves")]
+OPENINGS = {  # a person's or a place's first number
+    "person": ["{Name} has {a} {item}.", "{Name} had {a} {item}.", "{Name} owns {a} {item}.",
+               "{Name} starts the day with {a} {item}.", "At first {name} has {a} {item}.",
+               "{Name} keeps {a} {item} at home.", "{Name} has a collection of {a} {item}.",
+               "On Friday {name} had {a} {item}.", "{Name} counted {a} {item} this morning."],
+    "place": ["There are {a} {item} in the {place}.", "The {place} has {a} {item}.", "A {place} holds {a} {item}.",
+              "There were {a} {item} in the {place}.", "The {place} had {a} {item} at first.",
+              "In the {place} there are {a} {item}."],
+}
+GAINS = {
+    "person": ["{Pr} finds {b} more.", "{Pr} gets {b} more {item}.", "Then {pr} buys {b} more.",
+               "A friend gives {pr_obj} {b} more.", "{Pr} receives another {b} {item}.", "{Pr} wins {b} more {item}.",
+               "Later {pr} collects {b} more.", "{Pr} is given {b} extra {item}.", "{Pr} makes {b} more {item}.",
+               "Then {pr} picks up {b} more."],
+    "place": ["{Name} puts in {b} more.", "Then {b} more {item} are added.", "Later {b} more {item} arrive.",
+              "{Name} adds {b} {item}.", "Someone puts {b} more {item} in.", "Another {b} {item} come in."],
+}
+LOSSES = {
+    "person": ["{Pr} gives away {b}.", "{Pr} loses {b} of them.", "{Pr} sells {b}.", "{Pr} eats {b} of them.",
+               "{Pr} gives {b} to a friend.", "{Pr} drops {b} and they break.", "{Pr} throws away {b} of them.",
+               "Then {pr} trades {b} of them.", "{Pr} hands out {b} {item}."],
+    "place": ["{b} of them are sold.", "{Name} takes {b} of them.", "Then {b} {item} are taken out.",
+              "{b} of them go missing.", "Later {b} {item} are removed.", "{Name} takes away {b} {item}."],
+}
+QUESTIONS = {
+    ("add", "person"): ["How many {item} does {pr} have now?", "How many {item} does {name} have altogether?",
+                        "How many {item} does {pr} have in all?", "What is the number of {item} {pr} has now?"],
+    ("add", "place"): ["How many {item} are in the {place} now?", "How many {item} are there altogether?",
+                       "What is the total number of {item}?", "How many {item} does the {place} hold now?"],
+    ("sub", "person"): ["How many {item} does {pr} have left?", "How many {item} does {name} still have?",
+                        "How many {item} remain?", "How many does {pr} keep?"],
+    ("sub", "place"): ["How many {item} are left?", "How many {item} are still in the {place}?",
+                       "How many {item} remain in the {place}?", "How many are there now?"],
+    ("two", "person"): ["How many {item} does {pr} have now?", "How many {item} does {name} have at the end?",
+                        "How many {item} does {pr} have after that?"],
+    ("two", "place"): ["How many {item} are in the {place} now?", "How many {item} are there now?",
+                       "How many {item} does the {place} hold at the end?"],
+}
+PRODUCTS = [  # (wording, expression) over {a} containers of {b} items, or {b} items in each of {a}
+    ("{Name} has {a} {boxes} with {b} {item} in each.", "{a}*{b}"),
+    ("There are {a} {boxes} and each {box} holds {b} {item}.", "{a}*{b}"),
+    ("{Name} buys {a} {boxes} of {item}. There are {b} {item} in every {box}.", "{a}*{b}"),
+    ("Each {box} has {b} {item}. {Name} has {a} {boxes}.", "{b}*{a}"),
+    ("{Name} puts {b} {item} in every {box}, and there are {a} {boxes}.", "{b}*{a}"),
+    ("{a} children each bring {b} {item}.", "{a}*{b}"),
+    ("{Name} makes {b} {item} a day for {a} days.", "{b}*{a}"),
+    ("One {box} has {b} {item} and {name} gets {a} {boxes}.", "{b}*{a}"),
+]
+PRODUCT_QUESTIONS = ["How many {item} are there in all?", "How many {item} is that?", "What is the total number of "
+                     "{item}?", "How many {item} are there altogether?", "How many {item} does that make?"]
+
+
+def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = None, op: str | None = None) -> dict:
+    """A problem worded by the grammar above: an opening, events and a question (and, half the time, a sentence
+    without numbers among them); the expression lists the numbers in the order the wording gives them."""
+    op = op or rng.choice(("add", "sub", "mul", "two"))
+    nums = nums or numbers(rng, op)
+    name, pr = rng.choice(names)
+    box, boxes = rng.choice(CONTAINERS)
+    fields = dict(zip("abc", map(str, nums), strict=False), name=name, Name=name, pr=pr, Pr=pr.capitalize(),
+                  pr_obj="her" if pr == "she" else "him", item=rng.choice(ITEMS), place=rng.choice(PLACES),
+                  box=box, boxes=boxes)
+    if op == "mul":
+        wording, expression = rng.choice(PRODUCTS)
+        sentences = [wording, rng.choice(PRODUCT_QUESTIONS)]
+    else:
+        who = rng.choice(("person", "place"))
+        events = {"add": [GAINS], "sub": [LOSSES], "two": [GAINS, LOSSES]}[op]
+        sentences = [rng.choice(OPENINGS[who])]
+        for k, kind in enumerate(events):  # the event of the k-th number after the first: {b}, then {c}
+            sentences.append(rng.choice(kind[who]).replace("{b}", "{" + "bc"[k] + "}"))
+        sentences.append(rng.choice(QUESTIONS[op, who]))
+        expression = {"add": "{a}+{b}", "sub": "{a}-{b}", "two": "{a}+{b}-{c}"}[op]
+    if rng.random() < 0.5:
+        sentences.insert(rng.randrange(len(sentences)), rng.choice(FILLERS))
+    question = " ".join(sentences).format(**fields)
+    question = question[0].upper() + question[1:]
+    expr = expression.format(**fields)
+    return {"op": op, "numbers": list(nums), "question": question, "expression": expr, "answer": int(calc(expr))}
+
+
 ITEMS = ["marbles", "apples", "stickers", "pencils", "cards", "shells", "coins", "stamps", "cookies", "buttons",
          "beads", "eggs", "nails", "candles", "books", "oranges"]
 
@@ -266,11 +357,12 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     train: list[dict] = []
     names = TRAIN_NAMES + made_up_names()
     while len(train) < args.train + args.direct:
+        composed = rng.random() < args.composed
         template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
         if (template[0], nums) not in taken:
-            p = problem(rng, template, names, nums)
-            if args.filler and rng.random() < args.filler:
+            p = composed_problem(rng, names, nums, template[0]) if composed else problem(rng, template, names, nums)
+            if not composed and args.filler and rng.random() < args.filler:
                 p["question"] = with_filler(rng, p["question"])
             train.append(p)
     return train, held_out
@@ -469,6 +561,9 @@ def main() -> None:
                         help="share of the held-out problems worded as training never shows")
     parser.add_argument("--filler", type=float, default=0.0,
                         help="share of the training questions given one sentence without numbers, at random")
+    parser.add_argument("--composed", type=float, default=0.5,
+                        help="share of the training problems worded by the grammar (composed_problem) instead of a "
+                             "template")
     parser.add_argument("--tokenizer-conversations", type=int, default=500)
     parser.add_argument("--short-per-conversation", type=int, default=1,
                         help="problems per conversation of phase 1 (no system turn, no tool listing)")

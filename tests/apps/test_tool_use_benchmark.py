@@ -18,7 +18,7 @@ def bench(import_benchmark):
 
 
 def args(**over):
-    base = dict(seed=3, filler=0.5, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
+    base = dict(seed=3, filler=0.5, composed=0.5, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
                 short_per_conversation=2, tokenizer_conversations=60, pattern="digits")
     return argparse.Namespace(**{**base, **over})
 
@@ -38,6 +38,24 @@ def test_held_out_problems_share_no_numbers_names_or_all_wordings_with_training(
     assert all(any(w.match(p["question"]) for w in new_wordings) for p in held_out if p["wording"] == "new")
     for p in held_out:
         assert int(bench.calc(p["expression"])) == p["answer"]
+
+
+def test_composed_wordings_are_many_give_the_numbers_in_order_and_avoid_the_new_wordings_words(bench):
+    import random
+
+    rng, names = random.Random(0), bench.TRAIN_NAMES
+    problems = [bench.composed_problem(rng, names) for _ in range(400)]
+    assert {p["op"] for p in problems} == {"add", "sub", "mul", "two"}
+    assert len({re.sub(r"\d+", "N", p["question"]) for p in problems}) > 300  # nearly every one a new wording
+    new_words = {"brought", "used", "over", "fills", "crate", "crates", "lent", "library", "neighbour"}
+    for p in problems:
+        assert re.findall(r"\d+", p["expression"]) == re.findall(r"\d+", p["question"])  # the question's order
+        assert int(bench.calc(p["expression"])) == p["answer"]
+        assert p["expression"].count("*") == (p["op"] == "mul") and p["expression"].count("-") == (p["op"] in ("sub", "two"))
+        assert not new_words & set(re.findall(r"[a-z]+", p["question"].lower()))
+    train, _ = bench.make_problems(args(composed=0.5, filler=0.0))
+    assert 0.35 < sum(not any(re.fullmatch(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)), p["question"])
+                              for _, w, _ in bench.TEMPLATES + bench.EXTRA_TEMPLATES) for p in train) / len(train) < 0.65
 
 
 def test_a_training_conversation_holds_several_problems_each_call_and_answer_trained(bench):
