@@ -14,6 +14,7 @@ import pytest
 from groundup.endpoint import (
     ChatClient,
     EndpointError,
+    EndpointSettings,
     RequestCounts,
     RetryPolicy,
     map_unordered,
@@ -200,6 +201,21 @@ def test_the_judge_retries_through_the_shared_client(scripted):
     with pytest.raises(EndpointError, match=r"^POST .*/v1/chat/completions: HTTP 401: scripted 401 second line$"):
         Judge(JudgeConfig(url=server.url, model="m")).score("Sky?", "blue")
     assert len(server.requests) == 1
+
+
+def test_the_stages_share_one_set_of_endpoint_settings_and_build_their_client_from_it(scripted):
+    from groundup.curate import annotate, synth
+
+    for stage in (annotate, synth):
+        assert issubclass(stage.Config, EndpointSettings)
+    assert synth.Config().timeout_seconds == 120.0 and annotate.Config().timeout_seconds == 60.0
+    server = scripted(503, "x")
+    cfg = annotate.Config(url=server.url, api_key="k", retries=1, backoff_seconds=0.01, timeout_seconds=7.0)
+    client = cfg.client()
+    assert client.timeout == 7.0 and client.policy.retries == 1 and client.headers["Authorization"] == "Bearer k"
+    assert client.complete("Hi", model="m").attempts == 2
+    with pytest.raises(ValueError, match="must start with http"):
+        synth.Config(url="localhost:8000").client()
 
 
 def test_request_counts_add_up_tries_tokens_and_failures_by_reason(scripted):

@@ -256,6 +256,32 @@ class ChatClient:
         return self.chat([{"role": "user", "content": prompt}], model=model, **params)
 
 
+@dataclass(kw_only=True)
+class EndpointSettings:
+    """Where a stage sends its chat requests and how it treats the endpoint: the fields a stage's ``Config``
+    shares by inheriting them (``annotate``, ``synth``), so each flag means the same in every stage."""
+
+    url: str = "http://127.0.0.1:8000/v1"
+    """Base URL of an OpenAI-compatible server (`groundup serve`, vLLM, a hosted API)."""
+    model: str = "default"
+    """Model name sent with each request."""
+    api_key: str | None = None
+    """Sent as `Authorization: Bearer` (None: no header)."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    retries: int = 4
+    """Retries of a request after a 5xx, a 429, a timeout or a refused connection (with exponential backoff)."""
+    backoff_seconds: float = 1.0
+    """The first retry waits this long, each next one twice as long."""
+    timeout_seconds: float = 60.0
+    """A request without an answer after this long is a timeout."""
+
+    def client(self) -> ChatClient:
+        """A :class:`ChatClient` of ``url`` with these settings."""
+        return ChatClient(self.url, api_key=self.api_key, timeout=self.timeout_seconds,
+                          policy=RetryPolicy(retries=self.retries, backoff_seconds=self.backoff_seconds))
+
+
 def failure_reason(error: EndpointError) -> str:
     """A failed request's reason as a stage's stats count it: short, the same for every item it hit."""
     reason = "malformed response" if error.reason in ("malformed answer", "not JSON") else error.reason

@@ -23,7 +23,7 @@ from pathlib import Path
 from groundup.artifacts import write_json
 from groundup.corpus import ReadStats
 from groundup.curate.readers import list_inputs, read_file
-from groundup.endpoint import ChatClient, RequestCounts, RetryPolicy, map_unordered
+from groundup.endpoint import ChatClient, EndpointSettings, RequestCounts, map_unordered
 
 log = logging.getLogger(__name__)
 
@@ -79,35 +79,24 @@ def text_hash(text: str) -> str:
 
 
 @dataclass(kw_only=True)
-class Config:
-    """Score documents 0-5 with an LLM behind an OpenAI-compatible URL (FineWeb-Edu's rubric by default)."""
+class Config(EndpointSettings):
+    """Score documents 0-5 with an LLM behind an OpenAI-compatible URL (FineWeb-Edu's rubric by default).
+
+    The endpoint's settings (url, model, api_key, concurrency, retries, backoff_seconds, timeout_seconds) are
+    :class:`~groundup.endpoint.EndpointSettings`'."""
 
     input: list[str] | str = field(default_factory=list)
     """Documents: curate shards (.parquet), JSONL, text files or folders (the `text` field or column)."""
     out: Path = Path("runs/annotations")
     """Output directory: annotations.jsonl (hash, source, offset, text, score, reply) and stats.json."""
-    url: str = "http://127.0.0.1:8000/v1"
-    """Base URL of an OpenAI-compatible server (`groundup serve`, vLLM, a hosted API)."""
-    model: str = "default"
-    """Model name sent with each request."""
     prompt: str = FINEWEB_EDU_PROMPT
     """The rubric: a text with {text} where the document goes (default: FineWeb-Edu's additive 0-5 prompt)."""
     prompt_file: Path | None = None
     """Read the rubric from this file instead of `prompt`."""
-    api_key: str | None = None
-    """Sent as `Authorization: Bearer` (None: no header)."""
     max_chars: int = 10_000
     """Documents are cut to this many characters before they go in the prompt."""
     max_tokens: int = 256
     """Tokens the server may generate per reply."""
-    concurrency: int = 8
-    """Requests in flight at once."""
-    retries: int = 4
-    """Retries of a request after a 5xx, a 429, a timeout or a refused connection (with exponential backoff)."""
-    backoff_seconds: float = 1.0
-    """The first retry waits this long, each next one twice as long."""
-    timeout_seconds: float = 60.0
-    """A request without an answer after this long is a timeout."""
     limit: int | None = None
     """Annotate at most this many documents (None: all)."""
     price_per_million_input_tokens: float = 0.0
@@ -116,11 +105,6 @@ class Config:
     """For the cost counter, in your currency."""
     text_field: str = "text"
     """Field (JSONL) or column (Parquet) holding the text."""
-
-
-def _client(cfg: Config) -> ChatClient:
-    return ChatClient(cfg.url, api_key=cfg.api_key, timeout=cfg.timeout_seconds,
-                      policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_seconds))
 
 
 def _annotate_one(client: ChatClient, cfg: Config, prompt: str, doc, key: str,
@@ -165,7 +149,7 @@ def run(cfg: Config) -> Path:
     path = out / "annotations.jsonl"
     done = {r["hash"] for r in read_annotations(path)}
     counts, read_stats = RequestCounts(stage="annotate"), ReadStats()
-    client = _client(cfg)
+    client = cfg.client()
     cached, annotated = len(done), 0
 
     def new_documents() -> Iterator[tuple]:

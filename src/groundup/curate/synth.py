@@ -51,7 +51,7 @@ from groundup.curate.dedup import (
 )
 from groundup.curate.steps import Chain, Filter
 from groundup.curate.text import Document
-from groundup.endpoint import ChatClient, RequestCounts, RetryPolicy, map_unordered
+from groundup.endpoint import ChatClient, EndpointSettings, RequestCounts, map_unordered
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,11 @@ FILES = {"chat.jsonl", "text.jsonl", "stats.json", "generations.jsonl", "config.
 
 
 @dataclass(kw_only=True)
-class Config:
-    """Generate instructions, Q&A and textbook passages from seed topics through an OpenAI-compatible URL."""
+class Config(EndpointSettings):
+    """Generate instructions, Q&A and textbook passages from seed topics through an OpenAI-compatible URL.
+
+    The endpoint's settings (url, model, api_key, concurrency, retries, backoff_seconds, timeout_seconds) are
+    :class:`~groundup.endpoint.EndpointSettings`', with a longer timeout (a generation is longer than a score)."""
 
     topics: list[str] | str = field(default_factory=list)
     """Seed topics: a list, or a file (one topic a line, or JSONL with a `topic` field)."""
@@ -92,24 +95,12 @@ class Config:
     """A folder of Jinja templates `<kind>.jinja` replacing the built-in ones ({{ topic }}, {{ n }})."""
     samples_per_topic: int = 1
     """Requests per topic and kind ({{ n }} runs from 0)."""
-    url: str = "http://127.0.0.1:8000/v1"
-    """Base URL of an OpenAI-compatible server (`groundup serve`, vLLM, a hosted API)."""
-    model: str = "default"
-    """Model name sent with each request."""
-    api_key: str | None = None
-    """Sent as `Authorization: Bearer` (None: no header)."""
     temperature: float = 0.8
     """Sampling temperature of the generator."""
     max_tokens: int = 1024
     """Tokens the server may generate per reply."""
-    concurrency: int = 8
-    """Requests in flight at once."""
-    retries: int = 4
-    """Retries of a request after a 5xx, a 429, a timeout or a refused connection (with exponential backoff)."""
-    backoff_seconds: float = 1.0
-    """The first retry waits this long, each next one twice as long."""
     timeout_seconds: float = 120.0
-    """A request without an answer after this long is a timeout."""
+    """A request without an answer after this long is a timeout (longer than a score's: replies are long)."""
     min_chars: int | None = 50
     """Drop generations shorter than this many characters (None: no bound)."""
     max_chars: int | None = 20_000
@@ -285,8 +276,7 @@ def _generate(client: ChatClient, cfg: Config, task: Task, counts: RequestCounts
 def generate(cfg: Config, tasks: list[Task], path: Path, done: dict[str, dict], counts: RequestCounts) -> int:
     """Ask for every task without a recorded reply; each reply is appended to ``path`` as it arrives.
     Returns how many replies were added."""
-    client = ChatClient(cfg.url, api_key=cfg.api_key, timeout=cfg.timeout_seconds,
-                        policy=RetryPolicy(retries=cfg.retries, backoff_seconds=cfg.backoff_seconds))
+    client = cfg.client()
     asked: set[str] = set()
 
     def new_tasks() -> Iterator[Task]:
