@@ -104,9 +104,9 @@ def model_flops_per_token() -> float:
 
 
 def _matmul_peak_again() -> float:
-    from groundup.plan.hardware import _measure_matmul_flops
+    from groundup.plan.hardware import measure_matmul_flops
 
-    return _measure_matmul_flops.__wrapped__(2048, 5, 1.0, "fp32", "cpu")  # not the cached first figure
+    return measure_matmul_flops(2048, reps=5, min_seconds=1.0, fresh=True)  # not the cached first figure
 
 
 def main() -> None:

@@ -21,20 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from groundup.plan.hardware import measure_matmul_flops
+
 LAYERS, HEADS, WIDTH, SEQ, BATCH, VOCAB = 6, 6, 384, 256, 8, 50304
-
-
-def measure_matmul_flops(n: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 FLOP/s of an n x n matmul, best of repeated timings (the machine's attainable rate)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def flops_per_token(matmul_params: int) -> float:
@@ -145,7 +134,7 @@ def main() -> None:
 
     matmul_rates, results = [], {name: [] for name in built}
     for r in range(args.rounds):
-        matmul_rates.append(measure_matmul_flops(seconds=1.0))
+        matmul_rates.append(measure_matmul_flops(2048, reps=5, min_seconds=1.0, fresh=True))
         for name, (model, loss_fn, opt, gen, _) in built.items():
             results[name].append(time_steps(model, loss_fn, opt, args.steps, gen))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()), flush=True)

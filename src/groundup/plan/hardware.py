@@ -276,13 +276,15 @@ def best_seconds(operation, *, device, reps: int, min_seconds: float = 0.0) -> f
 
 
 def measure_matmul_flops(size: int = 2048, reps: int = 3, min_seconds: float = 0.0, *, dtype: str = "fp32",
-                         device: str = "cpu") -> float:
+                         device: str = "cpu", fresh: bool = False) -> float:
     """FLOP/s of a ``size``x``size`` matmul in ``dtype`` on ``device``, with torch's threads as set.
 
     Each product is 2·size³ FLOPs, timed by :func:`best_seconds`. Cached per process: a plan and a
-    training run's MFU then divide by the same figure.
+    training run's MFU then divide by the same figure. ``fresh``: measure again, neither reading nor
+    changing the cached figure (a benchmark that tracks the machine's rate between its runs).
     """
-    return _measure_matmul_flops(int(size), int(reps), float(min_seconds), dtype, str(device))
+    key = (int(size), int(reps), float(min_seconds), dtype, str(device))
+    return _measure_matmul_flops.__wrapped__(*key) if fresh else _measure_matmul_flops(*key)
 
 
 @functools.lru_cache(maxsize=32)
