@@ -65,6 +65,14 @@ def test_to_and_from_transformers_in_memory(name):
     assert logits_diff(model, hf_model, ids) <= TOLERANCE
     back = from_transformers(hf_model)
     assert logits_diff(back, hf_model, ids) <= TOLERANCE
+    theirs = {t.untyped_storage().data_ptr() for t in hf_model.state_dict().values()}
+    assert not theirs & {p.untyped_storage().data_ptr() for p in back.parameters()}  # a copy: training one...
+    with torch.no_grad():
+        for p in back.parameters():
+            p.add_(1.0)
+    assert logits_diff(model, hf_model, ids) <= TOLERANCE  # ...leaves the other as it was
+    shared = from_transformers(hf_model, share=True)
+    assert theirs & {p.untyped_storage().data_ptr() for p in shared.parameters()}
     names = hf_param_names(model.config)
     assert set(names) >= {k for k in model.state_dict()}
 

@@ -770,11 +770,15 @@ def to_transformers(model: Transformer):
     return hf_model.to(model.tok_embeddings.weight.device).eval()
 
 
-def from_transformers(hf_model) -> Transformer:
-    """A groundup Transformer (eval mode, float32) with the weights of a transformers GPT-2/Llama/Mistral/Qwen2 model."""
+def from_transformers(hf_model, *, share: bool = False) -> Transformer:
+    """A groundup Transformer (eval mode, float32) with the weights of a transformers GPT-2/Llama/Mistral/Qwen2 model.
+
+    The weights are copied, so training one model leaves the other as it was; ``share=True`` keeps a float32
+    model's tensors in the same storage instead (one copy in memory: a change to either shows in both)."""
     hf = hf_model.config.to_dict()
     config, layout = config_from_hf(hf, where=f"{type(hf_model).__name__} config")
-    tensors = {k: v.detach() for k, v in hf_model.state_dict().items()}
+    tensors = {k: v.detach() if share or v.dtype != torch.float32 else v.detach().clone()  # .to(fp32) copies the rest
+               for k, v in hf_model.state_dict().items()}
     return _build(tensors, config, layout, where=type(hf_model).__name__)
 
 
