@@ -289,9 +289,35 @@ PRODUCT_QUESTIONS = ["How many {item} are there in all?", "How many {item} is th
                      "{item}?", "How many {item} are there altogether?", "How many {item} does that make?"]
 
 
-def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = None, op: str | None = None) -> dict:
+def varied_numbers(rng: random.Random, op: str, signs: str = "+-") -> tuple[int, ...]:
+    """Numbers for a composed problem, of one to four digits (mostly two or three; a product's factors one to
+    three and one or two): with the held-out problems' sizes alone (three digits to add, two to multiply),
+    a number's length tells the operation, and a model copies as many digits as the wording's operation had
+    rather than the number the question holds. ``signs``: a three-number problem's two operations."""
+
+    def draw(low: int = 1) -> int:
+        n = rng.choices((1, 2, 3, 4), weights=(1, 3, 4, 2))[0]
+        return rng.randint(max(low, 10 ** (n - 1)), 10**n - 1)
+
+    while True:
+        if op == "mul":
+            nums = (rng.randint(2, rng.choice((9, 99, 999))), rng.randint(2, rng.choice((9, 99))))
+        else:
+            nums = tuple(draw(2) for _ in range(3 if op == "two" else 2))
+        value, ok = nums[0], True
+        for sign, n in zip(signs if op == "two" else {"add": "+", "sub": "-", "mul": "*"}[op], nums[1:],
+                           strict=False):
+            value = value * n if sign == "*" else value + n if sign == "+" else value - n
+            ok = ok and value > 0
+        if ok:
+            return nums
+
+
+def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = None, op: str | None = None,
+                     signs: str = "+-") -> dict:
     """A problem worded by the grammar above: an opening, events and a question (and, half the time, a sentence
-    without numbers among them); the expression lists the numbers in the order the wording gives them."""
+    without numbers among them); the expression lists the numbers in the order the wording gives them.
+    ``op`` 'two' has three numbers and the two operations ``signs`` (a gain for '+', a loss for '-')."""
     op = op or rng.choice(("add", "sub", "mul", "two"))
     nums = nums or numbers(rng, op)
     name, pr = rng.choice(names)
@@ -304,12 +330,13 @@ def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = N
         sentences = [wording, rng.choice(PRODUCT_QUESTIONS)]
     else:
         who = rng.choice(("person", "place"))
-        events = {"add": [GAINS], "sub": [LOSSES], "two": [GAINS, LOSSES]}[op]
+        ops = {"add": "+", "sub": "-", "two": signs}[op]
         sentences = [rng.choice(OPENINGS[who])]
-        for k, kind in enumerate(events):  # the event of the k-th number after the first: {b}, then {c}
-            sentences.append(rng.choice(kind[who]).replace("{b}", "{" + "bc"[k] + "}"))
+        for k, sign in enumerate(ops):  # the event of the k-th number after the first: {b}, then {c}
+            events = GAINS if sign == "+" else LOSSES
+            sentences.append(rng.choice(events[who]).replace("{b}", "{" + "bc"[k] + "}"))
         sentences.append(rng.choice(QUESTIONS[op, who]))
-        expression = {"add": "{a}+{b}", "sub": "{a}-{b}", "two": "{a}+{b}-{c}"}[op]
+        expression = "{a}" + "".join(sign + "{" + "bc"[k] + "}" for k, sign in enumerate(ops))
     if rng.random() < 0.5:
         sentences.insert(rng.randrange(len(sentences)), rng.choice(FILLERS))
     question = " ".join(sentences).format(**fields)
@@ -352,17 +379,22 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     held_out = [dict(problem(rng, rng.choice(TEMPLATES), NEW_NAMES), wording="seen") for _ in range(args.held_out - n_new)]
     held_out += [dict(problem(rng, NEW_TEMPLATES[i % len(NEW_TEMPLATES)], NEW_NAMES), wording="new")
                  for i in range(n_new)]
-    taken = {(p["op"], tuple(p["numbers"])) for p in held_out}
+    taken = {tuple(p["numbers"]) for p in held_out}
     rng = random.Random(args.seed)
     train: list[dict] = []
     names = TRAIN_NAMES + made_up_names()
     while len(train) < args.train + args.direct:
-        composed = rng.random() < args.composed
+        if rng.random() < args.composed:  # the grammar, with numbers of varied lengths and any two signs
+            op, signs = rng.choice(("add", "sub", "mul", "two")), rng.choice(("+-", "+-", "++", "--", "-+"))
+            nums = varied_numbers(rng, op, signs)
+            if nums not in taken:
+                train.append(composed_problem(rng, names, nums, op, signs))
+            continue
         template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
-        if (template[0], nums) not in taken:
-            p = composed_problem(rng, names, nums, template[0]) if composed else problem(rng, template, names, nums)
-            if not composed and args.filler and rng.random() < args.filler:
+        if nums not in taken:
+            p = problem(rng, template, names, nums)
+            if args.filler and rng.random() < args.filler:
                 p["question"] = with_filler(rng, p["question"])
             train.append(p)
     return train, held_out

@@ -53,6 +53,12 @@ def test_composed_wordings_are_many_give_the_numbers_in_order_and_avoid_the_new_
         assert int(bench.calc(p["expression"])) == p["answer"]
         assert p["expression"].count("*") == (p["op"] == "mul") and p["expression"].count("-") == (p["op"] in ("sub", "two"))
         assert not new_words & set(re.findall(r"[a-z]+", p["question"].lower()))
+    for op in ("add", "sub", "mul", "two"):  # numbers of several lengths, so that a length does not tell the operation
+        for signs in ("+-", "++", "--", "-+"):
+            drawn = [bench.varied_numbers(rng, op, signs) for _ in range(300)]
+            assert len({len(str(n)) for nums in drawn for n in nums}) >= 3
+            p = bench.composed_problem(rng, names, drawn[0], op, signs)
+            assert p["answer"] > 0 and re.sub(r"\d+", "", p["expression"]) == {"add": "+", "sub": "-", "mul": "*"}.get(op, signs)
     train, _ = bench.make_problems(args(composed=0.5, filler=0.0))
     assert 0.35 < sum(not any(re.fullmatch(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)), p["question"])
                               for _, w, _ in bench.TEMPLATES + bench.EXTRA_TEMPLATES) for p in train) / len(train) < 0.65
