@@ -21,7 +21,13 @@ sft`` in two phases:
    each exactly the test's prompt; with them ``--direct`` conversations without tools: the problem, then
    ``The answer is 722.`` straight away.
 
-Training draws its wordings from 36 templates; the held-out problems from 16 of them and 4 new ones.
+Half the training problems (``--composed``) are worded by a grammar (:func:`composed_problem`): an opening,
+one or two events and a question, each drawn from its own list, thousands of wordings in all, with numbers
+of one to four digits and three-number problems of any two signs (:func:`varied_numbers`); half of them
+carry one sentence without numbers, most often (``--prose``) an English sentence from the standard
+library's docstrings (:func:`docstring_sentences`). The other half use 36 templates. The held-out problems
+use 16 of those templates and 4 new wordings; no training sentence holds a word of the new wordings
+(NEW_WORDS).
 
 The SFT model is then served by ``groundup serve`` in process (uvicorn on a loopback port, tool calls
 constrained by xgrammar) and scored on ``--held-out`` problems twice: by an ``Agent`` with ``calc`` (a fresh
@@ -38,9 +44,11 @@ The goal of the issue: at least 90% correct with the tool on 200 held-out proble
 on 2 cores, with the same model's accuracy without tools beside it. ``--quick`` is a smaller run (a few
 minutes) that checks the path, not the goal.
 
-Status: the goal is not met; the defaults reach 130 of 200 (65%) with the tool and 0 without. Measured with
-``nice -n 5 python benchmarks/tool_use.py --out /tmp/tu/fullN --threads 1`` (one thread, on 2 cores shared with
-another job) after the change each row names, in this order:
+Status: the goal is met. The defaults reach 191 of 200 with the tool (every seen wording, 41 of the
+50 new ones) and 0 without, in 14.6 minutes with ``--threads 2`` on an otherwise idle 2-core
+machine. The rows below were measured with ``nice -n 5 python benchmarks/tool_use.py --out /tmp/tu/NAME
+--threads 1`` (one thread each, two runs side by side on 2 cores), after the change each row names, in this
+order:
 
 ======================================================  =========  ======  =====  ============  ========
 setting                                                 with tool  seen    new    without tool  total
@@ -49,8 +57,19 @@ two phases (900 + 100 steps at 6e-4), tied head,        stopped: phase-1 loss st
 batches grouped by length
 untied head, batches in random order                    103/200    69%     0%     1/200         13.6 min
 300 made-up training names; phase 2: 200 steps at 1e-3  130/200    87%     0%     0/200         13.3 min
-(800 + 200 steps: the defaults)
+(800 + 200 steps)
 ``--filler 0.5``                                        120/200    80%     0%     1/200         12.6 min
+the grammar, ``--composed 0.5``                         152/200    87%     44%    0/200         12.5 min
+``--composed 0.9``                                      137/200    79%     38%    2/200         12.8 min
+``--composed 0.5 --tie``                                121/200    75%     18%    1/200         10.8 min
+``--pattern gpt4``: the phase-1 loss stays at 0.38      0/200      0%      0%     0/200         10.3 min
+``--pattern gpt4 --tie``                                147/200    75%     70%    0/200         10.3 min
+the same, 1400 + 300 steps                              166/200    88%     68%    0/200         17.0 min
+digits, untied, 1400 + 300 steps                        173/200    100%    46%    0/200         18.7 min
+numbers of varied lengths, any two signs                175/200    100%    50%    0/200         20.3 min
+(``--composed 0.75``: the same 175/200)
+docstring sentences, ``--prose 0.8`` (the defaults)     191/200    100%    82%    0/200         22.5 min
+(``--composed 0.75``: 189/200, new wordings 78%)
 ======================================================  =========  ======  =====  ============  ========
 
 Before the two phases every run scored 0 of 200: trained on full conversations only, 300 to 800 steps are all
@@ -58,14 +77,23 @@ Before the two phases every run scored 0 of 200: trained on full conversations o
 varies takes an induction-style circuit, which had not formed. On short conversations it forms in ~200
 steps (the same drop, from ~0.5 to ~0.2, with the tied head and length-grouped batches had not come by step
 400: which of the two delayed it was not separated), and after ~100 steps on full conversations the agent's
-format follows. What is left: (1) the held-out problems' names are new, and with twenty training names an
-unfamiliar one broke the copying (second row: 87% of the seen-wording problems without a name correct, 61%
-of those with one); 300 made-up names in training fixed most of it; (2) none of the 50 problems in new wordings is solved:
-the calls' numbers are garbled and often the operation is wrong (``Priya had 427 coins. A neighbour
-brought 492 more.`` -> ``72*92``): the copying is still tied to the wordings it was trained on, with 36 of
-them in training (every row) and with a sentence without numbers inserted into half of the training
-questions (``--filler``) alike. With 150 seen-wording problems, 90% needs at least 30 of the
-50 new ones.
+format follows. What each later step fixed, read from the failures (``tool_use.json``):
+
+- an unfamiliar name broke the copying (87% of seen-wording problems without a name, 61% with one): 300
+  made-up training names;
+- with 36 wordings the copying was tied to them (none of the new wordings solved): the grammar;
+- one token per number (``gpt4``) copies only with a tied head, and then picks the wrong number (``A+A``,
+  ``A+C-C``); digit by digit, the untied model gets every seen wording right with more steps;
+- in training a number's length told the operation (three digits to add, two to multiply), so a new
+  multiplication's ``61`` came out as ``616``; and every three-number problem was ``a+b-c``: numbers of
+  varied lengths and any two signs;
+- a new word's pieces (`` l``, ``ar``, ``ig``, ``ough``: pieces no training question held, their embeddings
+  never trained) next to a number threw its copying (``A library had 678`` -> ``67``): sentences of
+  everyday English from the docstrings train them.
+
+What is left: 9 of the 50 new-wording problems (in the defaults' row), most of them ``A library had ...
+It got ... new ones and lent out ...`` (``lent out`` is a loss no training word says) and ``used ... of
+them``, with a number repeated or dropped.
 """
 
 from __future__ import annotations
@@ -289,6 +317,35 @@ PRODUCT_QUESTIONS = ["How many {item} are there in all?", "How many {item} is th
                      "{item}?", "How many {item} are there altogether?", "How many {item} does that make?"]
 
 
+# Words of the new wordings (and their stems): no training sentence holds one.
+NEW_WORDS = ("brought", "used", "use", "over", "fill", "crate", "lent", "librar", "neighbo")
+
+
+def docstring_sentences(files: list[Path] | None = None) -> list[str]:
+    """English sentences from the docstrings of the embedded corpus (the standard library's source), without
+    digits, code or any of NEW_WORDS: the ``--prose`` sentences a composed problem may carry. Trained only on
+    the grammar's words, the model meets a new word's pieces with embeddings that training never moved, and a
+    number next to one (``A library had 678``) is copied wrong; sentences of everyday prose train them."""
+    from groundup.corpus import stdlib_files
+
+    banned = re.compile(r"\b(?:" + "|".join(NEW_WORDS) + ")", re.IGNORECASE)
+    code = re.compile(r"[\d`*_=(){}\[\]<>|\\/#@$%^~\"-]")
+    found: dict[str, None] = {}
+    for path in stdlib_files() if files is None else files:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", ast.get_docstring(node) or "")):
+                if (5 <= len(sentence.split()) <= 16 and sentence.isascii() and sentence.endswith(".")
+                        and sentence[0].isupper() and not code.search(sentence) and not banned.search(sentence)):
+                    found[sentence] = None
+    return list(found)
+
+
 def varied_numbers(rng: random.Random, op: str, signs: str = "+-") -> tuple[int, ...]:
     """Numbers for a composed problem, of one to four digits (mostly two or three; a product's factors one to
     three and one or two): with the held-out problems' sizes alone (three digits to add, two to multiply),
@@ -314,10 +371,11 @@ def varied_numbers(rng: random.Random, op: str, signs: str = "+-") -> tuple[int,
 
 
 def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = None, op: str | None = None,
-                     signs: str = "+-") -> dict:
+                     signs: str = "+-", prose: list[str] | None = None) -> dict:
     """A problem worded by the grammar above: an opening, events and a question (and, half the time, a sentence
     without numbers among them); the expression lists the numbers in the order the wording gives them.
-    ``op`` 'two' has three numbers and the two operations ``signs`` (a gain for '+', a loss for '-')."""
+    ``op`` 'two' has three numbers and the two operations ``signs`` (a gain for '+', a loss for '-');
+    ``prose``: sentences the extra sentence is drawn from (FILLERS where None)."""
     op = op or rng.choice(("add", "sub", "mul", "two"))
     nums = nums or numbers(rng, op)
     name, pr = rng.choice(names)
@@ -337,8 +395,8 @@ def composed_problem(rng: random.Random, names, nums: tuple[int, ...] | None = N
             sentences.append(rng.choice(events[who]).replace("{b}", "{" + "bc"[k] + "}"))
         sentences.append(rng.choice(QUESTIONS[op, who]))
         expression = "{a}" + "".join(sign + "{" + "bc"[k] + "}" for k, sign in enumerate(ops))
-    if rng.random() < 0.5:
-        sentences.insert(rng.randrange(len(sentences)), rng.choice(FILLERS))
+    if rng.random() < 0.5:  # a sentence without numbers: of FILLERS, or of ``prose`` where given
+        sentences.insert(rng.randrange(len(sentences)), rng.choice(prose or FILLERS).replace("{", "{{").replace("}", "}}"))
     question = " ".join(sentences).format(**fields)
     question = question[0].upper() + question[1:]
     expr = expression.format(**fields)
@@ -383,12 +441,14 @@ def make_problems(args) -> tuple[list[dict], list[dict]]:
     rng = random.Random(args.seed)
     train: list[dict] = []
     names = TRAIN_NAMES + made_up_names()
+    prose = docstring_sentences() if args.composed and args.prose else []
     while len(train) < args.train + args.direct:
         if rng.random() < args.composed:  # the grammar, with numbers of varied lengths and any two signs
             op, signs = rng.choice(("add", "sub", "mul", "two")), rng.choice(("+-", "+-", "++", "--", "-+"))
             nums = varied_numbers(rng, op, signs)
             if nums not in taken:
-                train.append(composed_problem(rng, names, nums, op, signs))
+                train.append(composed_problem(rng, names, nums, op, signs,
+                                              prose if rng.random() < args.prose else None))
             continue
         template = rng.choice(TEMPLATES + EXTRA_TEMPLATES)
         nums = numbers(rng, template[0])
@@ -596,6 +656,9 @@ def main() -> None:
     parser.add_argument("--composed", type=float, default=0.5,
                         help="share of the training problems worded by the grammar (composed_problem) instead of a "
                              "template")
+    parser.add_argument("--prose", type=float, default=0.8,
+                        help="share of the composed problems whose extra sentence (there half the time) is a "
+                             "standard-library docstring sentence rather than one of FILLERS")
     parser.add_argument("--tokenizer-conversations", type=int, default=500)
     parser.add_argument("--short-per-conversation", type=int, default=1,
                         help="problems per conversation of phase 1 (no system turn, no tool listing)")
@@ -611,9 +674,9 @@ def main() -> None:
     parser.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--tie", action=argparse.BooleanOptionalAction, default=False,
                         help="tie the output head to the token embeddings")
-    parser.add_argument("--short-steps", type=int, default=800, help="phase 1: SFT steps on short conversations")
+    parser.add_argument("--short-steps", type=int, default=1400, help="phase 1: SFT steps on short conversations")
     parser.add_argument("--short-batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=200, help="phase 2: SFT steps on full conversations")
+    parser.add_argument("--steps", type=int, default=300, help="phase 2: SFT steps on full conversations")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3, help="phase 1's peak (cosine to a tenth)")
     parser.add_argument("--lr2", type=float, default=1e-3, help="phase 2's peak (cosine to a tenth)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 
 import pytest
@@ -18,7 +19,7 @@ def bench(import_benchmark):
 
 
 def args(**over):
-    base = dict(seed=3, filler=0.5, composed=0.5, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
+    base = dict(seed=3, filler=0.5, composed=0.5, prose=0.0, train=300, full=240, direct=50, held_out=40, new_templates=0.25, per_conversation=3,
                 short_per_conversation=2, tokenizer_conversations=60, pattern="digits")
     return argparse.Namespace(**{**base, **over})
 
@@ -41,8 +42,6 @@ def test_held_out_problems_share_no_numbers_names_or_all_wordings_with_training(
 
 
 def test_composed_wordings_are_many_give_the_numbers_in_order_and_avoid_the_new_wordings_words(bench):
-    import random
-
     rng, names = random.Random(0), bench.TRAIN_NAMES
     problems = [bench.composed_problem(rng, names) for _ in range(400)]
     assert {p["op"] for p in problems} == {"add", "sub", "mul", "two"}
@@ -62,6 +61,23 @@ def test_composed_wordings_are_many_give_the_numbers_in_order_and_avoid_the_new_
     train, _ = bench.make_problems(args(composed=0.5, filler=0.0))
     assert 0.35 < sum(not any(re.fullmatch(re.sub(r"\\{\w+\\}", ".+?", re.escape(w)), p["question"])
                               for _, w, _ in bench.TEMPLATES + bench.EXTRA_TEMPLATES) for p in train) / len(train) < 0.65
+
+
+def test_docstring_sentences_are_prose_without_digits_code_or_the_new_wordings_words(bench):
+    from groundup.corpus import stdlib_files
+
+    names = {"queue.py", "textwrap.py", "sched.py", "shlex.py", "heapq.py", "glob.py", "fnmatch.py", "calendar.py"}
+    sentences = bench.docstring_sentences([f for f in stdlib_files() if f.name in names])
+    assert len(sentences) > 20 and len(set(sentences)) == len(sentences)
+    for s in sentences:
+        assert s[0].isupper() and s.endswith(".") and 5 <= len(s.split()) <= 16 and s.isascii()
+        assert not re.search(r"[\d(){}\[\]=_`]", s)
+        assert not any(w.startswith(bench.NEW_WORDS) for w in re.findall(r"[a-z]+", s.lower()))
+    rng = random.Random(1)
+    p = bench.composed_problem(rng, bench.TRAIN_NAMES, (437, 285), "add", prose=["Return the value."])
+    while "Return the value." not in p["question"]:  # the extra sentence comes half the time
+        p = bench.composed_problem(rng, bench.TRAIN_NAMES, (437, 285), "add", prose=["Return the value."])
+    assert p["expression"] == "437+285"
 
 
 def test_a_training_conversation_holds_several_problems_each_call_and_answer_trained(bench):
