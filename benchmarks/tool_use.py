@@ -91,9 +91,10 @@ format follows. What each later step fixed, read from the failures (``tool_use.j
   never trained) next to a number threw its copying (``A library had 678`` -> ``67``): sentences of
   everyday English from the docstrings train them.
 
-What is left: 9 of the 50 new-wording problems (in the defaults' row), most of them ``A library had ...
-It got ... new ones and lent out ...`` (``lent out`` is a loss no training word says) and ``used ... of
-them``, with a number repeated or dropped.
+What is left: 9 of the 50 new-wording problems (in the defaults' row): five ``A library had ... It got ...
+new ones and lent out ...`` (``lent out`` is a loss no training word says; the call stops after two numbers),
+three ``bought ... and used ... of them`` (the second number subtracted twice) and one ``crate`` product
+written as a sum.
 """
 
 from __future__ import annotations
