@@ -204,6 +204,7 @@ class MetricsWindow:
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
+        self.mfu_warned = False
         self.reset()
 
     def reset(self) -> None:
@@ -235,6 +236,11 @@ class MetricsWindow:
             record[key] = round(value / max(self.steps, 1), 6)
         if peak_flops:
             record["mfu"] = round(tokens_per_s * flops_per_token / peak_flops, 4)
+            if record["mfu"] > 1.0 and not self.mfu_warned:
+                self.mfu_warned = True
+                log.warning("MFU %.2f is above 1: the matmul peak it divides by (%.3g FLOP/s) is below this run's own "
+                            "rate; it was timed under load or on other hardware. Re-measure with `groundup probe`",
+                            record["mfu"], peak_flops)
         self.reset()
         self.started = now
         return record
