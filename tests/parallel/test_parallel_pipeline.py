@@ -19,6 +19,8 @@ STEPS = 6
 BASE = {"model": PP_MODEL, "batch_size": 4, "grad_accum": 2, "max_steps": STEPS, "checkpoint_every": 3}
 """8 rows a step: 4 micro-batches of 2 rows on 2 stages, 8 of 1 on 4, 4 of 1 per data-parallel rank on 2 x 2."""
 FEATURES = {**PP_MODEL, "value_embeddings": True}
+MOE = {**PP_MODEL, "moe_experts": 4, "moe_top_k": 2, "moe_balance": "bias", "moe_dense_layers": 5}
+"""Dense blocks 0-4, MoE blocks 5-7: on two stages the first holds no MoE layer, yet logs the whole model's loads."""
 
 
 def metrics(run_dir: Path) -> dict[int, dict]:
@@ -55,11 +57,13 @@ def runs(pp_tokens, tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)
     pretrain.run(make_config(**run("single")))
     pretrain.run(make_config(**run("single_features", model=FEATURES, doc_mask=True)))
+    pretrain.run(make_config(**run("single_moe", model=MOE)))
     torchrun([*(run(f"pp2_{s}", parallel={"pipeline_parallel": 2, "pipeline_schedule": s}) for s in SCHEDULES),
               run("one_to_two", parallel={"pipeline_parallel": 2}, resume=out["single"] / "checkpoints" / "step-000003"),
               run("pp2_features", model=FEATURES, doc_mask=True,
                   parallel={"pipeline_parallel": 2, "pipeline_schedule": "Interleaved1F1B",
-                            "activation_checkpointing": "selective"})])
+                            "activation_checkpointing": "selective"}),
+              run("pp2_moe", model=MOE, parallel={"pipeline_parallel": 2})])
     pretrain.run(make_config(**run("two_to_one", resume=str(out["pp2_1F1B"] / "checkpoints" / "step-000003"))))
     torchrun([*(run(f"pp4_{s}", parallel={"pipeline_parallel": 4, "pipeline_schedule": s}) for s in SCHEDULES),
               run("fsdp_pp", parallel={"pipeline_parallel": 2, "data_parallel": "fsdp"}),
@@ -106,6 +110,19 @@ def test_tensor_parallel_by_pipeline_on_a_two_by_two_mesh_equals_one_process(run
 
 def test_value_embeddings_document_masks_and_checkpointed_blocks_run_through_the_stages(runs):
     assert_like_one_process(runs, "pp2_features", single="single_features")
+
+
+def test_moe_metrics_cover_every_stage(runs):
+    assert_like_one_process(runs, "pp2_moe", "single_moe")
+    a, b = metrics(runs["single_moe"]), metrics(runs["pp2_moe"])
+    for step in a:  # rank 0 holds no MoE layer: its loads are the other stage's, gathered over 'pp'
+        keys = {k for k in a[step] if k.startswith("moe_")}
+        assert {"moe_load_0", "moe_load_3", "moe_load_max_over_mean", "moe_layer_load_max_over_mean"} <= keys
+        assert keys == {k for k in b[step] if k.startswith("moe_")}
+        # the loads count every micro-batch (and not the schedule's shape-inference forward at the first step);
+        # the aux and z losses are the last micro-batch's, and the two runs cut their micro-batches differently
+        loads = keys - {"moe_aux_loss", "moe_z_loss"}
+        assert all(abs(a[step][k] - b[step][k]) <= 1e-5 for k in loads), (step, a[step], b[step])
 
 
 def test_a_pipeline_checkpoint_converts_to_the_model_dir(runs, tmp_path):

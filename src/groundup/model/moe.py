@@ -304,22 +304,45 @@ def moe_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def moe_stats(model: nn.Module, *, reset: bool = True) -> dict[str, float | list[float]]:
+def moe_stats(model: nn.Module, *, reset: bool = True, group=None) -> dict[str, float | list[float]]:
     """Auxiliary loss, z-loss (means over layers, of the last forward), and each expert's share of the routed
     tokens since the last reset, summed over layers; max/mean load (1 is perfect balance) of that sum and of the
-    worst layer on its own (summing layers can hide one layer's imbalance). Empty without MoE."""
+    worst layer on its own (summing layers can hide one layer's imbalance). Empty without MoE.
+
+    ``group``: the pipeline's 'pp' process group, whose ranks hold different layers; the figures are then the
+    whole model's, on every rank (a collective: every rank of the group calls it)."""
     layers = moe_layers(model)
-    if not layers:
+    experts = getattr(getattr(model, "config", None), "moe_experts", 0) or (
+        layers[0].expert_load.numel() if layers else 0)
+    if not experts or (group is None and not layers):
         return {}
-    load = torch.stack([m.expert_load for m in layers]).sum(0)
+    device = layers[0].expert_load.device if layers else next(model.parameters()).device
+    with_losses = [m for m in layers if m.aux_loss is not None]
+    # one vector to reduce: the load summed over this rank's layers, then layers, aux and z sums, worst layer
+    local = torch.zeros(experts + 4, dtype=torch.float64, device=device)
+    if layers:
+        local[:experts] = torch.stack([m.expert_load for m in layers]).sum(0).double()
+    local[experts] = len(with_losses)
+    if with_losses:
+        local[experts + 1] = torch.stack([m.aux_loss.detach() for m in with_losses]).double().sum()
+        local[experts + 2] = torch.stack([m.z_loss.detach() for m in with_losses]).double().sum()
+    worst = [float(m.expert_load.max() / m.expert_load.mean()) for m in layers if m.expert_load.sum() > 0]
+    local[experts + 3] = max(worst, default=0.0)
+    if group is not None:
+        import torch.distributed as dist
+
+        worst_all = local[experts + 3:].clone()
+        dist.all_reduce(local, group=group)
+        dist.all_reduce(worst_all, op=dist.ReduceOp.MAX, group=group)
+        local[experts + 3] = worst_all[0]
+    load, counted = local[:experts], int(local[experts])
     stats: dict[str, float | list[float]] = {}
-    if layers[0].aux_loss is not None:
-        stats["moe_aux_loss"] = float(torch.stack([m.aux_loss.detach() for m in layers]).mean())
-        stats["moe_z_loss"] = float(torch.stack([m.z_loss.detach() for m in layers]).mean())
+    if counted:
+        stats["moe_aux_loss"] = float(local[experts + 1] / counted)
+        stats["moe_z_loss"] = float(local[experts + 2] / counted)
     if load.sum() > 0:
         stats["moe_load_max_over_mean"] = float(load.max() / load.mean())
-        stats["moe_layer_load_max_over_mean"] = max(float(m.expert_load.max() / m.expert_load.mean())
-                                                    for m in layers if m.expert_load.sum() > 0)
+        stats["moe_layer_load_max_over_mean"] = float(local[experts + 3])
         stats["moe_expert_load"] = (load / load.sum()).tolist()
     if reset:
         for m in layers:

@@ -239,6 +239,8 @@ class Pipeline:
                              "data-parallel rank (batch_size x grad_accum / dp)")
         stages = [PipelineStage(module, s, layout.num_stages, self.device, group=self.group)
                   for s, module in zip(layout.mine, self.modules, strict=True)]
+        for stage in stages:
+            _keep_moe_loads_through_metadata_inference(stage)
         cls = get_schedule_class(layout.schedule)
         try:
             if issubclass(cls, PipelineScheduleSingle):
@@ -307,6 +309,29 @@ class Pipeline:
             logits = torch.empty(B, T, self.modules[0].config.vocab_size, dtype=torch.float32, device=self.device)
         dist.broadcast(logits, group=self.group, group_src=last_owner)
         return logits
+
+
+def _keep_moe_loads_through_metadata_inference(stage) -> None:
+    """The schedule's first step runs each stage once more to learn its shapes (torch's metadata inference),
+    a later stage on uninitialised inputs, with gradients on: its MoE routers would count those tokens in
+    their loads, which loss-free balancing and the metrics read. Wrap that forward so that it leaves the
+    loads as it found them."""
+    from groundup.model.moe import moe_layers
+
+    infer = getattr(stage, "_forward_metadata_inference", None)
+    layers = moe_layers(stage.submod)
+    if infer is None or not layers:
+        return
+
+    def without_counting(*args, **kwargs):
+        saved = [m.expert_load.clone() for m in layers]
+        try:
+            return infer(*args, **kwargs)
+        finally:
+            for m, load in zip(layers, saved, strict=True):
+                m.expert_load.copy_(load)
+
+    stage._forward_metadata_inference = without_counting
 
 
 class PipelineForward(nn.Module):

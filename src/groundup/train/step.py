@@ -173,7 +173,7 @@ def train_step(state: TrainState, batches: Iterator[Any], spec: StepSpec, *, lr:
         if not result.spike:
             state.optimizer.step()
             update_expert_bias(state.model)  # DeepSeek-V3's balancing, where configured (no-op otherwise)
-    result.extras.update(moe_metrics(state.model))
+    result.extras.update(moe_metrics(state.model, pipeline.group if pipeline is not None else None))
     state.optimizer.zero_grad(set_to_none=True)
     if not result.spike:
         state.advance(tokens)
@@ -190,10 +190,12 @@ def pipeline_step(pipeline, batches: Iterator[Any], spec: StepSpec, accum: int) 
     return mean * accum, sum(spec.tokens(batch) for batch in drawn), extras
 
 
-def moe_metrics(model: nn.Module) -> dict[str, float]:
+def moe_metrics(model: nn.Module, pipeline_group=None) -> dict[str, float]:
     """The MoE layers' auxiliary and z losses, max/mean expert load, and each expert's share of this step's
-    routed tokens (``moe_load_<e>``, summed over layers) as metrics; empty for a dense model."""
-    stats = moe_stats(model)  # reads and resets the loads counted over this step's micro-batches
+    routed tokens (``moe_load_<e>``, summed over layers) as metrics; empty for a dense model. Under pipeline
+    parallelism (``pipeline_group``, a collective) they cover every stage's layers, not this rank's alone."""
+    # reads and resets the loads counted over this step's micro-batches
+    stats = moe_stats(model, group=pipeline_group)
     loads = stats.pop("moe_expert_load", [])
     return {**stats, **{f"moe_load_{e}": share for e, share in enumerate(loads)}}
 
