@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -103,7 +104,7 @@ def test_the_gram_form_agrees_with_the_plain_iteration(shape):
     g = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     x = g.T if shape[0] > shape[1] else g
     x = x / x.norm()
-    plain, gram = muon._newton_schulz(x, 5), muon._gram_newton_schulz(x, 5)
+    plain, gram = muon._newton_schulz(x, muon.ns_schedule("jordan", 5)), muon._gram_newton_schulz(x, muon.ns_schedule("jordan", 5))
     assert (plain - gram).abs().max() <= 1e-4 * plain.abs().max()
     assert orthogonalize(g, steps=5, dtype=torch.float32).shape == shape
 
@@ -119,6 +120,43 @@ def test_matrices_of_one_shape_are_orthogonalised_as_a_stack_alike():
     # bf16 keeps one matrix at a time: torch.optim.Muon's bits
     in_bf16 = muon.orthogonalize_all(updates, steps=5, dtype=torch.bfloat16)
     assert all(torch.equal(r, orthogonalize(u, steps=5, dtype=torch.bfloat16)) for u, r in zip(updates, in_bf16, strict=True))
+
+
+def singular_values_after(schedule: list, low: float = 1e-3) -> torch.Tensor:
+    """What the iteration makes of singular values from ``low`` to 1 (a diagonal matrix, in fp64)."""
+    x = torch.diag(torch.logspace(math.log10(low), 0, 2000, dtype=torch.float64))
+    return torch.diagonal(muon._newton_schulz(x, schedule))
+
+
+def test_polar_express_steps_are_minimax_and_orthogonalise_more_tightly_than_jordans():
+    jordan5 = singular_values_after(muon.ns_schedule("jordan", 5))
+    pe4, pe5 = (singular_values_after(muon.ns_schedule("polar_express", k)) for k in (4, 5))
+    assert 0.46 < jordan5.min() < 0.48 and 1.19 < jordan5.max() < 1.21  # Jordan's published band
+    assert pe4.min() > 0.44 and pe4.max() < 1.56  # four steps: about as far from 1 as Jordan's five
+    assert pe5.min() > 0.88 and pe5.max() < 1.12  # five steps: much closer
+    # each step is the minimax quintic on the interval the steps before it leave: no nearby quintic does better
+    gen, low, high = torch.Generator().manual_seed(0), 1e-3, 1.0
+    for a, b, c in muon.POLAR_EXPRESS[:5]:
+        x = torch.logspace(math.log10(low), math.log10(high), 20000, dtype=torch.float64)
+        powers = torch.stack([x, x**3, x**5])
+        best = float((1 - torch.tensor([a, b, c], dtype=torch.float64) @ powers).abs().max())
+        nudged = torch.tensor([a, b, c], dtype=torch.float64) + 1e-3 * torch.randn(50, 3, generator=gen,
+                                                                                     dtype=torch.float64)
+        assert (1 - nudged @ powers).abs().amax(dim=1).min() >= best - 1e-4  # the table keeps 8 decimals
+        y = a * x + b * x**3 + c * x**5
+        low, high = float(y.min()), float(y.max())
+    assert muon.ns_schedule("polar_express", 9)[7:] == [muon.POLAR_EXPRESS[-1]] * 2  # past the table: (15, -10, 3)/8
+
+
+def test_polar_express_runs_in_fp32_only():
+    g = torch.randn(32, 96, generator=torch.Generator().manual_seed(4))
+    out = orthogonalize(g, steps=5, dtype=torch.float32, coefficients="polar_express")
+    assert torch.linalg.svdvals(out).min() > 0.85 and torch.linalg.svdvals(out).max() < 1.15
+    with pytest.raises(ValueError, match="ns_coefficients=polar_express runs in fp32"):
+        orthogonalize(g, steps=5, dtype=torch.bfloat16, coefficients="polar_express")
+    with pytest.raises(ValueError, match="optim.muon.ns_dtype fp32"):
+        build_optimizer(tiny(), OptimConfig(optimizer="muon", muon=MuonConfig(ns_coefficients="polar_express",
+                                                                             ns_dtype="bf16")), "cpu")
 
 
 def test_in_bf16_the_iteration_is_torch_muons_bit_for_bit():
@@ -193,7 +231,8 @@ def test_the_state_dict_round_trip_continues_exactly():
 
 
 @pytest.mark.parametrize(("field", "value"), [("lr", 0.0), ("momentum", 1.0), ("ns_steps", 0), ("ns_steps", 100),
-                                              ("weight_decay", -0.1), ("adjust_lr", "sqrt"), ("ns_dtype", "fp16")])
+                                              ("weight_decay", -0.1), ("adjust_lr", "sqrt"), ("ns_dtype", "fp16"),
+                                              ("ns_coefficients", "cubic")])
 def test_bad_muon_settings_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=f"optim.muon.{field}"):
         MuonConfig(**{field: value})

@@ -42,7 +42,27 @@ from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, EPS, _adjust_lr
 from groundup.train.checkpoint import clean_name
 
 NS_COEFFICIENTS = (DEFAULT_A, DEFAULT_B, DEFAULT_C)
-"""Keller Jordan's quintic Newton–Schulz coefficients (torch.optim.Muon's)."""
+"""Keller Jordan's quintic Newton–Schulz coefficients (torch.optim.Muon's), the same at every step."""
+
+POLAR_EXPRESS = (
+    (8.47032882, -25.10807537, 18.62927623),
+    (4.18283564, -3.10870262, 0.58060699),
+    (3.9618622, -2.95406749, 0.56297662),
+    (3.2865985, -2.46472946, 0.50735879),
+    (2.27376019, -1.64466969, 0.41619198),
+    (1.888717, -1.26515795, 0.37651887),
+    (1.875, -1.25, 0.375),
+)
+"""Polar Express coefficients (Amsel, Persson, Musco and Gower 2025), one odd quintic a step, for fp32.
+
+Step k's polynomial is the minimax approximation of 1 on the interval that the steps before it map
+[1e-3, 1] into (computed here as a linear program on a grid of that interval, in the paper's greedy
+order, without the bf16 safety factor). Greedy, so a shorter sequence is the start of a longer one;
+from the 7th step on, the classical quintic (15, -10, 3)/8, which keeps values near 1. Singular values
+in [1e-3, 1] end in [0.45, 1.55] after 4 steps and [0.89, 1.11] after 5; Jordan's coefficients give
+[0.14, 1.20] and [0.47, 1.20]."""
+
+NS_SCHEDULES = ("jordan", "polar_express")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -60,6 +80,9 @@ class MuonConfig:
     """Orthogonalise the Nesterov look-ahead (gradient plus momentum) rather than the momentum alone."""
     ns_steps: int = 5
     """Newton–Schulz iterations per update (each costs about 4 x rows x columns x min(rows, columns) FLOPs)."""
+    ns_coefficients: Literal["jordan", "polar_express"] = "jordan"
+    """The iteration's polynomials: 'jordan' (torch.optim.Muon's, the same each step) or 'polar_express'
+    (a minimax polynomial a step: closer to orthogonal in as many steps; fp32 only)."""
     weight_decay: float | None = None
     """Decoupled weight decay of the hidden matrices (multiplied by the current Muon learning rate);
     None: optim.weight_decay."""
@@ -84,6 +107,9 @@ class MuonConfig:
             raise ValueError(f"optim.muon.adjust_lr must be original or match_rms_adamw, got {self.adjust_lr!r}")
         if self.ns_dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"optim.muon.ns_dtype must be auto, fp32 or bf16, got {self.ns_dtype!r}")
+        if self.ns_coefficients not in NS_SCHEDULES:
+            raise ValueError(f"optim.muon.ns_coefficients must be one of {', '.join(NS_SCHEDULES)}, "
+                             f"got {self.ns_coefficients!r}")
 
 
 def hidden_matrices(model: nn.Module) -> dict[int, str]:
@@ -108,12 +134,28 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return type(t).__name__ == "DTensor"
 
 
-def orthogonalize(update: torch.Tensor, *, steps: int, dtype: torch.dtype, eps: float = EPS) -> torch.Tensor:
+def ns_schedule(name: str, steps: int) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of ``steps`` Newton–Schulz steps: x <- a x + b (x xᵀ) x + c (x xᵀ)² x."""
+    if name == "jordan":
+        return [NS_COEFFICIENTS] * steps
+    if name == "polar_express":
+        return [POLAR_EXPRESS[min(k, len(POLAR_EXPRESS) - 1)] for k in range(steps)]
+    raise ValueError(f"Newton–Schulz coefficients must be one of {', '.join(NS_SCHEDULES)}, got {name!r}")
+
+
+def orthogonalize(update: torch.Tensor, *, steps: int, dtype: torch.dtype, eps: float = EPS,
+                  coefficients: str = "jordan") -> torch.Tensor:
     """The Newton–Schulz approximation of U V^T for the matrix ``update`` = U S V^T, in ``dtype``; a stack
     of matrices (..., rows, cols) is orthogonalised matrix by matrix in batched products.
 
     torch.optim.Muon's iteration (in bf16 the same bits); in fp32 a matrix at least about twice as long as
-    wide iterates in its Gram form (:func:`_gram_newton_schulz`), which costs fewer FLOPs."""
+    wide iterates in its Gram form (:func:`_gram_newton_schulz`), which costs fewer FLOPs. ``coefficients``:
+    the polynomials of :func:`ns_schedule` ('polar_express' in fp32 only: its first steps are steep, and
+    bf16's rounding of the norm would push singular values past the interval they are designed for)."""
+    if coefficients != "jordan" and dtype != torch.float32:
+        raise ValueError(f"optim.muon.ns_coefficients={coefficients} runs in fp32, not {dtype}: set "
+                         "optim.muon.ns_dtype fp32")
+    schedule = ns_schedule(coefficients, steps)
     x = update.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the smaller Gram matrix
@@ -125,9 +167,9 @@ def orthogonalize(update: torch.Tensor, *, steps: int, dtype: torch.dtype, eps: 
     m, n = x.shape[-2:]
     # FLOPs a step: the plain iteration 2m²n + 2m³ + 2m²n; the Gram form 8m³, plus 2m²n twice in all (less 6m³)
     if dtype == torch.float32 and 4 * m * m * n + (8 * steps - 6) * m**3 < steps * (4 * m * m * n + 2 * m**3):
-        x = _gram_newton_schulz(x, steps)
+        x = _gram_newton_schulz(x, schedule)
     else:
-        x = _newton_schulz(x, steps)
+        x = _newton_schulz(x, schedule)
     return x.mT if tall else x
 
 
@@ -138,17 +180,17 @@ def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float,
     return torch.baddbmm(bias, a, b, beta=beta, alpha=alpha)
 
 
-def _newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """torch.optim.Muon's quintic iteration on a wide ``x`` (rows <= cols) of spectral norm at most 1."""
-    a, b, c = NS_COEFFICIENTS
-    for _ in range(steps):
+def _newton_schulz(x: torch.Tensor, schedule: list[tuple[float, float, float]]) -> torch.Tensor:
+    """torch.optim.Muon's quintic iteration on a wide ``x`` (rows <= cols) of spectral norm at most 1, one
+    step for each (a, b, c) of ``schedule``."""
+    for a, b, c in schedule:
         gram = x @ x.mT
         poly = _addmm(gram, gram, gram, beta=b, alpha=c)
         x = _addmm(x, poly, x, beta=a)
     return x
 
 
-def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
+def _gram_newton_schulz(x: torch.Tensor, schedule: list[tuple[float, float, float]]) -> torch.Tensor:
     """The same iteration in rows x rows matrices: what a wide ``x`` (rows <= cols) ends up multiplied by.
 
     Step k maps x_k to P_k x_k with P_k = aI + bA_k + cA_k², A_k = x_k x_kᵀ. So x_K = Q x_0 with
@@ -156,19 +198,19 @@ def _gram_newton_schulz(x: torch.Tensor, steps: int) -> torch.Tensor:
     Only A_0 and the final Q x_0 touch the long side: for a 256 x 1536 matrix, half the FLOPs of the plain
     iteration. The same in exact arithmetic; in fp32 it agrees with the plain iteration to about 1e-5
     relative (tested). In bf16 the Gram form drifts, so bf16 keeps the plain iteration."""
-    a, b, c = NS_COEFFICIENTS
     gram = x @ x.mT
     q = None
-    for k in range(steps):
+    for k, (a, b, c) in enumerate(schedule):
         poly = _addmm(gram, gram, gram, beta=b, alpha=c)
         poly.diagonal(dim1=-2, dim2=-1).add_(a)  # P_k
         q = poly if q is None else poly @ q
-        if k < steps - 1:
+        if k < len(schedule) - 1:
             gram = poly @ (poly @ gram)  # A_{k+1} = P_k² A_k
     return q @ x
 
 
-def orthogonalize_all(updates: list[torch.Tensor], *, steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
+def orthogonalize_all(updates: list[torch.Tensor], *, steps: int, dtype: torch.dtype,
+                      coefficients: str = "jordan") -> list[torch.Tensor]:
     """:func:`orthogonalize` of each update; a DTensor update is gathered whole first and its result handed
     back in the same placements (this rank's shard).
 
@@ -180,29 +222,29 @@ def orthogonalize_all(updates: list[torch.Tensor], *, steps: int, dtype: torch.d
     stacks: dict[tuple, list[int]] = {}
     for i, update in enumerate(updates):
         if _is_dtensor(update):
-            out[i] = _orthogonalize_sharded(update, steps=steps, dtype=dtype)
+            out[i] = _orthogonalize_sharded(update, steps=steps, dtype=dtype, coefficients=coefficients)
         elif dtype == torch.float32:
             stacks.setdefault((tuple(update.shape), update.dtype, update.device), []).append(i)
         else:
-            out[i] = orthogonalize(update, steps=steps, dtype=dtype)
+            out[i] = orthogonalize(update, steps=steps, dtype=dtype, coefficients=coefficients)
     for members in stacks.values():
         if len(members) == 1:
-            out[members[0]] = orthogonalize(updates[members[0]], steps=steps, dtype=dtype)
+            out[members[0]] = orthogonalize(updates[members[0]], steps=steps, dtype=dtype, coefficients=coefficients)
             continue
-        results = orthogonalize(torch.stack([updates[i] for i in members]), steps=steps, dtype=dtype)
+        results = orthogonalize(torch.stack([updates[i] for i in members]), steps=steps, dtype=dtype, coefficients=coefficients)
         for i, result in zip(members, results.unbind(0), strict=True):
             out[i] = result
     return out  # type: ignore[return-value]
 
 
-def _orthogonalize_sharded(update: torch.Tensor, *, steps: int, dtype: torch.dtype) -> torch.Tensor:
+def _orthogonalize_sharded(update: torch.Tensor, *, steps: int, dtype: torch.dtype, coefficients: str) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     if update.device.type != update.device_mesh.device_type:
         raise ValueError(f"optim.optimizer=muon gathers each sharded matrix on the {update.device_mesh.device_type} "
                          f"mesh, but its update is on {update.device.type} (parallel.fsdp_cpu_offload): "
                          "turn the offload off or use optim.optimizer=adamw")
-    whole = orthogonalize(update.full_tensor(), steps=steps, dtype=dtype)
+    whole = orthogonalize(update.full_tensor(), steps=steps, dtype=dtype, coefficients=coefficients)
     # every rank holds the same whole result: each keeps its shard, without communication
     return distribute_tensor(whole.contiguous(), update.device_mesh, update.placements, src_data_rank=None)
 
@@ -210,8 +252,8 @@ def _orthogonalize_sharded(update: torch.Tensor, *, steps: int, dtype: torch.dty
 class MuonWithAdamW(torch.optim.Optimizer):
     """Muon on the groups with ``use_muon``, AdamW on the others: one optimizer, one state dict.
 
-    A Muon group has ``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``ns_steps``, ``adjust_lr_fn``
-    and ``ns_dtype``; an AdamW group has torch.optim.AdamW's settings (filled in from ``adamw``)."""
+    A Muon group has ``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``ns_steps``, ``adjust_lr_fn``,
+    ``ns_dtype`` and ``ns_coefficients`` (absent from states saved before it existed: 'jordan'); an AdamW group has torch.optim.AdamW's settings (filled in from ``adamw``)."""
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, adamw: dict) -> None:
         adamw_groups = [g for g in adamw_groups if g["params"]]
@@ -262,7 +304,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         # one kernel launch per list rather than per matrix (foreach); the same arithmetic as one at a time
         torch._foreach_lerp_(bufs, grads, 1 - momentum)
         updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
-        ortho = orthogonalize_all(updates, steps=group["ns_steps"], dtype=DTYPES[group["ns_dtype"]])
+        ortho = orthogonalize_all(updates, steps=group["ns_steps"], dtype=DTYPES[group["ns_dtype"]],
+                                  coefficients=group.get("ns_coefficients", "jordan"))
         torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
         by_scale: dict[float, tuple[list, list]] = {}
         for p, update in zip(params, ortho, strict=True):
@@ -278,8 +321,11 @@ def muon_groups(params: Iterable[nn.Parameter], cfg: MuonConfig, *, lr: float, w
     """The one Muon parameter group; ``lr_ratio`` (its peak over optim.lr) lets the schedule scale it."""
     muon_lr = cfg.lr if cfg.lr is not None else lr
     ns_dtype = cfg.ns_dtype if cfg.ns_dtype != "auto" else ("bf16" if device_type == "cuda" else "fp32")
+    if cfg.ns_coefficients != "jordan" and ns_dtype != "fp32":
+        raise ValueError(f"optim.muon.ns_coefficients={cfg.ns_coefficients} runs in fp32, but optim.muon.ns_dtype is "
+                         f"{ns_dtype} on {device_type}: set optim.muon.ns_dtype fp32")
     return [{"params": list(params), "lr": muon_lr, "lr_ratio": muon_lr / lr,
              "weight_decay": cfg.weight_decay if cfg.weight_decay is not None else weight_decay,
              "momentum": cfg.momentum, "nesterov": cfg.nesterov, "ns_steps": cfg.ns_steps,
-             "adjust_lr_fn": cfg.adjust_lr, "ns_dtype": ns_dtype}]
+             "adjust_lr_fn": cfg.adjust_lr, "ns_dtype": ns_dtype, "ns_coefficients": cfg.ns_coefficients}]
 
