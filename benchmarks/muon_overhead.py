@@ -7,7 +7,10 @@ trains its own copy of the same initial weights on the same random tokens; a ste
 interleave the variants (and alternate their order) so that a neighbour's load hits both alike; the
 table reports medians, and the optimizer step alone beside the whole step. Target: Muon / AdamW <= 1.10.
 
-    python benchmarks/muon_overhead.py [--rounds 9] [--steps 3] [--threads 2] [--muon ns_steps=3 ...]
+'muon' is the default Muon (on a CPU, fp32 Newton–Schulz with Polar Express's coefficients, 4 steps);
+'jordan5' is torch.optim.Muon's iteration (Jordan's coefficients, 5 steps), in the same fp32 Gram form.
+
+    python benchmarks/muon_overhead.py [--rounds 9] [--steps 3] [--threads 2] [--variant NAME:KEY=VALUE,...]
 
 ``--variant NAME:KEY=VALUE,...`` adds Muon variants (MuonConfig fields), e.g. ``--variant ns3:ns_steps=3``.
 """
@@ -79,7 +82,8 @@ def main() -> None:
     model_cfg, optim, batch_size, seq_len = tiny_shape()
     base = Transformer(model_cfg)
     optim_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in optim.items()}
-    variants = {"adamw": OptimConfig(**optim_fields), "muon": OptimConfig(**optim_fields, optimizer="muon")}
+    variants = {"adamw": OptimConfig(**optim_fields), "muon": OptimConfig(**optim_fields, optimizer="muon"),
+                "jordan5": OptimConfig(**optim_fields, optimizer="muon", muon=MuonConfig(ns_coefficients="jordan"))}
     for text in args.variant:
         name, fields = parse_variant(text)
         variants[name] = OptimConfig(**optim_fields, optimizer="muon", muon=MuonConfig(**fields))
