@@ -109,7 +109,8 @@ def test_the_gram_form_agrees_with_the_plain_iteration(shape):
     g = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     x = g.T if shape[0] > shape[1] else g
     x = x / x.norm()
-    plain, gram = muon._newton_schulz(x, muon.ns_schedule("jordan", 5)), muon._gram_newton_schulz(x, muon.ns_schedule("jordan", 5))
+    schedule = muon.ns_schedule("jordan", 5)
+    plain, gram = muon._newton_schulz(x, schedule), muon._gram_newton_schulz(x, schedule)
     assert (plain - gram).abs().max() <= 1e-4 * plain.abs().max()
     assert orthogonalize(g, steps=5, dtype=torch.float32).shape == shape
 
